@@ -1,0 +1,90 @@
+"""Shared helpers: golden cases, schema validation, re-admission."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+from webhook.cluster import ClusterSnapshot
+from webhook.loading import load_snapshot
+from webhook.policy import Policy, load_policy
+
+ROOT = Path(__file__).parent
+GOLDEN = ROOT / "golden"
+CASES = sorted(p for p in (GOLDEN / "cases").iterdir() if p.is_dir())
+MANIFEST_CASES = sorted(p for p in (GOLDEN / "manifests").iterdir() if p.is_dir())
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+K8S_SCHEMA_VERSION = "1.33"
+
+
+@dataclass
+class Case:
+    path: Path
+    review: dict[str, Any]
+    snapshot: ClusterSnapshot
+    policy: Policy
+    expect: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def dry_run_args(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The dry-run flags a case stands for (used by the core, the CLI and the server tests)."""
+    return {
+        "cluster": str(GOLDEN / "clusters" / f"{meta['cluster']}.yaml") if meta.get("cluster") else None,
+        "server_version": meta.get("serverVersion"),
+        "usage": str(path / "usage.csv") if (path / "usage.csv").exists() else None,
+        "kernel": meta.get("kernel"),
+        "policy": str(path / "policy.yaml") if (path / "policy.yaml").exists() else None,
+        "now": meta["now"],
+    }
+
+
+def now_ts(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def load_case(path: Path) -> Case:
+    meta = yaml.safe_load((path / "case.yaml").read_text())
+    args = dry_run_args(path, meta)
+    policy = load_policy(args["policy"])
+    snapshot = load_snapshot(
+        policy=policy,
+        now=now_ts(args["now"]),
+        cluster=args["cluster"],
+        server_version=args["server_version"],
+        usage=args["usage"],
+        kernel=args["kernel"],
+    )
+    review = json.loads((path / "review.json").read_text())
+    return Case(path, review, snapshot, policy, meta.get("expect", {}), meta)
+
+
+def compare_golden(path: Path, actual: Any) -> None:
+    """Parsed comparison with ``path``; UPDATE_GOLDEN=1 rewrites it."""
+    if UPDATE or not path.exists():
+        if not UPDATE:
+            raise AssertionError(f"{path} does not exist; run with UPDATE_GOLDEN=1 and review it")
+        path.write_text(yaml.safe_dump(actual, sort_keys=False, width=120))
+        return
+    expected = yaml.safe_load(path.read_text())
+    assert actual == expected, f"{path} differs (UPDATE_GOLDEN=1 rewrites it; review the diff)"
+
+
+def validate_k8s(obj: dict[str, Any]) -> None:
+    """Raises when ``obj`` is not valid against the real Kubernetes JSON schema (strict)."""
+    kubernetes_validate.validate(copy.deepcopy(obj), K8S_SCHEMA_VERSION, strict=True)
+
+
+def with_object(review: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    again = copy.deepcopy(review)
+    again["request"]["object"] = obj
+    return again

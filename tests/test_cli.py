@@ -1,0 +1,280 @@
+"""The CLI through its real entry points, as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonpatch
+import pytest
+import yaml
+
+from tests.support import GOLDEN, MANIFEST_CASES, compare_golden, validate_k8s
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+MIXED = str(GOLDEN / "clusters" / "mixed.yaml")
+NOW = "2026-11-27T12:00:00Z"
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "mesh-injector"
+    script = str(exe) if exe.exists() else shutil.which("mesh-injector")
+    assert script, "the mesh-injector console script is not installed"
+    out = subprocess.run([script, "version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip()
+
+
+def test_review_response_echoes_uid_and_patch_applies():
+    review = json.loads((EXAMPLES / "review.json").read_text())
+    out = run(
+        "review",
+        str(EXAMPLES / "review.json"),
+        "--cluster",
+        str(EXAMPLES / "cluster.yaml"),
+        "--server-version",
+        "1.32",
+    )
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    resp = body["response"]
+    assert body["kind"] == "AdmissionReview" and body["apiVersion"] == "admission.k8s.io/v1"
+    assert resp["uid"] == review["request"]["uid"] and resp["allowed"] is True
+    assert resp["patchType"] == "JSONPatch"
+    pod = jsonpatch.apply_patch(review["request"]["object"], json.loads(base64.b64decode(resp["patch"])))
+    assert pod["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
+    validate_k8s(pod)
+
+
+def test_review_show_patch_pod_why_agree():
+    args = [
+        "review",
+        str(EXAMPLES / "review.json"),
+        "--cluster",
+        str(EXAMPLES / "cluster.yaml"),
+        "--now",
+        NOW,
+    ]
+    patch = json.loads(run(*args, "--show", "patch").stdout)
+    pod = yaml.safe_load(run(*args, "--show", "pod").stdout)
+    why = run(*args, "--show", "why").stdout
+    review = json.loads((EXAMPLES / "review.json").read_text())
+    assert jsonpatch.apply_patch(review["request"]["object"], patch) == pod
+    assert "eligible nodes: 2 of 4" in why and "mode: ebpf" in why and "resources: profile" in why
+    assert "6.1.112-124.190.amzn2023.x86_64" in why
+
+
+def test_review_from_stdin_yaml():
+    review = json.loads((EXAMPLES / "review.json").read_text())
+    out = run(
+        "review",
+        "-",
+        "--show",
+        "why",
+        "--cluster",
+        str(EXAMPLES / "cluster.yaml"),
+        stdin=yaml.safe_dump(review),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("decision: meshed, mode ebpf")
+
+
+def test_no_cluster_uses_safe_defaults_and_says_so():
+    review = json.loads((EXAMPLES / "review.json").read_text())
+    review["request"]["object"]["metadata"]["labels"]["mesh-injector.io/inject"] = "enabled"
+    out = run("review", "-", "--show", "why", stdin=json.dumps(review))
+    assert out.returncode == 0, out.stderr
+    assert "mode: iptables (kernel-unknown)" in out.stdout
+    assert "embedded defaults" in out.stdout and "no eligible node is known" in out.stdout
+    out = run(
+        "review",
+        "-",
+        "--show",
+        "why",
+        "--kernel",
+        "6.1.0",
+        "--server-version",
+        "1.32",
+        stdin=json.dumps(review),
+    )
+    assert "mode: ebpf" in out.stdout and "native sidecar" in out.stdout
+
+
+@pytest.mark.parametrize("path", MANIFEST_CASES, ids=lambda p: p.name)
+def test_inject_manifests(path):
+    meta = yaml.safe_load((path / "case.yaml").read_text())
+    args = ["inject", "-f", str(path / "input.yaml"), "--now", meta["now"]]
+    if meta.get("cluster"):
+        args += ["--cluster", str(GOLDEN / "clusters" / f"{meta['cluster']}.yaml")]
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    docs = list(yaml.safe_load_all(out.stdout))
+    inputs = list(yaml.safe_load_all((path / "input.yaml").read_text()))
+    assert [d["kind"] for d in docs] == [d["kind"] for d in inputs], "document order and kinds are kept"
+    for before, after in zip(inputs, docs, strict=True):
+        if before["kind"] in ("Service", "ConfigMap"):
+            assert before == after
+    assert out.stderr.splitlines() == meta["expect_reports"]
+    for doc in docs:
+        for obj in doc.get("items", [doc]):
+            validate_k8s(obj)
+    compare_golden(path / "expected.yaml", docs)
+    # inject is idempotent: its own output goes through unchanged
+    again = run("inject", "-f", "-", *args[3:], stdin=out.stdout)
+    assert again.returncode == 0, again.stderr
+    assert list(yaml.safe_load_all(again.stdout)) == docs
+
+
+def test_inject_directory_and_cronjob_template_path(tmp_path):
+    (tmp_path / "b.yaml").write_text((GOLDEN / "manifests" / "all-kinds" / "input.yaml").read_text())
+    (tmp_path / "a.yml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    out = run("inject", "-f", str(tmp_path), "--cluster", MIXED, "--now", NOW)
+    assert out.returncode == 0, out.stderr
+    docs = list(yaml.safe_load_all(out.stdout))
+    assert docs[0]["kind"] == "Namespace"
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["mesh-init", "mesh-proxy"]
+
+
+def test_check_table():
+    out = run(
+        "check",
+        "-f",
+        str(GOLDEN / "manifests" / "all-kinds" / "input.yaml"),
+        "--cluster",
+        MIXED,
+        "--now",
+        NOW,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[0] == ["WORKLOAD", "MESHED", "MODE", "REASON"]
+    table = {f"{r[0]} {r[1]}": r[2:] for r in rows[1:]}
+    # check applies the real opt-in rules: shop and payments opted in by namespace label
+    assert table["Deployment shop/checkout"][:3] == ["yes", "ebpf", "ebpf-capable"]
+    assert table["StatefulSet payments/ledger"][:3] == ["yes", "microvm", "restricted-namespace"]
+    assert table["ReplicaSet shop/legacy-rs"][:2] == ["no", "-"]
+    assert table["ReplicaSet shop/legacy-rs"][2].startswith("host-network")
+    assert table["Deployment shop/web"][2].startswith("pod-disabled")
+    assert table["Service shop/checkout"][:2] == ["-", "-"]
+
+
+def test_recommend(tmp_path):
+    rows = ["namespace,workload,timestamp,cpu,memory,oom"]
+    rows += [f"shop,Deployment/web,2026-11-27T{h:02d}:00:00Z,100m,100Mi,false" for h in range(0, 12)]
+    rows += [f"shop,Deployment/web,2026-11-26T{h:02d}:00:00Z,100m,100Mi,false" for h in range(0, 12)]
+    rows += ["shop,StatefulSet/db,2026-11-27T10:00:00Z,1,1Gi,false"]
+    (tmp_path / "u.csv").write_text("\n".join(rows) + "\n")
+    out = run("recommend", "--usage", str(tmp_path / "u.csv"), "--now", NOW)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("# window 7d")
+    web = next(line.split() for line in lines if "Deployment/web" in line)
+    assert web[1:8] == ["24", "35h", "115m", "115Mi", "-", "150Mi", "observed"]
+    db = next(line for line in lines if "StatefulSet/db" in line)
+    assert "profile (too few samples)" in db
+
+
+def test_policy_check_ok_and_bad(tmp_path):
+    out = run("policy", "check", str(REPO / "policies" / "default.yaml"))
+    assert out.returncode == 0 and "valid" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("interception:\n  ebpf:\n    minKernal: '5.10'\n")
+    out = run("policy", "check", str(bad))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "interception.ebpf.minKernal: unknown field" in out.stderr and "minKernel" in out.stderr
+    bad.write_text("profiles:\n- name: x\n  match: {protocol: quic}\n  requests: {cpu: 1, memory: 1Gi}\n")
+    out = run("policy", "check", str(bad))
+    assert out.returncode == 2 and "profiles[0].match.protocol: 'quic' is not allowed" in out.stderr
+    assert "'grpc', 'http', 'tcp'" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("stdin", "args", "needle"),
+    [
+        (
+            '{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {',
+            ["review", "-"],
+            "not valid JSON or YAML",
+        ),
+        ("a: [1, 2\nb: c\n", ["review", "-"], "not valid JSON or YAML at line"),
+        (
+            '{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
+            '"request": {"operation": "CREATE"}}',
+            ["review", "-"],
+            "request.uid is missing",
+        ),
+        ('{"kind": "Pod"}', ["review", "-"], "expected 'AdmissionReview'"),
+        ("", ["review", "-"], "empty input"),
+        ("kind: Pod\nmetadata: {name: [unclosed\n", ["inject", "-f", "-"], "not valid JSON or YAML"),
+        ("- just\n- a list\n", ["inject", "-f", "-"], "not a Kubernetes object"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(stdin, args, needle):
+    out = run(*args, stdin=stdin)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.startswith("mesh-injector: error: ") and out.stderr.count("\n") == 1
+    assert needle in out.stderr, out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["review", "/nonexistent/review.json"], "/nonexistent/review.json: cannot read"),
+        (
+            ["review", str(EXAMPLES / "review.json"), "--policy", "/nonexistent.yaml"],
+            "cannot read policy file",
+        ),
+        (
+            ["review", str(EXAMPLES / "review.json"), "--cluster", "/nonexistent.yaml"],
+            "/nonexistent.yaml: cannot read",
+        ),
+        (
+            ["review", str(EXAMPLES / "review.json"), "--server-version", "banana"],
+            "--server-version: 'banana'",
+        ),
+        (["review", str(EXAMPLES / "review.json"), "--kernel", "xyz"], "--kernel: 'xyz'"),
+        (
+            ["review", str(EXAMPLES / "review.json"), "--cluster", str(EXAMPLES / "review.json")],
+            "no Node or Namespace",
+        ),
+        (["inject", "-f", str(EXAMPLES)], None),
+        (["recommend", "--usage", str(EXAMPLES / "cluster.yaml")], "header lacks"),
+    ],
+)
+def test_bad_files_exit_2(args, needle):
+    out = run(*args)
+    if needle is None:  # a directory of mixed files is fine
+        assert out.returncode == 0, out.stderr
+        return
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.count("\n") == 1 and needle in out.stderr, out.stderr
+
+
+def test_bad_usage_line_is_named(tmp_path):
+    f = tmp_path / "u.csv"
+    f.write_text(
+        "namespace,workload,timestamp,cpu,memory\nshop,Deployment/web,2026-11-27T10:00:00Z,1,1Gi\n"
+        "shop,Deployment/web,2026-11-27T11:00:00Z,fast,1Gi\n"
+    )
+    out = run("recommend", "--usage", str(f))
+    assert out.returncode == 2 and "line 3: cpu 'fast' is not a quantity" in out.stderr

@@ -1,0 +1,138 @@
+"""Golden admission cases: every row of the decision table, one folder each.
+
+Each folder holds the AdmissionReview, the dry-run flags and hand-written expectations
+(``case.yaml``), and the expected mutated pod (``expected.yaml``, refreshed with
+UPDATE_GOLDEN=1 and reviewed by hand). Every case is also re-admitted to prove idempotency.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import jsonpatch
+import pytest
+
+from tests.support import CASES, compare_golden, load_case, validate_k8s, with_object
+from webhook.admission import admit
+from webhook.inject import ANN_SKIP, ANN_STATUS, INIT, PROXY
+
+
+def _names(spec, key):
+    return [c["name"] for c in spec.get(key) or []]
+
+
+def _rules(pod):
+    for c in pod["spec"].get("initContainers") or []:
+        if c["name"] == INIT:
+            return next(e["value"] for e in c["env"] if e["name"] == "MESH_IPTABLES_RULES")
+    return None
+
+
+def _proxy(pod):
+    for key in ("initContainers", "containers"):
+        for c in pod["spec"].get(key) or []:
+            if c["name"] == PROXY:
+                return c
+    return None
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
+def test_golden(path):
+    case = load_case(path)
+    request = case.review["request"]
+    original = copy.deepcopy(request["object"])
+    out = admit(request, case.snapshot, case.policy)
+    assert request["object"] == original, "admit must not modify the received object"
+    assert out.uid == request["uid"]
+
+    patched = jsonpatch.apply_patch(original, out.patch) if out.patch else original
+    if out.pod is not None and request["kind"]["kind"] == "Pod":
+        assert patched == out.pod, "the patch must turn the received object into the mutated pod"
+    assert not any("managedFields" in op["path"] for op in out.patch)
+
+    exp = case.expect
+    assert out.injected is exp["injected"], out.explanation
+    if "mode" in exp:
+        assert out.mode is not None and out.mode.value == exp["mode"], out.explanation
+        assert patched["metadata"]["labels"]["mesh-injector.io/interception"] == exp["mode"]
+    if "reason" in exp:
+        assert out.reason == exp["reason"], out.explanation
+    if "skip" in exp:
+        assert out.skip is not None and out.skip.value == exp["skip"], out.explanation
+    if exp.get("patch_empty"):
+        assert out.patch == []
+    if "skip_annotated" in exp:
+        annotations = patched["metadata"].get("annotations") or {}
+        assert (ANN_SKIP in annotations) is exp["skip_annotated"]
+        assert any("not meshed" in w for w in out.warnings)
+    if "warnings" in exp:
+        assert len(out.warnings) == exp["warnings"], out.warnings
+    if out.injected:
+        spec = patched["spec"]
+        status = json.loads(patched["metadata"]["annotations"][ANN_STATUS])
+        assert status["mode"] == out.mode.value
+        proxy = _proxy(patched)
+        native = PROXY in _names(spec, "initContainers")
+        assert native is (proxy.get("restartPolicy") == "Always")
+        assert native is ("startupProbe" in proxy)
+        assert status["nativeSidecar"] is native
+        if "native" in exp:
+            assert native is exp["native"], out.explanation
+        if "init" in exp:
+            assert (INIT in _names(spec, "initContainers")) is exp["init"]
+        assert _names(spec, "containers").count(PROXY) + _names(spec, "initContainers").count(PROXY) == 1
+        sc = proxy["securityContext"]
+        assert sc["runAsUser"] == 2102 and sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
+        assert sc["capabilities"] == {"drop": ["ALL"]} and not sc["allowPrivilegeEscalation"]
+        if out.mode.value != "iptables":
+            assert INIT not in _names(spec, "initContainers")
+        if "source" in exp:
+            assert (
+                patched["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == exp["source"]
+            )
+        if "resources" in exp:
+            assert proxy["resources"] == exp["resources"]
+        if "protocol" in exp:
+            env = {e["name"]: e.get("value") for e in proxy["env"]}
+            assert env["MESH_PROXY_PROTOCOL_HINT"] == exp["protocol"]
+        if "init_order" in exp:
+            assert (
+                _names(spec, "initContainers")[-len(exp["init_order"]) :] == exp["init_order"]
+                or _names(spec, "initContainers") == exp["init_order"]
+            )
+            assert [n for n in _names(spec, "initContainers") if n != PROXY] == [
+                n for n in exp["init_order"] if n != PROXY
+            ]
+        if "first_container" in exp:
+            assert _names(spec, "containers")[0] == exp["first_container"]
+        if "rules_contain" in exp:
+            rules = _rules(patched)
+            for line in exp["rules_contain"]:
+                assert line in rules
+        if exp.get("lifecycle_warning"):
+            assert any("keeps the pod running" in w for w in out.warnings)
+        # the user's containers are untouched
+        before = {
+            c["name"]: c
+            for c in original["spec"].get("containers", []) + original["spec"].get("initContainers", [])
+        }
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            if c["name"] in before and c["name"] not in status["containers"] + status["initContainers"]:
+                assert c == before[c["name"]]
+    if "eligible" in exp:
+        assert any(line.startswith(f"eligible nodes: {exp['eligible']} of") for line in out.explanation)
+    if exp.get("managed_fields_untouched"):
+        assert patched["metadata"]["managedFields"] == original["metadata"]["managedFields"]
+
+    if patched.get("kind") == "Pod":
+        validate_k8s(patched)
+    compare_golden(path / "expected.yaml", {"pod": patched, "warnings": list(out.warnings)})
+
+    # Re-admission of the result is a no-op.
+    again = admit(with_object(case.review, patched)["request"], case.snapshot, case.policy)
+    assert again.patch == [], again.patch
+
+
+def test_there_are_enough_cases():
+    assert len(CASES) >= 30

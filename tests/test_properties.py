@@ -1,0 +1,180 @@
+"""Property tests over generated pods: the patch always applies, the result is a valid
+pod, re-admission is a no-op, and the user's containers only change where documented."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonpatch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support import GOLDEN, validate_k8s
+from webhook.admission import admit
+from webhook.loading import load_snapshot
+from webhook.patch import diff
+from webhook.policy import load_policy
+from webhook.versions import parse_kernel, parse_kube_version
+
+POLICY = load_policy()
+SNAPSHOTS = {
+    name: load_snapshot(policy=POLICY, now=1795780800.0, cluster=str(GOLDEN / "clusters" / f"{name}.yaml"))
+    for name in ("mixed", "old")
+}
+SNAPSHOTS["none"] = load_snapshot(policy=POLICY, now=1795780800.0)
+
+dns = st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+label_key = st.one_of(
+    dns, st.builds(lambda a, b: f"{a}.io/{b}", dns, dns), st.just("mesh-injector.io/inject")
+)
+label_val = st.one_of(st.just("enabled"), st.just("disabled"), dns)
+annotation_key = st.sampled_from(
+    [
+        "mesh-injector.io/interception",
+        "mesh-injector.io/iptables-fallback",
+        "mesh-injector.io/workload-protocol",
+        "mesh-injector.io/throughput",
+        "mesh-injector.io/native-sidecar",
+        "mesh-injector.io/proxy-cpu-request",
+        "mesh-injector.io/proxy-memory-limit",
+        "mesh-injector.io/skip-inbound-ports",
+        "mesh-injector.io/inject",
+        "example.com/a~b",
+        "team",
+    ]
+)
+annotation_val = st.sampled_from(
+    [
+        "auto",
+        "ebpf",
+        "iptables",
+        "microvm",
+        "true",
+        "false",
+        "grpc",
+        "http",
+        "high",
+        "200m",
+        "1Gi",
+        "25,8000-8100",
+        "enabled",
+        "disabled",
+        "junk",
+        "x/y~z",
+    ]
+)
+port = st.fixed_dictionaries(
+    {"containerPort": st.integers(1, 65535)},
+    optional={"name": st.sampled_from(["http", "grpc", "grpc-api", "http-web", "metrics", "h2c"])},
+)
+container = st.fixed_dictionaries(
+    {"name": dns, "image": st.just("registry.example.com/app:1")},
+    optional={
+        "ports": st.lists(port, max_size=3, unique_by=lambda p: p["containerPort"]),
+        "args": st.lists(dns, max_size=2),
+    },
+)
+toleration = st.one_of(
+    st.just({"operator": "Exists"}),
+    st.builds(
+        lambda v: {"key": "pool", "operator": "Equal", "value": v, "effect": "NoSchedule"},
+        st.sampled_from(["legacy", "gpu", "rhel", "odd", "amzn"]),
+    ),
+)
+pod_spec = st.fixed_dictionaries(
+    {"containers": st.lists(container, min_size=1, max_size=3, unique_by=lambda c: c["name"])},
+    optional={
+        "initContainers": st.lists(container, max_size=2, unique_by=lambda c: c["name"]),
+        "nodeSelector": st.dictionaries(
+            st.sampled_from(["pool", "generation"]),
+            st.sampled_from(["general", "legacy", "gpu", "7"]),
+            max_size=2,
+        ),
+        "tolerations": st.lists(toleration, max_size=2),
+        "restartPolicy": st.sampled_from(["Always", "Never", "OnFailure"]),
+        "hostNetwork": st.booleans(),
+        "nodeName": st.sampled_from(["gen-a1", "legacy-1", "missing"]),
+    },
+)
+
+
+@st.composite
+def pods(draw):
+    spec = draw(pod_spec)
+    init_names = {c["name"] for c in spec.get("initContainers", [])}
+    spec["containers"] = [c for c in spec["containers"] if c["name"] not in init_names] or [
+        {"name": "main-app", "image": "x"}
+    ]
+    meta = {"name": draw(dns)}
+    labels = draw(st.dictionaries(label_key, label_val, max_size=3))
+    annotations = draw(st.dictionaries(annotation_key, annotation_val, max_size=4))
+    if labels:
+        meta["labels"] = labels
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pod=pods(),
+    ns=st.sampled_from(["shop", "payments", "default", "quiet", "kube-system"]),
+    cluster=st.sampled_from(["mixed", "old", "none"]),
+    server=st.sampled_from([None, "1.27", "1.30", "1.32"]),
+)
+def test_admission_properties(pod, ns, cluster, server):
+    snapshot = SNAPSHOTS[cluster]
+    if server:
+        from dataclasses import replace
+
+        from webhook.versions import parse_kube_version as pkv
+
+        snapshot = replace(snapshot, server_version=pkv(server))
+    original = copy.deepcopy(pod)
+    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": ns, "object": pod}
+    out = admit(request, snapshot, POLICY)
+    assert pod == original
+    patched = jsonpatch.apply_patch(original, out.patch)
+    assert patched == out.pod
+    validate_k8s(patched)
+    again = admit({**request, "object": patched}, snapshot, POLICY)
+    assert again.patch == []
+    # user containers are never modified, only joined by the injector's own
+    mine = {"mesh-proxy", "mesh-init"}
+    for key in ("containers", "initContainers"):
+        before = [c for c in original["spec"].get(key, [])]
+        after = [c for c in patched["spec"].get(key, []) if c["name"] not in mine]
+        assert after == before
+    if (
+        not out.injected
+        and out.skip is not None
+        and out.skip.value in ("not-opted-in", "pod-disabled", "namespace-disabled")
+    ):
+        assert out.patch == []
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(alphabet="ab/~c", max_size=4), children, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    a=st.dictionaries(st.text(alphabet="ab/~", max_size=3), json_values, max_size=4),
+    b=st.dictionaries(st.text(alphabet="ab/~", max_size=3), json_values, max_size=4),
+)
+def test_diff_is_a_correct_json_patch(a, b):
+    patch = diff(copy.deepcopy(a), b)
+    assert jsonpatch.apply_patch(copy.deepcopy(a), patch) == b
+    assert diff(a, a) == []
+
+
+@given(st.one_of(st.text(), st.none(), st.integers(), st.binary()))
+def test_version_parsers_never_raise(raw):
+    parse_kernel(raw)
+    parse_kube_version(raw)

@@ -1,0 +1,237 @@
+"""Small, exact checks of the pieces the decision table is built from."""
+
+from __future__ import annotations
+
+import pytest
+
+from webhook.cluster import Node, Taint, build_snapshot
+from webhook.interception import kernel_facts
+from webhook.patch import diff, escape
+from webhook.policy import PolicyError, load_policy, parse_policy
+from webhook.scheduling import eligible_nodes
+from webhook.sizing import from_observed
+from webhook.usage import Sample, parse_samples, summarize, weighted_percentile
+from webhook.versions import Kernel, KubeVersion, kube_version_from_info, parse_kernel, parse_kube_version
+from webhook.workload import WorkloadKey, workload_key
+
+POLICY = load_policy()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("6.8.0-45-generic", Kernel(6, 8, 0)),
+        ("5.15.0-1052-aws", Kernel(5, 15, 0)),
+        ("4.19.112+", Kernel(4, 19, 112)),
+        ("5.10.223-212.873.amzn2.x86_64", Kernel(5, 10, 223)),
+        ("4.18.0-513.el8.x86_64", Kernel(4, 18, 0)),
+        ("6.1.0-18-cloud-amd64", Kernel(6, 1, 0)),
+        ("5.4", Kernel(5, 4, 0)),
+        ("garbage", None),
+        ("", None),
+        ("6", None),
+        ("v6.1.0", Kernel(6, 1, 0)),
+        ("5.10.0.1.2", None),
+        (None, None),
+    ],
+)
+def test_kernel_strings_as_nodes_report_them(raw, expected):
+    assert parse_kernel(raw) == expected
+
+
+def test_kube_versions():
+    assert parse_kube_version("v1.30.2-eks-1552ad0") == KubeVersion(1, 30)
+    assert parse_kube_version("1.32") == KubeVersion(1, 32)
+    assert kube_version_from_info("1", "29+") == KubeVersion(1, 29)
+    assert parse_kube_version("one.two") is None
+
+
+def node(name, labels=None, taints=(), kernel="6.1.0", kubelet="v1.32.0", cordoned=False):
+    return Node(
+        name=name,
+        labels={"kubernetes.io/hostname": name, **(labels or {})},
+        taints=tuple(taints),
+        unschedulable=cordoned,
+        kernel=kernel,
+        kubelet=kubelet,
+    )
+
+
+def test_grouping_and_per_node_terms():
+    nodes = [node(f"n{i}", {"zone": "abc"[i % 3]}) for i in range(30)]
+    snap = build_snapshot(nodes=nodes)
+    assert len(snap.groups) == 3  # hostnames are identity labels, zones group
+    spec = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n4", "n5"]}
+                            ]
+                        },
+                        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["c"]}]},
+                    ]
+                }
+            }
+        }
+    }
+    elig = eligible_nodes(snap, spec)
+    assert elig.count == 1 + 10  # n4 (zone b) and zone c's 10 nodes (n5 is one of them)
+    assert eligible_nodes(snap, {"nodeSelector": {"kubernetes.io/hostname": "n7"}}).count == 1
+
+
+def test_taints_and_tolerations():
+    snap = build_snapshot(
+        nodes=[
+            node("a", taints=[Taint("dedicated", "db", "NoSchedule")]),
+            node("b", taints=[Taint("spot", "", "PreferNoSchedule")]),
+            node("c", taints=[Taint("x", "y", "NoExecute")]),
+        ]
+    )
+    assert eligible_nodes(snap, {}).sample == ("b",)
+    tol = {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db"}]}
+    assert eligible_nodes(snap, tol).count == 2
+    wrong_effect = {"tolerations": [{"key": "x", "operator": "Exists", "effect": "NoSchedule"}]}
+    assert eligible_nodes(snap, wrong_effect).count == 1
+    assert eligible_nodes(snap, {"tolerations": [{"operator": "Exists"}]}).count == 3
+
+
+def test_empty_or_malformed_affinity_term_matches_nothing():
+    snap = build_snapshot(nodes=[node("a")])
+    spec = {
+        "affinity": {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{}]}}
+        }
+    }
+    assert eligible_nodes(snap, spec).count == 0
+    gt_junk = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "Gt", "values": ["1"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
+    }
+    assert eligible_nodes(snap, gt_junk).count == 0
+
+
+def test_lowest_kernel_and_unknown():
+    snap = build_snapshot(nodes=[node("a", kernel="6.1.0"), node("b", kernel="5.4.0-1103-aws")])
+    kf = kernel_facts(eligible_nodes(snap, {}), POLICY.interception)
+    assert kf.lowest == Kernel(5, 4, 0) and not kf.ebpf
+    snap = build_snapshot(nodes=[node("a", kernel="6.1.0"), node("b", kernel=None)])
+    assert kernel_facts(eligible_nodes(snap, {}), POLICY.interception).unknown
+
+
+def test_workload_keys():
+    def pod(owner=None, labels=None, **meta):
+        m = dict(meta)
+        if owner:
+            m["ownerReferences"] = [{"controller": True, **owner}]
+        if labels:
+            m["labels"] = labels
+        return {"metadata": m}
+
+    assert workload_key(
+        pod({"kind": "ReplicaSet", "name": "web-7d9c8b6f5"}, {"pod-template-hash": "7d9c8b6f5"}), "ns"
+    ) == WorkloadKey("ns", "Deployment", "web")
+    assert workload_key(pod({"kind": "ReplicaSet", "name": "bare-rs"}), "ns") == WorkloadKey(
+        "ns", "ReplicaSet", "bare-rs"
+    )
+    assert workload_key(pod({"kind": "Job", "name": "report-29401440"}), "ns") == WorkloadKey(
+        "ns", "CronJob", "report"
+    )
+    assert workload_key(pod({"kind": "Job", "name": "migrate-2"}), "ns") == WorkloadKey(
+        "ns", "Job", "migrate-2"
+    )
+    assert workload_key(pod({"kind": "StatefulSet", "name": "db"}), "ns") == WorkloadKey(
+        "ns", "StatefulSet", "db"
+    )
+    assert workload_key(pod(generateName="debug-"), "ns") == WorkloadKey("ns", "Pod", "debug")
+
+
+def test_weighted_percentile_by_hand():
+    # weights 1,1,1,1 -> p50 is the 2nd smallest; heavy weight on the largest moves p50 to it
+    assert weighted_percentile([(1, 1), (2, 1), (3, 1), (4, 1)], 50) == 2
+    assert weighted_percentile([(1, 1), (2, 1), (3, 1), (4, 5)], 50) == 4
+
+
+def test_decayed_formula_by_hand():
+    """Two samples: 100m now (weight 1) and 1000m one half-life ago (weight 0.5).
+
+    Total weight 1.5; p90 needs 1.35 -> cumulative weights sorted by value: 100m -> 1.0,
+    1000m -> 1.5, so p90 = 1000m. request = 1000m * 1.15 = 1150m. Memory: 100Mi now,
+    200Mi a half-life ago -> p95 = 200Mi -> 230Mi; limit = 1.5 * 200Mi = 300Mi.
+    """
+    now = 1_000_000.0
+    day = 86400.0
+    samples = [Sample(now, 0.1, 100 * 2**20), Sample(now - day, 1.0, 200 * 2**20)]
+    policy = parse_policy("sizing: {minSamples: 2, minSpan: 1h}")
+    summary = summarize(samples, policy.sizing, now)
+    assert summary is not None and summary.cpu_p == 1.0
+    res = from_observed(summary, policy).as_k8s()
+    assert res == {"requests": {"cpu": "1150m", "memory": "230Mi"}, "limits": {"memory": "300Mi"}}
+    # Three half-lives later the old sample weighs 1/8 of a fresh one: p90 of
+    # {100m: 1, 1000m: 0.125} needs 1.0125 -> 1000m still; with 9 fresh samples it drops to 100m.
+    fresh = [Sample(now, 0.1, 10 * 2**20)] * 9 + [Sample(now - 3 * day, 1.0, 20 * 2**20)]
+    assert summarize(fresh, policy.sizing, now).cpu_p == 0.1
+
+
+def test_window_and_cpu_limits():
+    now = 10_000_000.0
+    policy = parse_policy("sizing: {minSamples: 1, minSpan: 0s, cpuLimits: true, window: 1d}")
+    samples = [Sample(now - 2 * 86400, 5.0, 1e9), Sample(now - 60, 0.2, 50 * 2**20)]
+    summary = summarize(samples, policy.sizing, now)
+    assert summary.count == 1  # the 2-day-old sample is outside the window
+    res = from_observed(summary, policy).as_k8s()
+    assert res["limits"]["cpu"] == "300m" and res["requests"]["cpu"] == "230m"
+    assert res["requests"]["memory"] == "58Mi" and res["limits"]["memory"] == "75Mi"
+
+
+def test_samples_file_formats():
+    csv_text = "namespace,workload,timestamp,cpu,memory,oom\nshop,Deployment/web,1700000000,250m,64Mi,true\n"
+    jsonl = (
+        '{"namespace": "shop", "workload": "Deployment/web", "timestamp": "2023-11-14T22:13:20Z", '
+        '"cpu": 0.25, "memory": 67108864, "oom": true}\n'
+    )
+    assert parse_samples(csv_text) == parse_samples(jsonl)
+
+
+def test_patch_escaping():
+    assert escape("a/b~c") == "a~1b~0c"
+    ops = diff({"metadata": {}}, {"metadata": {"labels": {"x/y": "1"}}})
+    assert ops == [{"op": "add", "path": "/metadata/labels", "value": {"x/y": "1"}}]
+    ops = diff({"metadata": {"labels": {"a": "1"}}}, {"metadata": {"labels": {"a": "1", "x/y~": "2"}}})
+    assert ops == [{"op": "add", "path": "/metadata/labels/x~1y~0", "value": "2"}]
+    ops = diff({"l": [1, 2, 3]}, {"l": [0, 1, 2, 3]})
+    assert ops == [{"op": "add", "path": "/l/0", "value": 0}]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("injectByDefault: yes-please", "injectByDefault: expected true or false"),
+        ("sizing: {window: 7 days}", "sizing.window: '7 days' is not a duration"),
+        ("sizing: {floor: {cpu: 3}}", "sizing.floor.cpu is above sizing.cap.cpu"),
+        ("profiles: [{name: a, match: {}, requests: {cpu: 1}}]", "both cpu and memory are required"),
+        (
+            "nativeSidecar: {minVersion: latest}",
+            "nativeSidecar.minVersion: 'latest' is not a Kubernetes version",
+        ),
+        ("- a\n- b", "a policy is a YAML mapping"),
+    ],
+)
+def test_policy_errors_name_the_field(text, needle):
+    with pytest.raises(PolicyError, match=None) as err:
+        parse_policy(text, "p.yaml")
+    assert needle in str(err.value)
+    assert str(err.value).startswith("p.yaml: ")

@@ -1,0 +1,300 @@
+"""``mesh-injector``: the command-line front end.
+
+Every verb is a thin shell: read files, build a static snapshot, call the same ``admit``
+the webhook calls, print. Errors a user can fix exit 2 with one line on stderr that names
+the file and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from webhook import __version__
+from webhook.admission import admit
+from webhook.loading import (
+    InputError,
+    load_snapshot,
+    manifest_sources,
+    parse_document,
+    parse_documents,
+    read_text,
+)
+from webhook.manifests import DocResult, process
+from webhook.policy import Policy, PolicyError, load_policy
+from webhook.review import ReviewError, build_response, parse_review
+from webhook.sizing import enough_samples, from_observed, human_duration
+from webhook.usage import UsageError, load_samples, summarize_all
+
+
+class CliError(Exception):
+    pass
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the iptables ruleset) as readable literal blocks."""
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    if "\n" in data:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+
+
+_BlockDumper.add_representer(str, _str_presenter)
+
+
+def dump_yaml(docs: Sequence[Any]) -> str:
+    return yaml.dump_all(docs, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, width=120)
+
+
+def _now(raw: str | None) -> float:
+    if not raw:
+        return time.time()
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise CliError(f"--now: {raw!r} is not an RFC 3339 time such as 2026-11-27T12:00:00Z") from None
+
+
+def _policy(args: argparse.Namespace) -> Policy:
+    return load_policy(args.policy)
+
+
+def _snapshot(args: argparse.Namespace, policy: Policy, now: float):
+    return load_snapshot(
+        policy=policy,
+        now=now,
+        cluster=args.cluster,
+        server_version=args.server_version,
+        usage=args.usage,
+        kernel=args.kernel,
+    )
+
+
+# --- verbs ---------------------------------------------------------------------------
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    snapshot = _snapshot(args, policy, _now(args.now))
+    review = parse_document(read_text(args.file), args.file)
+    try:
+        request = parse_review(review)
+    except ReviewError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
+    outcome = admit(request, snapshot, policy)
+    if args.show == "response":
+        print(json.dumps(build_response(review, outcome), indent=2))
+    elif args.show == "patch":
+        print(json.dumps(outcome.patch, indent=2))
+    elif args.show == "pod":
+        print(dump_yaml([outcome.pod]), end="")
+    else:
+        print("\n".join(outcome.explanation))
+        if outcome.warnings and not any(line.startswith("warnings:") for line in outcome.explanation):
+            print("warnings: " + " | ".join(outcome.warnings))
+    return 0
+
+
+def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[list[Any], list[DocResult]]:
+    policy = _policy(args)
+    snapshot = _snapshot(args, policy, _now(args.now))
+    docs_out: list[Any] = []
+    results: list[DocResult] = []
+    for given in args.filename:
+        for source in manifest_sources(given):
+            for doc in parse_documents(read_text(source), source):
+                if not isinstance(doc, dict):
+                    raise CliError(f"{source}: a document is a {type(doc).__name__}, not a Kubernetes object")
+                new, res = process(
+                    doc, snapshot, policy, default_namespace=args.namespace, assume_opt_in=assume_opt_in
+                )
+                docs_out.append(new)
+                results.extend(res)
+    return docs_out, results
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    docs, results = _manifest_results(args, assume_opt_in=not args.respect_opt_in)
+    sys.stdout.write(dump_yaml(docs))
+    for r in results:
+        print(r.report(), file=sys.stderr)
+    return 0
+
+
+def _table(rows: list[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    _, results = _manifest_results(args, assume_opt_in=False)
+    rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "REASON")]
+    for r in results:
+        o = r.outcome
+        if o is None:
+            rows.append((r.ref, "-", "-", "no pod template"))
+        elif o.injected:
+            assert o.mode is not None
+            rows.append(
+                (
+                    r.ref,
+                    "yes",
+                    o.mode.value,
+                    o.reason + (f" ({len(o.warnings)} warning(s))" if o.warnings else ""),
+                )
+            )
+        else:
+            assert o.skip is not None
+            rows.append((r.ref, "no", "-", f"{o.skip.value}: {o.skip.text}"))
+    print(_table(rows))
+    if args.explain:
+        for r in results:
+            if r.outcome is not None:
+                print(f"\n# {r.ref}")
+                print("\n".join(r.outcome.explanation))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    now = _now(args.now)
+    try:
+        samples = load_samples(args.usage)
+    except UsageError as exc:
+        raise CliError(str(exc)) from None
+    summaries = summarize_all(samples, policy.sizing, now)
+    rows: list[Sequence[str]] = [
+        ("WORKLOAD", "SAMPLES", "SPAN", "CPU REQ", "MEM REQ", "CPU LIM", "MEM LIM", "SOURCE")
+    ]
+    window = human_duration(policy.sizing.window)
+    for key in sorted(samples):
+        summary = summaries.get(key)
+        if enough_samples(summary, policy):
+            assert summary is not None
+            res = from_observed(summary, policy).as_k8s()
+            lim = res.get("limits", {})
+            rows.append(
+                (
+                    str(key),
+                    str(summary.count),
+                    human_duration(summary.span),
+                    res["requests"]["cpu"],
+                    res["requests"]["memory"],
+                    lim.get("cpu", "-"),
+                    lim.get("memory", "-"),
+                    "observed",
+                )
+            )
+        else:
+            count = summary.count if summary else 0
+            span = human_duration(summary.span) if summary else "-"
+            rows.append((str(key), str(count), span, "-", "-", "-", "-", "profile (too few samples)"))
+    print(
+        f"# window {window}, half-life {human_duration(policy.sizing.half_life)}, "
+        f"at least {policy.sizing.min_samples} samples over {human_duration(policy.sizing.min_span)}"
+    )
+    print(_table(rows))
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    policy = load_policy(args.file)
+    print(
+        f"{args.file}: valid ({len(policy.profiles)} profiles, "
+        f"injectByDefault={str(policy.inject_by_default).lower()})"
+    )
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------
+
+
+def _dry_run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster state for the dry run")
+    g.add_argument(
+        "--cluster", metavar="FILE", help="output of: kubectl get nodes,namespaces,services -A -o yaml"
+    )
+    g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
+    g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
+    g.add_argument("--policy", metavar="FILE", help="policy file (default: the bundled policy)")
+    g.add_argument("--kernel", metavar="VERSION", help="assume every node runs this kernel, e.g. 6.1.0")
+    g.add_argument("--now", metavar="TIME", help="evaluation time, RFC 3339 (default: now)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mesh-injector",
+        description="Mesh pods with the interception mode their nodes can run; webhook and offline dry-run.",
+    )
+    parser.add_argument("--version", action="version", version=f"mesh-injector {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("review", help="AdmissionReview in, the webhook's AdmissionReview response out")
+    p.add_argument("file", metavar="FILE|-", help="AdmissionReview as JSON or YAML, or - for stdin")
+    p.add_argument("--show", choices=("response", "patch", "pod", "why"), default="response")
+    _dry_run_flags(p)
+    p.set_defaults(func=cmd_review)
+
+    for name, helptext, func in (
+        ("inject", "inject the proxy into every pod template of the manifests", cmd_inject),
+        ("check", "table of whether each workload would be meshed, in which mode, and why", cmd_check),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
+        p.add_argument("-n", "--namespace", default="default", help="namespace for objects that name none")
+        _dry_run_flags(p)
+        p.set_defaults(func=func)
+        if name == "inject":
+            p.add_argument(
+                "--respect-opt-in",
+                action="store_true",
+                help="apply namespace labels and injectByDefault as the webhook would (default: inject "
+                "everything not marked disabled, like istioctl kube-inject)",
+            )
+        else:
+            p.add_argument("--explain", action="store_true", help="print each workload's full explanation")
+
+    p = sub.add_parser("recommend", help="the proxy resources each workload would get from observed usage")
+    p.add_argument("--usage", required=True, metavar="FILE")
+    p.add_argument("--policy", metavar="FILE")
+    p.add_argument("--now", metavar="TIME")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("policy", help="policy file tools")
+    psub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    pc = psub.add_parser("check", help="validate a policy file")
+    pc.add_argument("file")
+    pc.set_defaults(func=cmd_policy_check)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, InputError, PolicyError, UsageError, ReviewError) as exc:
+        print(f"mesh-injector: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130

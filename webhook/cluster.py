@@ -1,0 +1,249 @@
+"""The cluster as the admission core sees it: one frozen snapshot.
+
+A ``ClusterSnapshot`` holds nodes, namespaces' labels, Services, the API server version
+and per-workload usage summaries. It is built once (from ``kubectl get
+nodes,namespaces,services -A -o yaml`` output, or by a live cache in the background) and
+then only read, so admissions never touch the network.
+
+Nodes are pre-grouped: nodes that share their labels (minus per-node identity labels such
+as ``kubernetes.io/hostname``), taints, cordon state, kernel and kubelet are one group,
+and scheduling constraints are evaluated per group. A 5,000-node cluster is usually a few
+dozen groups, which keeps admission time nearly flat in the number of nodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from webhook.usage import UsageSummary
+from webhook.versions import KubeVersion
+from webhook.workload import Service, ServicePort, WorkloadKey
+
+# Labels that are unique per node by construction; others are detected by their spread.
+WELL_KNOWN_IDENTITY_LABELS = frozenset({"kubernetes.io/hostname"})
+
+
+class SnapshotError(ValueError):
+    """A cluster file that is not what ``kubectl get ... -o yaml`` prints."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...] = ()
+    unschedulable: bool = False
+    kernel: str | None = None
+    kubelet: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGroup:
+    labels: Mapping[str, str]  # the labels every member has, identity labels left out
+    taints: tuple[Taint, ...]
+    unschedulable: bool
+    kernel: str | None
+    kubelet: str | None
+    nodes: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    nodes: Mapping[str, Node] = field(default_factory=dict)
+    groups: tuple[NodeGroup, ...] = ()
+    identity_labels: frozenset[str] = WELL_KNOWN_IDENTITY_LABELS
+    namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    services: Mapping[str, tuple[Service, ...]] = field(default_factory=dict)
+    server_version: KubeVersion | None = None
+    usage: Mapping[WorkloadKey, UsageSummary] = field(default_factory=dict)
+    source: str = "embedded defaults (no cluster)"
+    built_at: float = 0.0
+
+
+class ClusterView(Protocol):
+    """Anything that can hand the admission path the current snapshot without I/O."""
+
+    def snapshot(self) -> ClusterSnapshot: ...
+
+
+@dataclass(frozen=True)
+class StaticClusterView:
+    value: ClusterSnapshot
+
+    def snapshot(self) -> ClusterSnapshot:
+        return self.value
+
+
+# --- building -------------------------------------------------------------------------
+
+
+def _identity_labels(nodes: Iterable[Node]) -> frozenset[str]:
+    nodes = list(nodes)
+    values: dict[str, set[str]] = defaultdict(set)
+    for node in nodes:
+        for key, value in node.labels.items():
+            values[key].add(value)
+    threshold = max(16, len(nodes) // 4)
+    spread = {key for key, vals in values.items() if len(vals) > threshold}
+    return WELL_KNOWN_IDENTITY_LABELS | spread
+
+
+def group_nodes(nodes: Iterable[Node]) -> tuple[tuple[NodeGroup, ...], frozenset[str]]:
+    nodes = list(nodes)
+    identity = _identity_labels(nodes)
+    buckets: dict[tuple[Any, ...], list[Node]] = defaultdict(list)
+    for node in nodes:
+        common = tuple(sorted((k, v) for k, v in node.labels.items() if k not in identity))
+        buckets[(common, node.taints, node.unschedulable, node.kernel, node.kubelet)].append(node)
+    groups = tuple(
+        NodeGroup(
+            labels=dict(common),
+            taints=taints,
+            unschedulable=unsched,
+            kernel=kernel,
+            kubelet=kubelet,
+            nodes=tuple(members),
+        )
+        for (common, taints, unsched, kernel, kubelet), members in buckets.items()
+    )
+    return groups, identity
+
+
+def build_snapshot(
+    *,
+    nodes: Iterable[Node] = (),
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
+    services: Iterable[Service] = (),
+    server_version: KubeVersion | None = None,
+    usage: Mapping[WorkloadKey, UsageSummary] | None = None,
+    source: str = "cluster",
+    built_at: float | None = None,
+) -> ClusterSnapshot:
+    node_list = list(nodes)
+    groups, identity = group_nodes(node_list)
+    by_ns: dict[str, list[Service]] = defaultdict(list)
+    for svc in services:
+        by_ns[svc.namespace].append(svc)
+    return ClusterSnapshot(
+        nodes={n.name: n for n in node_list},
+        groups=groups,
+        identity_labels=identity,
+        namespaces=dict(namespaces or {}),
+        services={ns: tuple(items) for ns, items in by_ns.items()},
+        server_version=server_version,
+        usage=dict(usage or {}),
+        source=source,
+        built_at=time.time() if built_at is None else built_at,
+    )
+
+
+def with_kernel(snapshot: ClusterSnapshot, kernel: str) -> ClusterSnapshot:
+    """Every node reports ``kernel`` (``--kernel``); with no nodes, one assumed node does."""
+    nodes = [replace(n, kernel=kernel) for n in snapshot.nodes.values()]
+    if not nodes:
+        kubelet = f"v{snapshot.server_version}.0" if snapshot.server_version else None
+        nodes = [Node(name="assumed-node", labels={}, kernel=kernel, kubelet=kubelet)]
+    groups, identity = group_nodes(nodes)
+    return replace(snapshot, nodes={n.name: n for n in nodes}, groups=groups, identity_labels=identity)
+
+
+# --- from Kubernetes objects ----------------------------------------------------------
+
+
+def _str_map(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if v is not None}
+
+
+def node_from_object(obj: Mapping[str, Any]) -> Node:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    info = (obj.get("status") or {}).get("nodeInfo") or {}
+    taints = tuple(
+        Taint(key=str(t.get("key", "")), value=str(t.get("value") or ""), effect=str(t.get("effect", "")))
+        for t in spec.get("taints") or []
+        if isinstance(t, dict)
+    )
+    kernel, kubelet = info.get("kernelVersion"), info.get("kubeletVersion")
+    return Node(
+        name=str(meta.get("name", "")),
+        labels=_str_map(meta.get("labels")),
+        taints=taints,
+        unschedulable=spec.get("unschedulable") is True,
+        kernel=kernel if isinstance(kernel, str) and kernel else None,
+        kubelet=kubelet if isinstance(kubelet, str) and kubelet else None,
+    )
+
+
+def service_from_object(obj: Mapping[str, Any]) -> Service:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    ports = tuple(
+        ServicePort(name=str(p.get("name") or ""), app_protocol=str(p.get("appProtocol") or ""))
+        for p in spec.get("ports") or []
+        if isinstance(p, dict)
+    )
+    return Service(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name", "")),
+        selector=_str_map(spec.get("selector")),
+        ports=ports,
+    )
+
+
+def flatten_items(docs: Iterable[object]) -> list[dict[str, Any]]:
+    """Objects from documents that may be single objects or ``kind: List``-style lists."""
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise SnapshotError(f"expected Kubernetes objects, found a {type(doc).__name__}")
+        if isinstance(doc.get("items"), list) and ("kind" not in doc or str(doc["kind"]).endswith("List")):
+            out.extend(flatten_items(doc["items"]))
+        else:
+            out.append(doc)
+    return out
+
+
+def snapshot_from_objects(
+    docs: Iterable[object],
+    *,
+    server_version: KubeVersion | None = None,
+    usage: Mapping[WorkloadKey, UsageSummary] | None = None,
+    source: str = "cluster file",
+    built_at: float | None = None,
+) -> ClusterSnapshot:
+    nodes: list[Node] = []
+    namespaces: dict[str, dict[str, str]] = {}
+    services: list[Service] = []
+    for obj in flatten_items(docs):
+        kind = obj.get("kind")
+        if kind == "Node":
+            nodes.append(node_from_object(obj))
+        elif kind == "Namespace":
+            meta = obj.get("metadata") or {}
+            namespaces[str(meta.get("name", ""))] = _str_map(meta.get("labels"))
+        elif kind == "Service":
+            services.append(service_from_object(obj))
+    return build_snapshot(
+        nodes=nodes,
+        namespaces=namespaces,
+        services=services,
+        server_version=server_version,
+        usage=usage,
+        source=source,
+        built_at=built_at,
+    )

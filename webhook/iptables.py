@@ -1,0 +1,71 @@
+"""The redirect rules ``mesh-init`` loads with ``iptables-restore`` in iptables mode.
+
+Inbound TCP is redirected to the proxy's inbound port, outbound TCP to its outbound port.
+Never redirected: the proxy's own traffic (its UID, so it cannot loop), loopback traffic
+inside the pod, the proxy's admin port (kubelet probes), and the skip-ports the pod lists.
+"""
+
+from __future__ import annotations
+
+import re
+
+PROXY_UID = 2102
+INBOUND_PORT = 4143
+OUTBOUND_PORT = 4140
+ADMIN_PORT = 4191
+PROXY_PORTS = (OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT)
+
+_PORT_ITEM = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+
+
+class PortListError(ValueError):
+    pass
+
+
+def parse_ports(raw: str) -> tuple[tuple[int, int], ...]:
+    """``"25,3306,8000-8100"`` -> ``((25, 25), (3306, 3306), (8000, 8100))``."""
+    out: list[tuple[int, int]] = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        m = _PORT_ITEM.match(item)
+        if m is None:
+            raise PortListError(f"{item!r} is not a port or a range like 8000-8100")
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        if not 1 <= lo <= hi <= 65535:
+            raise PortListError(f"{item!r} is outside 1-65535 or reversed")
+        out.append((lo, hi))
+    return tuple(sorted(set(out)))
+
+
+def _dport(lo: int, hi: int) -> str:
+    return f"--dport {lo}" if lo == hi else f"--dport {lo}:{hi}"
+
+
+def render_rules(
+    *, skip_inbound: tuple[tuple[int, int], ...] = (), skip_outbound: tuple[tuple[int, int], ...] = ()
+) -> str:
+    lines = [
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":INPUT ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]",
+        ":MESH_INBOUND - [0:0]",
+        ":MESH_OUTBOUND - [0:0]",
+        "-A PREROUTING -p tcp -j MESH_INBOUND",
+        f"-A MESH_INBOUND -p tcp --dport {ADMIN_PORT} -j RETURN",
+    ]
+    lines += [f"-A MESH_INBOUND -p tcp {_dport(lo, hi)} -j RETURN" for lo, hi in skip_inbound]
+    lines += [
+        f"-A MESH_INBOUND -p tcp -j REDIRECT --to-ports {INBOUND_PORT}",
+        "-A OUTPUT -p tcp -j MESH_OUTBOUND",
+        f"-A MESH_OUTBOUND -m owner --uid-owner {PROXY_UID} -j RETURN",
+        "-A MESH_OUTBOUND -o lo -j RETURN",
+        "-A MESH_OUTBOUND -d 127.0.0.0/8 -j RETURN",
+    ]
+    lines += [f"-A MESH_OUTBOUND -p tcp {_dport(lo, hi)} -j RETURN" for lo, hi in skip_outbound]
+    lines += [f"-A MESH_OUTBOUND -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}", "COMMIT", ""]
+    return "\n".join(lines)

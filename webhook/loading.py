@@ -1,0 +1,156 @@
+"""Reading what users hand the tools: reviews, manifests, cluster files, usage, versions.
+
+Everything here turns a bad file into ``InputError`` with a one-line message that names the
+file and, where it can, the line: the CLI prints it and exits 2; the server refuses to start.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from webhook.cluster import ClusterSnapshot, SnapshotError, build_snapshot, snapshot_from_objects, with_kernel
+from webhook.policy import Policy
+from webhook.usage import UsageError, load_samples, summarize_all
+from webhook.versions import KubeVersion, parse_kernel, parse_kube_version
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class InputError(ValueError):
+    """A file the user gave cannot be used; the message says which and why."""
+
+
+def read_text(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source)
+    try:
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise InputError(f"{source}: is a directory") from None
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{source}: not a UTF-8 text file") from None
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> InputError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return InputError(f"{source}: not valid JSON or YAML{where}: {problem}")
+
+
+def parse_document(text: str, source: str) -> Any:
+    """One JSON or YAML document."""
+    stripped = text.lstrip()
+    if not stripped:
+        raise InputError(f"{source}: empty input")
+    if stripped[0] in "{[":
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            if stripped[0] == "{" and source.endswith(".json"):
+                raise InputError(f"{source}: not valid JSON: {exc}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from None
+    if len(docs) != 1:
+        raise InputError(f"{source}: expected one document, found {len(docs)}")
+    return docs[0]
+
+
+def parse_documents(text: str, source: str) -> list[Any]:
+    """All documents of a (multi-document) YAML or JSON stream, empty ones dropped."""
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from None
+
+
+def manifest_sources(source: str) -> Iterator[str]:
+    """``-``, a file, or every manifest file under a directory (sorted, recursive)."""
+    if source == "-":
+        yield source
+        return
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+        if not files:
+            raise InputError(f"{source}: no .yaml, .yml or .json files in this directory")
+        for f in files:
+            yield str(f)
+    else:
+        yield source
+
+
+def parse_server_version(raw: str) -> KubeVersion:
+    version = parse_kube_version(raw)
+    if version is None:
+        raise InputError(f"--server-version: {raw!r} is not a Kubernetes version such as 1.32 or v1.29.3")
+    return version
+
+
+def load_snapshot(
+    *,
+    policy: Policy,
+    now: float,
+    cluster: str | None = None,
+    server_version: str | None = None,
+    usage: str | None = None,
+    kernel: str | None = None,
+) -> ClusterSnapshot:
+    """The static snapshot the dry-run tools (and ``serve --cluster``) decide against."""
+    server = parse_server_version(server_version) if server_version else None
+    try:
+        summaries = summarize_all(load_samples(usage), policy.sizing, now) if usage else {}
+    except UsageError as exc:
+        raise InputError(str(exc)) from None
+    if cluster:
+        docs = parse_documents(read_text(cluster), cluster)
+        try:
+            snapshot = snapshot_from_objects(
+                docs, server_version=server, usage=summaries, source=cluster, built_at=now
+            )
+        except SnapshotError as exc:
+            raise InputError(f"{cluster}: {exc}") from None
+        if not snapshot.nodes and not snapshot.namespaces:
+            raise InputError(
+                f"{cluster}: no Node or Namespace objects "
+                "(use kubectl get nodes,namespaces,services -A -o yaml)"
+            )
+        if server is None:
+            snapshot = _infer_server_version(snapshot)
+    else:
+        snapshot = build_snapshot(
+            server_version=server,
+            usage=summaries,
+            source="embedded defaults: no --cluster, kernels unknown",
+            built_at=now,
+        )
+    if kernel:
+        if parse_kernel(kernel) is None:
+            raise InputError(f"--kernel: {kernel!r} is not a kernel version such as 6.1.0")
+        snapshot = with_kernel(snapshot, kernel)
+    return snapshot
+
+
+def _infer_server_version(snapshot: ClusterSnapshot) -> ClusterSnapshot:
+    """Kubelets are never newer than their API server, so the newest one is a safe lower bound."""
+    versions = [v for v in (parse_kube_version(n.kubelet) for n in snapshot.nodes.values()) if v is not None]
+    if not versions:
+        return snapshot
+    newest = max(versions)
+    return replace(
+        snapshot,
+        server_version=newest,
+        source=f"{snapshot.source}; server version {newest} inferred from the newest kubelet",
+    )

@@ -1,0 +1,142 @@
+"""Manifests in, injected manifests out: the offline ``inject`` and ``check`` verbs.
+
+Every pod template is run through the same ``admit`` as the webhook, as the pod its
+controller would create: the template's metadata and spec, in the manifest's namespace,
+owned by the workload (so workload keys, batch detection and observed usage line up).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.admission import Outcome, admit
+from webhook.cluster import ClusterSnapshot
+from webhook.policy import Policy
+
+TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
+    "Pod": (),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+_OWNER_KIND = {"CronJob": "CronJob", "Job": "Job"}
+
+
+@dataclass(frozen=True)
+class DocResult:
+    kind: str
+    namespace: str
+    name: str
+    outcome: Outcome | None  # None for kinds that carry no pod template
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+    def report(self) -> str:
+        o = self.outcome
+        if o is None:
+            return f"{self.ref}: unchanged (no pod template)"
+        if o.injected:
+            assert o.mode is not None and o.mode_reason is not None
+            note = f"; {len(o.warnings)} warning(s)" if o.warnings else ""
+            return f"{self.ref}: injected with mode {o.mode.value} ({o.mode_reason.value}){note}"
+        assert o.skip is not None
+        return f"{self.ref}: skipped because {o.skip.text} ({o.skip.value})"
+
+
+def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    node: Any = doc
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _as_pod(doc: dict[str, Any], template: dict[str, Any], kind: str, namespace: str) -> dict[str, Any]:
+    if kind == "Pod":
+        pod = dict(doc)
+        pod["metadata"] = {**(doc.get("metadata") or {}), "namespace": namespace}
+        return pod
+    meta = dict(template.get("metadata") or {})
+    name = str((doc.get("metadata") or {}).get("name", ""))
+    meta["namespace"] = namespace
+    meta["generateName"] = f"{name}-"
+    meta["ownerReferences"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": _OWNER_KIND.get(kind, kind),
+            "name": name,
+            "uid": "",
+            "controller": True,
+        }
+    ]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec") or {}}
+
+
+def _write_back(doc: dict[str, Any], template: dict[str, Any], kind: str, pod: dict[str, Any]) -> None:
+    if kind == "Pod":
+        original_meta = doc.get("metadata") or {}
+        meta = dict(pod["metadata"])
+        if "namespace" not in original_meta:
+            meta.pop("namespace", None)
+        doc["metadata"] = meta
+        doc["spec"] = pod["spec"]
+        return
+    original_meta = template.get("metadata") or {}
+    meta = {k: v for k, v in pod["metadata"].items() if k in original_meta or k in ("labels", "annotations")}
+    template["metadata"] = meta
+    template["spec"] = pod["spec"]
+
+
+def process(
+    doc: dict[str, Any],
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    *,
+    default_namespace: str,
+    assume_opt_in: bool,
+) -> tuple[dict[str, Any], list[DocResult]]:
+    """The document with its pod templates injected (a new object), and one result per object."""
+    kind = str(doc.get("kind", ""))
+    if kind == "List" and isinstance(doc.get("items"), list):
+        out = dict(doc)
+        items, results = [], []
+        for item in doc["items"]:
+            if isinstance(item, dict):
+                new, res = process(
+                    item, snapshot, policy, default_namespace=default_namespace, assume_opt_in=assume_opt_in
+                )
+                items.append(new)
+                results.extend(res)
+            else:
+                items.append(item)
+        out["items"] = items
+        return out, results
+    meta = doc.get("metadata") or {}
+    namespace = str(meta.get("namespace") or default_namespace)
+    name = str(meta.get("name") or meta.get("generateName") or "?")
+    path = TEMPLATE_PATHS.get(kind)
+    template = _dig(doc, path) if path is not None else None
+    if path is None or template is None:
+        ns = namespace if path is not None or meta.get("namespace") else ""
+        return doc, [DocResult(kind or "?", ns, name, None)]
+    doc = copy.deepcopy(doc)
+    template = doc if kind == "Pod" else _dig(doc, path)
+    assert template is not None
+    pod = _as_pod(doc, template, kind, namespace)
+    request = {
+        "uid": f"offline-{kind}-{namespace}-{name}",
+        "operation": "CREATE",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "namespace": namespace,
+        "object": pod,
+    }
+    outcome = admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
+    if outcome.patch and outcome.pod is not None:
+        _write_back(doc, template, kind, dict(outcome.pod))
+    return doc, [DocResult(kind, namespace, name, outcome)]

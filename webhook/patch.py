@@ -1,0 +1,72 @@
+"""RFC 6902 JSON Patch from a diff of the received object and the mutated one.
+
+Diffing (as Istio does) rather than hand-building paths means parents that do not exist
+are added whole, keys are escaped per RFC 6901 (``~`` -> ``~0``, ``/`` -> ``~1``), and
+only what really changed is touched (``managedFields`` never is: the mutator does not
+change it, and it is compared by identity first). Lists are diffed by their common prefix
+and suffix, which turns "insert a container at the front" into one ``add``.
+
+``jsonpatch.make_patch`` produces equivalent patches but costs ~10x more on a typical pod,
+so this small diff is used on the admission path; the tests apply every patch with the
+real ``jsonpatch`` library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Patch = list[dict[str, Any]]
+
+
+def escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _diff(old: Any, new: Any, path: str, out: Patch) -> None:
+    if old is new:
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old:
+            if key not in new:
+                out.append({"op": "remove", "path": f"{path}/{escape(key)}"})
+        for key, value in new.items():
+            sub = f"{path}/{escape(key)}"
+            if key not in old:
+                out.append({"op": "add", "path": sub, "value": value})
+            elif old[key] is not value and old[key] != value:
+                _diff(old[key], value, sub, out)
+        return
+    if isinstance(old, list) and isinstance(new, list):
+        _diff_list(old, new, path, out)
+        return
+    if old != new or type(old) is not type(new):
+        out.append({"op": "replace", "path": path, "value": new})
+
+
+def _diff_list(old: list[Any], new: list[Any], path: str, out: Patch) -> None:
+    if old == new:
+        return
+    start = 0
+    limit = min(len(old), len(new))
+    while start < limit and old[start] == new[start]:
+        start += 1
+    end_old, end_new = len(old), len(new)
+    while end_old > start and end_new > start and old[end_old - 1] == new[end_new - 1]:
+        end_old -= 1
+        end_new -= 1
+    removed = end_old - start
+    added = end_new - start
+    common = min(removed, added)
+    for i in range(common):  # changed in place
+        _diff(old[start + i], new[start + i], f"{path}/{start + i}", out)
+    for _ in range(removed - common):  # surplus old items, removed at the same index
+        out.append({"op": "remove", "path": f"{path}/{start + common}"})
+    for i in range(common, added):
+        out.append({"op": "add", "path": f"{path}/{start + i}", "value": new[start + i]})
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> Patch:
+    """Operations that turn ``old`` into ``new``; ``[]`` when they are equal."""
+    out: Patch = []
+    _diff(old, new, "", out)
+    return out

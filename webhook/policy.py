@@ -1,0 +1,340 @@
+"""The injection policy: data, validated once at start-up.
+
+A policy file is YAML whose shape is the dataclasses below (camelCase keys). Loading is
+strict: an unknown field, a wrong type or a value outside its allowed set raises
+``PolicyError`` naming the field path and what is allowed, so a bad policy stops start-up
+instead of half-working. Fields left out take the defaults of the bundled
+``policies/default.yaml``, which is itself just a policy file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from kubernetes.utils import parse_quantity
+
+from webhook.versions import Kernel, KubeVersion, parse_kernel, parse_kube_version
+
+
+class PolicyError(ValueError):
+    """A policy file is unreadable or names a field or value that is not allowed."""
+
+
+class Duration(float):
+    """Seconds, written as ``90s``, ``30m``, ``24h``, ``7d`` (or a bare number of seconds)."""
+
+
+class Cpu(float):
+    """CPU cores, written as a Kubernetes quantity (``250m``, ``1``, ``1.5``)."""
+
+
+class Memory(int):
+    """Bytes, written as a Kubernetes quantity (``64Mi``, ``1Gi``, ``500M``)."""
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+Protocol = Literal["grpc", "http", "tcp"]
+Throughput = Literal["high", "normal"]
+Lifecycle = Literal["service", "batch"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Amounts:
+    cpu: Cpu | None = None
+    memory: Memory | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileMatch:
+    protocol: Protocol | None = None
+    throughput: Throughput | None = None
+    lifecycle: Lifecycle | None = None
+
+    def matches(self, protocol: str, throughput: str, lifecycle: str) -> bool:
+        return (
+            (self.protocol is None or self.protocol == protocol)
+            and (self.throughput is None or self.throughput == throughput)
+            and (self.lifecycle is None or self.lifecycle == lifecycle)
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    name: str
+    match: ProfileMatch = field(default_factory=ProfileMatch)
+    requests: Amounts
+    limits: Amounts = field(default_factory=Amounts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyImages:
+    image: str
+    init_image: str
+    connection_pool_size: int = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class EbpfRules:
+    min_kernel: Kernel
+    capable_kernels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MicrovmRules:
+    min_kernel: Kernel
+    min_server_version: KubeVersion
+    runtime_class: str = "mesh-microvm"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IptablesRules:
+    cni_installs_rules: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Interception:
+    ebpf: EbpfRules
+    microvm: MicrovmRules
+    iptables: IptablesRules = field(default_factory=IptablesRules)
+    high_throughput_cpu: Cpu
+
+
+@dataclass(frozen=True, kw_only=True)
+class NativeSidecar:
+    min_version: KubeVersion
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sizing:
+    window: Duration
+    half_life: Duration
+    min_samples: int
+    min_span: Duration
+    cpu_percentile: float
+    memory_percentile: float
+    margin: float
+    limit_factor: float
+    cpu_limits: bool
+    oom_lookback: Duration
+    oom_factor: float
+    oom_min_increase: Memory
+    floor: Amounts
+    cap: Amounts
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    api_version: Literal["mesh-injector.io/v1"] = "mesh-injector.io/v1"
+    kind: Literal["InjectionPolicy"] = "InjectionPolicy"
+    inject_by_default: bool
+    injector_namespace: str
+    excluded_namespaces: tuple[str, ...] = ()
+    proxy: ProxyImages
+    interception: Interception
+    native_sidecar: NativeSidecar
+    sizing: Sizing
+    profiles: tuple[Profile, ...]
+
+    def profile_for(self, protocol: str, throughput: str, lifecycle: str) -> Profile:
+        for profile in self.profiles:
+            if profile.match.matches(protocol, throughput, lifecycle):
+                return profile
+        raise AssertionError("validated policies end with a catch-all profile")
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Duration: "a duration such as 90s, 30m, 24h, 7d",
+        Cpu: "a CPU quantity such as 250m or 1",
+        Memory: "a memory quantity such as 64Mi or 1Gi",
+        Kernel: "a kernel version such as 5.10",
+        KubeVersion: "a Kubernetes version such as 1.32",
+    }
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _quantity(value: Any, path: str, what: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise PolicyError(f"{path}: expected {what}, got {value!r}")
+    try:
+        q = parse_quantity(value)
+    except (ValueError, InvalidOperation, TypeError):
+        raise PolicyError(f"{path}: {value!r} is not {what}") from None
+    if q < 0:
+        raise PolicyError(f"{path}: {value!r} must not be negative")
+    return q
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise PolicyError(f"{path}: {value!r} is not allowed; expected {_describe(tp)}")
+        return value
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if not isinstance(value, list):
+            raise PolicyError(f"{path}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise PolicyError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PolicyError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PolicyError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise PolicyError(f"{path}: expected a non-empty string, got {value!r}")
+        return value
+    if tp is Duration:
+        m = _DURATION.match(str(value)) if not isinstance(value, bool) else None
+        if m is None:
+            raise PolicyError(f"{path}: {value!r} is not {_describe(tp)}")
+        return Duration(float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    if tp is Cpu:
+        return Cpu(float(_quantity(value, path, _describe(tp))))
+    if tp is Memory:
+        return Memory(int(_quantity(value, path, _describe(tp))))
+    if tp is Kernel:
+        kernel = parse_kernel(str(value))
+        if kernel is None:
+            raise PolicyError(f"{path}: {value!r} is not {_describe(tp)}")
+        return kernel
+    if tp is KubeVersion:
+        version = parse_kube_version(str(value))
+        if version is None:
+            raise PolicyError(f"{path}: {value!r} is not {_describe(tp)}")
+        return version
+    raise TypeError(f"unsupported policy field type {tp!r}")  # a bug in this module, not input
+
+
+def _build(cls: Any, value: Any, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise PolicyError(f"{path or 'policy'}: expected a mapping, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, value)) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise PolicyError(
+            f"{where}{unknown[0]}: unknown field; allowed fields here are " + ", ".join(sorted(fields))
+        )
+    kwargs = {}
+    for key, f in fields.items():
+        sub = f"{path}.{key}" if path else key
+        if key in value:
+            kwargs[f.name] = _convert(hints[f.name], value[key], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise PolicyError(f"{sub}: required field is missing")
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Policy files override the defaults field by field; lists are replaced whole."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _check(policy: Policy) -> Policy:
+    if not policy.profiles or policy.profiles[-1].match != ProfileMatch():
+        raise PolicyError("profiles: the last profile must have an empty match (the catch-all)")
+    for i, p in enumerate(policy.profiles):
+        if p.requests.cpu is None or p.requests.memory is None:
+            raise PolicyError(f"profiles[{i}].requests: both cpu and memory are required")
+    s = policy.sizing
+    for name, pct in (("cpuPercentile", s.cpu_percentile), ("memoryPercentile", s.memory_percentile)):
+        if not 0 < pct <= 100:
+            raise PolicyError(f"sizing.{name}: {pct} must be in (0, 100]")
+    if s.half_life <= 0 or s.window <= 0:
+        raise PolicyError("sizing: window and halfLife must be positive")
+    if s.limit_factor < 1:
+        raise PolicyError(f"sizing.limitFactor: {s.limit_factor} must be at least 1")
+    for key in ("cpu", "memory"):
+        lo, hi = getattr(s.floor, key), getattr(s.cap, key)
+        if lo is None or hi is None:
+            raise PolicyError(f"sizing.floor/cap: {key} is required in both")
+        if lo > hi:
+            raise PolicyError(f"sizing.floor.{key} is above sizing.cap.{key}")
+    return policy
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise PolicyError(f"{source}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: a policy is a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def default_policy_text() -> str:
+    return resources.files("webhook").joinpath("data/default-policy.yaml").read_text(encoding="utf-8")
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    base = _read_yaml(default_policy_text(), "default policy")
+    data = _merge(base, _read_yaml(text, source))
+    try:
+        return _check(_build(Policy, data, ""))
+    except PolicyError as exc:
+        raise PolicyError(f"{source}: {exc}") from None
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The default policy, or the file at ``path`` layered over it."""
+    if path is None:
+        return parse_policy("", "default policy")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy file ({exc.strerror})") from None
+    return parse_policy(text, str(path))

@@ -1,0 +1,92 @@
+"""Every decision mesh-injector makes carries one of these reasons.
+
+The enum value is a short stable slug: it is what metrics use as a label (a fixed,
+bounded set) and what `mesh-injector check` prints. The text is what a person reads in
+the decision annotation, the skip-reason annotation and AdmissionResponse warnings.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Mode(StrEnum):
+    EBPF = "ebpf"
+    IPTABLES = "iptables"
+    MICROVM = "microvm"
+
+
+class Skip(StrEnum):
+    """Why a pod is not meshed."""
+
+    NOT_CREATE = "not-create"
+    NOT_POD = "not-pod"
+    SYSTEM_NAMESPACE = "system-namespace"
+    OWN_NAMESPACE = "injector-namespace"
+    POLICY_NAMESPACE = "policy-excluded-namespace"
+    HOST_NETWORK = "host-network"
+    PROXY_PRESENT = "proxy-already-present"
+    POD_DISABLED = "pod-disabled"
+    NAMESPACE_DISABLED = "namespace-disabled"
+    NOT_OPTED_IN = "not-opted-in"
+    FALLBACK_FORBIDDEN = "iptables-fallback-forbidden"
+    IPTABLES_RESTRICTED = "iptables-in-restricted-namespace"
+    PORT_CONFLICT = "proxy-port-conflict"
+
+    @property
+    def text(self) -> str:
+        return _SKIP_TEXT[self]
+
+
+_SKIP_TEXT: dict[Skip, str] = {
+    Skip.NOT_CREATE: "only CREATE operations are meshed",
+    Skip.NOT_POD: "only Pods are meshed",
+    Skip.SYSTEM_NAMESPACE: "system namespaces are never meshed",
+    Skip.OWN_NAMESPACE: "the injector's own namespace is never meshed",
+    Skip.POLICY_NAMESPACE: "the policy excludes this namespace",
+    Skip.HOST_NETWORK: "hostNetwork pods share the node's network and cannot be meshed",
+    Skip.PROXY_PRESENT: "the pod already carries a mesh-proxy container",
+    Skip.POD_DISABLED: "the pod says mesh-injector.io/inject: disabled",
+    Skip.NAMESPACE_DISABLED: "the namespace is labelled mesh-injector.io/inject: disabled",
+    Skip.NOT_OPTED_IN: "neither the pod nor its namespace opted in, and injectByDefault is off",
+    Skip.FALLBACK_FORBIDDEN: (
+        'no supported mode is left without iptables, and mesh-injector.io/iptables-fallback is "false"'
+    ),
+    Skip.IPTABLES_RESTRICTED: (
+        "iptables mode needs an init container with NET_ADMIN, which the namespace's "
+        "'restricted' Pod Security level rejects"
+    ),
+    Skip.PORT_CONFLICT: "a container of the pod already uses a port the proxy needs (4140, 4143, 4191)",
+}
+
+# Skips that concern pods that asked to be meshed: they get the skip-reason annotation
+# and a warning. The others are returned untouched.
+OPTED_IN_SKIPS = frozenset(
+    {
+        Skip.SYSTEM_NAMESPACE,
+        Skip.OWN_NAMESPACE,
+        Skip.POLICY_NAMESPACE,
+        Skip.HOST_NETWORK,
+        Skip.FALLBACK_FORBIDDEN,
+        Skip.IPTABLES_RESTRICTED,
+        Skip.PORT_CONFLICT,
+    }
+)
+
+
+class ModeReason(StrEnum):
+    """Why this interception mode was chosen."""
+
+    ANNOTATION = "annotation"
+    FALLBACK = "fallback"
+    KERNEL_UNKNOWN = "kernel-unknown"
+    KERNEL_TOO_OLD = "kernel-too-old"
+    RESTRICTED_NAMESPACE = "restricted-namespace"
+    HIGH_THROUGHPUT_GRPC = "high-throughput-grpc"
+    EBPF_CAPABLE = "ebpf-capable"
+
+
+class ResourceSource(StrEnum):
+    ANNOTATION = "annotation"
+    OBSERVED = "observed"
+    PROFILE = "profile"

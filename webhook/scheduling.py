@@ -1,0 +1,242 @@
+"""Which nodes an unscheduled pod may land on.
+
+This mirrors the scheduler's hard filters that decide feasibility from the pod spec alone:
+``spec.nodeName``; ``nodeSelector``; required node affinity (terms ORed, expressions and
+fields ANDed inside a term; ``In``, ``NotIn``, ``Exists``, ``DoesNotExist``, ``Gt``,
+``Lt``; ``matchFields`` on ``metadata.name``); ``NoSchedule``/``NoExecute`` taints the pod
+does not tolerate; cordoned nodes. Resource fit and pod (anti-)affinity are not
+considered: they change minute to minute, and the lowest kernel over a superset is the
+safe answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.cluster import ClusterSnapshot, Node, NodeGroup, Taint
+
+_HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+_SAMPLE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Toleration:
+    key: str
+    operator: str
+    value: str
+    effect: str
+
+    def tolerates(self, taint: Taint) -> bool:
+        if self.effect and self.effect != taint.effect:
+            return False
+        if self.operator == "Exists":
+            return not self.key or self.key == taint.key
+        return self.key == taint.key and self.value == taint.value
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    key: str
+    operator: str
+    values: tuple[str, ...]
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        value = labels.get(self.key)
+        op = self.operator
+        if op == "In":
+            return value is not None and value in self.values
+        if op == "NotIn":
+            return value is None or value not in self.values
+        if op == "Exists":
+            return value is not None
+        if op == "DoesNotExist":
+            return value is None
+        if op in ("Gt", "Lt") and value is not None and len(self.values) == 1:
+            try:
+                have, want = int(value), int(self.values[0])
+            except ValueError:
+                return False
+            return have > want if op == "Gt" else have < want
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One nodeSelectorTerm (or the pod's nodeSelector): everything inside must hold."""
+
+    labels: tuple[Requirement, ...]
+    names: tuple[Requirement, ...]  # matchFields on metadata.name, as a label "name"
+
+    def per_node(self, identity: frozenset[str]) -> bool:
+        return bool(self.names) or any(r.key in identity for r in self.labels)
+
+    def matches_labels(self, labels: Mapping[str, str]) -> bool:
+        return all(r.matches(labels) for r in self.labels)
+
+    def matches_node(self, node: Node) -> bool:
+        named = {"name": node.name}
+        return self.matches_labels(node.labels) and all(r.matches(named) for r in self.names)
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    """The nodes a pod may land on, reduced to what the decisions need."""
+
+    count: int
+    total: int
+    sample: tuple[str, ...]
+    kernels: frozenset[str | None]
+    kubelets: frozenset[str | None]
+    basis: str
+    excluded: Mapping[str, int] = field(default_factory=dict)
+
+
+def _requirements(exprs: object) -> tuple[Requirement, ...] | None:
+    if exprs is None:
+        return ()
+    if not isinstance(exprs, list):
+        return None
+    out = []
+    for e in exprs:
+        if not isinstance(e, dict) or not isinstance(e.get("key"), str):
+            return None
+        values = e.get("values") or []
+        out.append(
+            Requirement(
+                key=e["key"],
+                operator=str(e.get("operator", "")),
+                values=tuple(str(v) for v in values) if isinstance(values, list) else (),
+            )
+        )
+    return tuple(out)
+
+
+def _terms(spec: Mapping[str, Any]) -> list[Term] | None:
+    """The required affinity's terms; None when the pod has no required node affinity."""
+    affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+    if not isinstance(affinity, dict):
+        return None
+    terms = []
+    for raw in affinity.get("nodeSelectorTerms") or []:
+        if not isinstance(raw, dict):
+            continue
+        labels = _requirements(raw.get("matchExpressions"))
+        fields = _requirements(raw.get("matchFields"))
+        if labels is None or fields is None or not (labels or fields):
+            continue  # an empty or malformed term matches no node
+        if any(f.key != "metadata.name" for f in fields):
+            continue  # metadata.name is the only supported field; others match nothing
+        names = tuple(Requirement("name", f.operator, f.values) for f in fields)
+        terms.append(Term(labels=labels, names=names))
+    return terms
+
+
+def _tolerations(spec: Mapping[str, Any]) -> list[Toleration]:
+    out = []
+    for t in spec.get("tolerations") or []:
+        if isinstance(t, dict):
+            out.append(
+                Toleration(
+                    key=str(t.get("key") or ""),
+                    operator=str(t.get("operator") or "Equal"),
+                    value=str(t.get("value") or ""),
+                    effect=str(t.get("effect") or ""),
+                )
+            )
+    return out
+
+
+def _tolerated(taints: Iterable[Taint], tolerations: Sequence[Toleration]) -> bool:
+    return all(
+        taint.effect not in _HARD_EFFECTS or any(t.tolerates(taint) for t in tolerations) for taint in taints
+    )
+
+
+def _summarize(
+    picked: list[tuple[NodeGroup, Sequence[Node]]], total: int, basis: str, excluded: Mapping[str, int]
+) -> Eligibility:
+    sample: list[str] = []
+    kernels: set[str | None] = set()
+    kubelets: set[str | None] = set()
+    count = 0
+    for group, nodes in picked:
+        if not nodes:
+            continue
+        count += len(nodes)
+        kernels.add(group.kernel)
+        kubelets.add(group.kubelet)
+        for n in nodes[: _SAMPLE - len(sample)]:
+            sample.append(n.name)
+    return Eligibility(
+        count=count,
+        total=total,
+        sample=tuple(sample),
+        kernels=frozenset(kernels),
+        kubelets=frozenset(kubelets),
+        basis=basis,
+        excluded={k: v for k, v in excluded.items() if v},
+    )
+
+
+def eligible_nodes(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility:
+    total = len(snapshot.nodes)
+    node_name = spec.get("nodeName")
+    if isinstance(node_name, str) and node_name:
+        node = snapshot.nodes.get(node_name)
+        if node is None:
+            return _summarize([], total, f"spec.nodeName {node_name} (not in the snapshot)", {})
+        group = NodeGroup(node.labels, node.taints, node.unschedulable, node.kernel, node.kubelet, (node,))
+        return _summarize([(group, (node,))], total, f"spec.nodeName {node_name}", {})
+
+    selector = spec.get("nodeSelector")
+    selector_term = Term(
+        labels=tuple(
+            Requirement(str(k), "In", (str(v),))
+            for k, v in (selector if isinstance(selector, dict) else {}).items()
+        ),
+        names=(),
+    )
+    terms = _terms(spec)
+    tolerations = _tolerations(spec)
+    identity = snapshot.identity_labels
+    sel_per_node = selector_term.per_node(identity)
+    group_terms = [t for t in terms or () if not t.per_node(identity)]
+    node_terms = [t for t in terms or () if t.per_node(identity)]
+
+    excluded = {"cordoned": 0, "untolerated taints": 0, "selector or affinity": 0}
+    picked: list[tuple[NodeGroup, Sequence[Node]]] = []
+    for group in snapshot.groups:
+        size = len(group.nodes)
+        if group.unschedulable:
+            excluded["cordoned"] += size
+            continue
+        if not _tolerated(group.taints, tolerations):
+            excluded["untolerated taints"] += size
+            continue
+        if not sel_per_node and not selector_term.matches_labels(group.labels):
+            excluded["selector or affinity"] += size
+            continue
+        if terms is None or any(t.matches_labels(group.labels) for t in group_terms):
+            members: Sequence[Node] = group.nodes
+        else:
+            members = [n for n in group.nodes if any(t.matches_node(n) for t in node_terms)]
+        if sel_per_node:
+            members = [n for n in members if selector_term.matches_labels(n.labels)]
+        excluded["selector or affinity"] += size - len(members)
+        picked.append((group, members))
+
+    constraints = [
+        name
+        for name, present in (
+            ("nodeSelector", bool(selector_term.labels)),
+            ("required node affinity", terms is not None),
+            ("tolerations", bool(tolerations)),
+        )
+        if present
+    ]
+    basis = "taints and cordons" + ("" if not constraints else ", " + ", ".join(constraints))
+    return _summarize(picked, total, basis, excluded)

@@ -1,0 +1,213 @@
+"""Observed proxy usage: samples in, per-workload summaries out.
+
+A *sample* is one reading of a workload's ``mesh-proxy`` container: CPU in cores, memory
+working set in bytes, and whether the proxy had just been OOM-killed. Summaries are
+computed once when the cluster snapshot is built (not on the admission path): each sample
+is weighted by ``0.5 ** (age / halfLife)`` and samples outside the window are dropped.
+
+Samples file format (``--usage FILE``), CSV with a header or JSON lines, same keys::
+
+    namespace,workload,timestamp,cpu,memory,oom
+    shop,Deployment/web,2026-11-20T10:00:00Z,120m,48Mi,false
+
+``workload`` is ``Kind/name`` as the workload key names it (``Deployment/web``,
+``StatefulSet/db``, ``CronJob/report``, ``Pod/debug``); ``timestamp`` is RFC 3339 or Unix
+seconds; ``cpu`` and ``memory`` are Kubernetes quantities (a bare number is cores/bytes);
+``oom`` is optional (``true`` when the proxy's last state was OOMKilled at that time).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import InvalidOperation
+from pathlib import Path
+
+from kubernetes.utils import parse_quantity
+
+from webhook.policy import Sizing
+from webhook.workload import WorkloadKey
+
+
+class UsageError(ValueError):
+    """A samples file that cannot be read; the message names the line and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    timestamp: float
+    cpu: float
+    memory: float
+    oom: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """What the sizing formula needs for one workload, already reduced."""
+
+    count: int
+    span: float
+    cpu_p: float
+    memory_p: float
+    cpu_max: float
+    memory_max: float
+    oom_recent: bool
+
+
+def weighted_percentile(values_weights: Iterable[tuple[float, float]], pct: float) -> float:
+    """Smallest value whose cumulative weight reaches ``pct`` % of the total weight."""
+    pairs = sorted(values_weights)
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return 0.0
+    target = total * pct / 100.0
+    acc = 0.0
+    for value, weight in pairs:
+        acc += weight
+        if acc >= target - 1e-12 * total:
+            return value
+    return pairs[-1][0]
+
+
+def summarize(samples: Iterable[Sample], sizing: Sizing, now: float) -> UsageSummary | None:
+    """Decay-weighted percentiles over the window, or None when nothing falls in it."""
+    kept = [s for s in samples if now - sizing.window <= s.timestamp <= now]
+    if not kept:
+        return None
+    weights = [0.5 ** ((now - s.timestamp) / sizing.half_life) for s in kept]
+    stamps = [s.timestamp for s in kept]
+    return UsageSummary(
+        count=len(kept),
+        span=max(stamps) - min(stamps),
+        cpu_p=weighted_percentile(zip((s.cpu for s in kept), weights, strict=True), sizing.cpu_percentile),
+        memory_p=weighted_percentile(
+            zip((s.memory for s in kept), weights, strict=True), sizing.memory_percentile
+        ),
+        cpu_max=max(s.cpu for s in kept),
+        memory_max=max(s.memory for s in kept),
+        oom_recent=any(s.oom and now - s.timestamp <= sizing.oom_lookback for s in kept),
+    )
+
+
+def summarize_all(
+    samples: Mapping[WorkloadKey, Iterable[Sample]], sizing: Sizing, now: float
+) -> dict[WorkloadKey, UsageSummary]:
+    out = {}
+    for key, rows in samples.items():
+        summary = summarize(rows, sizing, now)
+        if summary is not None:
+            out[key] = summary
+    return out
+
+
+# --- the samples file ----------------------------------------------------------------
+
+
+def _timestamp(raw: object) -> float:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("missing timestamp")
+    text = raw.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _quantity(raw: object, what: str) -> float:
+    if isinstance(raw, bool) or raw is None or raw == "":
+        raise ValueError(f"missing {what}")
+    try:
+        value = float(parse_quantity(raw))
+    except (ValueError, InvalidOperation, TypeError):
+        raise ValueError(f"{what} {raw!r} is not a quantity") from None
+    if value < 0:
+        raise ValueError(f"{what} {raw!r} is negative")
+    return value
+
+
+def _flag(raw: object) -> bool:
+    if raw is None or raw == "" or raw is False:
+        return False
+    if raw is True:
+        return True
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes", "oomkilled"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"oom {raw!r} is not true/false")
+
+
+def _key(row: Mapping[str, object]) -> WorkloadKey:
+    ns, workload = row.get("namespace"), row.get("workload")
+    if not isinstance(ns, str) or not ns:
+        raise ValueError("missing namespace")
+    if not isinstance(workload, str) or "/" not in workload:
+        raise ValueError(f"workload {workload!r} must be Kind/name, e.g. Deployment/web")
+    kind, _, name = workload.partition("/")
+    if not kind or not name:
+        raise ValueError(f"workload {workload!r} must be Kind/name, e.g. Deployment/web")
+    return WorkloadKey(ns, kind, name)
+
+
+def parse_samples(text: str, source: str = "usage") -> dict[WorkloadKey, list[Sample]]:
+    """Samples grouped by workload, from CSV (with header) or JSON lines."""
+    out: dict[WorkloadKey, list[Sample]] = defaultdict(list)
+    stripped = text.lstrip()
+    rows: Iterable[tuple[int, Mapping[str, object]]]
+    if stripped.startswith("{"):
+        rows = _json_rows(text, source)
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        needed = {"namespace", "workload", "timestamp", "cpu", "memory"}
+        missing = needed - set(reader.fieldnames or [])
+        if missing:
+            raise UsageError(f"{source}: line 1: header lacks {', '.join(sorted(missing))}")
+        rows = ((i + 2, r) for i, r in enumerate(reader))
+    for line, row in rows:
+        try:
+            out[_key(row)].append(
+                Sample(
+                    timestamp=_timestamp(row.get("timestamp")),
+                    cpu=_quantity(row.get("cpu"), "cpu"),
+                    memory=_quantity(row.get("memory"), "memory"),
+                    oom=_flag(row.get("oom")),
+                )
+            )
+        except ValueError as exc:
+            raise UsageError(f"{source}: line {line}: {exc}") from None
+    return dict(out)
+
+
+def _json_rows(text: str, source: str) -> Iterable[tuple[int, Mapping[str, object]]]:
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{source}: line {i}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{source}: line {i}: expected a JSON object")
+        yield i, row
+
+
+def load_samples(path: str | Path) -> dict[WorkloadKey, list[Sample]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read usage file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file") from None
+    return parse_samples(text, str(path))
