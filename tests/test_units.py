@@ -235,3 +235,80 @@ def test_policy_errors_name_the_field(text, needle):
         parse_policy(text, "p.yaml")
     assert needle in str(err.value)
     assert str(err.value).startswith("p.yaml: ")
+
+
+def _brute_force(snapshot, spec):
+    """Reference: every node checked on its own, no groups, no index, no memo."""
+    from webhook.scheduling import Requirement, Term, _terms, _tolerated, _tolerations
+
+    selector = Term(
+        tuple(Requirement(k, "In", (v,)) for k, v in (spec.get("nodeSelector") or {}).items()), ()
+    )
+    terms = _terms(spec)
+    tolerations = _tolerations(spec)
+    return sorted(
+        n.name
+        for n in snapshot.nodes.values()
+        if not n.unschedulable
+        and _tolerated(n.taints, tolerations)
+        and selector.matches_node(n)
+        and (terms is None or any(t.matches_node(n) for t in terms))
+    )
+
+
+def _grouped_count(snapshot, spec):
+    from webhook.scheduling import _eligible
+
+    elig = _eligible(snapshot, spec)
+    return elig.count
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SNAP = build_snapshot(
+    nodes=[
+        node(
+            f"h{i}",
+            {"zone": "abc"[i % 3], "pool": ["p", "q", "r", "s"][i % 4], "gen": str(i % 5)},
+            taints=[Taint("pool", "s", "NoSchedule")] if i % 4 == 3 else [],
+            cordoned=i % 17 == 0,
+        )
+        for i in range(60)
+    ]
+)
+_req = st.builds(
+    lambda key, op, values: {"key": key, "operator": op, "values": values},
+    st.sampled_from(["kubernetes.io/hostname", "zone", "pool", "gen"]),
+    st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]),
+    st.lists(st.sampled_from(["h1", "h2", "h30", "a", "b", "p", "s", "2", "3"]), min_size=1, max_size=3),
+)
+_field = st.builds(
+    lambda op, v: {"key": "metadata.name", "operator": op, "values": v},
+    st.sampled_from(["In", "NotIn"]),
+    st.lists(st.sampled_from(["h1", "h4", "h9", "x"]), min_size=1),
+)
+_term = st.fixed_dictionaries(
+    {}, optional={"matchExpressions": st.lists(_req, max_size=3), "matchFields": st.lists(_field, max_size=1)}
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    selector=st.dictionaries(
+        st.sampled_from(["kubernetes.io/hostname", "zone", "pool"]),
+        st.sampled_from(["h3", "h8", "a", "c", "p", "s"]),
+        max_size=2,
+    ),
+    terms=st.one_of(st.none(), st.lists(_term, min_size=1, max_size=3)),
+    tolerate=st.booleans(),
+)
+def test_grouped_eligibility_equals_brute_force(selector, terms, tolerate):
+    spec = {"nodeSelector": selector}
+    if terms is not None:
+        spec["affinity"] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+        }
+    if tolerate:
+        spec["tolerations"] = [{"key": "pool", "operator": "Equal", "value": "s", "effect": "NoSchedule"}]
+    assert _grouped_count(_SNAP, spec) == len(_brute_force(_SNAP, spec))

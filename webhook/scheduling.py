@@ -15,10 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from webhook.cluster import ClusterSnapshot, Node, NodeGroup, Taint
 
 _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 _SAMPLE = 3
+MEMO_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +76,27 @@ class Term:
         return bool(self.names) or any(r.key in identity for r in self.labels)
 
     def matches_labels(self, labels: Mapping[str, str]) -> bool:
-        return all(r.matches(labels) for r in self.labels)
+        for r in self.labels:  # a plain loop: this runs once per node group per pod
+            if not r.matches(labels):
+                return False
+        return True
 
     def matches_node(self, node: Node) -> bool:
         named = {"name": node.name}
         return self.matches_labels(node.labels) and all(r.matches(named) for r in self.names)
+
+    def candidates(self, snapshot: ClusterSnapshot) -> list[Node] | None:
+        """The few nodes an ``In`` on a host name or identity label can match, else None."""
+        best: list[Node] | None = None
+        for r in self.names:
+            if r.operator == "In":
+                found = [snapshot.nodes[v] for v in r.values if v in snapshot.nodes]
+                best = found if best is None or len(found) < len(best) else best
+        for r in self.labels:
+            if r.operator == "In" and r.key in snapshot.identity_labels:
+                found = [n for v in r.values for n in snapshot.identity_index.get((r.key, v), ())]
+                best = found if best is None or len(found) < len(best) else best
+        return best
 
 
 @dataclass(frozen=True)
@@ -151,9 +170,10 @@ def _tolerations(spec: Mapping[str, Any]) -> list[Toleration]:
 
 
 def _tolerated(taints: Iterable[Taint], tolerations: Sequence[Toleration]) -> bool:
-    return all(
-        taint.effect not in _HARD_EFFECTS or any(t.tolerates(taint) for t in tolerations) for taint in taints
-    )
+    for taint in taints:
+        if taint.effect in _HARD_EFFECTS and not any(t.tolerates(taint) for t in tolerations):
+            return False
+    return True
 
 
 def _summarize(
@@ -182,7 +202,50 @@ def _summarize(
     )
 
 
+def _candidates_by_group(snapshot: ClusterSnapshot, terms: Sequence[Term]) -> dict[int, list[Node]] | None:
+    """Per group, the only nodes the per-node ``terms`` (ORed) can match; None to scan all."""
+    seen: dict[str, Node] = {}
+    for term in terms:
+        found = term.candidates(snapshot)
+        if found is None:
+            return None
+        for node in found:
+            seen[node.name] = node
+    by_group: dict[int, list[Node]] = {}
+    for name, node in seen.items():
+        by_group.setdefault(snapshot.group_of[name], []).append(node)
+    return by_group
+
+
+def _memo_key(spec: Mapping[str, Any]) -> bytes | None:
+    parts = [
+        spec.get("nodeName"),
+        spec.get("nodeSelector"),
+        (spec.get("affinity") or {}).get("nodeAffinity") if isinstance(spec.get("affinity"), dict) else None,
+        spec.get("tolerations"),
+    ]
+    try:
+        return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON data (cannot come from the API server); just skip the memo
+        return None
+
+
 def eligible_nodes(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility:
+    """Eligibility for ``spec``, memoised on the snapshot: a workload's pods share it."""
+    key = _memo_key(spec)
+    if key is not None:
+        hit = snapshot.memo.get(key)
+        if isinstance(hit, Eligibility):
+            return hit
+    result = _eligible(snapshot, spec)
+    if key is not None:
+        if len(snapshot.memo) >= MEMO_LIMIT:
+            snapshot.memo.clear()
+        snapshot.memo[key] = result
+    return result
+
+
+def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility:
     total = len(snapshot.nodes)
     node_name = spec.get("nodeName")
     if isinstance(node_name, str) and node_name:
@@ -207,9 +270,11 @@ def eligible_nodes(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligib
     group_terms = [t for t in terms or () if not t.per_node(identity)]
     node_terms = [t for t in terms or () if t.per_node(identity)]
 
+    node_cands = _candidates_by_group(snapshot, node_terms) if node_terms else None
+    sel_cands = _candidates_by_group(snapshot, [selector_term]) if sel_per_node else None
     excluded = {"cordoned": 0, "untolerated taints": 0, "selector or affinity": 0}
     picked: list[tuple[NodeGroup, Sequence[Node]]] = []
-    for group in snapshot.groups:
+    for gi, group in enumerate(snapshot.groups):
         size = len(group.nodes)
         if group.unschedulable:
             excluded["cordoned"] += size
@@ -222,9 +287,14 @@ def eligible_nodes(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligib
             continue
         if terms is None or any(t.matches_labels(group.labels) for t in group_terms):
             members: Sequence[Node] = group.nodes
+        elif not node_terms:
+            members = []
         else:
-            members = [n for n in group.nodes if any(t.matches_node(n) for t in node_terms)]
+            pool = group.nodes if node_cands is None else node_cands.get(gi, ())
+            members = [n for n in pool if any(t.matches_node(n) for t in node_terms)]
         if sel_per_node:
+            if sel_cands is not None and members is group.nodes:
+                members = sel_cands.get(gi, [])
             members = [n for n in members if selector_term.matches_labels(n.labels)]
         excluded["selector or affinity"] += size - len(members)
         picked.append((group, members))

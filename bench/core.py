@@ -1,0 +1,322 @@
+"""Benchmark of the admission core and the offline inject verb.
+
+    python bench/core.py [--calls 10000]
+
+Prints admit() p50/p99 for one typical pod at 10, 500 and 5,000 nodes (a realistic mix
+of zones, pools, instance types, taints, kernels and cordons), the same for a pod whose
+affinity names single hosts (the per-node path), a bare baseline measured in the same
+run (orjson parse + dump of the same review: the least any webhook does), and the wall
+time of `mesh-injector inject` on a 1,000-document manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import yaml
+
+from webhook.admission import admit
+from webhook.cluster import Node, Taint, build_snapshot
+from webhook.policy import load_policy
+
+REPO = Path(__file__).resolve().parent.parent
+KERNELS = [
+    "6.1.112-124.190.amzn2023.x86_64",
+    "6.8.0-1015-aws",
+    "5.15.0-1052-aws",
+    "5.10.223-212.873.amzn2.x86_64",
+]
+POOLS = [
+    ("general", None),
+    ("compute", None),
+    ("memory", None),
+    ("batch", "batch"),
+    ("gpu", "nvidia.com/gpu"),
+    ("infra", "infra"),
+    ("spot", None),
+    ("arm", "arch"),
+]
+
+
+def make_nodes(n: int, rng: random.Random, heterogeneous: bool = False) -> list[Node]:
+    """Node groups as managed node pools make them: each pool one instance type and image
+    (kernel, kubelet), spread over three zones; two pools are mid-way through an image
+    rollout. ``heterogeneous`` instead varies every attribute independently (a stress case)."""
+    nodes = []
+    for i in range(n):
+        p = i % len(POOLS)
+        pool, taint = POOLS[p]
+        zone = "eu-west-1" + "abc"[(i // len(POOLS)) % 3]
+        if heterogeneous:
+            itype, kernel = (
+                ["m7i.xlarge", "c7i.2xlarge", "r7i.xlarge", "m6g.large"][i % 4],
+                KERNELS[(i // 8) % 4],
+            )
+            kubelet = "v1.32.3-eks-473151a" if i % 5 else "v1.31.6-eks-1552ad0"
+        else:
+            itype = [
+                "m7i.xlarge",
+                "c7i.2xlarge",
+                "r7i.xlarge",
+                "m7i.large",
+                "g6.xlarge",
+                "t3.large",
+                "m7i.xlarge",
+                "m7g.large",
+            ][p]
+            rolled = p in (1, 6) and i % 3 == 0  # two pools half-way through a new image
+            kernel = KERNELS[p % 4] if not rolled else KERNELS[0]
+            kubelet = "v1.32.3-eks-473151a" if not rolled else "v1.33.1-eks-1b3e656"
+        labels = {
+            "kubernetes.io/hostname": f"ip-10-{i // 250}-{i % 250}-{i % 7}",
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "arm64" if pool == "arm" else "amd64",
+            "topology.kubernetes.io/zone": zone,
+            "topology.kubernetes.io/region": "eu-west-1",
+            "node.kubernetes.io/instance-type": itype,
+            "pool": pool,
+            "eks.amazonaws.com/nodegroup": f"{pool}-ng",
+        }
+        taints = (Taint(taint, "true", "NoSchedule"),) if taint else ()
+        nodes.append(
+            Node(
+                name=labels["kubernetes.io/hostname"],
+                labels=labels,
+                taints=taints,
+                unschedulable=rng.random() < 0.01,
+                kernel=kernel,
+                kubelet=kubelet,
+            )
+        )
+    return nodes
+
+
+def typical_review() -> dict:
+    review = json.loads((REPO / "examples" / "review.json").read_text())
+    pod = review["request"]["object"]
+    app = pod["spec"]["containers"][0]
+    app["env"] = [{"name": f"FEATURE_FLAG_{i}", "value": f"value-{i}-" + "x" * 20} for i in range(40)]
+    app["volumeMounts"] = [
+        {"name": f"cfg-{i}", "mountPath": f"/etc/app/cfg-{i}", "readOnly": True} for i in range(6)
+    ]
+    pod["spec"]["volumes"] = [
+        {"name": f"cfg-{i}", "configMap": {"name": f"checkout-cfg-{i}"}} for i in range(6)
+    ]
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/os": "linux"}
+    pod["spec"]["affinity"] = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": "pool", "operator": "In", "values": ["general", "compute"]},
+                            {
+                                "key": "topology.kubernetes.io/zone",
+                                "operator": "NotIn",
+                                "values": ["eu-west-1c"],
+                            },
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+    pod["metadata"]["managedFields"] = [
+        {
+            "manager": "kube-controller-manager",
+            "operation": "Update",
+            "apiVersion": "v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}},
+        }
+    ]
+    return review
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
+def time_calls(fn, calls: int) -> list[float]:
+    out = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=10_000)
+    args = ap.parse_args()
+    policy = load_policy()
+    rng = random.Random(7)
+    review = typical_review()
+    raw = orjson.dumps(review)
+    print(
+        f"typical pod: {len(orjson.dumps(review['request']['object']))} bytes; {args.calls} calls per row; "
+        "groups! = every node attribute varied independently (stress case)"
+    )
+
+    base = time_calls(lambda: orjson.dumps(orjson.loads(raw)["request"]["uid"]), args.calls)
+    b50, b99 = percentiles(base)
+    print(f"{'baseline (orjson parse+dump)':<34} p50 {b50 * 1e6:8.1f} us  p99 {b99 * 1e6:8.1f} us")
+
+    host_pod = copy.deepcopy(review)
+    host_pod["request"]["object"]["spec"]["affinity"] = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {
+                                "key": "kubernetes.io/hostname",
+                                "operator": "In",
+                                "values": ["ip-10-0-1-1", "ip-10-3-17-3"],
+                            }
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+    for n, hetero in ((10, False), (500, False), (5000, False), (5000, True)):
+        snap = build_snapshot(
+            nodes=make_nodes(n, rng, hetero), namespaces={"shop": {"mesh-injector.io/inject": "enabled"}}
+        )
+        request = review["request"]
+        out = admit(request, snap, policy)
+        assert out.injected, out.explanation
+
+        def cold(req=request, snap=snap):
+            snap.memo.clear()  # first pod of a workload: eligibility computed from the groups
+            return admit(req, snap, policy)
+
+        for label, fn, req in (
+            ("first pod", cold, request),
+            ("next pods", None, request),
+            ("hostname affinity, first pod", cold, host_pod["request"]),
+        ):
+            call = (
+                (lambda fn=fn, req=req: fn(req))
+                if fn
+                else (lambda req=req, snap=snap: admit(req, snap, policy))
+            )
+            p50, p99 = percentiles(time_calls(call, args.calls))
+            print(
+                f"admit {n:>5} nodes ({len(snap.groups):>3} groups{'!' if hetero else ' '}) {label:<29} "
+                f"p50 {p50 * 1e6:7.1f} us  p99 {p99 * 1e6:7.1f} us  ({p50 / b50:4.1f}x baseline)"
+            )
+
+    def workload(i: int, kind: str, spec: dict) -> dict:
+        template = {"metadata": {"labels": {"app": f"app-{i}"}}, "spec": copy.deepcopy(spec)}
+        if kind in ("Job", "CronJob"):
+            template["spec"]["restartPolicy"] = "Never"
+        body = {"selector": {"matchLabels": {"app": f"app-{i}"}}, "template": template}
+        if kind == "CronJob":
+            body = {"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": template}}}
+        elif kind == "Job":
+            body = {"template": template}
+        api = "batch/v1" if kind in ("Job", "CronJob") else "apps/v1"
+        return {
+            "apiVersion": api,
+            "kind": kind,
+            "metadata": {"name": f"app-{i}", "namespace": "shop"},
+            "spec": body,
+        }
+
+    heavy_spec = review["request"]["object"]["spec"]
+    small_spec = {
+        "containers": [
+            {
+                "name": "app",
+                "image": "registry.example.com/app:1.0",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "env": [{"name": f"E{j}", "value": "v"} for j in range(5)],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+            }
+        ]
+    }
+    other = [
+        lambda i: {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": f"app-{i}", "namespace": "shop"},
+            "spec": {"selector": {"app": f"app-{i}"}, "ports": [{"name": "http", "port": 80}]},
+        },
+        lambda i: {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"cm-{i}", "namespace": "shop"},
+            "data": {"LOG_LEVEL": "info", "FEATURES": "a,b,c"},
+        },
+        lambda i: {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": f"sa-{i}", "namespace": "shop"},
+        },
+    ]
+    mixes = {
+        "kustomize-style mix (40% workloads)": [
+            workload(i, ["Deployment", "StatefulSet", "Job", "CronJob"][i % 4], small_spec)
+            if i % 5 < 2
+            else other[i % 3](i)
+            for i in range(1000)
+        ],
+        "1,000 workloads with the ~5 KB pod": [
+            workload(i, ["Deployment", "StatefulSet", "DaemonSet", "Job"][i % 4], heavy_spec)
+            for i in range(1000)
+        ],
+    }
+    startup = []
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "webhook", "version"], capture_output=True, check=True)
+        startup.append(time.perf_counter() - t)
+    print(f"interpreter start + imports: {statistics.median(startup):.2f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, docs in mixes.items():
+            manifest = Path(tmp) / "big.yaml"
+            manifest.write_text(yaml.safe_dump_all(docs))
+            runs = []
+            for _ in range(3):
+                t = time.perf_counter()
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "webhook",
+                        "inject",
+                        "-f",
+                        str(manifest),
+                        "--kernel",
+                        "6.1.0",
+                        "--server-version",
+                        "1.32",
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                runs.append(time.perf_counter() - t)
+                assert proc.returncode == 0, proc.stderr
+            print(
+                f"inject, 1,000 documents, {label} ({manifest.stat().st_size // 1024} KiB): "
+                f"{statistics.median(runs):.2f} s wall (median of 3)"
+            )
+
+
+if __name__ == "__main__":
+    main()
