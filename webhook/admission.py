@@ -159,10 +159,10 @@ def _excluded(namespace: str, policy: Policy) -> Skip | None:
 def _uses_proxy_ports(spec: Mapping[str, Any]) -> bool:
     for key in ("containers", "initContainers"):
         for c in spec.get(key) or []:
-            if isinstance(c, dict):
-                for p in c.get("ports") or []:
-                    if isinstance(p, dict) and p.get("containerPort") in PROXY_PORTS:
-                        return True
+            ports = c.get("ports") if isinstance(c, dict) else None
+            for p in ports if isinstance(ports, list) else ():
+                if isinstance(p, dict) and p.get("containerPort") in PROXY_PORTS:
+                    return True
     return False
 
 

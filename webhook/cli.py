@@ -19,6 +19,7 @@ import yaml
 
 from webhook import __version__
 from webhook.admission import admit
+from webhook.certs import CertError
 from webhook.loading import (
     InputError,
     load_snapshot,
@@ -30,6 +31,7 @@ from webhook.loading import (
 from webhook.manifests import DocResult, process
 from webhook.policy import Policy, PolicyError, load_policy
 from webhook.review import ReviewError, build_response, parse_review
+from webhook.serve import add_commands as add_server_commands
 from webhook.sizing import enough_samples, from_observed, human_duration
 from webhook.usage import UsageError, load_samples, summarize_all
 
@@ -285,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
 
+    add_server_commands(sub)
+
     return parser
 
 
@@ -293,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, InputError, PolicyError, UsageError, ReviewError) as exc:
+    except (CliError, InputError, PolicyError, UsageError, ReviewError, CertError) as exc:
         print(f"mesh-injector: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -41,7 +41,38 @@ def parse_review(review: object) -> dict[str, Any]:
     obj = request.get("object")
     if obj is not None and not isinstance(obj, dict):
         raise ReviewError(f"request.object must be an object, got {type(obj).__name__}")
+    if isinstance(obj, dict):
+        _check_shape(obj)
     return request
+
+
+# Where the API server always sends a JSON object or array (it decoded the Pod), a wrong
+# type means the request did not come from it: refuse the request rather than guess.
+_SHAPE = (
+    (("metadata",), dict),
+    (("spec",), dict),
+    (("metadata", "labels"), dict),
+    (("metadata", "annotations"), dict),
+    (("metadata", "ownerReferences"), list),
+    (("spec", "containers"), list),
+    (("spec", "initContainers"), list),
+    (("spec", "volumes"), list),
+    (("spec", "tolerations"), list),
+    (("spec", "nodeSelector"), dict),
+    (("spec", "affinity"), dict),
+)
+
+
+def _check_shape(obj: dict[str, Any]) -> None:
+    for path, kind in _SHAPE:
+        node: Any = obj
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, kind):
+            expected = "an object" if kind is dict else "an array"
+            raise ReviewError(
+                f"request.object.{'.'.join(path)} must be {expected}, got {type(node).__name__}"
+            )
 
 
 def response_body(

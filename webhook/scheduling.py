@@ -140,7 +140,8 @@ def _terms(spec: Mapping[str, Any]) -> list[Term] | None:
     if not isinstance(affinity, dict):
         return None
     terms = []
-    for raw in affinity.get("nodeSelectorTerms") or []:
+    raw_terms = affinity.get("nodeSelectorTerms")
+    for raw in raw_terms if isinstance(raw_terms, list) else ():
         if not isinstance(raw, dict):
             continue
         labels = _requirements(raw.get("matchExpressions"))
@@ -156,7 +157,8 @@ def _terms(spec: Mapping[str, Any]) -> list[Term] | None:
 
 def _tolerations(spec: Mapping[str, Any]) -> list[Toleration]:
     out = []
-    for t in spec.get("tolerations") or []:
+    raw = spec.get("tolerations")
+    for t in raw if isinstance(raw, list) else ():
         if isinstance(t, dict):
             out.append(
                 Toleration(

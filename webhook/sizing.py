@@ -27,6 +27,7 @@ from webhook.reasons import ResourceSource
 from webhook.usage import UsageSummary
 
 MI = 1024 * 1024
+_ABSURD = 1e15  # no proxy needs 10^15 cores or bytes; also keeps inf/overflow out
 GI = 1024 * MI
 ANNOTATION_PREFIX = "mesh-injector.io/"
 _FIELDS = {
@@ -161,7 +162,7 @@ def annotation_overrides(annotations: Mapping[str, object]) -> tuple[dict[str, f
             continue
         try:
             value = float(parse_quantity(raw))
-            if value <= 0:
+            if not 0 < value < _ABSURD:
                 raise ValueError
         except (ValueError, InvalidOperation, TypeError):
             problems.append(

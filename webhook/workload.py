@@ -122,7 +122,8 @@ def protocol_from_container_ports(containers: Sequence[Any]) -> str | None:
         _port_name_protocol(port.get("name"))
         for c in containers
         if isinstance(c, dict)
-        for port in (c.get("ports") or [])
+        if isinstance(c.get("ports"), list)
+        for port in c["ports"]
         if isinstance(port, dict)
     ]
     proto = _best(found)

@@ -1,0 +1,506 @@
+"""The webhook over the network: real uvicorn, real TLS verified against a generated CA."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from tests.servers import make_certs, serve_process, thread_server
+from tests.support import CASES, load_case
+from webhook.admission import admit
+from webhook.certs import generate, write_bundle
+from webhook.cluster import StaticClusterView, build_snapshot
+from webhook.policy import load_policy
+from webhook.server import AppState
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = json.loads((REPO / "examples" / "review.json").read_text())
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def live(certs):
+    state = AppState(cluster=StaticClusterView(build_snapshot()), policy=load_policy(), read_timeout=1.5)
+    with thread_server(state, certs) as url:
+        yield state, url
+
+
+@pytest.fixture
+def client(certs, live):
+    with httpx.Client(base_url=live[1], verify=certs.client_context(), timeout=10) as c:
+        yield c
+
+
+def decoded_patch(body):
+    raw = body["response"].get("patch")
+    return json.loads(base64.b64decode(raw)) if raw else []
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
+def test_golden_reviews_over_https_match_the_core(path, live, client):
+    state, _ = live
+    case = load_case(path)
+    state.cluster, state.policy = StaticClusterView(case.snapshot), case.policy
+    r = client.post("/mutate", content=json.dumps(case.review), headers=JSON)
+    assert r.status_code == 200
+    body = r.json()
+    expected = admit(case.review["request"], case.snapshot, case.policy)
+    assert body["apiVersion"] == "admission.k8s.io/v1" and body["kind"] == "AdmissionReview"
+    assert body["response"]["uid"] == case.review["request"]["uid"]
+    assert body["response"]["allowed"] is True
+    assert decoded_patch(body) == expected.patch
+    assert ("patchType" in body["response"]) is bool(expected.patch)
+    assert body["response"].get("warnings", []) == list(expected.warnings)
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "needle"),
+    [
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionRev', "application/json", 400, "not JSON"),
+        (b'{"apiVersion": "v1", "kind": "Pod"}', "application/json", 400, "expected 'AdmissionReview'"),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
+            b'"request": {"operation": "CREATE"}}',
+            "application/json",
+            400,
+            "request.uid",
+        ),
+        (b"[1, 2, 3]", "application/json", 400, "expected an AdmissionReview object"),
+        (json.dumps(EXAMPLE).encode(), "text/plain", 415, "not application/json"),
+        (json.dumps(EXAMPLE).encode(), "", 415, "not application/json"),
+    ],
+)
+def test_bad_requests(client, body, ctype, status, needle):
+    headers = {"Content-Type": ctype} if ctype else {}
+    r = client.post("/mutate", content=body, headers=headers)
+    assert r.status_code == status
+    assert needle in r.json()["error"]
+
+
+def test_wrong_method(client):
+    assert client.get("/mutate").status_code == 405
+    assert client.put("/mutate", content=b"{}", headers=JSON).status_code == 405
+
+
+def _tls_socket(certs, url):
+    port = int(url.rsplit(":", 1)[1])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return certs.client_context().wrap_socket(raw, server_hostname="localhost")
+
+
+def _read_response(sock) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return status, rest
+
+
+def test_declared_oversize_body_is_refused_without_reading_it(certs, live):
+    sock = _tls_socket(certs, live[1])
+    sock.sendall(
+        b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 4000000\r\n\r\n"
+    )
+    start = time.monotonic()
+    status, body = _read_response(sock)  # answered although not one body byte was sent
+    assert status == 413 and b"limit" in body
+    assert time.monotonic() - start < 1.0
+    sock.close()
+
+
+def test_streamed_oversize_body_is_refused(client):
+    def chunks():
+        for _ in range(4):
+            yield b" " * (1024 * 1024)
+
+    r = client.post("/mutate", content=chunks(), headers=JSON)
+    assert r.status_code == 413
+
+
+def test_slow_client_does_not_hold_up_others_and_times_out(certs, live, client):
+    sock = _tls_socket(certs, live[1])
+    sock.sendall(
+        b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.wait(0.3):
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                return
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    start = time.monotonic()
+    for _ in range(20):  # meanwhile others are served promptly
+        assert client.post("/mutate", content=json.dumps(EXAMPLE), headers=JSON).status_code == 200
+    assert time.monotonic() - start < 2.0
+    status, body = _read_response(sock)  # the read timeout (1.5 s) answers the trickler
+    stop.set()
+    assert status == 408 and b"not received within" in body
+    sock.close()
+
+
+def test_core_failure_allows_the_pod_and_keeps_serving(certs):
+    def exploding(request, snapshot, policy):
+        if request["uid"] == "boom":
+            raise KeyError("bug")
+        return admit(request, snapshot, policy)
+
+    state = AppState(cluster=StaticClusterView(build_snapshot()), policy=load_policy(), admit_fn=exploding)
+    with thread_server(state, certs) as url, httpx.Client(base_url=url, verify=certs.client_context()) as c:
+        bad = copy.deepcopy(EXAMPLE)
+        bad["request"]["uid"] = "boom"
+        r = c.post("/mutate", content=json.dumps(bad), headers=JSON)
+        assert r.status_code == 200
+        resp = r.json()["response"]
+        assert resp == {
+            "uid": "boom",
+            "allowed": True,
+            "warnings": ["mesh-injector: internal error, pod admitted without a proxy: KeyError"],
+        }
+        r = c.post("/mutate", content=json.dumps(EXAMPLE), headers=JSON)
+        assert r.status_code == 200 and r.json()["response"]["uid"] == EXAMPLE["request"]["uid"]
+        errors = state.metrics.admissions.labels("error", "none")._value.get()
+        assert errors == 1
+
+
+def test_dry_run_gets_the_same_answer_and_leaves_no_log(client, live, caplog):
+    state, _ = live
+    state.cluster, state.policy = (
+        StaticClusterView(build_snapshot(namespaces={"shop": {"mesh-injector.io/inject": "enabled"}})),
+        load_policy(),
+    )
+    dry = copy.deepcopy(EXAMPLE)
+    dry["request"]["dryRun"] = True
+    dry["request"]["uid"] = "dry-1"
+    wet = copy.deepcopy(EXAMPLE)
+    wet["request"]["uid"] = "wet-1"
+    with caplog.at_level(logging.INFO, logger="mesh_injector.admission"):
+        a = client.post("/mutate", content=json.dumps(dry), headers=JSON).json()["response"]
+        b = client.post("/mutate", content=json.dumps(wet), headers=JSON).json()["response"]
+    assert a["patch"] == b["patch"] and a["patch"]
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mesh_injector.admission"]
+    assert [line["uid"] for line in logged] == ["wet-1"]
+    line = logged[0]
+    assert line["outcome"] == "injected" and line["workload"] == "shop/Deployment/checkout"
+    assert "object" not in line and "spec" not in json.dumps(line)
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_tls_12_is_the_minimum(certs, live):
+    port = int(live[1].rsplit(":", 1)[1])
+    old = certs.client_context()
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", port)) as raw:
+        old.wrap_socket(raw, server_hostname="localhost")
+    ok = certs.client_context()
+    ok.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        ok.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        assert s.version() == "TLSv1.2"
+
+
+def _mangle(rng: random.Random, review: dict) -> bytes:
+    r = copy.deepcopy(review)
+    junk = [None, 0, -1, 3.5, True, "", "x" * 300, [], {}, [1, {"a": None}], {"kind": {"kind": 7}}]
+    choice = rng.randrange(9)
+    paths = [
+        ["request"],
+        ["request", "object"],
+        ["request", "object", "metadata"],
+        ["request", "object", "spec"],
+        ["request", "object", "spec", "containers"],
+        ["request", "kind"],
+        ["request", "namespace"],
+        ["request", "object", "metadata", "labels"],
+        ["request", "object", "metadata", "annotations"],
+        ["request", "object", "spec", "affinity"],
+        ["request", "object", "spec", "tolerations"],
+        ["request", "operation"],
+        ["request", "object", "metadata", "ownerReferences"],
+    ]
+    path = rng.choice(paths)
+    parent = r
+    for key in path[:-1]:
+        parent = parent.get(key) if isinstance(parent, dict) else None
+        if parent is None:
+            break
+    if choice <= 3 and isinstance(parent, dict):
+        parent[path[-1]] = rng.choice(junk)
+    elif choice == 4 and isinstance(parent, dict):
+        parent.pop(path[-1], None)
+    elif choice == 5:
+        spec = r["request"]["object"]["spec"]
+        spec["containers"] = [{"name": rng.choice(["", "mesh-proxy", None, 5]), "ports": rng.choice(junk)}]
+        spec["initContainers"] = rng.choice(junk)
+    elif choice == 6:
+        meta = r["request"]["object"]["metadata"]
+        meta["annotations"] = {
+            f"mesh-injector.io/{k}": rng.choice(["", "ebpf", "-1", "9" * 40, "1e400", "a,b"])
+            for k in (
+                "interception",
+                "proxy-cpu-request",
+                "skip-inbound-ports",
+                "proxy-memory-limit",
+                "status",
+                "native-sidecar",
+            )
+        }
+    elif choice == 7:
+        raw = json.dumps(r).encode()
+        cut = rng.randrange(len(raw))
+        return raw[:cut] + bytes([rng.randrange(256)]) + raw[cut + 1 :]
+    else:
+        r["request"]["object"]["spec"]["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": rng.choice(
+                        [
+                            *junk,
+                            [
+                                {
+                                    "matchExpressions": [
+                                        {
+                                            "key": rng.choice(["a", None]),
+                                            "operator": rng.choice(["Gt", "In", "?"]),
+                                            "values": rng.choice(junk),
+                                        }
+                                    ]
+                                }
+                            ],
+                        ]
+                    )
+                }
+            }
+        }
+    if isinstance(r.get("request"), dict) and rng.random() > 0.05:
+        r["request"]["uid"] = f"fuzz-{rng.randrange(10**9)}"
+    return json.dumps(r).encode()
+
+
+def test_fuzz_mangled_reviews(live, client):
+    state, _ = live
+    case = load_case(CASES[0])
+    state.cluster, state.policy = StaticClusterView(case.snapshot), case.policy
+    rng = random.Random(20261127)
+    seeds = [load_case(p).review for p in CASES[:12]]
+    statuses: dict[int, int] = {}
+    errors_before = state.metrics.admissions.labels("error", "none")._value.get()
+    for _ in range(2000):
+        body = _mangle(rng, rng.choice(seeds))
+        r = client.post("/mutate", content=body, headers=JSON)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code in (200, 400), (r.status_code, body[:300])
+        if r.status_code == 200:
+            resp = r.json()["response"]
+            assert resp["allowed"] is True and resp["uid"]
+    assert sum(statuses.values()) == 2000 and statuses.get(200, 0) > 500
+    errors = state.metrics.admissions.labels("error", "none")._value.get() - errors_before
+    assert errors == 0, "mangled pods must be decided, not crash the core"
+    assert client.get("/healthz").status_code == 200
+
+
+# --- the real `mesh-injector serve` process ------------------------------------------------
+
+
+def _secret_dir(root: Path, version: str, bundle) -> None:
+    """Write certs the way the kubelet updates a mounted Secret: a new timestamped directory,
+    then an atomic swap of the ``..data`` symlink."""
+    target = root / f"..{version}"
+    target.mkdir()
+    (target / "tls.crt").write_bytes(bundle.cert)
+    (target / "tls.key").write_bytes(bundle.key)
+    tmp = root / "..data_tmp"
+    os.symlink(target.name, tmp)
+    os.replace(tmp, root / "..data")
+    for name in ("tls.crt", "tls.key"):
+        if not (root / name).is_symlink():
+            os.symlink(f"..data/{name}", root / name)
+
+
+def _served_serial(port: int, ctx: ssl.SSLContext) -> int:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
+
+
+def test_certificate_rotation_under_load(tmp_path):
+    ca_dir = tmp_path / "ca"
+    first = generate(dns=["localhost"], ips=["127.0.0.1"], days=1)
+    write_bundle(first, ca_dir)
+    second = generate(dns=["localhost"], ips=["127.0.0.1"], days=30, ca=(first.ca_cert, first.ca_key))
+    mount = tmp_path / "secret"
+    mount.mkdir()
+    _secret_dir(mount, "2026_11_27_a", first)
+    ctx = ssl.create_default_context(cafile=str(ca_dir / "ca.crt"))
+    with serve_process(
+        None, "--tls-cert", str(mount / "tls.crt"), "--tls-key", str(mount / "tls.key"), "--cert-poll", "0.3"
+    ) as proc:
+        port = int(proc.url.rsplit(":", 1)[1])
+        old_serial = _served_serial(port, ctx)
+        assert old_serial == x509.load_pem_x509_certificate(first.cert).serial_number
+        failures: list[str] = []
+        done = {"n": 0}
+        stop = threading.Event()
+
+        def hammer(keep_alive: bool) -> None:
+            client = httpx.Client(verify=ctx, timeout=10) if keep_alive else None
+            while not stop.is_set():
+                try:
+                    if client is not None:
+                        r = client.post(proc.url + "/mutate", content=json.dumps(EXAMPLE), headers=JSON)
+                    else:
+                        r = httpx.post(
+                            proc.url + "/mutate", content=json.dumps(EXAMPLE), headers=JSON, verify=ctx
+                        )
+                    if r.status_code != 200:
+                        failures.append(str(r.status_code))
+                    done["n"] += 1
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+
+        threads = [threading.Thread(target=hammer, args=(ka,)) for ka in (True, False)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        _secret_dir(mount, "2026_11_27_b", second)
+        new_serial = x509.load_pem_x509_certificate(second.cert).serial_number
+        deadline = time.monotonic() + 10
+        while _served_serial(port, ctx) != new_serial:
+            assert time.monotonic() < deadline, "new certificate not served within 10 s"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert failures == [] and done["n"] > 20
+        metrics = httpx.get(proc.metrics_url).text
+        assert "mesh_injector_certificate_reloads 1.0" in metrics
+        expiry = x509.load_pem_x509_certificate(second.cert).not_valid_after_utc.timestamp()
+        line = next(ln for ln in metrics.splitlines() if ln.startswith("mesh_injector_certificate_expiry"))
+        assert abs(float(line.split()[1]) - expiry) < 1
+        assert proc.stop() == 0
+
+
+def test_sigterm_finishes_in_flight_and_closes_idle(certs):
+    with serve_process(certs, "--grace", "10") as proc:
+        port = int(proc.url.rsplit(":", 1)[1])
+        idle = _tls_socket(certs, proc.url)
+        body = json.dumps(EXAMPLE).encode()
+        idle.sendall(
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert _read_response(idle)[0] == 200  # now an idle keep-alive connection
+        busy = _tls_socket(certs, proc.url)
+        busy.sendall(
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:100]
+        )
+        time.sleep(0.3)
+        proc.proc.send_signal(signal.SIGTERM)
+        idle.settimeout(3)
+        start = time.monotonic()
+        assert idle.recv(1024) == b""  # closed promptly, not left for the API server to reuse
+        assert time.monotonic() - start < 2.5
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"x")  # no longer accepting
+            s.recv(1)
+            raise OSError("accepted")
+        busy.sendall(body[100:])  # the in-flight request is finished and answered
+        status, answer = _read_response(busy)
+        assert status == 200 and json.loads(answer)["response"]["uid"] == EXAMPLE["request"]["uid"]
+        busy.close()  # as a client does on "Connection: close"
+        idle.close()
+        start = time.monotonic()
+        assert proc.proc.wait(timeout=10) == 0
+        assert time.monotonic() - start < 3
+
+
+def test_serve_on_embedded_defaults_with_curl(tmp_path):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    with serve_process(None) as proc:
+        line = next(ln for ln in proc.stdout.read_text().splitlines() if "CA bundle:" in ln)
+        ca = line.split("CA bundle:")[1].strip()
+        out = subprocess.run(
+            [
+                curl,
+                "-sS",
+                "--cacert",
+                ca,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                f"@{REPO / 'examples' / 'review.json'}",
+                proc.url + "/mutate",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert out.returncode == 0, out.stderr
+        resp = json.loads(out.stdout)["response"]
+        # embedded defaults: no cluster, so the namespace's opt-in label is unknown and
+        # this pod (which relies on it) is left alone
+        assert resp == {"uid": EXAMPLE["request"]["uid"], "allowed": True}
+        metrics = httpx.get(proc.metrics_url).text
+        assert 'mesh_injector_admissions_total{mode="none",outcome="skipped"} 1.0' in metrics
+        assert 'mesh_injector_skips_total{reason="not-opted-in"} 1.0' in metrics
+        labels = set(re.findall(r'(\w+)="', metrics))
+        assert labels <= {
+            "outcome",
+            "mode",
+            "reason",
+            "code",
+            "le",
+            "version",
+            "implementation",
+            "major",
+            "minor",
+            "patchlevel",
+            "generation",
+        }
+        assert proc.stop() == 0
+        assert not Path(ca).exists(), "the in-memory CA is removed on exit"

@@ -1,0 +1,84 @@
+"""Prometheus metrics. Every label comes from a fixed set (outcomes, modes, skip reasons,
+HTTP codes), never from namespaces, pod names or annotation values."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from webhook.reasons import Mode, Skip
+
+OUTCOMES = ("injected", "skipped", "error")
+MODES = (*(m.value for m in Mode), "none")
+BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.admissions = Counter(
+            "mesh_injector_admissions",
+            "Admission reviews answered, by outcome and mode",
+            ["outcome", "mode"],
+            registry=r,
+        )
+        self.skips = Counter("mesh_injector_skips", "Pods not meshed, by reason", ["reason"], registry=r)
+        self.rejected = Counter(
+            "mesh_injector_bad_requests",
+            "Requests refused before admission, by HTTP status",
+            ["code"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "mesh_injector_admission_duration_seconds",
+            "Time to decide and build the patch for one review",
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.cert_expiry = Gauge(
+            "mesh_injector_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate",
+            registry=r,
+        )
+        self.cert_reloads = Gauge(
+            "mesh_injector_certificate_reloads",
+            "Times the serving certificate was reloaded from disk",
+            registry=r,
+        )
+        self.policy_age = Gauge(
+            "mesh_injector_policy_age_seconds", "Seconds since the policy was loaded", registry=r
+        )
+        self.snapshot_age = Gauge(
+            "mesh_injector_cluster_snapshot_age_seconds",
+            "Seconds since the cluster snapshot was built",
+            registry=r,
+        )
+        for outcome in OUTCOMES:
+            for mode in MODES:
+                self.admissions.labels(outcome, mode)
+        for skip in Skip:
+            self.skips.labels(skip.value)
+        for code in ("400", "405", "408", "413", "415"):
+            self.rejected.labels(code)
+
+    def track(self, *, policy_loaded: float, snapshot_built: Callable[[], float]) -> None:
+        self.policy_age.set_function(lambda: time.time() - policy_loaded)
+        self.snapshot_age.set_function(lambda: time.time() - snapshot_built())

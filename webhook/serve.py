@@ -1,0 +1,247 @@
+"""``mesh-injector serve`` and ``mesh-injector certs``: wiring only.
+
+Everything here runs at start-up: read the policy and the cluster state, set up TLS and
+metrics, then hand uvicorn the app. Nothing here is on the admission path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import start_http_server
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from webhook.certs import CertError, generate, service_names, write_bundle
+from webhook.cluster import StaticClusterView
+from webhook.loading import load_snapshot
+from webhook.metrics import Metrics
+from webhook.policy import load_policy
+from webhook.server import AppState, create_app
+from webhook.tls import ReloadingTLS
+
+ENV = {
+    "host": ("MESH_INJECTOR_HOST", "0.0.0.0"),
+    "port": ("MESH_INJECTOR_PORT", "8443"),
+    "metrics_host": ("MESH_INJECTOR_METRICS_HOST", "0.0.0.0"),
+    "metrics_port": ("MESH_INJECTOR_METRICS_PORT", "9090"),
+    "tls_cert": ("MESH_INJECTOR_TLS_CERT", None),
+    "tls_key": ("MESH_INJECTOR_TLS_KEY", None),
+    "policy": ("MESH_INJECTOR_POLICY", None),
+    "cluster": ("MESH_INJECTOR_CLUSTER", None),
+    "usage": ("MESH_INJECTOR_USAGE", None),
+    "server_version": ("MESH_INJECTOR_SERVER_VERSION", None),
+}
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per line; admission lines are JSON already."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.name == "mesh_injector.admission" and msg.startswith("{") and not record.exc_info:
+            return msg
+        line = {"level": record.levelname.lower(), "logger": record.name, "msg": msg}
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(line, separators=(",", ":"))
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _self_signed(port: int) -> tuple[Path, Path, Path, Path]:
+    """An in-memory-only CA and certificate for trying the server out (private temp dir)."""
+    tmp = Path(tempfile.mkdtemp(prefix="mesh-injector-"))
+    names = ["localhost", *service_names("mesh-injector", "mesh-injector")]
+    paths = write_bundle(generate(dns=names, ips=["127.0.0.1", "::1"], days=30), tmp)
+    return tmp, paths[0], paths[2], paths[3]
+
+
+class PromptCloseH11(H11Protocol):
+    """On shutdown, drop idle keep-alive connections at once.
+
+    uvicorn closes an idle TLS connection by sending close_notify and waiting for the
+    peer's; a client that does not read its idle pool would hold shutdown for the whole
+    grace period. Nothing is in flight on an idle connection, so aborting it loses nothing.
+    """
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
+
+
+def build_server(
+    app: object, tls: ReloadingTLS, *, host: str, port: int, keep_alive: int = 30, grace: int = 20
+) -> uvicorn.Server:
+    """uvicorn over ``tls``: SIGTERM stops accepting, finishes in-flight requests and closes
+    idle keep-alive connections at once (the API server reuses them), within ``grace``."""
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        http=PromptCloseH11,
+        host=host,
+        port=port,
+        ssl_certfile=str(tls.cert),
+        ssl_keyfile=str(tls.key),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=keep_alive,
+        timeout_graceful_shutdown=grace,
+        server_header=False,
+        date_header=False,
+    )
+    config.load()
+    config.ssl = tls.listener  # every handshake gets the current certificate
+    return uvicorn.Server(config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    log = logging.getLogger("mesh_injector.serve")
+    policy = load_policy(args.policy)
+    policy_loaded = time.time()
+    snapshot = load_snapshot(
+        policy=policy,
+        now=policy_loaded,
+        cluster=args.cluster,
+        server_version=args.server_version,
+        usage=args.usage,
+    )
+    view = StaticClusterView(snapshot)
+
+    scratch: Path | None = None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CertError("--tls-cert and --tls-key go together")
+    if args.tls_cert:
+        cert, key = Path(args.tls_cert), Path(args.tls_key)
+    else:
+        scratch, ca, cert, key = _self_signed(args.port)
+        print(
+            f"mesh-injector: no --tls-cert given; serving a self-signed certificate. CA bundle: {ca}",
+            flush=True,
+        )
+    try:
+        tls = ReloadingTLS(cert, key, interval=args.cert_poll)
+    except (OSError, ValueError) as exc:
+        raise CertError(f"{cert}: cannot load the certificate and key ({exc})") from None
+
+    metrics = Metrics()
+    metrics.track(policy_loaded=policy_loaded, snapshot_built=lambda: view.snapshot().built_at)
+    metrics.cert_expiry.set_function(lambda: tls.expiry)
+    metrics.cert_reloads.set_function(lambda: tls.reloads)
+    state = AppState(cluster=view, policy=policy, metrics=metrics, read_timeout=args.read_timeout)
+    app = create_app(state)
+
+    metrics_server = start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+    server = build_server(
+        app, tls, host=args.host, port=args.port, keep_alive=args.keep_alive, grace=args.grace
+    )
+    tls.start()
+    log.info(
+        f"serving https://{args.host}:{args.port}/mutate, metrics on http://{args.metrics_host}:{args.metrics_port}"
+        f"/metrics; cluster: {snapshot.source}"
+    )
+    # uvicorn handles SIGTERM/SIGINT while serving, then restores the previous handlers and
+    # re-raises the signal; with these no-op handlers in place, run() returns and the
+    # clean-up below happens, and a graceful shutdown exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        tls.stop()
+        if isinstance(metrics_server, tuple):
+            metrics_server[0].shutdown()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    dns = [*service_names(args.service, args.namespace), *args.dns]
+    out = Path(args.out)
+    ca = None
+    if args.force and not args.new_ca and (out / "ca.crt").exists() and (out / "ca.key").exists():
+        ca = ((out / "ca.crt").read_bytes(), (out / "ca.key").read_bytes())  # renew under the same CA
+        print(f"renewing the serving certificate under the existing CA in {out}", file=sys.stderr)
+    bundle = generate(dns=dns, ips=args.ip, days=args.days, common_name=args.service, ca=ca)
+    paths = write_bundle(bundle, Path(args.out), force=args.force)
+    for p in paths:
+        print(f"wrote {p}", file=sys.stderr)
+    print(f"SANs: {', '.join(dns + args.ip)}", file=sys.stderr)
+    # The caBundle value for the MutatingWebhookConfiguration, on stdout for scripts.
+    print(base64.b64encode(bundle.ca_cert).decode("ascii"))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    env = {k: os.environ.get(name, default) for k, (name, default) in ENV.items()}
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTPS webhook (POST /mutate, GET /healthz, /readyz) and /metrics",
+        description="Flags also come from MESH_INJECTOR_* environment variables (see the README).",
+    )
+    p.add_argument("--host", default=env["host"])
+    p.add_argument("--port", type=int, default=int(env["port"]))
+    p.add_argument("--metrics-host", default=env["metrics_host"])
+    p.add_argument("--metrics-port", type=int, default=int(env["metrics_port"]))
+    p.add_argument("--tls-cert", default=env["tls_cert"], metavar="FILE", help="serving certificate (PEM)")
+    p.add_argument("--tls-key", default=env["tls_key"], metavar="FILE", help="its private key (PEM)")
+    p.add_argument(
+        "--cert-poll", type=float, default=2.0, metavar="SECONDS", help="how often to look for a new cert"
+    )
+    p.add_argument("--policy", default=env["policy"], metavar="FILE")
+    p.add_argument(
+        "--cluster",
+        default=env["cluster"],
+        metavar="FILE",
+        help="static cluster state: kubectl get nodes,namespaces,services -A -o yaml",
+    )
+    p.add_argument("--usage", default=env["usage"], metavar="FILE", help="observed proxy usage samples")
+    p.add_argument("--server-version", default=env["server_version"], metavar="VERSION")
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest time a client may take to send its request body",
+    )
+    p.add_argument("--keep-alive", type=int, default=30, metavar="SECONDS", help="idle keep-alive timeout")
+    p.add_argument(
+        "--grace", type=int, default=20, metavar="SECONDS", help="graceful shutdown limit on SIGTERM"
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("certs", help="write a CA and serving certificate for the webhook Service")
+    p.add_argument("--service", default="mesh-injector")
+    p.add_argument("--namespace", default="mesh-injector")
+    p.add_argument("--out", default="certs", metavar="DIR")
+    p.add_argument("--dns", action="append", default=[], metavar="NAME", help="extra DNS SAN (repeatable)")
+    p.add_argument("--ip", action="append", default=[], metavar="ADDRESS", help="IP SAN (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity of the serving certificate")
+    p.add_argument(
+        "--force", action="store_true", help="replace existing files (the CA is kept unless --new-ca)"
+    )
+    p.add_argument(
+        "--new-ca", action="store_true", help="with --force, replace the CA too (update caBundle!)"
+    )
+    p.set_defaults(func=cmd_certs)
