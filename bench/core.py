@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import random
 import statistics
@@ -200,15 +201,25 @@ def main() -> None:
         out = admit(request, snap, policy)
         assert out.injected, out.explanation
 
+        counter = itertools.count()
+
         def cold(req=request, snap=snap):
-            snap.memo.clear()  # first pod of a workload: eligibility computed from the groups
+            snap.memo.clear()
+            snap.outcomes.clear()  # first pod of a workload: nothing memoised yet
             return admit(req, snap, policy)
 
-        for label, fn, req in (
-            ("first pod", cold, request),
-            ("next pods", None, request),
+        def sibling(req=request, snap=snap, seq=counter):
+            # another pod of the same workload (a StatefulSet's): a new object each time
+            obj = dict(req["object"], metadata={**req["object"]["metadata"], "name": f"pod-{next(seq)}"})
+            return admit({**req, "object": obj}, snap, policy)
+
+        rows = (
+            ("first pod of a workload", cold, request),
+            ("another pod, same workload", sibling, request),
+            ("identical pod (ReplicaSet)", None, request),
             ("hostname affinity, first pod", cold, host_pod["request"]),
-        ):
+        )
+        for label, fn, req in rows:
             call = (
                 (lambda fn=fn, req=req: fn(req))
                 if fn
@@ -216,7 +227,7 @@ def main() -> None:
             )
             p50, p99 = percentiles(time_calls(call, args.calls))
             print(
-                f"admit {n:>5} nodes ({len(snap.groups):>3} groups{'!' if hetero else ' '}) {label:<29} "
+                f"admit {n:>5} nodes ({len(snap.groups):>3} groups{'!' if hetero else ' '}) {label:<30} "
                 f"p50 {p50 * 1e6:7.1f} us  p99 {p99 * 1e6:7.1f} us  ({p50 / b50:4.1f}x baseline)"
             )
 

@@ -312,3 +312,23 @@ def test_grouped_eligibility_equals_brute_force(selector, terms, tolerate):
     if tolerate:
         spec["tolerations"] = [{"key": "pool", "operator": "Equal", "value": "s", "effect": "NoSchedule"}]
     assert _grouped_count(_SNAP, spec) == len(_brute_force(_SNAP, spec))
+
+
+def test_outcome_memo_is_keyed_by_everything_it_depends_on():
+    from webhook.admission import admit
+
+    snap = build_snapshot(nodes=[node("a")], namespaces={"on": {"mesh-injector.io/inject": "enabled"}},
+                          server_version=KubeVersion(1, 32))
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-"},
+           "spec": {"containers": [{"name": "c", "image": "i"}]}}
+
+    def req(uid, ns):
+        return {"uid": uid, "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": ns, "object": pod}
+
+    first = admit(req("u1", "on"), snap, POLICY)
+    again = admit(req("u2", "on"), snap, POLICY)
+    assert first.injected and again.patch == first.patch
+    assert not admit(req("u3", "off"), snap, POLICY).injected  # other namespace, other answer
+    by_default = parse_policy("injectByDefault: true")
+    assert admit(req("u4", "off"), snap, by_default).injected  # other policy, other answer
+    assert admit({**req("u5", "on"), "operation": "UPDATE"}, snap, POLICY).patch == []

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from webhook.cluster import ClusterSnapshot
 from webhook.inject import (
     PREFIX,
@@ -65,9 +67,11 @@ _DEFAULTS = {"interception": "auto", "iptables-fallback": "true", "native-sideca
 
 @dataclass(frozen=True)
 class Outcome:
-    """Everything a front end needs: the patch, the warnings, and the why."""
+    """Everything a front end needs: the patch, the warnings, and the why.
 
-    uid: str
+    It carries no uid: the answer is the same for every request with the same object, and
+    the front ends echo the uid of the request they answer."""
+
     patch: Patch
     pod: Mapping[str, Any] | None  # the object after the patch (None when not a pod)
     injected: bool
@@ -247,7 +251,6 @@ def _resources(
 
 
 def _skip(
-    uid: str,
     original: Mapping[str, Any],
     pod: dict[str, Any] | None,
     skip: Skip,
@@ -265,7 +268,6 @@ def _skip(
     patch = diff(dict(original), pod) if pod is not None else []
     ctx.lines.insert(0, f"decision: not meshed ({skip.value}): {text}")
     return Outcome(
-        uid=uid,
         patch=patch,
         pod=pod if pod is not None else original,
         injected=False,
@@ -293,6 +295,23 @@ def _nodes_line(elig: Eligibility) -> str:
     )
 
 
+def _outcome_key(request: Mapping[str, Any], assume_opt_in: bool) -> bytes | None:
+    obj = request.get("object")
+    if request.get("operation") != "CREATE" or not isinstance(obj, dict):
+        return None
+    kind = request.get("kind")
+    parts = [
+        "outcome",
+        request.get("namespace"),
+        kind.get("kind") if isinstance(kind, dict) else None,
+        assume_opt_in,
+    ]
+    try:
+        return orjson.dumps([*parts, obj])
+    except TypeError:  # not JSON data (cannot come from the API server): decide uncached
+        return None
+
+
 def admit(
     request: Mapping[str, Any],
     snapshot: ClusterSnapshot,
@@ -300,8 +319,30 @@ def admit(
     *,
     assume_opt_in: bool = False,
 ) -> Outcome:
-    """Decide for one AdmissionRequest (``review["request"]``) and build its patch."""
-    uid = str(request.get("uid", ""))
+    """Decide for one AdmissionRequest (``review["request"]``) and build its patch.
+
+    The outcome is a function of the object, its namespace and the (immutable) snapshot and
+    policy, so it is memoised on the snapshot: identical pods, as a ReplicaSet creates them,
+    are decided once.
+    """
+    key = _outcome_key(request, assume_opt_in)
+    if key is not None:
+        hit = snapshot.outcomes.get(key)
+        if isinstance(hit, tuple) and hit[0] is policy:
+            return hit[1]
+    outcome = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
+    if key is not None:
+        snapshot.outcomes.put(key, (policy, outcome))
+    return outcome
+
+
+def _admit(
+    request: Mapping[str, Any],
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    *,
+    assume_opt_in: bool,
+) -> Outcome:
     ctx = _Ctx()
     namespace = str(request.get("namespace") or "")
     operation = request.get("operation")
@@ -309,9 +350,9 @@ def admit(
     original = request.get("object")
     received = original if isinstance(original, dict) else {}
     if operation != "CREATE":
-        return _skip(uid, received, None, Skip.NOT_CREATE, f"operation is {operation}", False, namespace, ctx)
+        return _skip(received, None, Skip.NOT_CREATE, f"operation is {operation}", False, namespace, ctx)
     if kind != "Pod" or not isinstance(original, dict):
-        return _skip(uid, received, None, Skip.NOT_POD, f"object is a {kind}", False, namespace, ctx)
+        return _skip(received, None, Skip.NOT_POD, f"object is a {kind}", False, namespace, ctx)
 
     meta = _str_map(original.get("metadata"))
     namespace = namespace or str(meta.get("namespace") or "default")
@@ -326,9 +367,7 @@ def admit(
 
     opted, opt_skip, opt_source = _opt_in(labels, annotations, ns_labels, policy, assume_opt_in)
     ctx.lines.append(f"opt-in: {'yes' if opted else 'no'} ({opt_source})")
-    args = dict(
-        uid=uid, original=original, pod=pod, opted_in=opted, namespace=namespace, ctx=ctx, workload=key
-    )
+    args = dict(original=original, pod=pod, opted_in=opted, namespace=namespace, ctx=ctx, workload=key)
     excluded = _excluded(namespace, policy)
     if excluded is not None:
         return _skip(skip=excluded, text=f"{excluded.text} ({namespace})", **args)
@@ -434,7 +473,6 @@ def admit(
     if ctx.warnings:
         ctx.lines.append("warnings: " + " | ".join(ctx.warnings))
     return Outcome(
-        uid=uid,
         patch=diff(original, pod),
         pod=pod,
         injected=True,

@@ -8,10 +8,11 @@ the very same objects, which keeps the diff fast and exact.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from webhook import __version__
 from webhook.iptables import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID
@@ -71,8 +72,8 @@ def read_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(raw, str):
         return None
     try:
-        status = json.loads(raw)
-    except ValueError:
+        status = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
     return status if isinstance(status, dict) else None
 
@@ -214,7 +215,7 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> None:
         "volumes": [PROXY_VOLUME],
     }
     meta = pod["metadata"]
-    _set(meta, "annotations", ANN_STATUS, json.dumps(status, separators=(",", ":"), sort_keys=True))
+    _set(meta, "annotations", ANN_STATUS, orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode())
     _set(meta, "annotations", ANN_DECISION, plan.decision)
     _set(meta, "annotations", ANN_SOURCE, plan.resources.source.value)
     _set(meta, "labels", LABEL_MODE, plan.mode.value)

@@ -15,7 +15,14 @@ from typing import Any
 import orjson
 import yaml
 
-from webhook.cluster import ClusterSnapshot, SnapshotError, build_snapshot, snapshot_from_objects, with_kernel
+from webhook.cluster import (
+    ClusterSnapshot,
+    Memo,
+    SnapshotError,
+    build_snapshot,
+    snapshot_from_objects,
+    with_kernel,
+)
 from webhook.policy import Policy
 from webhook.usage import UsageError, load_samples, summarize_all
 from webhook.versions import KubeVersion, parse_kernel, parse_kube_version
@@ -153,6 +160,8 @@ def _infer_server_version(snapshot: ClusterSnapshot) -> ClusterSnapshot:
     newest = max(versions)
     return replace(
         snapshot,
+        memo=Memo(),
+        outcomes=Memo(limit=256),
         server_version=newest,
         source=f"{snapshot.source}; server version {newest} inferred from the newest kubelet",
     )

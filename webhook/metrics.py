@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -71,6 +72,7 @@ class Metrics:
             "Seconds since the cluster snapshot was built",
             registry=r,
         )
+        self._children: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
         for outcome in OUTCOMES:
             for mode in MODES:
                 self.admissions.labels(outcome, mode)
@@ -78,6 +80,18 @@ class Metrics:
             self.skips.labels(skip.value)
         for code in ("400", "405", "408", "413", "415"):
             self.rejected.labels(code)
+
+    def count(self, outcome: str, mode: str, skip: str | None, seconds: float) -> None:
+        """One admission; label children are looked up once and reused."""
+        key = (outcome, mode, skip)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.admissions.labels(outcome, mode), self.skips.labels(skip) if skip else None)
+            self._children[key] = children
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
+        self.duration.observe(seconds)
 
     def track(self, *, policy_loaded: float, snapshot_built: Callable[[], float]) -> None:
         self.policy_age.set_function(lambda: time.time() - policy_loaded)

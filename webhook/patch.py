@@ -19,6 +19,8 @@ Patch = list[dict[str, Any]]
 
 
 def escape(key: str) -> str:
+    if "~" not in key and "/" not in key:
+        return key
     return key.replace("~", "~0").replace("/", "~1")
 
 
@@ -30,11 +32,12 @@ def _diff(old: Any, new: Any, path: str, out: Patch) -> None:
             if key not in new:
                 out.append({"op": "remove", "path": f"{path}/{escape(key)}"})
         for key, value in new.items():
-            sub = f"{path}/{escape(key)}"
             if key not in old:
-                out.append({"op": "add", "path": sub, "value": value})
-            elif old[key] is not value and old[key] != value:
-                _diff(old[key], value, sub, out)
+                out.append({"op": "add", "path": f"{path}/{escape(key)}", "value": value})
+                continue
+            before = old[key]
+            if before is not value and before != value:
+                _diff(before, value, f"{path}/{escape(key)}", out)
         return
     if isinstance(old, list) and isinstance(new, list):
         _diff_list(old, new, path, out)

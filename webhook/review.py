@@ -94,7 +94,7 @@ def response_body(
 
 
 def build_response(review: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
-    return response_body(review, outcome.uid, outcome.patch, outcome.warnings)
+    return response_body(review, review["request"]["uid"], outcome.patch, outcome.warnings)
 
 
 def failure_response(review: Mapping[str, Any], uid: str, error: str) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from webhook.cluster import ClusterSnapshot, Node, NodeGroup, Taint
 
 _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 _SAMPLE = 3
-MEMO_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +240,7 @@ def eligible_nodes(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligib
             return hit
     result = _eligible(snapshot, spec)
     if key is not None:
-        if len(snapshot.memo) >= MEMO_LIMIT:
-            snapshot.memo.clear()
-        snapshot.memo[key] = result
+        snapshot.memo.put(key, result)
     return result
 
 
