@@ -317,10 +317,17 @@ def test_grouped_eligibility_equals_brute_force(selector, terms, tolerate):
 def test_outcome_memo_is_keyed_by_everything_it_depends_on():
     from webhook.admission import admit
 
-    snap = build_snapshot(nodes=[node("a")], namespaces={"on": {"mesh-injector.io/inject": "enabled"}},
-                          server_version=KubeVersion(1, 32))
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-"},
-           "spec": {"containers": [{"name": "c", "image": "i"}]}}
+    snap = build_snapshot(
+        nodes=[node("a")],
+        namespaces={"on": {"mesh-injector.io/inject": "enabled"}},
+        server_version=KubeVersion(1, 32),
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "web-"},
+        "spec": {"containers": [{"name": "c", "image": "i"}]},
+    }
 
     def req(uid, ns):
         return {"uid": uid, "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": ns, "object": pod}
