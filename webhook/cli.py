@@ -20,6 +20,7 @@ import yaml
 from webhook import __version__
 from webhook.admission import admit
 from webhook.certs import CertError
+from webhook.live import ClusterAccessError
 from webhook.loading import (
     InputError,
     load_snapshot,
@@ -80,6 +81,7 @@ def _snapshot(args: argparse.Namespace, policy: Policy, now: float):
         server_version=args.server_version,
         usage=args.usage,
         kernel=args.kernel,
+        kubeconfig=args.kubeconfig,
     )
 
 
@@ -232,6 +234,9 @@ def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cluster", metavar="FILE", help="output of: kubectl get nodes,namespaces,services -A -o yaml"
     )
+    g.add_argument(
+        "--kubeconfig", metavar="FILE", help="read nodes, namespaces and Services from a cluster, once"
+    )
     g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
     g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
     g.add_argument("--policy", metavar="FILE", help="policy file (default: the bundled policy)")
@@ -297,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, InputError, PolicyError, UsageError, ReviewError, CertError) as exc:
+    except (CliError, InputError, PolicyError, UsageError, ReviewError, CertError, ClusterAccessError) as exc:
         print(f"mesh-injector: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

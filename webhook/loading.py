@@ -23,6 +23,7 @@ from webhook.cluster import (
     snapshot_from_objects,
     with_kernel,
 )
+from webhook.live import ClusterAccessError, api_client, read_once
 from webhook.policy import Policy
 from webhook.usage import UsageError, load_samples, summarize_all
 from webhook.versions import KubeVersion, parse_kernel, parse_kube_version
@@ -116,14 +117,30 @@ def load_snapshot(
     server_version: str | None = None,
     usage: str | None = None,
     kernel: str | None = None,
+    kubeconfig: str | None = None,
 ) -> ClusterSnapshot:
-    """The static snapshot the dry-run tools (and ``serve --cluster``) decide against."""
+    """The static snapshot the dry-run tools (and ``serve --cluster``) decide against:
+    from a cluster file, from a live cluster read once (``kubeconfig``), or from nothing."""
     server = parse_server_version(server_version) if server_version else None
     try:
         summaries = summarize_all(load_samples(usage), policy.sizing, now) if usage else {}
     except UsageError as exc:
         raise InputError(str(exc)) from None
-    if cluster:
+    if cluster and kubeconfig:
+        raise InputError("--cluster and --kubeconfig are two sources of the same state: give one")
+    if kubeconfig:
+        try:
+            docs, live_version = read_once(api_client(kubeconfig))
+        except ClusterAccessError as exc:
+            raise InputError(str(exc)) from None
+        snapshot = snapshot_from_objects(
+            docs,
+            server_version=server or live_version,
+            usage=summaries,
+            source=f"--kubeconfig {kubeconfig}",
+            built_at=now,
+        )
+    elif cluster:
         docs = parse_documents(read_text(cluster), cluster)
         try:
             snapshot = snapshot_from_objects(

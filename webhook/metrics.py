@@ -67,6 +67,12 @@ class Metrics:
         self.policy_age = Gauge(
             "mesh_injector_policy_age_seconds", "Seconds since the policy was loaded", registry=r
         )
+        self.cache_stale = Gauge(
+            "mesh_injector_cluster_cache_stale_seconds",
+            "Seconds since a watched resource lost the API server (0 while its watch is healthy)",
+            ["resource"],
+            registry=r,
+        )
         self.snapshot_age = Gauge(
             "mesh_injector_cluster_snapshot_age_seconds",
             "Seconds since the cluster snapshot was built",

@@ -24,12 +24,14 @@ from prometheus_client import start_http_server
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from webhook.certs import CertError, generate, service_names, write_bundle
-from webhook.cluster import StaticClusterView
+from webhook.cluster import ClusterView, StaticClusterView
+from webhook.live import RESOURCES, ClusterAccessError, LiveClusterView, api_client
 from webhook.loading import load_snapshot
 from webhook.metrics import Metrics
 from webhook.policy import load_policy
 from webhook.server import AppState, create_app
 from webhook.tls import ReloadingTLS
+from webhook.usage import load_samples, summarize_all
 
 ENV = {
     "host": ("MESH_INJECTOR_HOST", "0.0.0.0"),
@@ -42,6 +44,7 @@ ENV = {
     "cluster": ("MESH_INJECTOR_CLUSTER", None),
     "usage": ("MESH_INJECTOR_USAGE", None),
     "server_version": ("MESH_INJECTOR_SERVER_VERSION", None),
+    "kubeconfig": ("MESH_INJECTOR_KUBECONFIG", None),
 }
 
 
@@ -125,14 +128,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = logging.getLogger("mesh_injector.serve")
     policy = load_policy(args.policy)
     policy_loaded = time.time()
-    snapshot = load_snapshot(
-        policy=policy,
-        now=policy_loaded,
-        cluster=args.cluster,
-        server_version=args.server_version,
-        usage=args.usage,
+    in_cluster = args.in_cluster or (
+        not args.kubeconfig and not args.cluster and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     )
-    view = StaticClusterView(snapshot)
+    live: LiveClusterView | None = None
+    view: ClusterView
+    if args.kubeconfig or in_cluster:
+        if args.cluster:
+            raise ClusterAccessError(
+                "--cluster and a live cluster (--kubeconfig/--in-cluster) exclude each other"
+            )
+        api = api_client(args.kubeconfig, in_cluster=in_cluster)
+        usage = summarize_all(load_samples(args.usage), policy.sizing, policy_loaded) if args.usage else {}
+        live = LiveClusterView(api, usage=usage)
+        view = live
+        source = f"live cluster {api.configuration.host}"
+    else:
+        snapshot = load_snapshot(
+            policy=policy,
+            now=policy_loaded,
+            cluster=args.cluster,
+            server_version=args.server_version,
+            usage=args.usage,
+        )
+        view = StaticClusterView(snapshot)
+        source = snapshot.source
 
     scratch: Path | None = None
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -154,7 +174,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     metrics.track(policy_loaded=policy_loaded, snapshot_built=lambda: view.snapshot().built_at)
     metrics.cert_expiry.set_function(lambda: tls.expiry)
     metrics.cert_reloads.set_function(lambda: tls.reloads)
-    state = AppState(cluster=view, policy=policy, metrics=metrics, read_timeout=args.read_timeout)
+    for resource in RESOURCES:
+        metrics.cache_stale.labels(resource).set_function(
+            (lambda r=resource: live.stale_seconds(r)) if live is not None else (lambda: 0.0)
+        )
+    state = AppState(
+        cluster=view,
+        policy=policy,
+        metrics=metrics,
+        read_timeout=args.read_timeout,
+        ready=live.ready if live is not None else (lambda: True),
+    )
     app = create_app(state)
 
     metrics_server = start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
@@ -162,9 +192,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app, tls, host=args.host, port=args.port, keep_alive=args.keep_alive, grace=args.grace
     )
     tls.start()
+    if live is not None:
+        live.start()  # /readyz answers 503 until nodes, namespaces and Services are listed
     log.info(
         f"serving https://{args.host}:{args.port}/mutate, metrics on http://{args.metrics_host}:{args.metrics_port}"
-        f"/metrics; cluster: {snapshot.source}"
+        f"/metrics; cluster: {source}"
     )
     # uvicorn handles SIGTERM/SIGINT while serving, then restores the previous handlers and
     # re-raises the signal; with these no-op handlers in place, run() returns and the
@@ -179,6 +211,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.run()
     finally:
         tls.stop()
+        if live is not None:
+            live.stop()
         if isinstance(metrics_server, tuple):
             metrics_server[0].shutdown()
         if scratch is not None:
@@ -228,6 +262,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--usage", default=env["usage"], metavar="FILE", help="observed proxy usage samples")
     p.add_argument("--server-version", default=env["server_version"], metavar="VERSION")
+    p.add_argument(
+        "--kubeconfig",
+        default=env["kubeconfig"],
+        metavar="FILE",
+        help="watch nodes, namespaces, Services here",
+    )
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="watch the cluster this pod runs in (the default inside a pod when no --cluster is given)",
+    )
     p.add_argument(
         "--read-timeout",
         type=float,

@@ -1,0 +1,169 @@
+"""The live cluster view, driven through the real `kubernetes` client against a local
+server that speaks the list/watch wire format (tests/fake_apiserver.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fake_apiserver import FakeAPIServer, namespace, node, service
+from tests.servers import make_certs, serve_process
+from webhook.admission import admit
+from webhook.live import LiveClusterView, api_client
+from webhook.policy import load_policy
+from webhook.versions import KubeVersion
+
+POLICY = load_policy()
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = json.loads((REPO / "examples" / "review.json").read_text())
+
+
+def eventually(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def pod_request(ns: str = "shop", **spec):
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": ns, "labels": {"app": "api"}},
+        "spec": {"containers": [{"name": "c", "image": "i"}], **spec},
+    }
+    return {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": ns, "object": obj}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    fake = FakeAPIServer()
+    fake.put("nodes", node("n1", "6.1.0-18-cloud-amd64"))
+    fake.put("nodes", node("n2", "6.8.0-45-generic"))
+    fake.put("namespaces", namespace("shop", {"mesh-injector.io/inject": "enabled"}))
+    fake.put("namespaces", namespace("quiet"))
+    fake.put(
+        "services",
+        service("api", "shop", {"app": "api"}, [{"name": "api", "port": 80, "appProtocol": "grpc"}]),
+    )
+    fake.start()
+    kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
+    view = LiveClusterView(api_client(str(kubeconfig)), rebuild_interval=0.02, watch_timeout=5)
+    yield fake, view, kubeconfig
+    view.stop()
+    fake.stop()
+
+
+def test_lists_then_watches_and_decides_from_live_state(cluster):
+    fake, view, _ = cluster
+    assert not view.ready()
+    view.start()
+    assert view.wait_ready(10)
+    snap = view.snapshot()
+    assert set(snap.nodes) == {"n1", "n2"}
+    eventually(lambda: view.snapshot().server_version == KubeVersion(1, 32))
+    snap = view.snapshot()
+    assert snap.namespaces["shop"] == {"mesh-injector.io/inject": "enabled"}
+    out = admit(pod_request(), snap, POLICY)
+    assert out.injected and out.mode.value == "ebpf"
+    assert "Service api" in "\n".join(out.explanation)  # protocol from the live Service
+    assert fake.watch_calls["nodes"] >= 1 and fake.list_calls["nodes"] == 1
+
+    # a node's kernel changes: the next decision follows, without any relist
+    fake.put("nodes", node("n2", "4.19.112+"))
+    eventually(lambda: view.snapshot().nodes["n2"].kernel == "4.19.112+")
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    assert out.mode.value == "iptables" and out.reason == "kernel-too-old"
+    # a namespace opts in; a node goes away
+    fake.put("namespaces", namespace("quiet", {"mesh-injector.io/inject": "enabled"}))
+    fake.delete("nodes", "n2")
+    eventually(lambda: "n2" not in view.snapshot().nodes and view.snapshot().namespaces["quiet"])
+    out = admit(pod_request("quiet"), view.snapshot(), POLICY)
+    assert out.injected and out.mode.value == "ebpf"
+    assert fake.list_calls["nodes"] == 1, "changes arrive by watch, not by relisting"
+
+
+def test_dropped_watch_resumes_from_resource_version(cluster):
+    fake, view, _ = cluster
+    view.start()
+    assert view.wait_ready(10)
+    for _ in range(3):
+        fake.drop_watches()
+        time.sleep(0.3)
+    fake.put("nodes", node("n3", "5.15.0-1052-aws"))
+    eventually(lambda: "n3" in view.snapshot().nodes)
+    assert fake.list_calls["nodes"] == 1, "a dropped watch resumes; it does not relist"
+    assert fake.watch_calls["nodes"] >= 2
+
+
+def test_410_gone_relists(cluster):
+    fake, view, _ = cluster
+    view.start()
+    assert view.wait_ready(10)
+    fake.compact()  # history gone: the resuming watch gets 410
+    fake.put("nodes", node("n9", "6.6.0"))
+    eventually(lambda: "n9" in view.snapshot().nodes)
+    assert fake.list_calls["nodes"] >= 2
+
+
+def test_outage_keeps_last_state_reports_staleness_and_recovers(cluster):
+    fake, view, _ = cluster
+    view.start()
+    assert view.wait_ready(10)
+    port = fake.port
+    fake.stop()
+    eventually(lambda: view.stale_seconds("nodes") > 0.3)
+    assert set(view.snapshot().nodes) == {"n1", "n2"}
+    assert admit(pod_request(), view.snapshot(), POLICY).injected  # still deciding from the last state
+    # the API server comes back on the same address, with a change made meanwhile
+    fake.port = port
+    fake.put("nodes", node("n1", "5.4.0-1103-aws"))
+    fake.start()
+    eventually(lambda: view.snapshot().nodes["n1"].kernel == "5.4.0-1103-aws", timeout=40)
+    eventually(lambda: view.stale_seconds("nodes") == 0.0, timeout=10)
+
+
+def test_failed_lists_back_off_and_readiness_waits(cluster):
+    fake, view, _ = cluster
+    fake.fail_lists = 4
+    view.start()
+    time.sleep(0.3)
+    assert not view.ready()
+    assert view.wait_ready(30)
+
+
+def test_serve_with_kubeconfig_meshes_from_live_namespaces(cluster):
+    _, _, kubeconfig = cluster
+    certs = make_certs(kubeconfig.parent / "certs")
+    with serve_process(certs, "--kubeconfig", str(kubeconfig)) as proc:
+        client = httpx.Client(verify=certs.client_context(), base_url=proc.url, timeout=10)
+        eventually(lambda: client.get("/readyz").status_code == 200)
+        r = client.post("/mutate", content=json.dumps(EXAMPLE), headers={"Content-Type": "application/json"})
+        assert r.json()["response"]["patchType"] == "JSONPatch"  # namespace shop opted in, live
+        metrics = httpx.get(proc.metrics_url).text
+        assert 'mesh_injector_cluster_cache_stale_seconds{resource="nodes"} 0.0' in metrics
+        client.close()
+        assert proc.stop() == 0
+
+
+def test_dry_run_reads_the_cluster_once(cluster):
+    _, _, kubeconfig = cluster
+    review = str(REPO / "examples" / "review.json")
+    cmd = [sys.executable, "-m", "webhook", "review", review, "--show", "why"]
+    out = subprocess.run([*cmd, "--kubeconfig", str(kubeconfig)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "eligible nodes: 2 of 2" in out.stdout and "cluster: 1.32" in out.stdout
+    bad = subprocess.run(
+        [*cmd, "--kubeconfig", "/nonexistent/kubeconfig"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "cannot load Kubernetes credentials" in bad.stderr
