@@ -493,6 +493,7 @@ def test_serve_on_embedded_defaults_with_curl(tmp_path):
             "outcome",
             "mode",
             "reason",
+            "resource",
             "code",
             "le",
             "version",
