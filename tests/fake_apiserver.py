@@ -36,6 +36,10 @@ class FakeAPIServer:
         self.cond = threading.Condition()
         self.port = port
         self.httpd: ThreadingHTTPServer | None = None
+        # Single objects by path (Secrets, the MutatingWebhookConfiguration), for writes.
+        self.store: dict[str, dict[str, Any]] = {}
+        self.patch_calls = 0
+        self.lock = threading.Lock()
 
     # --- state changes (as the tests drive them) --------------------------------------
 
@@ -95,8 +99,65 @@ class FakeAPIServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _body(self) -> Any:
+                length = int(self.headers.get("Content-Length") or 0)
+                return json.loads(self.rfile.read(length) or b"null")
+
+            def _stored(self) -> tuple[str, dict[str, Any] | None]:
+                path = urlparse(self.path).path
+                return path, server.store.get(path)
+
+            def do_POST(self) -> None:
+                path = urlparse(self.path).path
+                obj = self._body()
+                key = f"{path}/{obj['metadata']['name']}"
+                with server.lock:
+                    if key in server.store:
+                        return self._json(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
+                    server.rv += 1
+                    obj["metadata"]["resourceVersion"] = str(server.rv)
+                    server.store[key] = obj
+                self._json(201, obj)
+
+            def do_PUT(self) -> None:
+                path, current = self._stored()
+                if current is None:
+                    return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                obj = self._body()
+                with server.lock:
+                    server.rv += 1
+                    obj["metadata"]["resourceVersion"] = str(server.rv)
+                    server.store[path] = obj
+                self._json(200, obj)
+
+            def do_PATCH(self) -> None:
+                import jsonpatch
+
+                path, current = self._stored()
+                if current is None:
+                    return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                if "json-patch" not in self.headers.get("Content-Type", ""):
+                    return self._json(415, {"kind": "Status", "code": 415, "reason": "UnsupportedMediaType"})
+                ops = self._body()
+                with server.lock:
+                    server.patch_calls += 1
+                    try:
+                        patched = jsonpatch.apply_patch(server.store[path], ops)
+                    except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
+                        return self._json(
+                            422, {"kind": "Status", "code": 422, "reason": "Invalid", "message": str(exc)}
+                        )
+                    server.rv += 1
+                    patched["metadata"]["resourceVersion"] = str(server.rv)
+                    server.store[path] = patched
+                self._json(200, patched)
+
             def do_GET(self) -> None:
                 url = urlparse(self.path)
+                if url.path in server.store:
+                    return self._json(200, server.store[url.path])
+                if "/secrets/" in url.path or "/mutatingwebhookconfigurations/" in url.path:
+                    return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 if url.path in ("/version", "/version/"):
                     minor = server.version.split(".")[1]

@@ -20,7 +20,13 @@ from webhook.server import AppState, create_app
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
-OVERLAYS = ["base", "overlays/cert-manager", "overlays/fail-closed", "overlays/auto-inject"]
+OVERLAYS = [
+    "base",
+    "overlays/cert-manager",
+    "overlays/fail-closed",
+    "overlays/auto-inject",
+    "overlays/self-managed",
+]
 SYSTEM = {"kube-system", "kube-public", "kube-node-lease"}
 
 
@@ -106,26 +112,33 @@ def test_webhook_configuration_cannot_hurt_the_cluster(rendered):
 
 def test_rbac_is_least_privilege(rendered):
     _, objs = rendered
-    role = one(objs, "ClusterRole")
-    for rule in role["rules"]:
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[field], f"wildcard in {field}: {rule}"
-        assert not set(rule["verbs"]) & {
-            "create",
-            "update",
-            "delete",
-            "deletecollection",
-            "escalate",
-            "bind",
-        } or rule.get("resourceNames")
-        if "mutatingwebhookconfigurations" in rule["resources"]:
-            assert rule["resourceNames"] == ["mesh-injector"] and set(rule["verbs"]) <= {"get", "patch"}
-        else:
-            assert set(rule["verbs"]) <= {"get", "list", "watch"}
-    binding = one(objs, "ClusterRoleBinding")
-    sa = one(objs, "ServiceAccount")
+    roles = [o for o in objs if o["kind"] in ("Role", "ClusterRole")]
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"wildcard in {field}: {rule}"
+            verbs = set(rule["verbs"])
+            if "mutatingwebhookconfigurations" in rule["resources"]:
+                assert rule["resourceNames"] == ["mesh-injector"] and verbs <= {"get", "patch"}
+            elif rule["resources"] == ["secrets"]:
+                # only the certificate Job, only in its namespace, only its own Secrets
+                assert role["kind"] == "Role"
+                assert verbs == {"create"} or (verbs <= {"get", "update"} and rule.get("resourceNames"))
+            else:
+                assert verbs <= {"get", "list", "watch"}, rule
+    dep = one(objs, "Deployment")
+    sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
+    server_bindings = [
+        b for b in objs if b["kind"] == "ClusterRoleBinding" and b["subjects"][0]["name"] == sa
+    ]
+    (binding,) = server_bindings
+    server_role = next(r for r in roles if r["metadata"]["name"] == binding["roleRef"]["name"])
+    assert not any("secrets" in rule["resources"] for rule in server_role["rules"]), (
+        "the server never writes Secrets"
+    )
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
+        {"kind": "ServiceAccount", "name": sa, "namespace": dep["metadata"]["namespace"]}
     ]
 
 
@@ -203,6 +216,33 @@ def test_cert_manager_overlay():
     issuers = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Issuer"}
     ca_issuer = issuers[serving["spec"]["issuerRef"]["name"]]
     assert certs[ca_issuer["spec"]["ca"]["secretName"]]["spec"]["isCA"] is True
+
+
+def test_self_managed_overlay():
+    objs = render("overlays/self-managed")
+    dep = one(objs, "Deployment")
+    job = one(objs, "Job")
+    mwc = one(objs, "MutatingWebhookConfiguration")
+    parser = build_parser()
+    server = parser.parse_args(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    (certs_container,) = job["spec"]["template"]["spec"]["containers"]
+    certs = parser.parse_args(certs_container["args"])
+    assert certs.func.__name__ == "cmd_certs" and certs.in_cluster
+    namespace, _, secret = certs.secret.partition("/")
+    volumes = dep["spec"]["template"]["spec"]["volumes"]
+    assert next(v["secret"]["secretName"] for v in volumes if v["name"] == "tls") == secret
+    assert namespace == dep["metadata"]["namespace"] and certs.namespace == namespace
+    assert certs.webhook_config == server.webhook_config == mwc["metadata"]["name"]
+    assert Path(server.ca_bundle).parent == Path(server.tls_cert).parent
+    assert "cert-manager.io/inject-ca-from" not in (mwc["metadata"].get("annotations") or {})
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["labels"]["mesh-injector.io/inject"] == "disabled"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] and certs_container["securityContext"][
+        "capabilities"
+    ] == {"drop": ["ALL"]}
+    role = next(o for o in objs if o["kind"] == "Role")
+    named = next(r for r in role["rules"] if r.get("resourceNames"))
+    assert set(named["resourceNames"]) == {secret, f"{secret}-ca"}
 
 
 def test_auto_inject_overlay_turns_on_inject_by_default():

@@ -23,6 +23,7 @@ import uvicorn
 from prometheus_client import start_http_server
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from webhook.cabundle import CABundleSync, ensure_secrets
 from webhook.certs import CertError, generate, service_names, write_bundle
 from webhook.cluster import ClusterView, StaticClusterView
 from webhook.live import RESOURCES, ClusterAccessError, LiveClusterView, api_client
@@ -132,7 +133,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         not args.kubeconfig and not args.cluster and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     )
     live: LiveClusterView | None = None
+    sync: CABundleSync | None = None
     view: ClusterView
+    if args.webhook_config and not (args.kubeconfig or in_cluster):
+        raise ClusterAccessError("--webhook-config needs the cluster: --kubeconfig or --in-cluster")
     if args.kubeconfig or in_cluster:
         if args.cluster:
             raise ClusterAccessError(
@@ -142,6 +146,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         usage = summarize_all(load_samples(args.usage), policy.sizing, policy_loaded) if args.usage else {}
         live = LiveClusterView(api, usage=usage)
         view = live
+        if args.webhook_config:
+            ca_file = (
+                Path(args.ca_bundle) if args.ca_bundle else Path(args.tls_cert or ".").with_name("ca.crt")
+            )
+            if not ca_file.is_file():
+                raise CertError(f"{ca_file}: no CA to keep in the caBundle (give --ca-bundle FILE)")
+            sync = CABundleSync(api, args.webhook_config, ca_file)
         source = f"live cluster {api.configuration.host}"
     else:
         snapshot = load_snapshot(
@@ -194,6 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tls.start()
     if live is not None:
         live.start()  # /readyz answers 503 until nodes, namespaces and Services are listed
+    if sync is not None:
+        sync.start()
     log.info(
         f"serving https://{args.host}:{args.port}/mutate, metrics on http://{args.metrics_host}:{args.metrics_port}"
         f"/metrics; cluster: {source}"
@@ -213,6 +226,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls.stop()
         if live is not None:
             live.stop()
+        if sync is not None:
+            sync.stop()
         if isinstance(metrics_server, tuple):
             metrics_server[0].shutdown()
         if scratch is not None:
@@ -220,7 +235,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs_in_cluster(args: argparse.Namespace) -> int:
+    namespace, _, name = args.secret.rpartition("/")
+    if not namespace or not name:
+        raise CertError(f"--secret: {args.secret!r} must be NAMESPACE/NAME")
+    api = api_client(args.kubeconfig, in_cluster=args.in_cluster or not args.kubeconfig)
+    bundle, written = ensure_secrets(
+        api,
+        namespace=namespace,
+        name=name,
+        service=args.service,
+        dns=args.dns,
+        days=args.days,
+        force=args.force,
+    )
+    print(
+        f"Secret {namespace}/{name}: {'written' if written else 'exists, left as it is (--force renews)'}",
+        file=sys.stderr,
+    )
+    if args.webhook_config:
+        patched = CABundleSync(api, args.webhook_config, bundle.ca_cert).sync_once()
+        print(
+            f"MutatingWebhookConfiguration {args.webhook_config}: caBundle "
+            f"{'updated' if patched else 'already holds the CA'}",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
+    if args.secret:
+        return _certs_in_cluster(args)
     dns = [*service_names(args.service, args.namespace), *args.dns]
     out = Path(args.out)
     ca = None
@@ -274,6 +319,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="watch the cluster this pod runs in (the default inside a pod when no --cluster is given)",
     )
     p.add_argument(
+        "--webhook-config",
+        metavar="NAME",
+        help="keep this MutatingWebhookConfiguration's caBundle holding our CA (self-managed certificates)",
+    )
+    p.add_argument(
+        "--ca-bundle", metavar="FILE", help="the CA for --webhook-config (default: ca.crt by the cert)"
+    )
+    p.add_argument(
         "--read-timeout",
         type=float,
         default=10.0,
@@ -300,4 +353,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--new-ca", action="store_true", help="with --force, replace the CA too (update caBundle!)"
     )
+    p.add_argument("--secret", metavar="NAMESPACE/NAME", help="write Secrets in the cluster instead of files")
+    p.add_argument("--kubeconfig", metavar="FILE", help="with --secret: the cluster (default: in-cluster)")
+    p.add_argument("--in-cluster", action="store_true", help="with --secret: the cluster this pod runs in")
+    p.add_argument("--webhook-config", metavar="NAME", help="with --secret: also put the CA in its caBundle")
     p.set_defaults(func=cmd_certs)
