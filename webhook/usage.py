@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import InvalidOperation
 from pathlib import Path
+from typing import TextIO
 
 from kubernetes.utils import parse_quantity
 
@@ -161,15 +164,48 @@ def _key(row: Mapping[str, object]) -> WorkloadKey:
     return WorkloadKey(ns, kind, name)
 
 
-def parse_samples(text: str, source: str = "usage") -> dict[WorkloadKey, list[Sample]]:
+@dataclass(eq=True)
+class SampleColumns:
+    """One workload's samples as packed columns (8 bytes a value instead of an object a
+    sample): a file of hundreds of thousands of samples stays a few MB in memory."""
+
+    timestamp: array = field(default_factory=lambda: array("d"))
+    cpu: array = field(default_factory=lambda: array("d"))
+    memory: array = field(default_factory=lambda: array("d"))
+    oom: bytearray = field(default_factory=bytearray)
+
+    def append(self, sample: Sample) -> None:
+        self.timestamp.append(sample.timestamp)
+        self.cpu.append(sample.cpu)
+        self.memory.append(sample.memory)
+        self.oom.append(1 if sample.oom else 0)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self.timestamp)):
+            yield Sample(self.timestamp[i], self.cpu[i], self.memory[i], bool(self.oom[i]))
+
+    def __len__(self) -> int:
+        return len(self.timestamp)
+
+
+def parse_samples(text: str, source: str = "usage") -> dict[WorkloadKey, SampleColumns]:
     """Samples grouped by workload, from CSV (with header) or JSON lines."""
-    out: dict[WorkloadKey, list[Sample]] = defaultdict(list)
-    stripped = text.lstrip()
+    return _parse(io.StringIO(text), source)
+
+
+def _parse(lines: TextIO, source: str) -> dict[WorkloadKey, SampleColumns]:
+    """Read line by line: a big file is never held whole in memory."""
+    out: dict[WorkloadKey, SampleColumns] = defaultdict(SampleColumns)
+    first = ""
+    while not first.strip():
+        first = lines.readline()
+        if not first:
+            return {}
     rows: Iterable[tuple[int, Mapping[str, object]]]
-    if stripped.startswith("{"):
-        rows = _json_rows(text, source)
+    if first.lstrip().startswith("{"):
+        rows = _json_rows(itertools.chain([first], lines), source)
     else:
-        reader = csv.DictReader(io.StringIO(text))
+        reader = csv.DictReader(itertools.chain([first], lines))
         needed = {"namespace", "workload", "timestamp", "cpu", "memory"}
         missing = needed - set(reader.fieldnames or [])
         if missing:
@@ -190,8 +226,8 @@ def parse_samples(text: str, source: str = "usage") -> dict[WorkloadKey, list[Sa
     return dict(out)
 
 
-def _json_rows(text: str, source: str) -> Iterable[tuple[int, Mapping[str, object]]]:
-    for i, line in enumerate(text.splitlines(), start=1):
+def _json_rows(lines: Iterable[str], source: str) -> Iterable[tuple[int, Mapping[str, object]]]:
+    for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -203,11 +239,11 @@ def _json_rows(text: str, source: str) -> Iterable[tuple[int, Mapping[str, objec
         yield i, row
 
 
-def load_samples(path: str | Path) -> dict[WorkloadKey, list[Sample]]:
+def load_samples(path: str | Path) -> dict[WorkloadKey, SampleColumns]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open(encoding="utf-8", newline="") as f:
+            return _parse(f, str(path))
     except OSError as exc:
         raise UsageError(f"{path}: cannot read usage file ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a text file") from None
-    return parse_samples(text, str(path))
