@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,18 @@ def compare_golden(path: Path, actual: Any) -> None:
 def validate_k8s(obj: dict[str, Any]) -> None:
     """Raises when ``obj`` is not valid against the real Kubernetes JSON schema (strict)."""
     kubernetes_validate.validate(copy.deepcopy(obj), K8S_SCHEMA_VERSION, strict=True)
+
+
+def eventually(check, timeout: float = 10.0, every: float = 0.05):
+    """The first truthy value of ``check()``, polled until ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(every)
 
 
 def with_object(review: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from tests.fake_apiserver import FakeAPIServer
-from tests.test_live import eventually
+from tests.support import eventually
 from webhook.cabundle import CABundleSync, certificates, merged_bundle
 from webhook.certs import generate
 from webhook.live import api_client

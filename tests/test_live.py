@@ -14,6 +14,7 @@ import pytest
 
 from tests.fake_apiserver import FakeAPIServer, namespace, node, service
 from tests.servers import make_certs, serve_process
+from tests.support import eventually
 from webhook.admission import admit
 from webhook.live import LiveClusterView, api_client
 from webhook.policy import load_policy
@@ -22,17 +23,6 @@ from webhook.versions import KubeVersion
 POLICY = load_policy()
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = json.loads((REPO / "examples" / "review.json").read_text())
-
-
-def eventually(check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def pod_request(ns: str = "shop", **spec):

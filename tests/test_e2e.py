@@ -1,0 +1,400 @@
+"""End to end: a real kube-apiserver (v1.20.2 built from Debian's source package, with
+Debian's etcd, on loopback; tests/e2e/) calls `mesh-injector serve --kubeconfig`, which
+watches that same API server. Everything is created through the API and asserted on what
+the API server stored.
+
+The first run builds the API server (~6 minutes on 2 cores; cached in
+~/.cache/k8s-apiserver), later runs start it in seconds. Skipped, with the reason, where
+the build or the start is impossible (not root, no Debian archive).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from cryptography import x509
+from kubernetes import client, config
+
+from tests.servers import Certs, serve_process
+from tests.support import eventually
+from webhook.certs import generate, write_bundle
+
+HARNESS = Path(__file__).parent / "e2e" / "run-apiserver.sh"
+WORKDIR = Path(os.environ.get("K8S_WORKDIR", Path.home() / ".cache" / "k8s-apiserver"))
+ENV = {
+    **os.environ,
+    "API_PORT": "16443",
+    "ETCD_PORT": "12379",
+    "ETCD_PEER_PORT": "12380",
+    "K8S_WORKDIR": str(WORKDIR),
+}
+RUN = uuid.uuid4().hex[:5]
+SHOP, PLAIN = f"shop-{RUN}", f"plain-{RUN}"
+
+
+@pytest.fixture(scope="module")
+def api():
+    if os.geteuid() != 0:
+        pytest.skip("the API server harness installs Debian packages and needs root")
+    subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
+    shutil.rmtree(WORKDIR / "etcd-data", ignore_errors=True)  # every run starts from an empty cluster
+    started = subprocess.run(["bash", str(HARNESS)], env=ENV, capture_output=True, text=True, timeout=1800)
+    if started.returncode != 0:
+        tail = (started.stdout + started.stderr)[-1500:]
+        pytest.skip(f"could not build or start kube-apiserver: {tail}")
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(WORKDIR / "kubeconfig"), client_configuration=cfg)
+    api_client = client.ApiClient(cfg)
+    yield api_client
+    subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
+
+
+def raw(response) -> dict:
+    return orjson.loads(response.data)
+
+
+def make_node(core: client.CoreV1Api, name: str, kernel: str, labels: dict[str, str]) -> None:
+    core.create_node(
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}},
+        _preload_content=False,
+    )
+    set_kernel(core, name, kernel)
+    core.patch_node(name, {"spec": {"taints": None}}, _preload_content=False)  # the not-ready taint
+
+
+def set_kernel(core: client.CoreV1Api, name: str, kernel: str) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    core.patch_node_status(
+        name,
+        {
+            "status": {
+                "nodeInfo": {
+                    "kernelVersion": kernel,
+                    "kubeletVersion": "v1.20.2",
+                    "machineID": "m",
+                    "systemUUID": "s",
+                    "bootID": "b",
+                    "osImage": "Debian",
+                    "containerRuntimeVersion": "containerd://1.6",
+                    "kubeProxyVersion": "v1.20.2",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "ok",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    }
+                ],
+            }
+        },
+        _preload_content=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def world(api, tmp_path_factory):
+    core = client.CoreV1Api(api)
+    for ns, labels in ((SHOP, {"mesh-injector.io/inject": "enabled"}), (PLAIN, {})):
+        core.create_namespace(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}},
+            _preload_content=False,
+        )
+    for i in range(3):
+        make_node(
+            core, f"node-{i}", "6.1.0-18-cloud-amd64", {"kubernetes.io/hostname": f"node-{i}", "pool": "a"}
+        )
+    d = tmp_path_factory.mktemp("e2e-certs")
+    first = generate(dns=["localhost"], ips=["127.0.0.1"], days=1)
+    write_bundle(first, d)
+    certs = Certs(d, d / "ca.crt", d / "tls.crt", d / "tls.key")
+    return {"core": core, "certs": certs, "bundle": first, "api": api}
+
+
+def register_webhook(world, url: str) -> None:
+    reg = client.AdmissionregistrationV1Api(world["api"])
+    body = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": f"mesh-injector-{RUN}"},
+        "webhooks": [
+            {
+                "name": "namespace.inject.mesh-injector.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "timeoutSeconds": 5,
+                "reinvocationPolicy": "IfNeeded",
+                "clientConfig": {
+                    "url": f"{url}/mutate",
+                    "caBundle": base64.b64encode(world["certs"].ca.read_bytes()).decode(),
+                },
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {"key": "mesh-injector.io/inject", "operator": "In", "values": ["enabled"]}
+                    ]
+                },
+                "objectSelector": {
+                    "matchExpressions": [
+                        {"key": "mesh-injector.io/inject", "operator": "NotIn", "values": ["disabled"]}
+                    ]
+                },
+            }
+        ],
+    }
+    try:
+        reg.delete_mutating_webhook_configuration(body["metadata"]["name"], _preload_content=False)
+    except client.ApiException:
+        pass
+    reg.create_mutating_webhook_configuration(body, _preload_content=False)
+
+
+def create_pod(
+    core: client.CoreV1Api,
+    ns: str,
+    name: str | None = None,
+    dry_run: bool = False,
+    labels: dict | None = None,
+    **spec,
+) -> dict:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name or f"p-{uuid.uuid4().hex[:8]}", "labels": {"app": "web", **(labels or {})}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.example.com/web:1",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                }
+            ],
+            **spec,
+        },
+    }
+    kwargs = {"dry_run": "All"} if dry_run else {}
+    return raw(core.create_namespaced_pod(ns, body, _preload_content=False, **kwargs))
+
+
+def names(pod: dict, key: str) -> list[str]:
+    return [c["name"] for c in pod["spec"].get(key) or []]
+
+
+@pytest.fixture(scope="module")
+def webhook(world):
+    with serve_process(
+        world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig"), "--cert-poll", "0.3"
+    ) as proc:
+        eventually(lambda: httpx.get(proc.url + "/readyz", verify=str(world["certs"].ca)).status_code == 200)
+        register_webhook(world, proc.url)
+        time.sleep(1)  # the API server picks up the new configuration
+        yield proc
+
+
+def test_real_api_server_stores_meshed_pods(world, webhook):
+    core = world["core"]
+
+    def meshed():
+        pod = create_pod(core, SHOP)
+        return pod if "mesh-proxy" in names(pod, "containers") else None
+
+    pod = eventually(meshed, timeout=15, every=0.2)  # the watched caches may still be filling
+    # a 1.20 API server: legacy placement, never a native sidecar
+    assert names(pod, "containers")[0] == "mesh-proxy" and "mesh-proxy" not in names(pod, "initContainers")
+    proxy = pod["spec"]["containers"][0]
+    assert "restartPolicy" not in proxy and "startupProbe" not in proxy
+    ann = pod["metadata"]["annotations"]
+    assert pod["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
+    assert json.loads(ann["mesh-injector.io/status"])["nativeSidecar"] is False
+    assert "lowest eligible kernel 6.1.0-18-cloud-amd64" in ann["mesh-injector.io/decision"]
+    assert ann["mesh-injector.io/proxy-resources-source"] == "profile"
+    assert proxy["resources"]["requests"] == {"cpu": "100m", "memory": "96Mi"}  # http profile (port name)
+    # a namespace that did not opt in: untouched
+    plain = create_pod(core, PLAIN)
+    assert names(plain, "containers") == ["app"] and "annotations" not in plain["metadata"]
+    # a pod that says disabled is not even sent
+    off = create_pod(core, SHOP, labels={"mesh-injector.io/inject": "disabled"})
+    assert names(off, "containers") == ["app"]
+
+
+def test_server_side_dry_run_shows_the_mutation_and_stores_nothing(world, webhook):
+    core = world["core"]
+    name = f"dry-{RUN}"
+    pod = create_pod(core, SHOP, name=name, dry_run=True)
+    assert names(pod, "containers")[0] == "mesh-proxy"
+    with pytest.raises(client.ApiException) as err:
+        core.read_namespaced_pod(name, SHOP, _preload_content=False)
+    assert err.value.status == 404
+
+
+def test_kernel_change_is_followed_by_the_next_pod(world, webhook):
+    core = world["core"]
+    for i in range(3):
+        set_kernel(core, f"node-{i}", "4.19.112+")
+
+    def iptables_pod():
+        pod = create_pod(core, SHOP)
+        return pod if pod["metadata"]["labels"].get("mesh-injector.io/interception") == "iptables" else None
+
+    pod = eventually(iptables_pod, timeout=10, every=0.2)
+    assert names(pod, "initContainers")[-1] == "mesh-init"  # legacy: last, after the pod's own
+    rules = next(
+        e["value"] for e in pod["spec"]["initContainers"][-1]["env"] if e["name"] == "MESH_IPTABLES_RULES"
+    )
+    assert "--to-ports 4143" in rules and "--uid-owner 2102" in rules
+    for i in range(3):
+        set_kernel(core, f"node-{i}", "6.1.0-18-cloud-amd64")
+    eventually(
+        lambda: create_pod(core, SHOP)["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
+    )
+
+
+def test_hostile_review_does_not_disturb_the_api_servers_calls(world, webhook):
+    core = world["core"]
+    stop = threading.Event()
+
+    def hostile():
+        with httpx.Client(verify=str(world["certs"].ca)) as c:
+            while not stop.is_set():
+                c.post(
+                    webhook.url + "/mutate",
+                    content=b'{"kind": "AdmissionReview", "request": [',
+                    headers={"Content-Type": "application/json"},
+                )
+                c.post(webhook.url + "/mutate", content=b"x" * 100, headers={"Content-Type": "text/plain"})
+
+    t = threading.Thread(target=hostile)
+    t.start()
+    try:
+        pods = [create_pod(core, SHOP) for _ in range(20)]
+    finally:
+        stop.set()
+        t.join()
+    assert all(names(p, "containers")[0] == "mesh-proxy" for p in pods)
+
+
+def test_certificate_rotation_while_pods_are_created(world, webhook):
+    core = world["core"]
+    second = generate(
+        dns=["localhost"], ips=["127.0.0.1"], days=30, ca=(world["bundle"].ca_cert, world["bundle"].ca_key)
+    )
+    results: list[bool] = []
+    stop = threading.Event()
+
+    def creator():
+        while not stop.is_set():
+            results.append(names(create_pod(core, SHOP), "containers")[0] == "mesh-proxy")
+
+    t = threading.Thread(target=creator)
+    t.start()
+    try:
+        time.sleep(1.0)
+        write_bundle(second, world["certs"].dir, force=True)  # atomic replace of the files
+        serial = x509.load_pem_x509_certificate(second.cert).serial_number
+        eventually(lambda: served_serial(webhook.url, world["certs"]) == serial, timeout=10, every=0.2)
+        before = len(results)
+        eventually(lambda: len(results) >= before + 20, timeout=20, every=0.2)  # and on with the new one
+    finally:
+        stop.set()
+        t.join()
+    assert len(results) >= 30 and all(results), "every pod created and meshed across the rotation"
+    metrics = httpx.get(webhook.metrics_url).text
+    assert "mesh_injector_certificate_reloads 1.0" in metrics
+
+
+def test_webhook_down_fails_open_then_meshes_again(world, webhook):
+    core = world["core"]
+    assert webhook.stop() == 0
+    start = time.monotonic()
+    pod = create_pod(core, SHOP)
+    assert time.monotonic() - start < 6  # bounded by timeoutSeconds
+    assert names(pod, "containers") == ["app"], "failurePolicy Ignore: created, unmeshed"
+    with serve_process(world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig")) as again:
+        eventually(lambda: httpx.get(again.url + "/readyz", verify=str(world["certs"].ca)).status_code == 200)
+        register_webhook(world, again.url)
+        eventually(lambda: names(create_pod(core, SHOP), "containers")[0] == "mesh-proxy", every=0.2)
+        latency = admission_latency(world, core, 500)
+        print(
+            f"\nAPI server's view of the webhook over {latency['count']:.0f} pod creations: "
+            f"{latency['in_first']:.0f} ({latency['in_first'] / latency['count']:.1%}) took at most "
+            f"{latency['first_le'] * 1000:.0f} ms (its first histogram bucket); interpolated "
+            f"p50 {latency['p50'] * 1000:.1f} ms, p99 {latency['p99'] * 1000:.1f} ms"
+        )
+        assert latency["count"] >= 500
+        assert again.stop() == 0
+
+
+def served_serial(url: str, certs: Certs) -> int:
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as sock,
+        ctx.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def admission_latency(world, core, n: int) -> dict[str, float]:
+    """p50/p99 of the API server's own apiserver_admission_webhook_admission_duration_seconds
+    for our webhook (histogram buckets, linear within a bucket), after ``n`` creations."""
+    for _ in range(n):
+        create_pod(core, SHOP)
+    api = world["api"]
+    resp = api.call_api("GET", f"{api.configuration.host}/metrics")
+    resp.read()
+    buckets: dict[float, float] = {}
+    for line in resp.data.decode().splitlines():
+        if (
+            line.startswith("apiserver_admission_webhook_admission_duration_seconds_bucket{")
+            and 'name="namespace.inject.mesh-injector.io"' in line
+            and 'operation="CREATE"' in line
+        ):
+            le_text = line.split('le="')[1].split('"')[0]
+            le = float("inf") if le_text == "+Inf" else float(le_text)
+            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    total = buckets[float("inf")]
+
+    def quantile(q: float) -> float:
+        prev_le, prev_count = 0.0, 0.0
+        for le, count in sorted(buckets.items()):
+            if count >= q * total:
+                if le == float("inf"):
+                    return prev_le
+                return prev_le + (le - prev_le) * (q * total - prev_count) / max(count - prev_count, 1e-9)
+            prev_le, prev_count = le, count
+        return prev_le
+
+    first = min(buckets)
+    return {
+        "count": total,
+        "p50": quantile(0.5),
+        "p99": quantile(0.99),
+        "first_le": first,
+        "in_first": buckets[first],
+    }
