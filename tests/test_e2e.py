@@ -211,7 +211,9 @@ def webhook(world):
     with serve_process(
         world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig"), "--cert-poll", "0.3"
     ) as proc:
-        eventually(lambda: httpx.get(proc.url + "/readyz", verify=str(world["certs"].ca)).status_code == 200)
+        eventually(
+            lambda: httpx.get(proc.url + "/readyz", verify=world["certs"].client_context()).status_code == 200
+        )
         register_webhook(world, proc.url)
         time.sleep(1)  # the API server picks up the new configuration
         yield proc
@@ -280,7 +282,7 @@ def test_hostile_review_does_not_disturb_the_api_servers_calls(world, webhook):
     stop = threading.Event()
 
     def hostile():
-        with httpx.Client(verify=str(world["certs"].ca)) as c:
+        with httpx.Client(verify=world["certs"].client_context()) as c:
             while not stop.is_set():
                 c.post(
                     webhook.url + "/mutate",
@@ -336,7 +338,11 @@ def test_webhook_down_fails_open_then_meshes_again(world, webhook):
     assert time.monotonic() - start < 6  # bounded by timeoutSeconds
     assert names(pod, "containers") == ["app"], "failurePolicy Ignore: created, unmeshed"
     with serve_process(world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig")) as again:
-        eventually(lambda: httpx.get(again.url + "/readyz", verify=str(world["certs"].ca)).status_code == 200)
+        eventually(
+            lambda: (
+                httpx.get(again.url + "/readyz", verify=world["certs"].client_context()).status_code == 200
+            )
+        )
         register_webhook(world, again.url)
         eventually(lambda: names(create_pod(core, SHOP), "containers")[0] == "mesh-proxy", every=0.2)
         latency = admission_latency(world, core, 500)
