@@ -13,15 +13,15 @@ RSS of the same server on embedded defaults.
 from __future__ import annotations
 
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from core import make_nodes, typical_review  # noqa: E402
 
 from tests.fake_apiserver import FakeAPIServer, namespace, service  # noqa: E402
+from tests.servers import Certs, make_certs, serve_process  # noqa: E402
+from tests.support import eventually  # noqa: E402
 from webhook.admission import admit  # noqa: E402
-from webhook.certs import generate, write_bundle  # noqa: E402
 from webhook.live import LiveClusterView, api_client  # noqa: E402
 from webhook.policy import load_policy  # noqa: E402
 
@@ -56,61 +57,20 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def percentiles(xs: list[float]) -> tuple[float, float]:
     xs = sorted(xs)
     return xs[len(xs) // 2], xs[int(len(xs) * 0.99)]
 
 
-def serve_rss(args: list[str], certs: Path, ready_url_check) -> float:
-    port, mport = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(mport),
-            "--tls-cert",
-            str(certs / "tls.crt"),
-            "--tls-key",
-            str(certs / "tls.key"),
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if (
-                    httpx.get(f"https://127.0.0.1:{port}/readyz", verify=str(certs / "ca.crt")).status_code
-                    == 200
-                ):
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+def serve_rss(certs: Certs, *args: str) -> float:
+    """RSS of a real `mesh-injector serve` once it is ready (and has settled for 2 s)."""
+    with serve_process(certs, *args) as proc:
+        ctx = certs.client_context()
+        eventually(
+            lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=120, every=0.2
+        )
         time.sleep(2)
-        return rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        return rss_mb(proc.proc.pid)
 
 
 def main() -> None:
@@ -211,8 +171,7 @@ def main() -> None:
     view.stop()
 
     # RSS of the real server process
-    certs = tmp / "certs"
-    write_bundle(generate(dns=["localhost"], ips=["127.0.0.1"], days=1), certs)
+    certs = make_certs(tmp / "certs")
     usage = tmp / "usage.csv"
     now = time.time()
     with usage.open("w") as f:
@@ -223,8 +182,8 @@ def main() -> None:
                     f"team-{w % 2000},Deployment/app-{w},{now - s * 3600:.0f},{50 + (w + s) % 40}m,"
                     f"{60 + s % 9}Mi,false\n"
                 )
-    base = serve_rss([], certs, None)
-    live = serve_rss(["--kubeconfig", str(kubeconfig), "--usage", str(usage)], certs, None)
+    base = serve_rss(certs)
+    live = serve_rss(certs, "--kubeconfig", str(kubeconfig), "--usage", str(usage))
     print(
         f"server RSS: embedded defaults {base:.0f} MB; 5,000 nodes + 2,001 namespaces + 500 Services + usage "
         f"for 10,000 workloads (240,000 samples summarised) {live:.0f} MB"

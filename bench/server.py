@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import typical_review
 
+from tests.servers import free_port
 from webhook.certs import generate, write_bundle
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,12 +44,6 @@ request = function()
   return wrk.format(nil, nil, nil, (body:gsub("__SEQ__", tostring(n) .. "-" .. tostring(math.random(1e9)))))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int) -> None:

@@ -17,6 +17,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +31,6 @@ from kubernetes import client, config
 
 from tests.servers import Certs, serve_process
 from tests.support import eventually
-from webhook.certs import generate, write_bundle
 
 HARNESS = Path(__file__).parent / "e2e" / "run-apiserver.sh"
 WORKDIR = Path(os.environ.get("K8S_WORKDIR", Path.home() / ".cache" / "k8s-apiserver"))
@@ -66,13 +66,14 @@ def raw(response) -> dict:
     return orjson.loads(response.data)
 
 
-def make_node(core: client.CoreV1Api, name: str, kernel: str, labels: dict[str, str]) -> None:
-    core.create_node(
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}},
-        _preload_content=False,
-    )
+def make_node(
+    core: client.CoreV1Api, name: str, kernel: str, labels: dict[str, str], taints: list | None = None
+) -> None:
+    body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+    core.create_node(body, _preload_content=False)
     set_kernel(core, name, kernel)
-    core.patch_node(name, {"spec": {"taints": None}}, _preload_content=False)  # the not-ready taint
+    # replaces the not-ready taint the API server puts on new nodes (there is no kubelet)
+    core.patch_node(name, {"spec": {"taints": taints}}, _preload_content=False)
 
 
 def set_kernel(core: client.CoreV1Api, name: str, kernel: str) -> None:
@@ -121,11 +122,35 @@ def world(api, tmp_path_factory):
         make_node(
             core, f"node-{i}", "6.1.0-18-cloud-amd64", {"kubernetes.io/hostname": f"node-{i}", "pool": "a"}
         )
+    # a GPU node with an old kernel and a taint our pods do not tolerate: it must not count
+    gpu_taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    make_node(core, "gpu-0", "4.14.355-275.570.amzn2.x86_64", {"kubernetes.io/hostname": "gpu-0"}, gpu_taint)
     d = tmp_path_factory.mktemp("e2e-certs")
-    first = generate(dns=["localhost"], ips=["127.0.0.1"], days=1)
-    write_bundle(first, d)
+    certs_cli(d, "--days", "1")
     certs = Certs(d, d / "ca.crt", d / "tls.crt", d / "tls.key")
-    return {"core": core, "certs": certs, "bundle": first, "api": api}
+    usage = d / "usage.csv"
+    now = time.time()
+    rows = "".join(f"{SHOP},Deployment/checkout,{now - h * 3600:.0f},200m,100Mi\n" for h in range(30))
+    usage.write_text("namespace,workload,timestamp,cpu,memory\n" + rows)
+    return {"core": core, "certs": certs, "api": api, "usage": usage}
+
+
+def certs_cli(out: Path, *args: str) -> None:
+    """The serving certificate as users make it: `mesh-injector certs` (SAN 127.0.0.1)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "webhook",
+        "certs",
+        "--out",
+        str(out),
+        "--dns",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+    ]
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def register_webhook(world, url: str) -> None:
@@ -209,7 +234,13 @@ def names(pod: dict, key: str) -> list[str]:
 @pytest.fixture(scope="module")
 def webhook(world):
     with serve_process(
-        world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig"), "--cert-poll", "0.3"
+        world["certs"],
+        "--kubeconfig",
+        str(WORKDIR / "kubeconfig"),
+        "--cert-poll",
+        "0.3",
+        "--usage",
+        str(world["usage"]),
     ) as proc:
         eventually(
             lambda: httpx.get(proc.url + "/readyz", verify=world["certs"].client_context()).status_code == 200
@@ -237,6 +268,29 @@ def test_real_api_server_stores_meshed_pods(world, webhook):
     assert "lowest eligible kernel 6.1.0-18-cloud-amd64" in ann["mesh-injector.io/decision"]
     assert ann["mesh-injector.io/proxy-resources-source"] == "profile"
     assert proxy["resources"]["requests"] == {"cpu": "100m", "memory": "96Mi"}  # http profile (port name)
+    # a Deployment's pod (owned by its ReplicaSet) is sized from the Deployment's observed usage:
+    # p90 200m and p95 100Mi, +15%
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": "checkout-6d4cf56db6",
+        "controller": True,
+        "uid": "6a1f1a36-0000-4000-8000-000000000001",
+    }
+    meta = {
+        "generateName": "checkout-6d4cf56db6-",
+        "ownerReferences": [owner],
+        "labels": {"app": "checkout", "pod-template-hash": "6d4cf56db6"},
+    }
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "checkout", "image": "registry.example.com/checkout:2"}]},
+    }
+    owned = raw(core.create_namespaced_pod(SHOP, body, _preload_content=False))
+    assert owned["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == "observed"
+    assert owned["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "230m", "memory": "115Mi"}
     # a namespace that did not opt in: untouched
     plain = create_pod(core, PLAIN)
     assert names(plain, "containers") == ["app"] and "annotations" not in plain["metadata"]
@@ -303,9 +357,6 @@ def test_hostile_review_does_not_disturb_the_api_servers_calls(world, webhook):
 
 def test_certificate_rotation_while_pods_are_created(world, webhook):
     core = world["core"]
-    second = generate(
-        dns=["localhost"], ips=["127.0.0.1"], days=30, ca=(world["bundle"].ca_cert, world["bundle"].ca_key)
-    )
     results: list[bool] = []
     stop = threading.Event()
 
@@ -317,8 +368,8 @@ def test_certificate_rotation_while_pods_are_created(world, webhook):
     t.start()
     try:
         time.sleep(1.0)
-        write_bundle(second, world["certs"].dir, force=True)  # atomic replace of the files
-        serial = x509.load_pem_x509_certificate(second.cert).serial_number
+        certs_cli(world["certs"].dir, "--force", "--days", "30")  # renewed under the same CA, files replaced
+        serial = x509.load_pem_x509_certificate(world["certs"].cert.read_bytes()).serial_number
         eventually(lambda: served_serial(webhook.url, world["certs"]) == serial, timeout=10, every=0.2)
         before = len(results)
         eventually(lambda: len(results) >= before + 20, timeout=20, every=0.2)  # and on with the new one
