@@ -157,3 +157,57 @@ def test_dry_run_reads_the_cluster_once(cluster):
         [*cmd, "--kubeconfig", "/nonexistent/kubeconfig"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "cannot load Kubernetes credentials" in bad.stderr
+
+
+def test_two_instances_give_the_same_answer(cluster):
+    """Replicas agree because each decides purely from the same watched state."""
+    import copy
+
+    from tests.support import CASES, load_case
+
+    fake, first, kubeconfig = cluster
+    second = LiveClusterView(api_client(str(kubeconfig)), rebuild_interval=0.05, watch_timeout=5)
+    reviews = [load_case(p).review["request"] for p in CASES]
+    for request in reviews:
+        request["namespace"] = "shop"  # every golden pod, in a namespace that opted in
+
+    def served() -> tuple[dict, dict]:
+        nodes = {
+            o["metadata"]["name"]: o["status"]["nodeInfo"]["kernelVersion"]
+            for o in fake.objects["nodes"].values()
+        }
+        namespaces = {
+            o["metadata"]["name"]: o["metadata"]["labels"] for o in fake.objects["namespaces"].values()
+        }
+        return nodes, namespaces
+
+    def seen(view: LiveClusterView) -> tuple[dict, dict]:
+        snap = view.snapshot()
+        return {name: n.kernel for name, n in snap.nodes.items()}, dict(snap.namespaces)
+
+    restricted = {"mesh-injector.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "restricted"}
+    changes = [
+        lambda: None,
+        lambda: fake.put("nodes", node("n1", "4.19.112+")),
+        lambda: fake.put("namespaces", namespace("shop", restricted)),
+        lambda: fake.delete("nodes", "n1"),
+    ]
+    decisions = []
+    try:
+        first.start()
+        second.start()
+        assert first.wait_ready(10) and second.wait_ready(10)
+        for change in changes:
+            change()
+            eventually(lambda: seen(first) == served() == seen(second))
+            a, b = first.snapshot(), second.snapshot()
+            outcomes = [
+                (admit(copy.deepcopy(r), a, POLICY), admit(copy.deepcopy(r), b, POLICY)) for r in reviews
+            ]
+            assert all(x.patch == y.patch and x.warnings == y.warnings for x, y in outcomes)
+            decisions.append({x.reason for x, _ in outcomes})
+    finally:
+        second.stop()
+    # the answers compared were real decisions, and the changes moved them
+    assert "ebpf-capable" in decisions[0] and "kernel-too-old" in decisions[1]
+    assert "iptables-in-restricted-namespace" in decisions[2] and "restricted-namespace" in decisions[3]
