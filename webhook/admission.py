@@ -251,7 +251,7 @@ def _resources(
 
 
 def _skip(
-    original: Mapping[str, Any],
+    original: dict[str, Any],
     pod: dict[str, Any] | None,
     skip: Skip,
     text: str,
@@ -265,7 +265,7 @@ def _skip(
         assert pod is not None
         mark_skipped(pod, text)
         ctx.warn(f"pod not meshed: {text}")
-    patch = diff(dict(original), pod) if pod is not None else []
+    patch = diff(original, pod) if pod is not None else []
     ctx.lines.insert(0, f"decision: not meshed ({skip.value}): {text}")
     return Outcome(
         patch=patch,
