@@ -8,10 +8,11 @@ the file and the problem.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ import yaml
 from webhook import __version__
 from webhook.admission import admit
 from webhook.certs import CertError
+from webhook.cluster import ClusterSnapshot, Memo
 from webhook.live import ClusterAccessError
 from webhook.loading import (
     InputError,
@@ -31,10 +33,12 @@ from webhook.loading import (
 )
 from webhook.manifests import DocResult, process
 from webhook.policy import Policy, PolicyError, load_policy
+from webhook.prometheus import PrometheusError, prometheus_summaries
 from webhook.review import ReviewError, build_response, parse_review
 from webhook.serve import add_commands as add_server_commands
 from webhook.sizing import enough_samples, from_observed, human_duration
-from webhook.usage import UsageError, load_samples, summarize_all
+from webhook.usage import UsageError, UsageSummary, load_samples, summarize_all
+from webhook.workload import WorkloadKey
 
 
 class CliError(Exception):
@@ -73,8 +77,10 @@ def _policy(args: argparse.Namespace) -> Policy:
     return load_policy(args.policy)
 
 
-def _snapshot(args: argparse.Namespace, policy: Policy, now: float):
-    return load_snapshot(
+def _snapshot(args: argparse.Namespace, policy: Policy, now: float) -> ClusterSnapshot:
+    if args.usage and args.prometheus:
+        raise CliError("--usage and --prometheus are two usage sources: give one")
+    snapshot = load_snapshot(
         policy=policy,
         now=now,
         cluster=args.cluster,
@@ -83,6 +89,15 @@ def _snapshot(args: argparse.Namespace, policy: Policy, now: float):
         kernel=args.kernel,
         kubeconfig=args.kubeconfig,
     )
+    if args.prometheus:
+        snapshot = dataclasses.replace(
+            snapshot,
+            usage=prometheus_summaries(args.prometheus, policy.sizing, now),
+            source=f"{snapshot.source}; usage: {args.prometheus}",
+            memo=Memo(),
+            outcomes=Memo(limit=256),
+        )
+    return snapshot
 
 
 # --- verbs ---------------------------------------------------------------------------
@@ -173,11 +188,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     policy = _policy(args)
     now = _now(args.now)
-    try:
-        samples = load_samples(args.usage)
-    except UsageError as exc:
-        raise CliError(str(exc)) from None
-    summaries = summarize_all(samples, policy.sizing, now)
+    if bool(args.usage) == bool(args.prometheus):
+        raise CliError("recommend needs one usage source: --usage FILE or --prometheus URL")
+    summaries: Mapping[WorkloadKey, UsageSummary]
+    if args.prometheus:
+        summaries = prometheus_summaries(args.prometheus, policy.sizing, now)
+        samples: Mapping[WorkloadKey, object] = summaries
+    else:
+        try:
+            samples = load_samples(args.usage)
+        except UsageError as exc:
+            raise CliError(str(exc)) from None
+        summaries = summarize_all(samples, policy.sizing, now)  # type: ignore[arg-type]
     rows: list[Sequence[str]] = [
         ("WORKLOAD", "SAMPLES", "SPAN", "CPU REQ", "MEM REQ", "CPU LIM", "MEM LIM", "SOURCE")
     ]
@@ -239,6 +261,7 @@ def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
     g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
+    g.add_argument("--prometheus", metavar="URL", help="read observed proxy usage from this Prometheus, once")
     g.add_argument("--policy", metavar="FILE", help="policy file (default: the bundled policy)")
     g.add_argument("--kernel", metavar="VERSION", help="assume every node runs this kernel, e.g. 6.1.0")
     g.add_argument("--now", metavar="TIME", help="evaluation time, RFC 3339 (default: now)")
@@ -278,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--explain", action="store_true", help="print each workload's full explanation")
 
     p = sub.add_parser("recommend", help="the proxy resources each workload would get from observed usage")
-    p.add_argument("--usage", required=True, metavar="FILE")
+    p.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
+    p.add_argument("--prometheus", metavar="URL", help="read observed proxy usage from this Prometheus")
     p.add_argument("--policy", metavar="FILE")
     p.add_argument("--now", metavar="TIME")
     p.set_defaults(func=cmd_recommend)
@@ -302,7 +326,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, InputError, PolicyError, UsageError, ReviewError, CertError, ClusterAccessError) as exc:
+    except (
+        CliError,
+        InputError,
+        PolicyError,
+        UsageError,
+        ReviewError,
+        CertError,
+        ClusterAccessError,
+        PrometheusError,
+    ) as exc:
         print(f"mesh-injector: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -20,7 +20,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,9 +27,9 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from webhook.cluster import ClusterSnapshot, Node, build_snapshot, node_from_object, service_from_object
-from webhook.usage import UsageSummary
+from webhook.sources import UsageSource
 from webhook.versions import KubeVersion, kube_version_from_info
-from webhook.workload import Service, WorkloadKey
+from webhook.workload import Service
 
 log = logging.getLogger("mesh_injector.live")
 RESOURCES = ("nodes", "namespaces", "services")
@@ -52,14 +51,6 @@ def api_client(kubeconfig: str | None = None, *, in_cluster: bool = False) -> cl
         where = "in-cluster service account" if in_cluster else (kubeconfig or "default kubeconfig")
         raise ClusterAccessError(f"{where}: cannot load Kubernetes credentials ({exc})") from None
     return client.ApiClient(cfg)
-
-
-@dataclass(frozen=True)
-class _Kind:
-    name: str
-    list_fn: Callable[..., Any]
-    key: Callable[[Mapping[str, Any]], str]
-    parse: Callable[[Mapping[str, Any]], Any]
 
 
 def _meta_key(obj: Mapping[str, Any]) -> str:
@@ -121,110 +112,80 @@ def read_once(api: client.ApiClient) -> tuple[list[dict[str, Any]], KubeVersion 
         raise ClusterAccessError(f"cannot read the cluster: {type(exc).__name__}: {exc}") from None
 
 
-class LiveClusterView:
+class Informer:
+    """A watched cache of one resource: list, then watch from the list's resourceVersion.
+
+    ``parse`` reduces each object to what is kept (``None``: not kept); ``on_change`` is
+    called after every change to the store, from the informer's thread.
+    """
+
     def __init__(
         self,
-        api: client.ApiClient,
+        name: str,
+        list_fn: Callable[..., Any],
+        parse: Callable[[Mapping[str, Any]], Any],
         *,
-        usage: Mapping[WorkloadKey, UsageSummary] | None = None,
-        rebuild_interval: float = 0.1,
-        version_refresh: float = 300.0,
+        stop: threading.Event,
+        on_change: Callable[[], None] = lambda: None,
+        key: Callable[[Mapping[str, Any]], str] = lambda obj: _meta_key(obj),
         watch_timeout: int = 240,
-        source: str | None = None,
     ) -> None:
-        core = client.CoreV1Api(api)
-        self._api = api
-        self._kinds = {
-            "nodes": _Kind("nodes", core.list_node, _meta_key, node_from_object),
-            "namespaces": _Kind("namespaces", core.list_namespace, _meta_key, _namespace),
-            "services": _Kind(
-                "services", core.list_service_for_all_namespaces, _meta_key, service_from_object
-            ),
-        }
-        self._stores: dict[str, dict[str, Any]] = {k: {} for k in RESOURCES}
-        self._synced = dict.fromkeys(RESOURCES, False)
-        self._lost_at: dict[str, float | None] = dict.fromkeys(RESOURCES, None)
-        self._lock = threading.Lock()
-        self._dirty = threading.Event()
-        self._stop = threading.Event()
-        self._usage = dict(usage or {})
-        self._version: KubeVersion | None = None
-        self._rebuild_interval = rebuild_interval
-        self._version_refresh = version_refresh
+        self.name = name
+        self._list_fn = list_fn
+        self._parse = parse
+        self._key = key
+        self._stop = stop
+        self._on_change = on_change
         self._watch_timeout = watch_timeout
-        self._source = source or f"live cluster {api.configuration.host}"
-        self._snapshot = build_snapshot(source=f"{self._source} (not synced yet)")
-        self.rebuilds = 0
-        self.relists = dict.fromkeys(RESOURCES, 0)
-        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._store: dict[str, Any] = {}
+        self.synced = False
+        self.lost_at: float | None = None
+        self.relists = 0
 
-    # --- what the admission path and the probes read ------------------------------------
+    def values(self) -> list[Any]:
+        with self._lock:
+            return list(self._store.values())
 
-    def snapshot(self) -> ClusterSnapshot:
-        return self._snapshot
+    def get(self, key: str) -> Any:
+        return self._store.get(key)
 
-    def ready(self) -> bool:
-        return all(self._synced.values()) and self._snapshot.built_at > 0 and self.rebuilds > 0
-
-    def stale_seconds(self, resource: str) -> float:
-        lost = self._lost_at[resource]
+    def stale_seconds(self) -> float:
+        lost = self.lost_at
         return 0.0 if lost is None else time.time() - lost
 
-    # --- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        targets: list[tuple[str, Callable[[], None]]] = [
-            (f"watch-{name}", lambda name=name: self._run_informer(name)) for name in RESOURCES
-        ]
-        targets += [("snapshot-rebuild", self._run_rebuild), ("server-version", self._run_version)]
-        for name, target in targets:
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._dirty.set()
-
-    def wait_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    # --- informers ------------------------------------------------------------------------
-
-    def _replace(self, name: str, items: list[dict[str, Any]]) -> None:
-        kind = self._kinds[name]
-        fresh = {kind.key(obj): kind.parse(obj) for obj in items}
+    def _replace(self, items: list[dict[str, Any]]) -> None:
+        fresh = {}
+        for obj in items:
+            value = self._parse(obj)
+            if value is not None:
+                fresh[self._key(obj)] = value
         with self._lock:
-            self._stores[name] = fresh
-        self._synced[name] = True
-        self._dirty.set()
+            self._store = fresh
+        self.synced = True
+        self._on_change()
 
-    def _apply(self, name: str, event_type: str, obj: Mapping[str, Any]) -> None:
-        kind = self._kinds[name]
-        key = kind.key(obj)
+    def _apply(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        key = self._key(obj)
+        value = None if event_type == "DELETED" else self._parse(obj)
         with self._lock:
-            if event_type == "DELETED":
-                self._stores[name].pop(key, None)
+            if value is None:
+                self._store.pop(key, None)
             else:
-                self._stores[name][key] = kind.parse(obj)
-        self._dirty.set()
+                self._store[key] = value
+        self._on_change()
 
-    def _healthy(self, name: str) -> None:
-        if self._lost_at[name] is not None:
-            log.info(f"{name}: watch restored after {self.stale_seconds(name):.1f}s")
-            self._lost_at[name] = None
+    def _healthy(self) -> None:
+        if self.lost_at is not None:
+            log.info(f"{self.name}: watch restored after {self.stale_seconds():.1f}s")
+            self.lost_at = None
 
-    def _lost(self, name: str, why: str) -> None:
-        if self._lost_at[name] is None:
-            self._lost_at[name] = time.time()
-            log.warning(f"{name}: lost the API server ({why}); serving the last known state")
+    def _lost(self, why: str) -> None:
+        if self.lost_at is None:
+            self.lost_at = time.time()
+            log.warning(f"{self.name}: lost the API server ({why}); serving the last known state")
 
-    def _events(self, name: str, rv: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _events(self, rv: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """One watch request from ``rv``: its events as (type, object), until it ends.
 
         The request goes through the client's own API function; the event lines are parsed
@@ -232,7 +193,7 @@ class LiveClusterView:
         for a ``raw_object`` key that raw events do not have) and model objects for every
         node would be wasted work.
         """
-        resp = self._kinds[name].list_fn(
+        resp = self._list_fn(
             watch=True,
             resource_version=rv,
             allow_watch_bookmarks=True,
@@ -259,21 +220,22 @@ class LiveClusterView:
             resp.close()
             resp.release_conn()
 
-    def _run_informer(self, name: str) -> None:
+    def run(self) -> None:
+        name = self.name
         rv: str | None = None  # None: (re)list first
         failures = 0
         while not self._stop.is_set():
             try:
                 if rv is None:
-                    items, rv = list_all(self._kinds[name].list_fn)
-                    self.relists[name] += 1
-                    self._replace(name, items)
-                    self._healthy(name)
-                for event_type, obj in self._events(name, rv):  # resumes from the last version seen
+                    items, rv = list_all(self._list_fn)
+                    self.relists += 1
+                    self._replace(items)
+                    self._healthy()
+                for event_type, obj in self._events(rv):  # resumes from the last version seen
                     rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
                     if event_type in ("ADDED", "MODIFIED", "DELETED"):
-                        self._apply(name, event_type, obj)
-                    self._healthy(name)  # BOOKMARKs too: the watch is alive
+                        self._apply(event_type, obj)
+                    self._healthy()  # BOOKMARKs too: the watch is alive
                     failures = 0
             except _Gone:
                 log.info(f"{name}: resourceVersion {rv} expired (410 Gone); relisting")
@@ -284,9 +246,90 @@ class LiveClusterView:
                 # say so, and back off with jitter before each further try.
                 failures += 1
                 if failures > 1:
-                    self._lost(name, f"{type(exc).__name__}: {str(exc)[:200]}")
+                    self._lost(f"{type(exc).__name__}: {str(exc)[:200]}")
                     delay = min(30.0, 0.5 * 2 ** min(failures - 2, 6)) * random.uniform(0.5, 1.5)
                     self._stop.wait(delay)
+
+
+class LiveClusterView:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        usage: UsageSource | None = None,
+        rebuild_interval: float = 0.1,
+        version_refresh: float = 300.0,
+        watch_timeout: int = 240,
+        source: str | None = None,
+    ) -> None:
+        core = client.CoreV1Api(api)
+        self._api = api
+        self._stop = threading.Event()
+        self._dirty = threading.Event()
+        common: dict[str, Any] = {
+            "stop": self._stop,
+            "on_change": self._dirty.set,
+            "watch_timeout": watch_timeout,
+        }
+        self._informers = {
+            "nodes": Informer("nodes", core.list_node, node_from_object, **common),
+            "namespaces": Informer("namespaces", core.list_namespace, _namespace, **common),
+            "services": Informer(
+                "services", core.list_service_for_all_namespaces, service_from_object, **common
+            ),
+        }
+        self.usage = usage
+        self._version: KubeVersion | None = None
+        self._rebuild_interval = rebuild_interval
+        self._version_refresh = version_refresh
+        self._source = source or f"live cluster {api.configuration.host}"
+        self._snapshot = build_snapshot(source=f"{self._source} (not synced yet)")
+        self.rebuilds = 0
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def relists(self) -> dict[str, int]:
+        return {name: inf.relists for name, inf in self._informers.items()}
+
+    # --- what the admission path and the probes read ------------------------------------
+
+    def snapshot(self) -> ClusterSnapshot:
+        return self._snapshot
+
+    def ready(self) -> bool:
+        cluster = all(inf.synced for inf in self._informers.values()) and self.rebuilds > 0
+        return cluster and (self.usage is None or self.usage.ready())
+
+    def stale_seconds(self, resource: str) -> float:
+        return self._informers[resource].stale_seconds()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        targets: list[tuple[str, Callable[[], None]]] = [
+            (f"watch-{name}", inf.run) for name, inf in self._informers.items()
+        ]
+        targets += [("snapshot-rebuild", self._run_rebuild), ("server-version", self._run_version)]
+        for name, target in targets:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.usage is not None:
+            self.usage.start(self._dirty.set)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        if self.usage is not None:
+            self.usage.stop()
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def _run_version(self) -> None:
         while not self._stop.is_set():
@@ -308,21 +351,20 @@ class LiveClusterView:
                 return
             time.sleep(self._rebuild_interval)  # coalesce a burst of events into one rebuild
             self._dirty.clear()
-            if not all(self._synced.values()):
+            if not all(inf.synced for inf in self._informers.values()):
                 continue
             self.rebuild()
 
     def rebuild(self) -> ClusterSnapshot:
-        with self._lock:
-            nodes: list[Node] = list(self._stores["nodes"].values())
-            namespaces = dict(self._stores["namespaces"].values())
-            services: list[Service] = list(self._stores["services"].values())
+        nodes: list[Node] = self._informers["nodes"].values()
+        namespaces = dict(self._informers["namespaces"].values())
+        services: list[Service] = self._informers["services"].values()
         snapshot = build_snapshot(
             nodes=nodes,
             namespaces=namespaces,
             services=services,
             server_version=self._version,
-            usage=self._usage,
+            usage=self.usage.summaries() if self.usage is not None else {},
             source=self._source,
         )
         self._snapshot = snapshot  # one assignment: readers see the old or the new, never half

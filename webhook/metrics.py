@@ -78,6 +78,21 @@ class Metrics:
             "Seconds since the cluster snapshot was built",
             registry=r,
         )
+        self.usage_age = Gauge(
+            "mesh_injector_usage_age_seconds",
+            "Seconds since observed usage was last read successfully (0 for a samples file)",
+            registry=r,
+        )
+        self.usage_workloads = Gauge(
+            "mesh_injector_usage_workloads",
+            "Workloads with observed proxy usage in the current snapshot",
+            registry=r,
+        )
+        self.usage_failures = Gauge(
+            "mesh_injector_usage_read_failures",
+            "Failed reads of observed usage since start",
+            registry=r,
+        )
         self._children: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
         for outcome in OUTCOMES:
             for mode in MODES:

@@ -20,19 +20,23 @@ import time
 from pathlib import Path
 
 import uvicorn
+from kubernetes import client
 from prometheus_client import start_http_server
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from webhook.cabundle import CABundleSync, ensure_secrets
 from webhook.certs import CertError, generate, service_names, write_bundle
 from webhook.cluster import ClusterView, StaticClusterView
+from webhook.history import UsageHistory
 from webhook.live import RESOURCES, ClusterAccessError, LiveClusterView, api_client
 from webhook.loading import load_snapshot
 from webhook.metrics import Metrics
-from webhook.policy import load_policy
+from webhook.metricsapi import MetricsApiUsage
+from webhook.policy import Policy, load_policy
+from webhook.prometheus import PrometheusUsage
 from webhook.server import AppState, create_app
+from webhook.sources import FileUsage, UsageRefreshingView, UsageSource
 from webhook.tls import ReloadingTLS
-from webhook.usage import load_samples, summarize_all
 
 ENV = {
     "host": ("MESH_INJECTOR_HOST", "0.0.0.0"),
@@ -44,6 +48,8 @@ ENV = {
     "policy": ("MESH_INJECTOR_POLICY", None),
     "cluster": ("MESH_INJECTOR_CLUSTER", None),
     "usage": ("MESH_INJECTOR_USAGE", None),
+    "prometheus": ("MESH_INJECTOR_PROMETHEUS", None),
+    "metrics_api": ("MESH_INJECTOR_METRICS_API", ""),
     "server_version": ("MESH_INJECTOR_SERVER_VERSION", None),
     "kubeconfig": ("MESH_INJECTOR_KUBECONFIG", None),
 }
@@ -124,6 +130,19 @@ def build_server(
     return uvicorn.Server(config)
 
 
+def _usage_source(
+    args: argparse.Namespace, policy: Policy, now: float, api: client.ApiClient | None
+) -> UsageSource | None:
+    if args.usage:
+        return FileUsage(args.usage, policy.sizing, now)
+    history = UsageHistory(policy.sizing, max_workloads=args.max_workloads)
+    if args.prometheus:
+        return PrometheusUsage(args.prometheus, history, step=args.usage_interval or 300.0)
+    if args.metrics_api and api is not None:
+        return MetricsApiUsage(api, history, interval=args.usage_interval or 60.0)
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     log = logging.getLogger("mesh_injector.serve")
@@ -133,17 +152,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         not args.kubeconfig and not args.cluster and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     )
     live: LiveClusterView | None = None
+    refreshing: UsageRefreshingView | None = None
     sync: CABundleSync | None = None
     view: ClusterView
     if args.webhook_config and not (args.kubeconfig or in_cluster):
         raise ClusterAccessError("--webhook-config needs the cluster: --kubeconfig or --in-cluster")
-    if args.kubeconfig or in_cluster:
+    sources = [bool(args.usage), bool(args.prometheus), bool(args.metrics_api)]
+    if sum(sources) > 1:
+        raise ClusterAccessError("--usage, --prometheus and --metrics-api are three usage sources: give one")
+    if args.metrics_api and not (args.kubeconfig or in_cluster):
+        raise ClusterAccessError("--metrics-api needs the cluster: --kubeconfig or --in-cluster")
+    api = api_client(args.kubeconfig, in_cluster=in_cluster) if (args.kubeconfig or in_cluster) else None
+    usage = _usage_source(args, policy, policy_loaded, api)
+    if api is not None:
         if args.cluster:
             raise ClusterAccessError(
                 "--cluster and a live cluster (--kubeconfig/--in-cluster) exclude each other"
             )
-        api = api_client(args.kubeconfig, in_cluster=in_cluster)
-        usage = summarize_all(load_samples(args.usage), policy.sizing, policy_loaded) if args.usage else {}
         live = LiveClusterView(api, usage=usage)
         view = live
         if args.webhook_config:
@@ -160,10 +185,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             now=policy_loaded,
             cluster=args.cluster,
             server_version=args.server_version,
-            usage=args.usage,
         )
-        view = StaticClusterView(snapshot)
+        if usage is None:
+            view = StaticClusterView(snapshot)
+        else:
+            refreshing = UsageRefreshingView(snapshot, usage)
+            view = refreshing
         source = snapshot.source
+    if usage is not None:
+        source += f"; usage: {usage.name}"
 
     scratch: Path | None = None
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -183,6 +213,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     metrics.track(policy_loaded=policy_loaded, snapshot_built=lambda: view.snapshot().built_at)
+    metrics.usage_workloads.set_function(lambda: len(view.snapshot().usage))
+    if usage is not None:
+        metrics.usage_age.set_function(usage.age_seconds)
+        metrics.usage_failures.set_function(lambda: getattr(usage, "failures", 0))
     metrics.cert_expiry.set_function(lambda: tls.expiry)
     metrics.cert_reloads.set_function(lambda: tls.reloads)
     for resource in RESOURCES:
@@ -194,7 +228,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policy=policy,
         metrics=metrics,
         read_timeout=args.read_timeout,
-        ready=live.ready if live is not None else (lambda: True),
+        ready=live.ready if live is not None else (refreshing.ready if refreshing else (lambda: True)),
     )
     app = create_app(state)
 
@@ -205,6 +239,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tls.start()
     if live is not None:
         live.start()  # /readyz answers 503 until nodes, namespaces and Services are listed
+    if refreshing is not None:
+        refreshing.start()  # /readyz answers 503 until usage was read once
     if sync is not None:
         sync.start()
     log.info(
@@ -226,6 +262,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls.stop()
         if live is not None:
             live.stop()
+        if refreshing is not None:
+            refreshing.stop()
         if sync is not None:
             sync.stop()
         if isinstance(metrics_server, tuple):
@@ -306,6 +344,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="static cluster state: kubectl get nodes,namespaces,services -A -o yaml",
     )
     p.add_argument("--usage", default=env["usage"], metavar="FILE", help="observed proxy usage samples")
+    p.add_argument(
+        "--prometheus",
+        default=env["prometheus"],
+        metavar="URL",
+        help="read observed proxy usage from this Prometheus (cAdvisor + kube-state-metrics)",
+    )
+    p.add_argument(
+        "--metrics-api",
+        action="store_true",
+        default=env["metrics_api"].lower() in ("1", "true", "yes"),
+        help="poll observed proxy usage from the metrics.k8s.io API (metrics-server)",
+    )
+    p.add_argument(
+        "--usage-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often usage is read: metrics API poll (default 60), Prometheus step (default 300)",
+    )
+    p.add_argument(
+        "--max-workloads",
+        type=int,
+        default=50_000,
+        metavar="N",
+        help="workloads whose usage history is kept at most (live usage sources)",
+    )
     p.add_argument("--server-version", default=env["server_version"], metavar="VERSION")
     p.add_argument(
         "--kubeconfig",

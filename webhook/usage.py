@@ -111,7 +111,7 @@ def summarize_all(
 # --- the samples file ----------------------------------------------------------------
 
 
-def _timestamp(raw: object) -> float:
+def parse_timestamp(raw: object) -> float:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return float(raw)
     if not isinstance(raw, str) or not raw.strip():
@@ -215,7 +215,7 @@ def _parse(lines: TextIO, source: str) -> dict[WorkloadKey, SampleColumns]:
         try:
             out[_key(row)].append(
                 Sample(
-                    timestamp=_timestamp(row.get("timestamp")),
+                    timestamp=parse_timestamp(row.get("timestamp")),
                     cpu=_quantity(row.get("cpu"), "cpu"),
                     memory=_quantity(row.get("memory"), "memory"),
                     oom=_flag(row.get("oom")),

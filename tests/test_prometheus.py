@@ -1,0 +1,285 @@
+"""The Prometheus usage source against a real Prometheus (Debian's ``prometheus``) whose
+TSDB holds seven days of cAdvisor and kube-state-metrics series, backfilled with
+``promtool tsdb create-blocks-from openmetrics``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jsonpatch
+import pytest
+import yaml
+
+from tests.promdata import (
+    DAY,
+    STEP,
+    Pod,
+    backfill,
+    build_pods,
+    expected_oom_steps,
+    prometheus,
+    write_openmetrics,
+)
+from tests.servers import make_certs, serve_process
+from tests.support import eventually
+from webhook.history import UsageHistory
+from webhook.policy import load_policy
+from webhook.prometheus import PrometheusError, PrometheusUsage, prometheus_summaries
+from webhook.sizing import from_observed
+from webhook.usage import Sample, summarize
+from webhook.workload import WorkloadKey
+
+if not (shutil.which("prometheus") and shutil.which("promtool")):
+    if os.environ.get("CI"):
+        raise RuntimeError("prometheus/promtool missing: .ci/run installs Debian's prometheus package")
+    pytest.skip(
+        "Debian's prometheus package is not installed (apt-get install prometheus)", allow_module_level=True
+    )
+
+POLICY = load_policy(None)
+
+
+@pytest.fixture(scope="module")
+def prom(tmp_path_factory):
+    base = tmp_path_factory.mktemp("prometheus")
+    end = int(time.time() // STEP * STEP - STEP)
+    pods = build_pods(end)
+    write_openmetrics(base / "data.om", pods)
+    backfill(base / "data.om", base / "data")
+    with prometheus(base / "data") as url:
+        yield url, end, pods
+
+
+def reference(pods: list[Pod], until: int) -> dict[WorkloadKey, object]:
+    """The readings the data was generated from, folded into a history by hand."""
+    ref = UsageHistory(POLICY.sizing)
+    start = ref.window_start(until)
+    for pod in pods:
+        if pod.workload is None:
+            continue
+        for t, (cpu, memory) in sorted(pod.readings.items()):
+            if start <= t <= until:
+                ref.add(pod.workload, t, cpu, memory)
+        for t in expected_oom_steps(pod):
+            if start <= t <= until:
+                ref.add_oom(pod.workload, t)
+    return ref.summaries(until)
+
+
+def close(a, b) -> bool:
+    fields = ("count", "span", "cpu_p", "memory_p", "cpu_max", "memory_max", "oom_recent")
+    return all(
+        getattr(a, f) == pytest.approx(getattr(b, f), rel=1e-9)
+        if f not in ("count", "oom_recent")
+        else getattr(a, f) == getattr(b, f)
+        for f in fields
+    )
+
+
+def test_a_week_is_read_back_and_joined_to_workloads(prom):
+    url, end, pods = prom
+    source = PrometheusUsage(url, UsageHistory(POLICY.sizing), step=STEP, lag=0)
+    got = source.once(now=end + 10)
+    want = reference(pods, end)
+    assert set(got) == {
+        WorkloadKey("shop", "Deployment", "web"),  # two ReplicaSets, owner from kube_replicaset_owner
+        WorkloadKey("shop", "Deployment", "api"),  # no kube_replicaset_owner: pod-template-hash suffix
+        WorkloadKey("data", "StatefulSet", "db"),
+        WorkloadKey("batch", "CronJob", "report"),  # Job <name>-<digits>
+        WorkloadKey("default", "Pod", "debug"),  # owner <none>
+    }
+    assert source.unmatched > 0  # the stray pod kube_pod_owner does not know
+    for key in want:
+        assert close(got[key], want[key]), (key, got[key], want[key])
+    web = got[WorkloadKey("shop", "Deployment", "web")]
+    # one reading per 5 minutes from the start of the oldest day slot that counts: two pods
+    # until the rollout three days ago (both ends counted), then the new ReplicaSet's pod
+    start = UsageHistory(POLICY.sizing).window_start(end)
+    assert end - 8 * DAY < start <= end - 7 * DAY
+    rollout = end - 3 * DAY
+    assert web.count == 2 * ((rollout - start) // STEP + 1) + 3 * DAY // STEP
+    assert web.span == end - start
+    assert got[WorkloadKey("data", "StatefulSet", "db")].oom_recent is True  # 2 hours ago
+    assert got[WorkloadKey("shop", "Deployment", "api")].oom_recent is False  # 3 days ago
+    report = got[WorkloadKey("batch", "CronJob", "report")]
+    assert report.count == 2 * 3600 // STEP and report.span == 2 * 3600 - STEP
+
+
+def test_percentiles_follow_the_spec_formula(prom):
+    """The exact decayed percentile of the same readings (SPEC formula, every sample kept)
+    is never above the histogram's answer and at most one 5 % bucket below it."""
+    url, end, pods = prom
+    got = PrometheusUsage(url, UsageHistory(POLICY.sizing), step=STEP, lag=0).once(now=end + 10)
+    start = UsageHistory(POLICY.sizing).window_start(end)
+    sizing = dataclasses.replace(POLICY.sizing, window=end - start)  # the same readings
+    by_workload: dict[WorkloadKey, list[Sample]] = {}
+    for pod in pods:
+        if pod.workload is not None:
+            by_workload.setdefault(pod.workload, []).extend(
+                Sample(t, c, m) for t, (c, m) in pod.readings.items() if t >= start
+            )
+    for key, samples in by_workload.items():
+        exact = summarize(samples, sizing, end)
+        assert exact is not None
+        assert exact.cpu_p <= got[key].cpu_p <= exact.cpu_p * 1.05 + 1e-12, key
+        assert exact.memory_p <= got[key].memory_p <= exact.memory_p * 1.05, key
+        assert got[key].cpu_max == pytest.approx(exact.cpu_max, rel=1e-9)
+        assert got[key].count == exact.count
+    # and sized by the formula: request = p × 1.15 rounded up, limit = 1.5 × max
+    db = got[WorkloadKey("data", "StatefulSet", "db")]
+    res = from_observed(db, POLICY).as_k8s()
+    assert res["requests"]["cpu"] == f"{-(-db.cpu_p * 1.15 * 1000 // 1):.0f}m"
+    oom_limit = max(1.5 * db.memory_max * 1.2, 1.5 * db.memory_max + 100 * 2**20)
+    assert res["limits"]["memory"] == f"{-(-oom_limit // 2**20):.0f}Mi"
+
+
+def test_following_steps_equal_one_backfill(prom):
+    url, end, _ = prom
+    one = PrometheusUsage(url, UsageHistory(POLICY.sizing), step=STEP, lag=0).once(now=end + 10)
+    stepwise = PrometheusUsage(url, UsageHistory(POLICY.sizing), step=STEP, lag=0, max_points=500)
+    stepwise.once(now=end - 6 * 3600)  # small chunks: the query is split many times
+    for k in range(6 * 3600 // STEP, -1, -1):
+        got = stepwise.once(now=end - k * STEP + 10)
+    assert stepwise.queries > 40
+    assert set(got) == set(one)
+    for key in one:
+        assert close(got[key], one[key]), key
+
+
+def test_prometheus_errors_are_clear_and_keep_the_last_summaries(prom):
+    url, end, _ = prom
+    source = PrometheusUsage(url, UsageHistory(POLICY.sizing), step=STEP, lag=0)
+    before = source.once(now=end + 10)
+    source.url = "http://127.0.0.1:9"  # nothing listens there
+    with pytest.raises(PrometheusError, match=r"127\.0\.0\.1:9/api/v1/query"):
+        source.once(now=end + STEP + 10)
+    assert source.summaries() == before
+    with pytest.raises(PrometheusError, match=r"HTTP 400: .*parse error"):
+        PrometheusUsage(url, UsageHistory(POLICY.sizing)).instant("sum(", end)
+
+
+def test_recommend_and_review_read_prometheus_once(prom, tmp_path):
+    url, end, _ = prom
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end + 70))
+    out = subprocess.run(
+        [sys.executable, "-m", "webhook", "recommend", "--prometheus", url, "--now", now],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    summaries = prometheus_summaries(url, POLICY.sizing, end + 70)
+    db = from_observed(summaries[WorkloadKey("data", "StatefulSet", "db")], POLICY).as_k8s()
+    line = next(row for row in out.splitlines() if row.startswith("data/StatefulSet/db"))
+    assert db["requests"]["cpu"] in line and db["limits"]["memory"] in line and "observed" in line
+    assert "batch/CronJob/report" in out and "too few samples" in out  # 2 hours < minSpan 6h
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "webhook", "recommend", "--prometheus", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "127.0.0.1:9" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _web_pod_review(uid: str) -> dict:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "generateName": "web-59c6b7d8f4-",
+                    "namespace": "shop",
+                    "labels": {"app": "web", "pod-template-hash": "59c6b7d8f4"},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "ReplicaSet",
+                            "name": "web-59c6b7d8f4",
+                            "uid": "1",
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+            },
+        },
+    }
+
+
+def test_two_replicas_give_the_same_answer(prom, tmp_path):
+    """Two `serve --prometheus` processes started apart read the same grid of points from
+    the same Prometheus: the same pod gets the same patch from either."""
+    import httpx
+
+    url, _, _ = prom
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Namespace",
+                        "metadata": {"name": "shop", "labels": {"mesh-injector.io/inject": "enabled"}},
+                    },
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": {"name": "n1"},
+                        "status": {"nodeInfo": {"kernelVersion": "6.8.0", "kubeletVersion": "v1.33.1"}},
+                    },
+                ],
+            }
+        )
+    )
+    args = ("--cluster", str(cluster), "--server-version", "1.33", "--prometheus", url)
+    certs = make_certs(tmp_path)
+    with serve_process(certs, *args) as first:
+        time.sleep(1.5)
+        with serve_process(certs, *args) as second:
+            answers = []
+            for proc in (first, second):
+                with httpx.Client(verify=certs.client_context(), timeout=10) as http:
+                    eventually(
+                        lambda http=http, proc=proc: http.get(f"{proc.url}/readyz").status_code == 200, 30
+                    )
+                    resp = http.post(f"{proc.url}/mutate", json=_web_pod_review("u1")).json()["response"]
+                    answers.append(resp)
+    assert answers[0]["patch"] == answers[1]["patch"]
+    import base64
+
+    patch = json.loads(base64.b64decode(answers[0]["patch"]))
+    pod = jsonpatch.apply_patch(_web_pod_review("u1")["request"]["object"], patch)
+    assert pod["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"].startswith("observed")
+    proxy = next(
+        c for c in pod["spec"]["initContainers"] + pod["spec"]["containers"] if c["name"] == "mesh-proxy"
+    )
+    summaries = prometheus_summaries(url, POLICY.sizing, time.time())
+    want = from_observed(summaries[WorkloadKey("shop", "Deployment", "web")], POLICY).as_k8s()
+    assert proxy["resources"] == want
+
+
+def test_history_memory_is_bounded_per_workload(prom):
+    url, end, _ = prom
+    history = UsageHistory(POLICY.sizing)
+    PrometheusUsage(url, history, step=STEP, lag=0).once(now=end + 10)
+    stats = history.stats()
+    # 2,017 readings for db, yet a handful of buckets a slot
+    assert stats.readings > 5000
+    assert stats.buckets < 5 * 60

@@ -1,0 +1,119 @@
+"""Observed usage from the ``metrics.k8s.io`` API (metrics-server), ``--metrics-api``.
+
+Every ``interval`` seconds (aligned to the wall clock) one list of PodMetrics for the
+meshed pods (label ``mesh-injector.io/interception``) gives a reading of each pod's
+``mesh-proxy`` container; a reading whose timestamp was already seen for that pod is not
+counted twice. Which workload a pod belongs to comes from a watched cache of the meshed
+pods (owner references, as in admission), which also reports OOM kills: a ``mesh-proxy``
+container whose last (or current) state is ``terminated`` with reason ``OOMKilled`` adds
+an OOM kill at its ``finishedAt``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from kubernetes import client
+from kubernetes.utils import parse_quantity
+
+from webhook.history import UsageHistory
+from webhook.inject import LABEL_MODE, PROXY
+from webhook.live import Informer
+from webhook.sources import PollingUsage
+from webhook.usage import parse_timestamp
+from webhook.workload import WorkloadKey, workload_key
+
+
+def _oom_at(pod: Mapping[str, Any]) -> float | None:
+    status = pod.get("status") or {}
+    latest: float | None = None
+    for field in ("initContainerStatuses", "containerStatuses"):
+        for cs in status.get(field) or []:
+            if not isinstance(cs, dict) or cs.get("name") != PROXY:
+                continue
+            for state in (cs.get("lastState") or {}, cs.get("state") or {}):
+                term = state.get("terminated") if isinstance(state, dict) else None
+                if isinstance(term, dict) and term.get("reason") == "OOMKilled":
+                    try:
+                        t = parse_timestamp(term.get("finishedAt"))
+                    except ValueError:
+                        continue
+                    latest = t if latest is None else max(latest, t)
+    return latest
+
+
+class MetricsApiUsage(PollingUsage):
+    name = "metrics-api"
+
+    def __init__(self, api: client.ApiClient, history: UsageHistory, *, interval: float = 60.0) -> None:
+        super().__init__(history, interval)
+        core = client.CoreV1Api(api)
+        self._metrics = client.CustomObjectsApi(api)
+        self.pods = Informer(
+            "pods",
+            functools.partial(core.list_pod_for_all_namespaces, label_selector=LABEL_MODE),
+            self._pod,
+            stop=self._stop,
+        )
+        self._seen: dict[tuple[str, str], str] = {}
+        self.unmatched = 0
+
+    def _pod(self, pod: Mapping[str, Any]) -> WorkloadKey | None:
+        meta = pod.get("metadata") or {}
+        namespace = meta.get("namespace")
+        if not isinstance(namespace, str):
+            return None
+        key = workload_key(pod, namespace)
+        oom = _oom_at(pod)
+        if oom is not None:
+            self.history.add_oom(key, oom)
+        return key
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        threading.Thread(target=self.pods.run, name="watch-pods", daemon=True).start()
+        super().start(on_change)
+
+    def ready(self) -> bool:
+        return super().ready() and self.pods.synced
+
+    def poll(self, until: float) -> None:
+        if not self.pods.synced:
+            raise RuntimeError("meshed pods not listed yet")
+        resp = self._metrics.list_cluster_custom_object(
+            "metrics.k8s.io",
+            "v1beta1",
+            "pods",
+            label_selector=LABEL_MODE,
+            _preload_content=False,
+            _request_timeout=(5, 30),
+        )
+        body = orjson.loads(resp.data)
+        seen: dict[tuple[str, str], str] = {}
+        for item in body.get("items") or []:
+            meta = item.get("metadata") or {}
+            pod_id = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+            stamp = str(item.get("timestamp") or "")
+            seen[pod_id] = stamp
+            if self._seen.get(pod_id) == stamp:
+                continue  # the same scrape as last time
+            key = self.pods.get(f"{pod_id[0]}/{pod_id[1]}")
+            if key is None:
+                self.unmatched += 1
+                continue
+            for container in item.get("containers") or []:
+                if container.get("name") != PROXY:
+                    continue
+                usage = container.get("usage") or {}
+                try:
+                    t = parse_timestamp(stamp)
+                    cpu = float(parse_quantity(usage.get("cpu")))
+                    memory = float(parse_quantity(usage.get("memory")))
+                except (ValueError, TypeError, ArithmeticError):
+                    self.history.dropped += 1
+                    continue
+                self.history.add(key, t, cpu, memory)
+        self._seen = seen

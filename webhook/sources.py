@@ -1,0 +1,174 @@
+"""Where observed proxy usage comes from, behind one interface.
+
+* ``FileUsage`` — a samples file (``--usage FILE``), summarised exactly once at start.
+* ``webhook.metricsapi.MetricsApiUsage`` — the ``metrics.k8s.io`` API, polled
+  (``--metrics-api``).
+* ``webhook.prometheus.PrometheusUsage`` — Prometheus (``--prometheus URL``).
+
+The live sources fold readings into a bounded ``UsageHistory`` from their own thread and
+publish a new dict of summaries after each poll; the admission path only ever reads the
+summaries of the snapshot it was handed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from webhook.cluster import ClusterSnapshot, Memo
+from webhook.history import UsageHistory
+from webhook.policy import Sizing
+from webhook.usage import UsageSummary, load_samples, summarize_all
+from webhook.workload import WorkloadKey
+
+log = logging.getLogger("mesh_injector.usage")
+
+
+class UsageSource:
+    """Observed usage summaries by workload; ``start`` begins any background polling and
+    ``on_change`` is called (from the source's thread) when the summaries changed."""
+
+    name = "none"
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return True
+
+    def summaries(self) -> Mapping[WorkloadKey, UsageSummary]:
+        return {}
+
+    def age_seconds(self) -> float:
+        """How old the newest successfully read usage is (0 for a file)."""
+        return 0.0
+
+
+class FileUsage(UsageSource):
+    name = "file"
+
+    def __init__(self, path: str | Path, sizing: Sizing, now: float) -> None:
+        self.path = str(path)
+        self._summaries = summarize_all(load_samples(path), sizing, now)
+
+    def summaries(self) -> Mapping[WorkloadKey, UsageSummary]:
+        return self._summaries
+
+
+class PollingUsage(UsageSource):
+    """A source that reads the cluster every ``interval`` seconds into a UsageHistory.
+
+    Polls are aligned to the wall clock (multiples of ``interval``), so replicas started
+    apart still read at the same moments, and summaries are taken at the poll's aligned
+    time, not at the moment the computation happens to run: two replicas that read the
+    same data publish the same summaries.
+    """
+
+    def __init__(self, history: UsageHistory, interval: float) -> None:
+        self.history = history
+        self.interval = interval
+        self.lag = 0.0  # how long after a grid point its data is complete
+        self._summaries: Mapping[WorkloadKey, UsageSummary] = {}
+        self._stop = threading.Event()
+        self._on_change: Callable[[], None] = lambda: None
+        self._ready = False
+        self._thread: threading.Thread | None = None
+        self.last_success = 0.0
+        self.polls = 0
+        self.failures = 0
+
+    # implemented by each source: read everything up to the grid point ``until``
+    def poll(self, until: float) -> None:
+        raise NotImplementedError
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+        self._thread = threading.Thread(target=self._run, name=f"usage-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def summaries(self) -> Mapping[WorkloadKey, UsageSummary]:
+        return self._summaries
+
+    def age_seconds(self) -> float:
+        return 0.0 if not self.last_success else max(0.0, time.time() - self.last_success)
+
+    def aligned(self, t: float) -> float:
+        """The last grid point whose data is complete at ``t``."""
+        return ((t - self.lag) // self.interval) * self.interval
+
+    def once(self, now: float | None = None) -> Mapping[WorkloadKey, UsageSummary]:
+        """One poll up to the last aligned time before ``now``; the new summaries."""
+        until = self.aligned(time.time() if now is None else now)
+        self.poll(until)
+        self._summaries = self.history.summaries(until)
+        self.polls += 1
+        self.last_success = time.time()
+        return self._summaries
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.once()
+                self._ready = True
+                failures = 0
+                self._on_change()
+                if self.failures:
+                    log.info(f"usage from {self.name}: reading again")
+                wait = self.aligned(time.time()) + self.interval + self.lag - time.time()
+            except Exception as exc:  # keep the summaries we have; retry with backoff
+                failures += 1
+                self.failures += 1
+                log.warning(
+                    f"usage from {self.name}: {type(exc).__name__}: {str(exc)[:300]}; "
+                    f"keeping the last summaries ({len(self._summaries)} workloads)"
+                )
+                wait = min(self.interval, 2.0 * 2 ** min(failures, 5))
+            self._stop.wait(max(0.05, wait))
+
+
+class UsageRefreshingView:
+    """A fixed cluster (``--cluster FILE``) whose usage comes from a live source: each
+    change of the summaries makes a new snapshot (with fresh memos) swapped in at once."""
+
+    def __init__(self, base: ClusterSnapshot, usage: UsageSource) -> None:
+        self._base = base
+        self.usage = usage
+        self._snapshot = self._with_usage()
+
+    def _with_usage(self) -> ClusterSnapshot:
+        return dataclasses.replace(
+            self._base,
+            usage=dict(self.usage.summaries()),
+            built_at=time.time(),
+            memo=Memo(),
+            outcomes=Memo(limit=256),
+        )
+
+    def start(self) -> None:
+        self.usage.start(self._refresh)
+
+    def stop(self) -> None:
+        self.usage.stop()
+
+    def _refresh(self) -> None:
+        self._snapshot = self._with_usage()
+
+    def snapshot(self) -> ClusterSnapshot:
+        return self._snapshot
+
+    def ready(self) -> bool:
+        return self.usage.ready()
