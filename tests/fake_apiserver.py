@@ -18,8 +18,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-PATHS = {"/api/v1/nodes": "nodes", "/api/v1/namespaces": "namespaces", "/api/v1/services": "services"}
-KINDS = {"nodes": "Node", "namespaces": "Namespace", "services": "Service"}
+PATHS = {
+    "/api/v1/nodes": "nodes",
+    "/api/v1/namespaces": "namespaces",
+    "/api/v1/services": "services",
+    "/api/v1/pods": "pods",
+}
+KINDS = {"nodes": "Node", "namespaces": "Namespace", "services": "Service", "pods": "Pod"}
+METRICS_PATH = "/apis/metrics.k8s.io/v1beta1/pods"
+
+
+def selects(selector: str | None, obj: dict[str, Any]) -> bool:
+    """``key``, ``key=value`` and ``key!=value`` terms, comma-separated (what tests use)."""
+    if not selector:
+        return True
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in selector.split(","):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k) == v:
+                return False
+        elif "=" in term:
+            k, v = term.split("=", 1)
+            if labels.get(k) != v.lstrip("="):
+                return False
+        elif term not in labels:
+            return False
+    return True
 
 
 class FakeAPIServer:
@@ -40,6 +65,10 @@ class FakeAPIServer:
         self.store: dict[str, dict[str, Any]] = {}
         self.patch_calls = 0
         self.lock = threading.Lock()
+        # metrics.k8s.io PodMetrics, as metrics-server serves them (set by the tests)
+        self.pod_metrics: list[dict[str, Any]] = []
+        self.metrics_calls = 0
+        self.metrics_down = False
 
     # --- state changes (as the tests drive them) --------------------------------------
 
@@ -175,12 +204,38 @@ class FakeAPIServer:
                             "platform": "linux/amd64",
                         },
                     )
+                if url.path == METRICS_PATH:
+                    return self._metrics(query)
                 resource = PATHS.get(url.path)
                 if resource is None:
                     return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
                 if query.get("watch") in ("true", "1"):
                     return self._watch(resource, query)
                 return self._list(resource, query)
+
+            def _metrics(self, query: dict[str, str]) -> None:
+                server.metrics_calls += 1
+                if server.metrics_down:
+                    return self._json(
+                        503,
+                        {
+                            "kind": "Status",
+                            "code": 503,
+                            "reason": "ServiceUnavailable",
+                            "message": "the server is currently unable to handle the request",
+                        },
+                    )
+                with server.cond:
+                    items = [m for m in server.pod_metrics if selects(query.get("labelSelector"), m)]
+                self._json(
+                    200,
+                    {
+                        "kind": "PodMetricsList",
+                        "apiVersion": "metrics.k8s.io/v1beta1",
+                        "metadata": {},
+                        "items": copy.deepcopy(items),
+                    },
+                )
 
             def _list(self, resource: str, query: dict[str, str]) -> None:
                 server.list_calls[resource] += 1
@@ -197,6 +252,7 @@ class FakeAPIServer:
                     )
                 with server.cond:
                     items = sorted(server.objects[resource].values(), key=server._key)
+                    items = [o for o in items if selects(query.get("labelSelector"), o)]
                     rv = server.rv
                 limit = int(query.get("limit", 0) or 0)
                 start = int(query.get("continue", 0) or 0)
@@ -208,6 +264,12 @@ class FakeAPIServer:
                     200,
                     {"kind": KINDS[resource] + "List", "apiVersion": "v1", "metadata": meta, "items": page},
                 )
+
+            def _pending(self, resource: str, since: int, query: dict[str, str]) -> list[Any]:
+                selector = query.get("labelSelector")
+                return [
+                    e for e in server.events if e[0] > since and e[1] == resource and selects(selector, e[3])
+                ]
 
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -240,10 +302,10 @@ class FakeAPIServer:
                 try:
                     while time.monotonic() < deadline:
                         with server.cond:
-                            pending = [e for e in server.events if e[0] > since and e[1] == resource]
+                            pending = self._pending(resource, since, query)
                             if not pending and server.generation == generation:
                                 server.cond.wait(0.2)
-                                pending = [e for e in server.events if e[0] > since and e[1] == resource]
+                                pending = self._pending(resource, since, query)
                             if server.generation != generation:
                                 # dropped: close the connection without ending the chunked body
                                 self.close_connection = True
@@ -321,4 +383,63 @@ def service(name: str, ns: str, selector: dict[str, str], ports: list[dict[str, 
         "kind": "Service",
         "metadata": {"name": name, "namespace": ns},
         "spec": {"selector": selector, "ports": ports},
+    }
+
+
+def meshed_pod(
+    name: str,
+    ns: str,
+    owner: tuple[str, str] | None = None,
+    *,
+    labels: dict[str, str] | None = None,
+    oom_finished_at: str | None = None,
+    meshed: bool = True,
+) -> dict[str, Any]:
+    """A running pod with the injected proxy (a native sidecar), as a watch would send it."""
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": dict(labels or {})}
+    if meshed:
+        meta["labels"]["mesh-injector.io/interception"] = "ebpf"
+    if owner is not None:
+        meta["ownerReferences"] = [
+            {"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1], "uid": "u", "controller": True}
+        ]
+    proxy_status: dict[str, Any] = {
+        "name": "mesh-proxy",
+        "ready": True,
+        "restartCount": 0,
+        "state": {"running": {}},
+    }
+    if oom_finished_at:
+        proxy_status["restartCount"] = 1
+        proxy_status["lastState"] = {
+            "terminated": {"reason": "OOMKilled", "exitCode": 137, "finishedAt": oom_finished_at}
+        }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "app", "image": "app"}]},
+        "status": {
+            "phase": "Running",
+            "initContainerStatuses": [proxy_status] if meshed else [],
+            "containerStatuses": [
+                {"name": "app", "ready": True, "restartCount": 0, "state": {"running": {}}}
+            ],
+        },
+    }
+
+
+def pod_metrics(
+    name: str, ns: str, timestamp: str, cpu: str, memory: str, *, meshed: bool = True
+) -> dict[str, Any]:
+    """A metrics.k8s.io PodMetrics as metrics-server serves it (labels copied from the pod)."""
+    labels = {"mesh-injector.io/interception": "ebpf"} if meshed else {}
+    containers = [{"name": "app", "usage": {"cpu": "5m", "memory": "20Mi"}}]
+    if meshed:
+        containers.append({"name": "mesh-proxy", "usage": {"cpu": cpu, "memory": memory}})
+    return {
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "creationTimestamp": timestamp},
+        "timestamp": timestamp,
+        "window": "15s",
+        "containers": containers,
     }

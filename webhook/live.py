@@ -27,6 +27,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from webhook.cluster import ClusterSnapshot, Node, build_snapshot, node_from_object, service_from_object
+from webhook.errors import describe_error
 from webhook.sources import UsageSource
 from webhook.versions import KubeVersion, kube_version_from_info
 from webhook.workload import Service
@@ -246,7 +247,7 @@ class Informer:
                 # say so, and back off with jitter before each further try.
                 failures += 1
                 if failures > 1:
-                    self._lost(f"{type(exc).__name__}: {str(exc)[:200]}")
+                    self._lost(describe_error(exc))
                     delay = min(30.0, 0.5 * 2 ** min(failures - 2, 6)) * random.uniform(0.5, 1.5)
                     self._stop.wait(delay)
 

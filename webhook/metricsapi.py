@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -73,16 +74,26 @@ class MetricsApiUsage(PollingUsage):
             self.history.add_oom(key, oom)
         return key
 
-    def start(self, on_change: Callable[[], None]) -> None:
+    def watch_pods(self) -> None:
+        """Start the watched cache of meshed pods (``start`` does; polls need it)."""
         threading.Thread(target=self.pods.run, name="watch-pods", daemon=True).start()
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        self.watch_pods()
         super().start(on_change)
 
     def ready(self) -> bool:
         return super().ready() and self.pods.synced
 
+    def _wait_pods(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.pods.synced and time.monotonic() < deadline and not self._stop.wait(0.05):
+            pass
+        return self.pods.synced
+
     def poll(self, until: float) -> None:
-        if not self.pods.synced:
-            raise RuntimeError("meshed pods not listed yet")
+        if not self.pods.synced and not self._stop.wait(0) and not self._wait_pods(10.0):
+            raise RuntimeError("the meshed pods could not be listed yet")
         resp = self._metrics.list_cluster_custom_object(
             "metrics.k8s.io",
             "v1beta1",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from webhook.cluster import ClusterSnapshot, Memo
+from webhook.errors import describe_error
 from webhook.history import UsageHistory
 from webhook.policy import Sizing
 from webhook.usage import UsageSummary, load_samples, summarize_all
@@ -124,16 +125,16 @@ class PollingUsage(UsageSource):
             try:
                 self.once()
                 self._ready = True
+                if failures:
+                    log.info(f"usage from {self.name}: reading again after {failures} failed reads")
                 failures = 0
                 self._on_change()
-                if self.failures:
-                    log.info(f"usage from {self.name}: reading again")
                 wait = self.aligned(time.time()) + self.interval + self.lag - time.time()
             except Exception as exc:  # keep the summaries we have; retry with backoff
                 failures += 1
                 self.failures += 1
                 log.warning(
-                    f"usage from {self.name}: {type(exc).__name__}: {str(exc)[:300]}; "
+                    f"usage from {self.name}: {describe_error(exc)}; "
                     f"keeping the last summaries ({len(self._summaries)} workloads)"
                 )
                 wait = min(self.interval, 2.0 * 2 ** min(failures, 5))
