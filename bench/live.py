@@ -7,7 +7,8 @@ Prints: time to the first full sync of 5,000 nodes, 2,000 namespaces and 500 Ser
 snapshot rebuild time after one node change; admit() p50/p99 while node updates stream in
 at ~100/s, against the same measured with no updates; and the RSS of `mesh-injector serve
 --kubeconfig` holding that cluster plus usage summaries for 10,000 workloads, against the
-RSS of the same server on embedded defaults.
+RSS of the same server on embedded defaults; and the RSS with the same cluster and a
+live metrics-API usage history for 10,000 workloads.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -29,12 +31,14 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from core import make_nodes, typical_review  # noqa: E402
 
-from tests.fake_apiserver import FakeAPIServer, namespace, service  # noqa: E402
+from tests.fake_apiserver import FakeAPIServer, meshed_pod, namespace, pod_metrics, service  # noqa: E402
 from tests.servers import Certs, make_certs, serve_process  # noqa: E402
 from tests.support import eventually  # noqa: E402
 from webhook.admission import admit  # noqa: E402
+from webhook.history import UsageHistory  # noqa: E402
 from webhook.live import LiveClusterView, api_client  # noqa: E402
 from webhook.policy import load_policy  # noqa: E402
+from webhook.workload import WorkloadKey  # noqa: E402
 
 
 def node_object(n) -> dict:
@@ -71,6 +75,58 @@ def serve_rss(certs: Certs, *args: str) -> float:
         )
         time.sleep(2)
         return rss_mb(proc.proc.pid)
+
+
+def metrics_api_history_rss(fake: FakeAPIServer, certs: Certs, kubeconfig: Path, rng: random.Random):
+    """`serve --kubeconfig --metrics-api` with 10,000 meshed pods (one per workload) whose
+    PodMetrics are served 24 times, each time stamped further back over 8 days, so every
+    workload's history holds readings in every day slot with a realistic spread."""
+    workloads = 10_000
+    names = []
+    for w in range(workloads):
+        ns, rs = f"team-{w % 2000}", f"app-{w}-58bc9d7f6"
+        name = f"{rs}-x{w:05d}"
+        names.append((name, ns))
+        fake.put(
+            "pods",
+            meshed_pod(
+                name, ns, ("ReplicaSet", rs), labels={"app": f"app-{w}", "pod-template-hash": "58bc9d7f6"}
+            ),
+        )
+    now = time.time()
+    readings = 0
+    with serve_process(
+        certs, "--kubeconfig", str(kubeconfig), "--metrics-api", "--usage-interval", "1"
+    ) as proc:
+        ctx = certs.client_context()
+        eventually(
+            lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=120, every=0.2
+        )
+        for r in range(24):
+            stamp = datetime.fromtimestamp(now - r * 8 * 3600 - 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            fake.pod_metrics = [
+                pod_metrics(name, ns, stamp, f"{rng.randint(40, 400)}m", f"{rng.randint(48, 160)}Mi")
+                for name, ns in names
+            ]
+            calls = fake.metrics_calls
+            eventually(lambda calls=calls: fake.metrics_calls >= calls + 2, timeout=60, every=0.05)
+            readings += workloads
+        time.sleep(3)
+        metrics = httpx.get(proc.metrics_url).text
+        assert "mesh_injector_usage_workloads 10000.0" in metrics, "not every workload has usage"
+        rss = rss_mb(proc.proc.pid)
+    # the same history built here, for its size
+    history = UsageHistory(load_policy().sizing)
+    gen = random.Random(5)
+    for r in range(24):
+        for w in range(workloads):
+            history.add(
+                WorkloadKey("ns", "Deployment", f"app-{w}"),
+                now - r * 8 * 3600 - 60,
+                gen.randint(40, 400) / 1000,
+                gen.randint(48, 160) * 2**20,
+            )
+    return rss, readings, history.stats().buckets
 
 
 def main() -> None:
@@ -186,7 +242,13 @@ def main() -> None:
     live = serve_rss(certs, "--kubeconfig", str(kubeconfig), "--usage", str(usage))
     print(
         f"server RSS: embedded defaults {base:.0f} MB; 5,000 nodes + 2,001 namespaces + 500 Services + usage "
-        f"for 10,000 workloads (240,000 samples summarised) {live:.0f} MB"
+        f"file for 10,000 workloads (240,000 samples summarised) {live:.0f} MB"
+    )
+    history = metrics_api_history_rss(fake, certs, kubeconfig, rng)
+    print(
+        f"server RSS: the same cluster + metrics-API history of 10,000 workloads (10,000 meshed pods "
+        f"watched, {history[1]:,} readings over 8 days, {history[2]:,} buckets) {history[0]:.0f} MB "
+        f"({history[0] / base:.2f}x embedded defaults)"
     )
     fake.stop()
 

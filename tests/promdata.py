@@ -50,7 +50,7 @@ def _mid(floor: float, index: int) -> float:
 
 def build_pods(end: int) -> list[Pod]:
     week = 7 * DAY
-    first = end - week - DAY - 3600  # the oldest history slot may reach 8 days back
+    first = end - week - week // 3 - 3600  # the oldest history slot may reach a third further back
     rollout = end - 3 * DAY  # web rolls out to a new ReplicaSet three days ago
     return [
         Pod(

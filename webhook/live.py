@@ -69,20 +69,30 @@ class _Gone(Exception):
     pass
 
 
-def list_all(list_fn: Callable[..., Any], page: int = 500) -> tuple[list[dict[str, Any]], str]:
-    """Every object of a list call (following ``continue``) and the list's resourceVersion."""
-    items: list[dict[str, Any]] = []
+def list_pages(list_fn: Callable[..., Any], page: int = 500) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    """A list call page by page (following ``continue``): each page's objects, and the
+    list's resourceVersion with the last page ("" before it)."""
     token: str | None = None
     while True:
         kwargs: dict[str, Any] = {"limit": page, "_preload_content": False, "_request_timeout": (5, 60)}
         if token:
             kwargs["_continue"] = token
         body = orjson.loads(list_fn(**kwargs).data)
-        items.extend(body.get("items") or [])
         meta = body.get("metadata") or {}
         token = meta.get("continue")
+        yield body.get("items") or [], "" if token else str(meta.get("resourceVersion", ""))
         if not token:
-            return items, str(meta.get("resourceVersion", ""))
+            return
+
+
+def list_all(list_fn: Callable[..., Any], page: int = 500) -> tuple[list[dict[str, Any]], str]:
+    """Every object of a list call and the list's resourceVersion."""
+    items: list[dict[str, Any]] = []
+    rv = ""
+    for chunk, version in list_pages(list_fn, page):
+        items.extend(chunk)
+        rv = version
+    return items, rv
 
 
 def server_version(api: client.ApiClient) -> KubeVersion | None:
@@ -155,16 +165,22 @@ class Informer:
         lost = self.lost_at
         return 0.0 if lost is None else time.time() - lost
 
-    def _replace(self, items: list[dict[str, Any]]) -> None:
+    def _relist(self) -> str:
+        """List everything afresh, reducing each page as it arrives (raw objects of a big
+        cluster are never all held at once); the list's resourceVersion."""
         fresh = {}
-        for obj in items:
-            value = self._parse(obj)
-            if value is not None:
-                fresh[self._key(obj)] = value
+        rv = ""
+        for items, version in list_pages(self._list_fn):
+            for obj in items:
+                value = self._parse(obj)
+                if value is not None:
+                    fresh[self._key(obj)] = value
+            rv = version
         with self._lock:
             self._store = fresh
         self.synced = True
         self._on_change()
+        return rv
 
     def _apply(self, event_type: str, obj: Mapping[str, Any]) -> None:
         key = self._key(obj)
@@ -228,9 +244,8 @@ class Informer:
         while not self._stop.is_set():
             try:
                 if rv is None:
-                    items, rv = list_all(self._list_fn)
+                    rv = self._relist()
                     self.relists += 1
-                    self._replace(items)
                     self._healthy()
                 for event_type, obj in self._events(rv):  # resumes from the last version seen
                     rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)

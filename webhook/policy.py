@@ -291,6 +291,10 @@ def _check(policy: Policy) -> Policy:
             raise PolicyError(f"sizing.{name}: {pct} must be in (0, 100]")
     if s.half_life <= 0 or s.window <= 0:
         raise PolicyError("sizing: window and halfLife must be positive")
+    if s.half_life * 300 < s.window:
+        # readings an eighth of the window old would weigh under 2^-100: nothing can
+        # tell them apart from no reading at all
+        raise PolicyError("sizing.halfLife: must be at least 1/300 of sizing.window")
     if s.limit_factor < 1:
         raise PolicyError(f"sizing.limitFactor: {s.limit_factor} must be at least 1")
     for key in ("cpu", "memory"):
