@@ -146,6 +146,27 @@ def test_two_instances_polling_alike_agree(fake):
         b.stop()
 
 
+def test_an_absent_metrics_api_delays_readiness_only_so_long(fake):
+    """Without metrics-server the source never reads; after ``ready_after`` it lets the
+    webhook serve anyway (profiles for every workload) rather than leave pods unmeshed."""
+    server, kubeconfig = fake
+    server.metrics_down = True
+    usage = MetricsApiUsage(api_client(str(kubeconfig)), UsageHistory(POLICY.sizing), interval=0.2)
+    usage.ready_after = 1.0
+    started = time.monotonic()
+    usage.start(lambda: None)
+    try:
+        eventually(lambda: server.metrics_calls >= 2, 10)
+        assert not usage.ready() and time.monotonic() - started < 1.0
+        eventually(usage.ready, 5)
+        assert usage.summaries() == {} and usage.failures >= 2
+        server.metrics_down = False
+        server.pod_metrics = [pod_metrics("web-59c6b7d8f4-aaaaa", "shop", rfc3339(time.time()), "1", "1Gi")]
+        eventually(lambda: WEB in usage.summaries(), 10)  # and it reads once the API is back
+    finally:
+        usage.stop()
+
+
 def _review(uid: str) -> dict:
     obj = {
         "apiVersion": "v1",

@@ -32,6 +32,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from webhook.certs import Bundle, CertError, generate, service_names
+from webhook.kubeapi import request
 
 log = logging.getLogger("mesh_injector.cabundle")
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -69,7 +70,8 @@ def merged_bundle(current: bytes, ours: bytes, now: dt.datetime | None = None) -
 class CABundleSync:
     def __init__(self, api: client.ApiClient, name: str, ca: Path | bytes, *, interval: float = 30.0) -> None:
         """``ca``: the CA as PEM, or a file to re-read each round (it follows rotations)."""
-        self.api = client.AdmissionregistrationV1Api(api)
+        self.api = api
+        self.path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
         self.name = name
         self.ca = ca
         self.interval = interval
@@ -81,10 +83,7 @@ class CABundleSync:
     def sync_once(self) -> bool:
         """Make every webhook's caBundle hold our CA; True when a patch was written."""
         ours = self.ca.read_bytes() if isinstance(self.ca, Path) else self.ca
-        raw = self.api.read_mutating_webhook_configuration(
-            self.name, _preload_content=False, _request_timeout=(5, 10)
-        )
-        mwc = orjson.loads(raw.data)
+        mwc = orjson.loads(request(self.api, "GET", self.path, timeout=(5, 10)).data)
         ops: list[dict[str, Any]] = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": mwc["metadata"]["resourceVersion"]}
         ]
@@ -102,7 +101,14 @@ class CABundleSync:
         if len(ops) == 1:
             return False
         try:
-            self.api.patch_mutating_webhook_configuration(self.name, ops, _request_timeout=(5, 10))
+            request(
+                self.api,
+                "PATCH",
+                self.path,
+                body=ops,
+                content_type="application/json-patch+json",
+                timeout=(5, 10),
+            )
         except ApiException as exc:
             if exc.status in (409, 422):  # someone wrote first: re-read next round
                 self.conflicts += 1

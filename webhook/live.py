@@ -28,6 +28,8 @@ from kubernetes.client.rest import ApiException
 
 from webhook.cluster import ClusterSnapshot, Node, build_snapshot, node_from_object, service_from_object
 from webhook.errors import describe_error
+from webhook.kubeapi import lister, request
+from webhook.memory import release_free_memory
 from webhook.sources import UsageSource
 from webhook.versions import KubeVersion, kube_version_from_info
 from webhook.workload import Service
@@ -98,21 +100,18 @@ def list_all(list_fn: Callable[..., Any], page: int = 500) -> tuple[list[dict[st
 def server_version(api: client.ApiClient) -> KubeVersion | None:
     # Raw JSON: only three fields matter, and the generated model rejects answers that
     # leave out the others (some distributions and proxies do).
-    info = orjson.loads(
-        client.VersionApi(api).get_code(_preload_content=False, _request_timeout=(5, 10)).data
-    )
+    info = orjson.loads(request(api, "GET", "/version", timeout=(5, 10)).data)
     return kube_version_from_info(info.get("major"), info.get("minor"), info.get("gitVersion"))
 
 
 def read_once(api: client.ApiClient) -> tuple[list[dict[str, Any]], KubeVersion | None]:
     """Nodes, namespaces and Services listed once, for the dry-run tools (``--kubeconfig``)."""
-    core = client.CoreV1Api(api)
     docs: list[dict[str, Any]] = []
     try:
         for kind, fn in (
-            ("Node", core.list_node),
-            ("Namespace", core.list_namespace),
-            ("Service", core.list_service_for_all_namespaces),
+            ("Node", lister(api, "/api/v1/nodes")),
+            ("Namespace", lister(api, "/api/v1/namespaces")),
+            ("Service", lister(api, "/api/v1/services")),
         ):
             items, _ = list_all(fn)
             docs.extend({**item, "kind": kind} for item in items)
@@ -180,6 +179,7 @@ class Informer:
             self._store = fresh
         self.synced = True
         self._on_change()
+        release_free_memory()
         return rv
 
     def _apply(self, event_type: str, obj: Mapping[str, Any]) -> None:
@@ -278,7 +278,6 @@ class LiveClusterView:
         watch_timeout: int = 240,
         source: str | None = None,
     ) -> None:
-        core = client.CoreV1Api(api)
         self._api = api
         self._stop = threading.Event()
         self._dirty = threading.Event()
@@ -288,11 +287,9 @@ class LiveClusterView:
             "watch_timeout": watch_timeout,
         }
         self._informers = {
-            "nodes": Informer("nodes", core.list_node, node_from_object, **common),
-            "namespaces": Informer("namespaces", core.list_namespace, _namespace, **common),
-            "services": Informer(
-                "services", core.list_service_for_all_namespaces, service_from_object, **common
-            ),
+            "nodes": Informer("nodes", lister(api, "/api/v1/nodes"), node_from_object, **common),
+            "namespaces": Informer("namespaces", lister(api, "/api/v1/namespaces"), _namespace, **common),
+            "services": Informer("services", lister(api, "/api/v1/services"), service_from_object, **common),
         }
         self.usage = usage
         self._version: KubeVersion | None = None

@@ -11,10 +11,11 @@ an OOM kill at its ``finishedAt``.
 
 from __future__ import annotations
 
-import functools
+import json
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -23,10 +24,34 @@ from kubernetes.utils import parse_quantity
 
 from webhook.history import UsageHistory
 from webhook.inject import LABEL_MODE, PROXY
+from webhook.kubeapi import lister, request
 from webhook.live import Informer
 from webhook.sources import PollingUsage
 from webhook.usage import parse_timestamp
 from webhook.workload import WorkloadKey, workload_key
+
+_DECODER = json.JSONDecoder()
+_ITEMS = re.compile(rb'"items"\s*:\s*\[')
+
+
+def list_items(data: bytes) -> Iterator[dict[str, Any]]:
+    """The ``items`` of a Kubernetes list, decoded one at a time: a list of 10,000
+    PodMetrics never exists as one tree of objects (that alone took ~60 MB)."""
+    match = _ITEMS.search(data)
+    text = data.decode("utf-8")
+    if match is None or not text.isascii():  # unusual layout: decode it whole
+        yield from (orjson.loads(data).get("items") or [])
+        return
+    pos = match.end()
+    end = len(text)
+    while pos < end:
+        while pos < end and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= end or text[pos] == "]":
+            return
+        item, pos = _DECODER.raw_decode(text, pos)
+        if isinstance(item, dict):
+            yield item
 
 
 def _oom_at(pod: Mapping[str, Any]) -> float | None:
@@ -52,15 +77,14 @@ class MetricsApiUsage(PollingUsage):
 
     def __init__(self, api: client.ApiClient, history: UsageHistory, *, interval: float = 60.0) -> None:
         super().__init__(history, interval)
-        core = client.CoreV1Api(api)
-        self._metrics = client.CustomObjectsApi(api)
+        self._api = api
         self.pods = Informer(
             "pods",
-            functools.partial(core.list_pod_for_all_namespaces, label_selector=LABEL_MODE),
+            lister(api, "/api/v1/pods", label_selector=LABEL_MODE),
             self._pod,
             stop=self._stop,
         )
-        self._seen: dict[tuple[str, str], str] = {}
+        self._seen: dict[str, float] = {}  # pod -> time of its last reading
         self.unmatched = 0
 
     def _pod(self, pod: Mapping[str, Any]) -> WorkloadKey | None:
@@ -82,9 +106,6 @@ class MetricsApiUsage(PollingUsage):
         self.watch_pods()
         super().start(on_change)
 
-    def ready(self) -> bool:
-        return super().ready() and self.pods.synced
-
     def _wait_pods(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self.pods.synced and time.monotonic() < deadline and not self._stop.wait(0.05):
@@ -94,24 +115,26 @@ class MetricsApiUsage(PollingUsage):
     def poll(self, until: float) -> None:
         if not self.pods.synced and not self._stop.wait(0) and not self._wait_pods(10.0):
             raise RuntimeError("the meshed pods could not be listed yet")
-        resp = self._metrics.list_cluster_custom_object(
-            "metrics.k8s.io",
-            "v1beta1",
-            "pods",
-            label_selector=LABEL_MODE,
-            _preload_content=False,
-            _request_timeout=(5, 30),
+        resp = request(
+            self._api,
+            "GET",
+            "/apis/metrics.k8s.io/v1beta1/pods",
+            query={"labelSelector": LABEL_MODE},
+            timeout=(5, 30),
         )
-        body = orjson.loads(resp.data)
-        seen: dict[tuple[str, str], str] = {}
-        for item in body.get("items") or []:
+        seen: dict[str, float] = {}
+        for item in list_items(resp.data):
             meta = item.get("metadata") or {}
-            pod_id = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-            stamp = str(item.get("timestamp") or "")
-            seen[pod_id] = stamp
-            if self._seen.get(pod_id) == stamp:
+            pod_key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+            try:
+                t = parse_timestamp(item.get("timestamp"))
+            except ValueError:
+                self.history.dropped += 1
+                continue
+            seen[pod_key] = t
+            if self._seen.get(pod_key) == t:
                 continue  # the same scrape as last time
-            key = self.pods.get(f"{pod_id[0]}/{pod_id[1]}")
+            key = self.pods.get(pod_key)
             if key is None:
                 self.unmatched += 1
                 continue
@@ -120,7 +143,6 @@ class MetricsApiUsage(PollingUsage):
                     continue
                 usage = container.get("usage") or {}
                 try:
-                    t = parse_timestamp(stamp)
                     cpu = float(parse_quantity(usage.get("cpu")))
                     memory = float(parse_quantity(usage.get("memory")))
                 except (ValueError, TypeError, ArithmeticError):

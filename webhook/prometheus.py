@@ -83,7 +83,7 @@ class PrometheusUsage(PollingUsage):
         *,
         step: float = 300.0,
         lag: float = 60.0,
-        max_points: int = 200_000,
+        max_points: int = 50_000,
         timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
     ) -> None:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -128,6 +129,12 @@ def build_server(
     config.load()
     config.ssl = tls.listener  # every handshake gets the current certificate
     return uvicorn.Server(config)
+
+
+def _freeze_when_ready(live: LiveClusterView) -> None:
+    if live.wait_ready(600):
+        gc.collect()
+        gc.freeze()
 
 
 def _usage_source(
@@ -256,6 +263,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # move it out of the collector's way so collections during requests stay short.
     gc.collect()
     gc.freeze()
+    if live is not None:
+        # and the cluster state of the first sync, once it is in
+        threading.Thread(target=_freeze_when_ready, args=(live,), name="gc-freeze", daemon=True).start()
     try:
         server.run()
     finally:

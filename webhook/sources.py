@@ -22,6 +22,7 @@ from pathlib import Path
 from webhook.cluster import ClusterSnapshot, Memo
 from webhook.errors import describe_error
 from webhook.history import UsageHistory
+from webhook.memory import release_free_memory
 from webhook.policy import Sizing
 from webhook.usage import UsageSummary, load_samples, summarize_all
 from webhook.workload import WorkloadKey
@@ -81,6 +82,8 @@ class PollingUsage(UsageSource):
         self._on_change: Callable[[], None] = lambda: None
         self._ready = False
         self._thread: threading.Thread | None = None
+        self._started: float | None = None
+        self.ready_after = 60.0
         self.last_success = 0.0
         self.polls = 0
         self.failures = 0
@@ -91,6 +94,7 @@ class PollingUsage(UsageSource):
 
     def start(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"usage-{self.name}", daemon=True)
         self._thread.start()
 
@@ -98,7 +102,12 @@ class PollingUsage(UsageSource):
         self._stop.set()
 
     def ready(self) -> bool:
-        return self._ready
+        """After the first successful read, or ``ready_after`` seconds after start whatever
+        happened: a usage source that is slow or away must not keep the webhook out of
+        service (pods would be created unmeshed); workloads without usage get profiles."""
+        if self._ready:
+            return True
+        return self._started is not None and time.monotonic() - self._started > self.ready_after
 
     def summaries(self) -> Mapping[WorkloadKey, UsageSummary]:
         return self._summaries
@@ -115,6 +124,7 @@ class PollingUsage(UsageSource):
         until = self.aligned(time.time() if now is None else now)
         self.poll(until)
         self._summaries = self.history.summaries(until)
+        release_free_memory()
         self.polls += 1
         self.last_success = time.time()
         return self._summaries
