@@ -26,6 +26,8 @@ OVERLAYS = [
     "overlays/fail-closed",
     "overlays/auto-inject",
     "overlays/self-managed",
+    "overlays/usage-metrics-api",
+    "overlays/usage-prometheus",
 ]
 SYSTEM = {"kube-system", "kube-public", "kube-node-lease"}
 
@@ -261,6 +263,23 @@ def _stages(text: str) -> list[list[str]]:
             stages.append([])
         stages[-1].append(line)
     return stages
+
+
+def test_usage_overlays_choose_one_source():
+    parser = build_parser()
+    for overlay, check in (
+        (
+            "overlays/usage-metrics-api",
+            lambda a: a.metrics_api and not a.prometheus and a.usage_interval == 60,
+        ),
+        (
+            "overlays/usage-prometheus",
+            lambda a: a.prometheus.startswith("http://") and not a.metrics_api and a.usage_interval == 300,
+        ),
+    ):
+        dep = one(render(overlay), "Deployment")
+        args = parser.parse_args(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+        assert check(args) and args.in_cluster and not args.usage, overlay
 
 
 def test_dockerfile():

@@ -38,6 +38,7 @@ import struct
 import sys
 import threading
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from webhook.policy import Sizing
@@ -186,45 +187,66 @@ class UsageHistory:
 
     def add(self, key: WorkloadKey, t: float, cpu: float, memory: float) -> bool:
         """One reading of a workload's proxy; False when it was not kept."""
-        if not (math.isfinite(t) and math.isfinite(cpu) and math.isfinite(memory)) or cpu < 0 or memory < 0:
-            self.dropped += 1
-            return False
-        index, end = self._slot(t)
-        weight = 2.0 ** ((t - end) / self.half_life)
-        cpu_bucket, mem_bucket = bucket(cpu, CPU_FLOOR), bucket(memory, MEMORY_FLOOR)
-        with self._lock:
-            found = self._row(key, index)
-            if found is None:
+        return self.add_many(key, ((t, cpu, memory),)) == 1
+
+    def add_many(self, key: WorkloadKey, readings: Iterable[tuple[float, float, float]]) -> int:
+        """Readings ``(t, cpu, memory)`` of one workload's proxy, folded slot by slot (one
+        range check, one record update per slot); how many were kept."""
+        by_slot: dict[int, list[tuple[float, float, float, int, int]]] = {}
+        for t, cpu, memory in readings:
+            if (
+                not (math.isfinite(t) and math.isfinite(cpu) and math.isfinite(memory))
+                or cpu < 0
+                or memory < 0
+            ):
                 self.dropped += 1
-                return False
-            buf, row = found
-            cb, cw, mb, mw = _HEADER.unpack_from(buf, 0)
-            if not (cw and cb <= cpu_bucket < cb + cw and mw and mb <= mem_bucket < mb + mw):
-                buf = _widen(buf, cpu_bucket, mem_bucket)
-                self._workloads[key] = buf
-                cb, cw, mb, mw = _HEADER.unpack_from(buf, 0)
-            with memoryview(buf) as mv, mv[_META_END:].cast("f") as cells:
-                cells[row * cw + cpu_bucket - cb] += weight
-                cells[SLOTS * cw + row * mw + mem_bucket - mb] += weight
-            at = _HEADER.size + row * _SLOT.size
-            idx, n, first, last, oom, cpu_max, mem_max = _SLOT.unpack_from(buf, at)
-            before = end - t
-            if n == 0:
-                first = last = before
-            _SLOT.pack_into(
-                buf,
-                at,
-                idx,
-                n + 1,
-                max(first, before),
-                min(last, before),
-                oom,
-                max(cpu_max, cpu),
-                max(mem_max, memory),
+                continue
+            index = math.floor(t / self.slot_seconds)
+            by_slot.setdefault(index, []).append(
+                (t, cpu, memory, bucket(cpu, CPU_FLOOR), bucket(memory, MEMORY_FLOOR))
             )
-            self._dirty.add(key)
-            self.readings += 1
-            return True
+        kept = 0
+        with self._lock:
+            for index, rows in by_slot.items():
+                found = self._row(key, index)
+                if found is None:
+                    self.dropped += len(rows)
+                    continue
+                buf, row = found
+                cb, cw, mb, mw = _HEADER.unpack_from(buf, 0)
+                lo_c, hi_c = min(r[3] for r in rows), max(r[3] for r in rows)
+                lo_m, hi_m = min(r[4] for r in rows), max(r[4] for r in rows)
+                if not (cw and cb <= lo_c and hi_c < cb + cw and mw and mb <= lo_m and hi_m < mb + mw):
+                    buf = _widen(_widen(buf, lo_c, lo_m), hi_c, hi_m)
+                    self._workloads[key] = buf
+                    cb, cw, mb, mw = _HEADER.unpack_from(buf, 0)
+                end = (index + 1) * self.slot_seconds
+                at = _HEADER.size + row * _SLOT.size
+                idx, n, first, last, oom, cpu_max, mem_max = _SLOT.unpack_from(buf, at)
+                if n == 0:
+                    first, last = 0.0, math.inf
+                cpu_row, mem_row = row * cw - cb, SLOTS * cw + row * mw - mb
+                half_life = self.half_life
+                with memoryview(buf) as mv, mv[_META_END:].cast("f") as cells:
+                    for t, cpu, memory, cbk, mbk in rows:
+                        weight = 2.0 ** ((t - end) / half_life)
+                        cells[cpu_row + cbk] += weight
+                        cells[mem_row + mbk] += weight
+                        before = end - t
+                        if before > first:
+                            first = before
+                        if before < last:
+                            last = before
+                        if cpu > cpu_max:
+                            cpu_max = cpu
+                        if memory > mem_max:
+                            mem_max = memory
+                _SLOT.pack_into(buf, at, idx, n + len(rows), first, last, oom, cpu_max, mem_max)
+                kept += len(rows)
+            if kept:
+                self._dirty.add(key)
+                self.readings += kept
+        return kept
 
     def add_oom(self, key: WorkloadKey, t: float) -> bool:
         """An OOM kill of the workload's proxy at ``t`` (the same kill seen twice counts once)."""

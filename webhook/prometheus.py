@@ -219,12 +219,15 @@ class PrometheusUsage(PollingUsage):
                         cell = series.setdefault(float(t), [math.nan, math.nan])
                         cell[0 if what == "cpu" else 1] = float(v)
             for pod_id, series in points.items():
-                key = owners[pod_id]
-                for t in sorted(series):
-                    cpu, memory = series[t]
-                    if math.isnan(cpu) or math.isnan(memory):
-                        continue  # a reading needs both (a pod just started or just ended)
-                    self.history.add(key, t, cpu, memory)
+                # a reading needs both (a pod that just started or just ended has one)
+                self.history.add_many(
+                    owners[pod_id],
+                    (
+                        (t, c, m)
+                        for t, (c, m) in sorted(series.items())
+                        if not (math.isnan(c) or math.isnan(m))
+                    ),
+                )
             t0 = t1 + step
         self.done_until = until
 
