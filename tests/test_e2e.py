@@ -455,3 +455,106 @@ def admission_latency(world, core, n: int) -> dict[str, float]:
         "first_le": first,
         "in_first": buckets[first],
     }
+
+
+def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
+    """`serve --kubeconfig --prometheus`: a Deployment's pod created through the real API
+    server is sized from a week of its proxy's usage in a real (backfilled) Prometheus; the
+    API server then goes away and comes back, and the webhook follows it through."""
+    if not (shutil.which("prometheus") and shutil.which("promtool")):
+        if os.environ.get("CI"):
+            raise RuntimeError("prometheus/promtool missing: .ci/run installs Debian's prometheus package")
+        pytest.skip("Debian's prometheus package is not installed")
+    from tests import promdata
+    from webhook.policy import load_policy
+    from webhook.prometheus import prometheus_summaries
+    from webhook.sizing import from_observed
+    from webhook.workload import WorkloadKey
+
+    core = world["core"]
+    end = int(time.time() // promdata.STEP * promdata.STEP - promdata.STEP)
+    template = promdata.build_pods(end)[0]
+    cart = WorkloadKey(SHOP, "Deployment", "cart")
+    pod = promdata.Pod(
+        SHOP,
+        "cart-58bc9d7f6-k2x4p",
+        "ReplicaSet",
+        "cart-58bc9d7f6",
+        cart,
+        end - 10 * promdata.DAY,
+        end,
+        template.cpu_buckets,
+        template.memory_buckets,
+    )
+    promdata.write_openmetrics(tmp_path / "data.om", [pod])
+    promdata.backfill(tmp_path / "data.om", tmp_path / "data")
+    kubeconfig = str(WORKDIR / "kubeconfig")
+    with promdata.prometheus(tmp_path / "data") as url:
+        args = ("--kubeconfig", kubeconfig, "--prometheus", url, "--usage-interval", "60")
+        with serve_process(world["certs"], *args) as proc:
+            ctx = world["certs"].client_context()
+            eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
+            register_webhook(world, proc.url)
+            time.sleep(1)
+            want = from_observed(
+                prometheus_summaries(url, load_policy().sizing, time.time())[cart], load_policy()
+            )
+
+            def create_cart() -> dict:
+                owner = {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": "cart-58bc9d7f6",
+                    "controller": True,
+                    "uid": "6a1f1a36-0000-4000-8000-000000000002",
+                }
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "generateName": "cart-58bc9d7f6-",
+                        "ownerReferences": [owner],
+                        "labels": {"app": "cart", "pod-template-hash": "58bc9d7f6"},
+                    },
+                    "spec": {"containers": [{"name": "cart", "image": "registry.example.com/cart:1"}]},
+                }
+                return raw(core.create_namespaced_pod(SHOP, body, _preload_content=False))
+
+            stored = create_cart()
+            assert stored["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == "observed"
+            assert stored["spec"]["containers"][0]["name"] == "mesh-proxy"
+            assert stored["spec"]["containers"][0]["resources"] == want.as_k8s()
+            assert stored["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
+
+            # the API server goes away: the webhook keeps its state, says it is stale
+            subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
+
+            def stale() -> float:
+                text = httpx.get(proc.metrics_url).text
+                line = next(
+                    x
+                    for x in text.splitlines()
+                    if x.startswith('mesh_injector_cluster_cache_stale_seconds{resource="nodes"}')
+                )
+                return float(line.split()[-1])
+
+            eventually(lambda: stale() > 0, timeout=60, every=0.5)
+            assert httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200  # still serving
+            # and comes back (same etcd): watches resume, staleness returns to 0
+            started = subprocess.run(
+                ["bash", str(HARNESS)], env=ENV, capture_output=True, text=True, timeout=600
+            )
+            assert started.returncode == 0, started.stderr[-1500:]
+            eventually(lambda: stale() == 0, timeout=90, every=0.5)
+            # a change made after the outage reaches the next decision
+            set_kernel(core, "node-0", "4.19.0-27-amd64")
+            set_kernel(core, "node-1", "4.19.0-27-amd64")
+            set_kernel(core, "node-2", "4.19.0-27-amd64")
+
+            def follows() -> bool:
+                created = create_pod(core, SHOP)
+                return created["metadata"]["labels"].get("mesh-injector.io/interception") == "iptables"
+
+            eventually(follows, timeout=30, every=0.5)
+            assert create_cart()["spec"]["containers"][0]["resources"] == want.as_k8s()
+            assert proc.stop() == 0
