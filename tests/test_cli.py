@@ -278,3 +278,28 @@ def test_bad_usage_line_is_named(tmp_path):
     )
     out = run("recommend", "--usage", str(f))
     assert out.returncode == 2 and "line 3: cpu 'fast' is not a quantity" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("serve", "--metrics-api"), "--metrics-api needs the cluster: --kubeconfig or --in-cluster"),
+        (
+            ("serve", "--usage", "u.csv", "--prometheus", "http://127.0.0.1:9"),
+            "--usage, --prometheus and --metrics-api are three usage sources: give one",
+        ),
+        (("recommend",), "recommend needs one usage source: --usage FILE or --prometheus URL"),
+        (
+            ("review", "examples/review.json", "--prometheus", "http://127.0.0.1:9"),
+            "http://127.0.0.1:9/api/v1/query: [Errno 111] Connection refused",
+        ),
+        (("policy", "check", "POLICY"), "sizing.halfLife: must be at least 1/300 of sizing.window"),
+    ],
+)
+def test_usage_source_errors_are_one_line(args, message, tmp_path):
+    policy = tmp_path / "policy.yaml"  # a half-life the bounded history cannot represent
+    policy.write_text("sizing: {window: 7d, halfLife: 1m}\n")
+    out = run(*(str(policy) if a == "POLICY" else a for a in args))
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
