@@ -101,3 +101,31 @@ def with_object(review: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
     again = copy.deepcopy(review)
     again["request"]["object"] = obj
     return again
+
+
+def owned_pod_review(namespace: str, kind: str, owner: str, labels: dict[str, str], uid: str = "u1") -> dict:
+    """A CREATE review of a pod a controller made (owner reference, generateName)."""
+    ref = {"apiVersion": "apps/v1", "kind": kind, "name": owner, "uid": "1", "controller": True}
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"{owner}-",
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [ref],
+        },
+        "spec": {"containers": [{"name": "app", "image": "registry.example.com/app:1"}]},
+    }
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": obj,
+        },
+    }

@@ -14,7 +14,7 @@ import pytest
 
 from tests.fake_apiserver import FakeAPIServer, meshed_pod, namespace, node, pod_metrics
 from tests.servers import make_certs, serve_process
-from tests.support import eventually
+from tests.support import eventually, owned_pod_review
 from webhook.history import UsageHistory
 from webhook.live import api_client
 from webhook.metricsapi import MetricsApiUsage
@@ -22,6 +22,13 @@ from webhook.policy import parse_policy
 from webhook.sizing import from_observed
 from webhook.usage import Sample, summarize
 from webhook.workload import WorkloadKey
+
+
+def web_review() -> dict:
+    return owned_pod_review(
+        "shop", "ReplicaSet", "web-59c6b7d8f4", {"app": "web", "pod-template-hash": "59c6b7d8f4"}
+    )
+
 
 POLICY = parse_policy("sizing: {minSamples: 2, minSpan: 1h}")
 WEB = WorkloadKey("shop", "Deployment", "web")
@@ -167,40 +174,6 @@ def test_an_absent_metrics_api_delays_readiness_only_so_long(fake):
         usage.stop()
 
 
-def _review(uid: str) -> dict:
-    obj = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": "web-59c6b7d8f4-",
-            "namespace": "shop",
-            "labels": {"app": "web", "pod-template-hash": "59c6b7d8f4"},
-            "ownerReferences": [
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "ReplicaSet",
-                    "name": "web-59c6b7d8f4",
-                    "uid": "1",
-                    "controller": True,
-                }
-            ],
-        },
-        "spec": {"containers": [{"name": "web", "image": "nginx"}]},
-    }
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop",
-            "operation": "CREATE",
-            "object": obj,
-        },
-    }
-
-
 def test_serve_sizes_from_the_metrics_api_and_survives_its_outage(fake, tmp_path):
     server, kubeconfig = fake
     now = time.time()
@@ -224,9 +197,9 @@ def test_serve_sizes_from_the_metrics_api_and_survives_its_outage(fake, tmp_path
         server.pod_metrics = [pod_metrics("web-59c6b7d8f4-bbbbb", "shop", rfc3339(now), "100m", "100Mi")]
 
         def proxy_resources() -> dict:
-            resp = client.post("/mutate", json=_review("u1")).json()["response"]
+            resp = client.post("/mutate", json=web_review()).json()["response"]
             pod = jsonpatch.apply_patch(
-                _review("u1")["request"]["object"], json.loads(base64.b64decode(resp["patch"]))
+                web_review()["request"]["object"], json.loads(base64.b64decode(resp["patch"]))
             )
             assert pod["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"].startswith(
                 "observed"

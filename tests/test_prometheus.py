@@ -27,7 +27,7 @@ from tests.promdata import (
     write_openmetrics,
 )
 from tests.servers import make_certs, serve_process
-from tests.support import eventually
+from tests.support import eventually, owned_pod_review
 from webhook.history import UsageHistory
 from webhook.policy import load_policy
 from webhook.prometheus import PrometheusError, PrometheusUsage, prometheus_summaries
@@ -41,6 +41,13 @@ if not (shutil.which("prometheus") and shutil.which("promtool")):
     pytest.skip(
         "Debian's prometheus package is not installed (apt-get install prometheus)", allow_module_level=True
     )
+
+
+def web_review() -> dict:
+    return owned_pod_review(
+        "shop", "ReplicaSet", "web-59c6b7d8f4", {"app": "web", "pod-template-hash": "59c6b7d8f4"}
+    )
+
 
 POLICY = load_policy(None)
 WINDOW = POLICY.sizing.window
@@ -181,45 +188,44 @@ def test_recommend_and_review_read_prometheus_once(prom, tmp_path):
     assert db["requests"]["cpu"] in line and db["limits"]["memory"] in line and "observed" in line
     assert "batch/CronJob/report" in out and "too few samples" in out  # 2 hours < minSpan 6h
 
+    # review: a pod of db, as the webhook would answer it with that usage
+    review = tmp_path / "review.json"
+    labels = {"app": "db", "mesh-injector.io/inject": "enabled"}
+    review.write_text(json.dumps(owned_pod_review("data", "StatefulSet", "db", labels)))
+    pod = yaml.safe_load(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "webhook",
+                "review",
+                str(review),
+                "--prometheus",
+                url,
+                "--now",
+                now,
+                "--show",
+                "pod",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    proxy = next(
+        c
+        for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+        if c["name"] == "mesh-proxy"
+    )
+    assert proxy["resources"] == db
+    assert pod["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"].startswith("observed")
+
     bad = subprocess.run(
         [sys.executable, "-m", "webhook", "recommend", "--prometheus", "http://127.0.0.1:9"],
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 2 and "127.0.0.1:9" in bad.stderr and "Traceback" not in bad.stderr
-
-
-def _web_pod_review(uid: str) -> dict:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop",
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "generateName": "web-59c6b7d8f4-",
-                    "namespace": "shop",
-                    "labels": {"app": "web", "pod-template-hash": "59c6b7d8f4"},
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "apps/v1",
-                            "kind": "ReplicaSet",
-                            "name": "web-59c6b7d8f4",
-                            "uid": "1",
-                            "controller": True,
-                        }
-                    ],
-                },
-                "spec": {"containers": [{"name": "web", "image": "nginx"}]},
-            },
-        },
-    }
 
 
 def test_two_replicas_give_the_same_answer(prom, tmp_path):
@@ -261,13 +267,13 @@ def test_two_replicas_give_the_same_answer(prom, tmp_path):
                     eventually(
                         lambda http=http, proc=proc: http.get(f"{proc.url}/readyz").status_code == 200, 30
                     )
-                    resp = http.post(f"{proc.url}/mutate", json=_web_pod_review("u1")).json()["response"]
+                    resp = http.post(f"{proc.url}/mutate", json=web_review()).json()["response"]
                     answers.append(resp)
     assert answers[0]["patch"] == answers[1]["patch"]
     import base64
 
     patch = json.loads(base64.b64decode(answers[0]["patch"]))
-    pod = jsonpatch.apply_patch(_web_pod_review("u1")["request"]["object"], patch)
+    pod = jsonpatch.apply_patch(web_review()["request"]["object"], patch)
     assert pod["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"].startswith("observed")
     proxy = next(
         c for c in pod["spec"]["initContainers"] + pod["spec"]["containers"] if c["name"] == "mesh-proxy"

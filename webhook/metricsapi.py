@@ -31,15 +31,15 @@ from webhook.usage import parse_timestamp
 from webhook.workload import WorkloadKey, workload_key
 
 _DECODER = json.JSONDecoder()
-_ITEMS = re.compile(rb'"items"\s*:\s*\[')
+_ITEMS = re.compile(r'"items"\s*:\s*\[')
 
 
 def list_items(data: bytes) -> Iterator[dict[str, Any]]:
     """The ``items`` of a Kubernetes list, decoded one at a time: a list of 10,000
     PodMetrics never exists as one tree of objects (that alone took ~60 MB)."""
-    match = _ITEMS.search(data)
     text = data.decode("utf-8")
-    if match is None or not text.isascii():  # unusual layout: decode it whole
+    match = _ITEMS.search(text)
+    if match is None:  # an unusual layout: decode it whole
         yield from (orjson.loads(data).get("items") or [])
         return
     pos = match.end()
