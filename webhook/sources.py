@@ -113,7 +113,10 @@ class PollingUsage(UsageSource):
         return self._summaries
 
     def age_seconds(self) -> float:
-        return 0.0 if not self.last_success else max(0.0, time.time() - self.last_success)
+        """Since the last successful read; before the first one, since the start."""
+        if self.last_success:
+            return max(0.0, time.time() - self.last_success)
+        return 0.0 if self._started is None else time.monotonic() - self._started
 
     def aligned(self, t: float) -> float:
         """The last grid point whose data is complete at ``t``."""
@@ -133,7 +136,14 @@ class PollingUsage(UsageSource):
         failures = 0
         while not self._stop.is_set():
             try:
+                started = time.monotonic()
                 self.once()
+                if not self._ready:
+                    stats = self.history.stats()
+                    log.info(
+                        f"usage from {self.name}: first read in {time.monotonic() - started:.1f}s, "
+                        f"{stats.readings} readings, {len(self._summaries)} workloads with usage"
+                    )
                 self._ready = True
                 if failures:
                     log.info(f"usage from {self.name}: reading again after {failures} failed reads")
