@@ -137,7 +137,7 @@ class Informer:
         *,
         stop: threading.Event,
         on_change: Callable[[], None] = lambda: None,
-        key: Callable[[Mapping[str, Any]], str] = lambda obj: _meta_key(obj),
+        key: Callable[[Mapping[str, Any]], str] = _meta_key,
         watch_timeout: int = 240,
     ) -> None:
         self.name = name
