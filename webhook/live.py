@@ -293,6 +293,8 @@ class LiveClusterView:
         }
         self.usage = usage
         self._version: KubeVersion | None = None
+        self._version_read = False  # the first read of the version was made (or failed)
+        self._built_with_version = False
         self._rebuild_interval = rebuild_interval
         self._version_refresh = version_refresh
         self._source = source or f"live cluster {api.configuration.host}"
@@ -310,7 +312,9 @@ class LiveClusterView:
         return self._snapshot
 
     def ready(self) -> bool:
-        cluster = all(inf.synced for inf in self._informers.values()) and self.rebuilds > 0
+        # the server version decides placement (native sidecars): a snapshot built before
+        # it was read would answer differently from a replica that has it
+        cluster = all(inf.synced for inf in self._informers.values()) and self._built_with_version
         return cluster and (self.usage is None or self.usage.ready())
 
     def stale_seconds(self, resource: str) -> float:
@@ -348,12 +352,16 @@ class LiveClusterView:
         while not self._stop.is_set():
             try:
                 version = server_version(self._api)
-                if version != self._version:
+                if version != self._version or not self._version_read:
                     self._version = version
+                    self._version_read = True
                     self._dirty.set()
                 wait = self._version_refresh
             except Exception as exc:  # keep the last known version; retry soon
-                log.warning(f"server version: {type(exc).__name__}: {str(exc)[:200]}")
+                log.warning(f"server version: {describe_error(exc)}")
+                if not self._version_read:  # serve without it rather than not at all
+                    self._version_read = True
+                    self._dirty.set()
                 wait = 5.0
             self._stop.wait(wait)
 
@@ -369,6 +377,7 @@ class LiveClusterView:
             self.rebuild()
 
     def rebuild(self) -> ClusterSnapshot:
+        version_read = self._version_read
         nodes: list[Node] = self._informers["nodes"].values()
         namespaces = dict(self._informers["namespaces"].values())
         services: list[Service] = self._informers["services"].values()
@@ -381,5 +390,6 @@ class LiveClusterView:
             source=self._source,
         )
         self._snapshot = snapshot  # one assignment: readers see the old or the new, never half
+        self._built_with_version = version_read
         self.rebuilds += 1
         return snapshot
