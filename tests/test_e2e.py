@@ -558,3 +558,85 @@ def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
             eventually(follows, timeout=30, every=0.5)
             assert create_cart()["spec"]["containers"][0]["resources"] == want.as_k8s()
             assert proc.stop() == 0
+
+
+def test_meshed_pods_are_watched_for_workloads_and_oom_kills(world, tmp_path):
+    """The metrics-API source's cache of meshed pods against the real API server: a pod the
+    webhook meshed (label selector on the injected label) maps to its Deployment, and an
+    OOM kill of its proxy written to the pod's status reaches the history. The PodMetrics
+    poll itself gets the API server's answer that metrics.k8s.io is not served here."""
+    from webhook.history import UsageHistory
+    from webhook.live import api_client
+    from webhook.metricsapi import MetricsApiUsage
+    from webhook.policy import load_policy
+    from webhook.workload import WorkloadKey
+
+    core = world["core"]
+    kubeconfig = str(WORKDIR / "kubeconfig")
+    with serve_process(world["certs"], "--kubeconfig", kubeconfig) as proc:
+        ctx = world["certs"].client_context()
+        eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
+        register_webhook(world, proc.url)
+        time.sleep(1)
+        owner = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": "api-58bc9d7f6",
+            "controller": True,
+            "uid": "6a1f1a36-0000-4000-8000-000000000003",
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"api-58bc9d7f6-{RUN}",
+                "ownerReferences": [owner],
+                "labels": {"app": "api", "pod-template-hash": "58bc9d7f6"},
+            },
+            "spec": {"containers": [{"name": "api", "image": "registry.example.com/api:1"}]},
+        }
+        pod = raw(core.create_namespaced_pod(SHOP, body, _preload_content=False))
+        assert "mesh-injector.io/interception" in pod["metadata"]["labels"]
+        plain = create_pod(core, PLAIN)  # not meshed: not watched
+
+        history = UsageHistory(load_policy().sizing)
+        usage = MetricsApiUsage(api_client(kubeconfig), history, interval=60)
+        usage.watch_pods()
+        try:
+            api = WorkloadKey(SHOP, "Deployment", "api")
+            eventually(lambda: usage.pods.get(f"{SHOP}/{pod['metadata']['name']}") == api, timeout=20)
+            assert usage.pods.get(f"{PLAIN}/{plain['metadata']['name']}") is None
+            now = time.time()
+            killed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 120))
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 100))
+            status = {
+                "status": {
+                    "containerStatuses": [
+                        {
+                            "name": "mesh-proxy",
+                            "ready": True,
+                            "restartCount": 1,
+                            "image": pod["spec"]["containers"][0]["image"],
+                            "imageID": "",
+                            "state": {"running": {"startedAt": started}},
+                            "lastState": {
+                                "terminated": {
+                                    "exitCode": 137,
+                                    "reason": "OOMKilled",
+                                    "startedAt": killed,
+                                    "finishedAt": killed,
+                                }
+                            },
+                        }
+                    ]
+                }
+            }
+            core.patch_namespaced_pod_status(pod["metadata"]["name"], SHOP, status, _preload_content=False)
+            history.add(api, now, 0.1, 64 * 2**20)  # a reading, as a poll would add
+            eventually(lambda: history.summaries(now)[api].oom_recent, timeout=20)
+            with pytest.raises(client.ApiException) as err:
+                usage.poll(now)
+            assert err.value.status == 404
+        finally:
+            usage.stop()
+        assert proc.stop() == 0
