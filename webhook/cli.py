@@ -8,7 +8,6 @@ the file and the problem.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -21,7 +20,7 @@ import yaml
 from webhook import __version__
 from webhook.admission import admit
 from webhook.certs import CertError
-from webhook.cluster import ClusterSnapshot, Memo
+from webhook.cluster import ClusterSnapshot
 from webhook.live import ClusterAccessError
 from webhook.loading import (
     InputError,
@@ -90,12 +89,9 @@ def _snapshot(args: argparse.Namespace, policy: Policy, now: float) -> ClusterSn
         kubeconfig=args.kubeconfig,
     )
     if args.prometheus:
-        snapshot = dataclasses.replace(
-            snapshot,
+        snapshot = snapshot.derive(
             usage=prometheus_summaries(args.prometheus, policy.sizing, now),
             source=f"{snapshot.source}; usage: {args.prometheus}",
-            memo=Memo(),
-            outcomes=Memo(limit=256),
         )
     return snapshot
 

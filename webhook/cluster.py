@@ -107,6 +107,11 @@ class ClusterSnapshot:
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
     outcomes: Memo = field(default_factory=lambda: Memo(limit=256), compare=False, repr=False)
 
+    def derive(self, **changes: Any) -> ClusterSnapshot:
+        """A copy with ``changes``; its memos start empty (what they hold was derived from
+        this snapshot's state, not the copy's)."""
+        return replace(self, **changes, memo=Memo(), outcomes=Memo(limit=256))
+
 
 class ClusterView(Protocol):
     """Anything that can hand the admission path the current snapshot without I/O."""
@@ -211,15 +216,12 @@ def with_kernel(snapshot: ClusterSnapshot, kernel: str) -> ClusterSnapshot:
         nodes = [Node(name="assumed-node", labels={}, kernel=kernel, kubelet=kubelet)]
     groups, identity = group_nodes(nodes)
     index, group_of = _indexes(groups, identity)
-    return replace(
-        snapshot,
+    return snapshot.derive(
         nodes={n.name: n for n in nodes},
         groups=groups,
         identity_labels=identity,
         identity_index=index,
         group_of=group_of,
-        memo=Memo(),
-        outcomes=Memo(limit=256),
     )
 
 

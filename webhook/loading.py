@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import yaml
 
 from webhook.cluster import (
     ClusterSnapshot,
-    Memo,
     SnapshotError,
     build_snapshot,
     snapshot_from_objects,
@@ -175,10 +173,7 @@ def _infer_server_version(snapshot: ClusterSnapshot) -> ClusterSnapshot:
     if not versions:
         return snapshot
     newest = max(versions)
-    return replace(
-        snapshot,
-        memo=Memo(),
-        outcomes=Memo(limit=256),
+    return snapshot.derive(
         server_version=newest,
         source=f"{snapshot.source}; server version {newest} inferred from the newest kubelet",
     )

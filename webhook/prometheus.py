@@ -85,7 +85,6 @@ class PrometheusUsage(PollingUsage):
         lag: float = 60.0,
         max_points: int = 50_000,
         timeout: float = 60.0,
-        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(history, step)
         if step < 1 or step != int(step):
@@ -94,7 +93,6 @@ class PrometheusUsage(PollingUsage):
         self.lag = lag
         self.max_points = max_points
         self.timeout = timeout
-        self.headers = dict(headers or {})
         self.done_until: float | None = None
         self.unmatched = 0
         self.queries = 0
@@ -106,7 +104,7 @@ class PrometheusUsage(PollingUsage):
         req = urllib.request.Request(
             f"{self.url}{path}",
             data=body,
-            headers={"Content-Type": "application/x-www-form-urlencoded", **self.headers},
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         self.queries += 1
         try:

@@ -12,14 +12,13 @@ summaries of the snapshot it was handed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from webhook.cluster import ClusterSnapshot, Memo
+from webhook.cluster import ClusterSnapshot
 from webhook.errors import describe_error
 from webhook.history import UsageHistory
 from webhook.memory import release_free_memory
@@ -85,7 +84,6 @@ class PollingUsage(UsageSource):
         self._started: float | None = None
         self.ready_after = 60.0
         self.last_success = 0.0
-        self.polls = 0
         self.failures = 0
 
     # implemented by each source: read everything up to the grid point ``until``
@@ -128,7 +126,6 @@ class PollingUsage(UsageSource):
         self.poll(until)
         self._summaries = self.history.summaries(until)
         release_free_memory()
-        self.polls += 1
         self.last_success = time.time()
         return self._summaries
 
@@ -171,13 +168,7 @@ class UsageRefreshingView:
         self._snapshot = self._with_usage()
 
     def _with_usage(self) -> ClusterSnapshot:
-        return dataclasses.replace(
-            self._base,
-            usage=dict(self.usage.summaries()),
-            built_at=time.time(),
-            memo=Memo(),
-            outcomes=Memo(limit=256),
-        )
+        return self._base.derive(usage=dict(self.usage.summaries()), built_at=time.time())
 
     def start(self) -> None:
         self.usage.start(self._refresh)
