@@ -63,7 +63,9 @@ def to_ms(text: str) -> float:
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
-def wrk(url: str, lua: Path, connections: int, seconds: int) -> dict[str, float]:
+def wrk(
+    url: str, lua: Path, connections: int, seconds: int, *, refusals_ok: bool = False, timeout: int = 2
+) -> dict[str, float]:
     out = subprocess.run(
         [
             "wrk",
@@ -74,6 +76,8 @@ def wrk(url: str, lua: Path, connections: int, seconds: int) -> dict[str, float]
             "-d",
             f"{seconds}s",
             "--latency",
+            "--timeout",
+            f"{timeout}s",
             "-s",
             str(lua),
             url,
@@ -86,9 +90,11 @@ def wrk(url: str, lua: Path, connections: int, seconds: int) -> dict[str, float]
     lat = {p: to_ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "99")}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    if errors or socket_errors:
+    if socket_errors or (errors and not refusals_ok):
         raise RuntimeError(f"wrk saw errors: {out}")
-    return {"rps": rps, "p50": lat["50"], "p99": lat["99"]}
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    refused = int(errors.group(1)) if errors else 0
+    return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "requests": total, "refused": refused}
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from webhook.cluster import ClusterSnapshot
+from webhook.cluster import ClusterSnapshot, outcome_cost
 from webhook.inject import (
     PREFIX,
     Plan,
@@ -332,7 +332,7 @@ def admit(
             return hit[1]
     outcome = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
     if key is not None:
-        snapshot.outcomes.put(key, (policy, outcome))
+        snapshot.outcomes.put(key, (policy, outcome), outcome_cost(len(key)))
     return outcome
 
 

@@ -28,31 +28,60 @@ WELL_KNOWN_IDENTITY_LABELS = frozenset({"kubernetes.io/hostname"})
 
 
 class Memo:
-    """A bounded cache of values derived from one immutable snapshot.
+    """A cache of values derived from one immutable snapshot, bounded in count and in bytes.
 
     Pods of one workload share their scheduling constraints, and a ReplicaSet's pods reach
     the webhook byte-identical, so eligibility and whole outcomes repeat. Entries are pure
-    functions of the snapshot and their key. When full, the oldest entry goes: one at a
-    time, so no request pays for freeing the whole cache at once (it showed in p99).
+    functions of the snapshot and their key. Each entry states its cost in bytes (what it
+    keeps alive); one over ``max_entry`` is not kept at all, so a few huge pods cannot pin
+    memory, and the oldest entries go until the total fits ``max_bytes`` and ``limit``: one
+    at a time, so no request pays for freeing the whole cache at once (it showed in p99).
     """
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = 4096, *, max_bytes: int = 8 << 20, max_entry: int = 64 << 10) -> None:
         self.limit = limit
-        self._data: dict[Hashable, object] = {}
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry
+        self.bytes = 0
+        self._data: dict[Hashable, tuple[object, int]] = {}
 
     def get(self, key: Hashable) -> object:
-        return self._data.get(key)
+        hit = self._data.get(key)
+        return None if hit is None else hit[0]
 
-    def put(self, key: Hashable, value: object) -> None:
-        if len(self._data) >= self.limit:
-            del self._data[next(iter(self._data))]  # dicts keep insertion order: FIFO
-        self._data[key] = value
+    def put(self, key: Hashable, value: object, cost: int) -> None:
+        if cost > self.max_entry or key in self._data:
+            return
+        data = self._data
+        while data and (len(data) >= self.limit or self.bytes + cost > self.max_bytes):
+            self.bytes -= data.pop(next(iter(data)))[1]  # dicts keep insertion order: FIFO
+        data[key] = (value, cost)
+        self.bytes += cost
 
     def clear(self) -> None:
         self._data.clear()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+# What a memoised outcome keeps alive: the received pod parsed (several times its JSON in
+# dicts and short strings) plus a fixed part (explanation, patch list, warnings). Measured
+# 5-7x plus ~15 KiB on pod specs; tests/test_hostile.py checks it is not an under-estimate.
+OUTCOME_COST_FACTOR = 10
+OUTCOME_FIXED_COST = 16 << 10
+
+
+def outcome_cost(key_bytes: int) -> int:
+    return key_bytes * OUTCOME_COST_FACTOR + OUTCOME_FIXED_COST
+
+
+def outcome_memo() -> Memo:
+    """Whole outcomes keep the received pod alive (the mutated pod shares its parts), so they
+    are costed from the pod's JSON size: 256 typical pods fit, a pod over 64 KiB of JSON is
+    never kept, and the memo never holds more than ~16 MiB however large or varied the pods."""
+    return Memo(limit=256, max_bytes=16 << 20, max_entry=outcome_cost(64 << 10))
 
 
 class SnapshotError(ValueError):
@@ -105,12 +134,12 @@ class ClusterSnapshot:
     # scheduling constraints (small entries), and whole outcomes of recent pods (large
     # entries, so few: a rollout's identical pods arrive together).
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
-    outcomes: Memo = field(default_factory=lambda: Memo(limit=256), compare=False, repr=False)
+    outcomes: Memo = field(default_factory=outcome_memo, compare=False, repr=False)
 
     def derive(self, **changes: Any) -> ClusterSnapshot:
         """A copy with ``changes``; its memos start empty (what they hold was derived from
         this snapshot's state, not the copy's)."""
-        return replace(self, **changes, memo=Memo(), outcomes=Memo(limit=256))
+        return replace(self, **changes, memo=Memo(), outcomes=outcome_memo())
 
 
 class ClusterView(Protocol):

@@ -99,7 +99,12 @@ class Metrics:
                 self.admissions.labels(outcome, mode)
         for skip in Skip:
             self.skips.labels(skip.value)
-        for code in ("400", "405", "408", "413", "415"):
+        self.body_bytes = Gauge(
+            "mesh_injector_request_body_bytes_in_flight",
+            "Bytes of admission request bodies held at this moment (bounded by the body budget)",
+            registry=r,
+        )
+        for code in ("400", "405", "408", "413", "415", "503"):
             self.rejected.labels(code)
 
     def count(self, outcome: str, mode: str, skip: str | None, seconds: float) -> None:

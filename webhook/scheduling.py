@@ -240,7 +240,7 @@ def eligible_nodes(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligib
             return hit
     result = _eligible(snapshot, spec)
     if key is not None:
-        snapshot.memo.put(key, result)
+        snapshot.memo.put(key, result, len(key) + 1024)  # an Eligibility is well under 1 KiB
     return result
 
 

@@ -12,10 +12,8 @@ import gc
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,13 +29,14 @@ from webhook.cluster import ClusterView, StaticClusterView
 from webhook.history import UsageHistory
 from webhook.live import RESOURCES, ClusterAccessError, LiveClusterView, api_client
 from webhook.loading import load_snapshot
+from webhook.memory import Trimmer, tune_allocator
 from webhook.metrics import Metrics
 from webhook.metricsapi import MetricsApiUsage
 from webhook.policy import Policy, load_policy
 from webhook.prometheus import PrometheusUsage
-from webhook.server import AppState, create_app
+from webhook.server import MAX_IN_FLIGHT, AppState, BodyBudget, create_app
 from webhook.sources import FileUsage, UsageRefreshingView, UsageSource
-from webhook.tls import ReloadingTLS
+from webhook.tls import MemoryFiles, ReloadingTLS
 
 ENV = {
     "host": ("MESH_INJECTOR_HOST", "0.0.0.0"),
@@ -83,12 +82,14 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _self_signed(port: int) -> tuple[Path, Path, Path, Path]:
-    """An in-memory-only CA and certificate for trying the server out (private temp dir)."""
-    tmp = Path(tempfile.mkdtemp(prefix="mesh-injector-"))
+def _self_signed() -> MemoryFiles:
+    """A throwaway CA and serving certificate for trying the server out, in memory only."""
     names = ["localhost", *service_names("mesh-injector", "mesh-injector")]
-    paths = write_bundle(generate(dns=names, ips=["127.0.0.1", "::1"], days=30), tmp)
-    return tmp, paths[0], paths[2], paths[3]
+    bundle = generate(dns=names, ips=["127.0.0.1", "::1"], days=30)
+    try:
+        return MemoryFiles({"ca.crt": bundle.ca_cert, "tls.crt": bundle.cert, "tls.key": bundle.key})
+    except OSError as exc:
+        raise CertError(f"no in-memory certificate here ({exc})") from None
 
 
 class PromptCloseH11(H11Protocol):
@@ -152,6 +153,7 @@ def _usage_source(
 
 def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
+    tune_allocator()
     log = logging.getLogger("mesh_injector.serve")
     policy = load_policy(args.policy)
     policy_loaded = time.time()
@@ -202,15 +204,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if usage is not None:
         source += f"; usage: {usage.name}"
 
-    scratch: Path | None = None
+    scratch: MemoryFiles | None = None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CertError("--tls-cert and --tls-key go together")
     if args.tls_cert:
         cert, key = Path(args.tls_cert), Path(args.tls_key)
     else:
-        scratch, ca, cert, key = _self_signed(args.port)
+        scratch = _self_signed()
+        cert, key = scratch.paths["tls.crt"], scratch.paths["tls.key"]
         print(
-            f"mesh-injector: no --tls-cert given; serving a self-signed certificate. CA bundle: {ca}",
+            "mesh-injector: no --tls-cert given; serving a self-signed certificate held in memory "
+            f"(valid while this server runs). CA bundle: {scratch.public['ca.crt']}",
             flush=True,
         )
     try:
@@ -230,11 +234,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics.cache_stale.labels(resource).set_function(
             (lambda r=resource: live.stale_seconds(r)) if live is not None else (lambda: 0.0)
         )
+    budget = BodyBudget(args.body_budget_mib * 1024 * 1024)
+    metrics.body_bytes.set_function(lambda: budget.used)
+    trimmer = Trimmer()
     state = AppState(
         cluster=view,
         policy=policy,
         metrics=metrics,
         read_timeout=args.read_timeout,
+        budget=budget,
+        trim=trimmer.poke,
         ready=live.ready if live is not None else (refreshing.ready if refreshing else (lambda: True)),
     )
     app = create_app(state)
@@ -244,6 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app, tls, host=args.host, port=args.port, keep_alive=args.keep_alive, grace=args.grace
     )
     tls.start()
+    trimmer.start()
     if live is not None:
         live.start()  # /readyz answers 503 until nodes, namespaces and Services are listed
     if refreshing is not None:
@@ -270,6 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.run()
     finally:
         tls.stop()
+        trimmer.stop()
         if live is not None:
             live.stop()
         if refreshing is not None:
@@ -279,7 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if isinstance(metrics_server, tuple):
             metrics_server[0].shutdown()
         if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.close()
     return 0
 
 
@@ -406,6 +417,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=10.0,
         metavar="SECONDS",
         help="longest time a client may take to send its request body",
+    )
+    p.add_argument(
+        "--body-budget-mib",
+        type=int,
+        default=MAX_IN_FLIGHT // (1024 * 1024),
+        metavar="MIB",
+        help="request bodies held at once over all connections; a large review over it gets 503 "
+        "with Retry-After (bodies up to 64 KiB always pass) (default: %(default)s)",
     )
     p.add_argument("--keep-alive", type=int, default=30, metavar="SECONDS", help="idle keep-alive timeout")
     p.add_argument(

@@ -4,6 +4,8 @@ Error families at the edge, in one place:
 
     not JSON content type                      -> 415
     body over the limit (declared or streamed)  -> 413, the rest is not read
+    bodies in flight over the byte budget       -> 503 with Retry-After (the API server
+                                                   retries or applies failurePolicy)
     body not received within the read timeout   -> 408
     not JSON / not an AdmissionReview / no uid  -> 400   (the API server sees a webhook failure)
     the core raised on this pod                 -> 200, allowed, no patch, a warning, counted as error
@@ -32,14 +34,44 @@ from webhook.policy import Policy
 from webhook.review import ReviewError, build_response, failure_response, parse_review
 
 MAX_BODY = 3 * 1024 * 1024
+MAX_IN_FLIGHT = 24 * 1024 * 1024
+SMALL_BODY = 64 * 1024  # a typical pod review is 3-10 KiB
+TRIM_AFTER = 1024 * 1024
 log = logging.getLogger("mesh_injector.admission")
 
 
 class RequestRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, over all connections.
+
+    Bodies are held from their first byte until the answer is sent (the parsed review lives
+    that long too), so this bounds what large reviews can pin whatever the number of
+    clients. A body of at most ``small`` bytes is always taken: normal pods are never
+    refused because of a flood of huge ones, and there can only be as many of them as there
+    are connections. Everything runs on the event loop, so no lock is needed.
+    """
+
+    def __init__(self, limit: int = MAX_IN_FLIGHT, *, small: int = SMALL_BODY) -> None:
+        self.limit = limit
+        self.small = small
+        self.used = 0
+
+    def take(self, n: int, total: int) -> bool:
+        """Reserve ``n`` more bytes for a body that is ``total`` bytes so far."""
+        if total > self.small and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
 
 
 @dataclass(kw_only=True)
@@ -51,10 +83,25 @@ class AppState:
     read_timeout: float = 10.0
     admit_fn: Callable[..., Outcome] = admit
     ready: Callable[[], bool] = lambda: True
+    budget: BodyBudget = field(default_factory=BodyBudget)
+    trim: Callable[[], None] = lambda: None  # called after a large body was let go
 
 
-async def read_limited(request: Request, limit: int, timeout: float) -> bytes:
+def _busy(budget: BodyBudget) -> RequestRefused:
+    return RequestRefused(
+        503,
+        f"request bodies in flight are at the {budget.limit}-byte budget; retry",
+        {"Retry-After": "1"},
+    )
+
+
+async def read_limited(
+    request: Request, limit: int, timeout: float, budget: BodyBudget
+) -> tuple[bytearray, int]:
+    """The body in one buffer (no list of chunks joined into a second copy) and the bytes
+    reserved for it in ``budget``, which the caller gives back once the answer is sent."""
     declared = request.headers.get("content-length")
+    held = 0
     if declared is not None:
         try:
             size = int(declared)
@@ -62,27 +109,36 @@ async def read_limited(request: Request, limit: int, timeout: float) -> bytes:
             raise RequestRefused(400, "Content-Length is not a number") from None
         if size > limit:
             raise RequestRefused(413, f"body of {size} bytes is over the {limit}-byte limit")
-    chunks: list[bytes] = []
-    received = 0
+        if not budget.take(size, size):
+            raise _busy(budget)
+        held = size
+    body = bytearray()
 
     async def _read() -> None:
-        nonlocal received
+        nonlocal held
         async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
+            body.extend(chunk)
+            if len(body) > limit:
                 raise RequestRefused(413, f"body is over the {limit}-byte limit")
-            chunks.append(chunk)
+            if len(body) > held:  # streamed without (or beyond) a Content-Length
+                if not budget.take(len(body) - held, len(body)):
+                    raise _busy(budget)
+                held = len(body)
 
     try:
         async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
             await _read()
     except TimeoutError:
+        budget.give(held)
         raise RequestRefused(408, f"body not received within {timeout:g}s") from None
-    return b"".join(chunks)
+    except BaseException:
+        budget.give(held)
+        raise
+    return body, held
 
 
-def _json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _log_line(review_request: dict[str, Any], outcome: Outcome | None, result: str, seconds: float) -> bytes:
@@ -108,39 +164,54 @@ def create_app(state: AppState) -> FastAPI:
     app = FastAPI(title="mesh-injector", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = state.metrics
 
+    async def read_review(request: Request) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """(review, its request, bytes held in the budget); the raw body is gone on return."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise RequestRefused(415, f"content type {ctype or 'none'!r} is not application/json")
+        body, held = await read_limited(request, state.max_body, state.read_timeout, state.budget)
+        try:
+            review = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            state.budget.give(held)
+            raise RequestRefused(400, f"body is not JSON: {exc}") from None
+        del body
+        try:
+            return review, parse_review(review), held
+        except ReviewError as exc:
+            state.budget.give(held)
+            raise RequestRefused(400, str(exc)) from None
+
     async def mutate(request: Request) -> Response:
         try:
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype != "application/json":
-                raise RequestRefused(415, f"content type {ctype or 'none'!r} is not application/json")
-            body = await read_limited(request, state.max_body, state.read_timeout)
-            try:
-                review = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise RequestRefused(400, f"body is not JSON: {exc}") from None
-            try:
-                review_request = parse_review(review)
-            except ReviewError as exc:
-                raise RequestRefused(400, str(exc)) from None
+            review, review_request, held = await read_review(request)
         except RequestRefused as refused:
             metrics.rejected.labels(str(refused.status)).inc()
-            return _json({"error": refused.message}, refused.status)
+            return _json({"error": refused.message}, refused.status, refused.headers)
+        try:
+            return answer(review, review_request)
+        finally:
+            del review, review_request
+            state.budget.give(held)
+            if held >= TRIM_AFTER:
+                state.trim()
 
+    def answer(review: dict[str, Any], review_request: dict[str, Any]) -> Response:
         start = time.perf_counter()
         outcome: Outcome | None = None
         try:
             outcome = state.admit_fn(review_request, state.cluster.snapshot(), state.policy)
-            answer = build_response(review, outcome)
+            body = build_response(review, outcome)
             result, mode = outcome.result, outcome.mode.value if outcome.mode else "none"
         except Exception as exc:  # one pod's failure must never block pod creation
             log.exception("admission failed for uid %s; allowing the pod unmeshed", review_request.get("uid"))
-            answer = failure_response(review, review_request["uid"], type(exc).__name__)
+            body = failure_response(review, review_request["uid"], type(exc).__name__)
             outcome, result, mode = None, "error", "none"
         seconds = time.perf_counter() - start
         metrics.count(result, mode, outcome.skip.value if outcome and outcome.skip else None, seconds)
         if review_request.get("dryRun") is not True:
             log.info(_log_line(review_request, outcome, result, seconds).decode())
-        return _json(answer)
+        return _json(body)
 
     async def healthz(request: Request) -> Response:
         return _json({"status": "ok"})

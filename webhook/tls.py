@@ -6,24 +6,65 @@ handshake the *current* context. A background thread polls the certificate and k
 in a freshly built context once both files load and match. Established connections keep
 the certificate they were handshaken with; nothing is dropped. A half-written or
 mismatched pair is ignored and retried at the next poll.
+
+TLS 1.2 is the floor and, under 1.3, only forward-secret AEAD suites are offered (ECDHE
+with AES-GCM or ChaCha20-Poly1305, for ECDSA and RSA certificates alike): no CBC, no
+static RSA key exchange. The API server (Go's crypto/tls) negotiates 1.3 or these.
+
+The embedded default certificate (``serve`` without ``--tls-cert``) never touches a disk:
+its files are anonymous memory files (``memfd_create``), reachable as
+``/proc/<pid>/fd/<n>`` only while the server runs, and gone with it, however it ends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import ssl
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from webhook.certs import not_after
 
 log = logging.getLogger("mesh_injector.tls")
 
+# OpenSSL cipher string for TLS 1.2 (1.3 suites are all AEAD and configured apart).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+class MemoryFiles:
+    """Files that live in memory only, for as long as this object (and the process) does.
+
+    ``paths[name]`` opens the file from this process; ``public[name]`` from another process
+    of the same user (``curl --cacert``). Nothing is ever written to a file system, so a
+    crash or SIGKILL leaves no private key behind and no path that outlives the process.
+    """
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        if not hasattr(os, "memfd_create"):
+            raise OSError("this platform has no memfd_create: give --tls-cert and --tls-key")
+        self._fds: list[int] = []
+        self.paths: dict[str, Path] = {}
+        self.public: dict[str, Path] = {}
+        for name, content in files.items():
+            fd = os.memfd_create(f"mesh-injector-{name}")
+            self._fds.append(fd)
+            os.write(fd, content)
+            self.paths[name] = Path(f"/proc/self/fd/{fd}")
+            self.public[name] = Path(f"/proc/{os.getpid()}/fd/{fd}")
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
 
 def _context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx

@@ -1,0 +1,253 @@
+"""Memory, keys and ciphers under hostile load: bounded caches, the body budget, no private
+key on disk, and TLS 1.2 limited to AEAD suites."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import ssl
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.servers import make_certs, serve_process, thread_server
+from webhook.admission import _outcome_key, admit
+from webhook.cluster import Memo, StaticClusterView, build_snapshot, outcome_cost, outcome_memo
+from webhook.loading import load_snapshot
+from webhook.policy import load_policy
+from webhook.server import AppState, BodyBudget
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = json.loads((REPO / "examples" / "review.json").read_text())
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def review_with(seq: str, env: int = 0) -> dict:
+    review = copy.deepcopy(EXAMPLE)
+    review["request"]["uid"] = f"uid-{seq}"
+    pod = review["request"]["object"]
+    pod["metadata"]["generateName"] = f"app-{seq}-"
+    pod["metadata"]["labels"]["seq"] = seq
+    pod["spec"]["containers"][0]["env"] = [{"name": f"V{i:06d}", "value": "x" * 40} for i in range(env)]
+    return review
+
+
+# --- caches bounded in bytes -------------------------------------------------------------
+
+
+def test_memo_is_bounded_in_count_and_bytes_and_drops_the_oldest_first():
+    memo = Memo(limit=4, max_bytes=1000, max_entry=400)
+    for i in range(3):
+        memo.put(i, f"v{i}", 300)
+    assert len(memo) == 3 and memo.bytes == 900
+    memo.put(3, "v3", 300)  # 1200 > 1000: the oldest goes
+    assert memo.get(0) is None and memo.get(3) == "v3" and memo.bytes == 900
+    memo.put("huge", "v", 401)  # over max_entry: never kept, nothing evicted for it
+    assert memo.get("huge") is None and len(memo) == 3 and memo.bytes == 900
+    for i in range(10, 20):
+        memo.put(i, i, 1)
+    assert len(memo) == 4 and memo.bytes == 4  # the count limit holds too
+
+
+def test_outcome_cost_is_not_an_under_estimate():
+    """What a memoised outcome keeps alive (the received pod, parsed; the mutated one that
+    shares its parts; the explanation; the memo's key), measured with tracemalloc."""
+    policy = load_policy()
+    snapshot = load_snapshot(policy=policy, now=0, cluster=str(REPO / "examples" / "cluster.yaml"))
+    admit(review_with("warm", 3)["request"], snapshot, policy)  # lazy caches filled outside the count
+    for env in (0, 40, 400):
+        raw = orjson.dumps(review_with(f"m{env}", env))
+        memo_before = snapshot.outcomes.bytes
+        tracemalloc.start()
+        try:
+            review = orjson.loads(raw)
+            outcome = admit(review["request"], snapshot, policy)
+            del review
+            kept, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert outcome.injected
+        costed = snapshot.outcomes.bytes - memo_before
+        assert costed == outcome_cost(len(_outcome_key(orjson.loads(raw)["request"], False)))
+        assert kept < costed, (env, kept, costed)
+
+
+def test_distinct_large_pods_never_pin_memory_in_the_outcome_memo():
+    policy = load_policy()
+    snapshot = load_snapshot(policy=policy, now=0, cluster=str(REPO / "examples" / "cluster.yaml"))
+    large = review_with("big", env=2000)  # ~120 KiB of JSON
+    assert admit(large["request"], snapshot, policy).injected
+    assert len(snapshot.outcomes) == 0  # over the per-entry bound: decided, not kept
+    for i in range(400):
+        admit(review_with(str(i))["request"], snapshot, policy)
+    memo = snapshot.outcomes
+    assert len(memo) == 256 and memo.bytes <= memo.max_bytes
+    assert outcome_memo().max_bytes <= 16 << 20
+
+
+# --- the body budget over the network ------------------------------------------------------
+
+
+def _tls(certs, url: str) -> ssl.SSLSocket:
+    port = int(url.rsplit(":", 1)[1])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return certs.client_context().wrap_socket(raw, server_hostname="localhost")
+
+
+def _response(sock: ssl.SSLSocket) -> tuple[int, bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a response"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(
+        next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")).split(b":")[1]
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split(b" ", 2)[1]), head, rest
+
+
+def test_body_budget_refuses_large_bodies_with_retry_after_and_always_passes_small_ones(certs):
+    state = AppState(
+        cluster=StaticClusterView(build_snapshot()),
+        policy=load_policy(),
+        budget=BodyBudget(1024 * 1024),
+        read_timeout=5,
+    )
+    big = orjson.dumps(review_with("held", env=12000))  # ~700 KiB
+    other = orjson.dumps(review_with("other", env=6000))  # ~350 KiB
+    with thread_server(state, certs) as url:
+        held = _tls(certs, url)
+        held.sendall(
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(big)}\r\n\r\n".encode()
+            + big[:1000]
+        )
+        deadline = time.monotonic() + 5
+        while state.budget.used != len(big):
+            assert time.monotonic() < deadline, state.budget.used
+            time.sleep(0.02)
+        with httpx.Client(base_url=url, verify=certs.client_context(), timeout=10) as client:
+            refused = client.post("/mutate", content=other, headers=JSON)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert "budget" in refused.json()["error"]
+
+            def streamed():  # no Content-Length: refused once it grows over the budget
+                for i in range(0, len(other), 65536):
+                    yield other[i : i + 65536]
+
+            assert client.post("/mutate", content=streamed(), headers=JSON).status_code == 503
+            small = client.post("/mutate", content=orjson.dumps(EXAMPLE), headers=JSON)
+            assert small.status_code == 200 and small.json()["response"]["uid"] == EXAMPLE["request"]["uid"]
+            held.sendall(big[1000:])
+            status, _, body = _response(held)
+            assert status == 200 and orjson.loads(body)["response"]["uid"] == "uid-held"
+            held.close()
+            assert state.budget.used == 0  # everything given back
+            accepted = client.post("/mutate", content=other, headers=JSON)
+            assert accepted.status_code == 200 and accepted.json()["response"]["uid"] == "uid-other"
+        assert state.budget.used == 0
+    counted = state.metrics.registry.get_sample_value("mesh_injector_bad_requests_total", {"code": "503"})
+    assert counted == 2
+
+
+# --- TLS suites -------------------------------------------------------------------------
+
+AEAD = {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305"}
+
+
+def _handshake(certs, port: int, *, ciphers: str | None = None, version: ssl.TLSVersion) -> str | None:
+    ctx = certs.client_context()
+    ctx.minimum_version = ctx.maximum_version = version
+    if ciphers is not None:
+        ctx.set_ciphers(ciphers)
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as s,
+        ):
+            return s.cipher()[0]
+    except (ssl.SSLError, ConnectionResetError):
+        return None
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_tls12_offers_only_aead_suites_and_tls13_is_unchanged(certs):
+    state = AppState(cluster=StaticClusterView(build_snapshot()), policy=load_policy())
+    with thread_server(state, certs) as url:
+        port = int(url.rsplit(":", 1)[1])
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        probe.set_ciphers("ALL:@SECLEVEL=0")
+        tls12 = {c["name"] for c in probe.get_ciphers() if c["protocol"] == "TLSv1.2"}
+        # every suite this OpenSSL knows for TLS 1.2 and an EC key, tried one at a time
+        candidates = {
+            c for c in tls12 if "ECDSA" in c or not any(k in c for k in ("RSA", "DSS", "PSK", "SRP"))
+        }
+        assert {"ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384"} <= candidates
+        accepted = {
+            c
+            for c in sorted(candidates)
+            if _handshake(certs, port, ciphers=c, version=ssl.TLSVersion.TLSv1_2)
+        }
+        assert accepted == AEAD
+        assert _handshake(certs, port, version=ssl.TLSVersion.TLSv1_3) in {
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_AES_128_GCM_SHA256",
+            "TLS_CHACHA20_POLY1305_SHA256",
+        }
+        assert _handshake(certs, port, version=ssl.TLSVersion.TLSv1_1) is None
+
+
+# --- the embedded default certificate never on disk -------------------------------------
+
+
+def _tmp_entries() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("mesh-injector")}
+
+
+def test_embedded_certificate_keeps_no_private_key_on_disk_and_leaves_nothing_after_a_kill():
+    before = _tmp_entries()
+    started = time.time()
+    with serve_process(None) as proc:
+        line = next(ln for ln in proc.stdout.read_text().splitlines() if "CA bundle:" in ln)
+        ca = Path(line.split("CA bundle:")[1].strip())
+        assert str(ca).startswith(f"/proc/{proc.proc.pid}/fd/")
+        assert b"BEGIN CERTIFICATE" in ca.read_bytes()
+        r = httpx.post(proc.url + "/mutate", json=EXAMPLE, verify=ssl.create_default_context(cafile=str(ca)))
+        assert r.status_code == 200
+        fds = Path(f"/proc/{proc.proc.pid}/fd")
+        targets = {fd.name: os.readlink(fd) for fd in fds.iterdir()}
+        key_fds = [t for t in targets.values() if t.startswith("/memfd:mesh-injector-tls.key")]
+        assert len(key_fds) == 1, targets
+        for target in targets.values():  # no file on a file system holds a private key
+            if target.startswith("/") and not target.startswith(("/memfd:", "/dev/")):
+                path = Path(target)
+                if path.is_file() and path.stat().st_size < 1 << 20:
+                    assert b"PRIVATE KEY" not in path.read_bytes(), target
+        assert _tmp_entries() == before
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait(timeout=10)
+        assert not ca.exists()  # the path dies with the process
+    assert _tmp_entries() == before
+    for path in Path(tempfile.gettempdir()).rglob("*"):
+        try:
+            if path.is_file() and path.stat().st_mtime >= started and path.stat().st_size < 1 << 20:
+                assert b"PRIVATE KEY" not in path.read_bytes(), path
+        except OSError:
+            continue
