@@ -206,6 +206,7 @@ def main() -> None:
         def cold(req=request, snap=snap):
             snap.memo.clear()
             snap.outcomes.clear()  # first pod of a workload: nothing memoised yet
+            snap.templates.clear()
             return admit(req, snap, policy)
 
         def sibling(req=request, snap=snap, seq=counter):
@@ -230,6 +231,8 @@ def main() -> None:
                 f"admit {n:>5} nodes ({len(snap.groups):>3} groups{'!' if hetero else ' '}) {label:<30} "
                 f"p50 {p50 * 1e6:7.1f} us  p99 {p99 * 1e6:7.1f} us  ({p50 / b50:4.1f}x baseline)"
             )
+
+    stages(review, policy, args.calls)
 
     def workload(i: int, kind: str, spec: dict) -> dict:
         template = {"metadata": {"labels": {"app": f"app-{i}"}}, "spec": copy.deepcopy(spec)}
@@ -327,6 +330,53 @@ def main() -> None:
                 f"inject, 1,000 documents, {label} ({manifest.stat().st_size // 1024} KiB): "
                 f"{statistics.median(runs):.2f} s wall (median of 3)"
             )
+
+
+def stages(review: dict, policy, calls: int) -> None:
+    """Where a request's time goes on the server, for a distinct workload each time (what
+    the template memo serves) and for the very first pod of a template (a full decision)."""
+    import logging
+
+    from webhook.metrics import Metrics
+    from webhook.review import build_response
+    from webhook.server import _log_line
+
+    snap = build_snapshot(
+        nodes=make_nodes(500, random.Random(3)), namespaces={"shop": {"mesh-injector.io/inject": "enabled"}}
+    )
+    meta = review["request"]["object"]["metadata"]
+    meta["generateName"] = "checkout-__SEQ__-7d9c8b6f5-"
+    meta["labels"]["app"] = "checkout-__SEQ__"
+    meta["ownerReferences"][0]["name"] = "checkout-__SEQ__-7d9c8b6f5"
+    raw = orjson.dumps(review)
+    metrics = Metrics()
+    log = logging.getLogger("bench.admission")
+    log.addHandler(logging.NullHandler())
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    for label, fresh in (("a distinct workload (template memo)", False), ("first pod of a template", True)):
+        times: dict[str, list[float]] = {k: [] for k in ("parse", "decide", "serialise", "log", "metrics")}
+        for i in range(calls):
+            body = raw.replace(b"__SEQ__", str(i).encode())
+            if fresh:
+                snap.templates.clear()
+            t0 = time.perf_counter()
+            parsed = orjson.loads(body)
+            t1 = time.perf_counter()
+            out = admit(parsed["request"], snap, policy)
+            t2 = time.perf_counter()
+            orjson.dumps(build_response(parsed, out))
+            t3 = time.perf_counter()
+            log.info(_log_line(parsed["request"], out, out.result, t2 - t1).decode())
+            t4 = time.perf_counter()
+            metrics.count(out.result, out.mode.value if out.mode else "none", None, t2 - t1)
+            t5 = time.perf_counter()
+            for k, a, b in (("parse", t0, t1), ("decide", t1, t2), ("serialise", t2, t3), ("log", t3, t4)):
+                times[k].append(b - a)
+            times["metrics"].append(t5 - t4)
+        parts = ", ".join(f"{k} {statistics.median(v) * 1e6:.1f}" for k, v in times.items())
+        total = sum(statistics.median(v) for v in times.values()) * 1e6
+        print(f"request stages, {label}: {parts} us (sum of medians {total:.1f} us)")
 
 
 if __name__ == "__main__":

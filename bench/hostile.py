@@ -90,6 +90,8 @@ class NormalClient:
 
     def figures(self) -> str:
         lat = sorted(self.latencies)
+        if not lat:
+            return "none sent"
         p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000  # noqa: E731
         return f"{len(lat)} reviews, {self.failures} failed, p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms"
 
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--normal", type=int, default=5000)
     ap.add_argument("--limit-mib", type=int, default=256, help="the container limit to compare the peak with")
+    ap.add_argument("--no-trickle", action="store_true", help="no normal reviews during the flood")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -136,7 +139,8 @@ def main() -> None:
                     time.sleep(0.01)
 
             t = threading.Thread(target=trickle)
-            t.start()
+            if not args.no_trickle:
+                t.start()
             flood = wrk(
                 f"https://127.0.0.1:{port}/mutate",
                 d / "flood.lua",
@@ -146,7 +150,8 @@ def main() -> None:
                 timeout=30,
             )
             stop.set()
-            t.join()
+            if t.is_alive():
+                t.join()
             after_flood = status(server.pid)
             mib = (flood["requests"] - flood["refused"]) * len(big) / 2**20
             print(
@@ -155,6 +160,8 @@ def main() -> None:
                 f"{mib:.0f} MiB admitted; RSS at its end {after_flood['VmRSS']} MiB"
             )
             print(f"normal reviews during the flood: {during.figures()}")
+            time.sleep(2)
+            print(f"RSS 2 s after the flood: {status(server.pid)['VmRSS']} MiB")
             after = NormalClient(port, d / "ca.crt", normal)
             for _ in range(args.normal):
                 after.one()

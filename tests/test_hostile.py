@@ -19,8 +19,9 @@ import orjson
 import pytest
 
 from tests.servers import make_certs, serve_process, thread_server
-from webhook.admission import _outcome_key, admit
-from webhook.cluster import Memo, StaticClusterView, build_snapshot, outcome_cost, outcome_memo
+from tests.support import load_case
+from webhook.admission import _template_key, admit
+from webhook.cluster import Memo, StaticClusterView, build_snapshot, outcome_cost
 from webhook.loading import load_snapshot
 from webhook.policy import load_policy
 from webhook.server import AppState, BodyBudget
@@ -63,39 +64,57 @@ def test_memo_is_bounded_in_count_and_bytes_and_drops_the_oldest_first():
 
 
 def test_outcome_cost_is_not_an_under_estimate():
-    """What a memoised outcome keeps alive (the received pod, parsed; the mutated one that
-    shares its parts; the explanation; the memo's key), measured with tracemalloc."""
+    """What the memo keeps of a decided pod (the outcome without its detail, under a digest),
+    measured with tracemalloc: never the pod."""
     policy = load_policy()
     snapshot = load_snapshot(policy=policy, now=0, cluster=str(REPO / "examples" / "cluster.yaml"))
     admit(review_with("warm", 3)["request"], snapshot, policy)  # lazy caches filled outside the count
     for env in (0, 40, 400):
         raw = orjson.dumps(review_with(f"m{env}", env))
-        memo_before = snapshot.outcomes.bytes
+        before = (snapshot.outcomes.bytes, snapshot.templates.bytes)
         tracemalloc.start()
         try:
             review = orjson.loads(raw)
             outcome = admit(review["request"], snapshot, policy)
-            del review
+            assert outcome.injected
+            del review, outcome
             kept, _ = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        assert outcome.injected
-        costed = snapshot.outcomes.bytes - memo_before
-        assert costed == outcome_cost(len(_outcome_key(orjson.loads(raw)["request"], False)))
+        assert snapshot.outcomes.bytes == before[0]  # no observed usage: kept by template only
+        costed = snapshot.templates.bytes - before[1]
+        template = _template_key(orjson.loads(raw)["request"], snapshot, False)
+        assert template is not None and costed == outcome_cost(template[1])
         assert kept < costed, (env, kept, costed)
+        assert kept < len(raw) * 3 + 64 * 1024, (env, kept)  # never the pod's objects
 
 
-def test_distinct_large_pods_never_pin_memory_in_the_outcome_memo():
+def test_distinct_large_pods_never_pin_memory_in_the_memos():
     policy = load_policy()
     snapshot = load_snapshot(policy=policy, now=0, cluster=str(REPO / "examples" / "cluster.yaml"))
     large = review_with("big", env=2000)  # ~120 KiB of JSON
     assert admit(large["request"], snapshot, policy).injected
-    assert len(snapshot.outcomes) == 0  # over the per-entry bound: decided, not kept
-    for i in range(400):
+    assert len(snapshot.templates) == len(snapshot.outcomes) == 0  # over the entry bound: not kept
+    for i in range(400):  # distinct pods of one template: one entry
         admit(review_with(str(i))["request"], snapshot, policy)
-    memo = snapshot.outcomes
-    assert len(memo) == 256 and memo.bytes <= memo.max_bytes
-    assert outcome_memo().max_bytes <= 16 << 20
+    assert len(snapshot.templates) == 1
+    for i in range(400):  # distinct templates (the env differs)
+        review = review_with(str(i))
+        review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "SEQ", "value": str(i)}]
+        admit(review["request"], snapshot, policy)
+    memo = snapshot.templates
+    assert len(memo) == 256 and memo.bytes <= memo.max_bytes <= 8 << 20
+
+
+def test_pods_sized_from_observed_usage_are_memoised_by_the_whole_object():
+    case = load_case(REPO / "tests" / "golden" / "cases" / "50-observed-oom-bump")
+    snapshot, request = case.snapshot, case.review["request"]
+    first = admit(request, snapshot, case.policy)
+    assert first.resources is not None and first.resources.source.value == "observed"
+    assert len(snapshot.outcomes) == 1 and len(snapshot.templates) == 0
+    again = admit(copy.deepcopy(request), snapshot, case.policy)
+    assert again.patch == first.patch and again.explanation == first.explanation
+    assert again.pod == first.pod
 
 
 # --- the body budget over the network ------------------------------------------------------

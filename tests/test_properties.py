@@ -125,11 +125,9 @@ def pods(draw):
 def test_admission_properties(pod, ns, cluster, server):
     snapshot = SNAPSHOTS[cluster]
     if server:
-        from dataclasses import replace
-
         from webhook.versions import parse_kube_version as pkv
 
-        snapshot = replace(snapshot, server_version=pkv(server))
+        snapshot = snapshot.derive(server_version=pkv(server))
     original = copy.deepcopy(pod)
     request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": ns, "object": pod}
     out = admit(request, snapshot, POLICY)
@@ -178,3 +176,85 @@ def test_diff_is_a_correct_json_patch(a, b):
 def test_version_parsers_never_raise(raw):
     parse_kernel(raw)
     parse_kube_version(raw)
+
+
+owner = st.one_of(
+    st.none(),
+    st.builds(
+        lambda kind, name: {
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "name": name,
+            "uid": name,
+            "controller": True,
+        },
+        st.sampled_from(["ReplicaSet", "StatefulSet", "DaemonSet", "Job"]),
+        dns,
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pod=pods(),
+    ns=st.sampled_from(["shop", "payments", "default", "quiet"]),
+    cluster=st.sampled_from(["mixed", "old", "none"]),
+    name=dns,
+    extra_labels=st.dictionaries(label_key, label_val, max_size=3),
+    owner_a=owner,
+    owner_b=owner,
+)
+def test_an_outcome_shared_by_template_equals_a_fresh_decision(
+    pod, ns, cluster, name, extra_labels, owner_a, owner_b
+):
+    """Pods that differ in name, labels and owner may be served the outcome decided for the
+    other (the template memo); whatever is served must be what deciding afresh gives."""
+    a = copy.deepcopy(pod)
+    if owner_a:
+        a["metadata"]["ownerReferences"] = [owner_a]
+    b = copy.deepcopy(pod)
+    b["metadata"]["name"] = name
+    if extra_labels:
+        b["metadata"]["labels"] = {**b["metadata"].get("labels", {}), **extra_labels}
+    if owner_b:
+        b["metadata"]["ownerReferences"] = [owner_b]
+
+    def request(obj):
+        return {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": ns, "object": obj}
+
+    shared = SNAPSHOTS[cluster].derive()
+    admit(request(a), shared, POLICY)
+    served = admit(request(b), shared, POLICY)
+    fresh = admit(request(b), SNAPSHOTS[cluster].derive(), POLICY)
+    assert served == fresh  # patch, warnings, mode and its reason, skip, resources, workload
+    assert served.explanation == fresh.explanation
+    assert served.pod == fresh.pod
+
+
+def test_a_sibling_workload_is_served_from_the_template_memo():
+    snapshot = SNAPSHOTS["mixed"].derive()
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "web-a-", "labels": {"app": "web-a"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example.com/app:1"}]},
+    }
+    sibling = copy.deepcopy(pod)
+    sibling["metadata"] = {"generateName": "web-b-", "labels": {"app": "web-b"}}
+
+    def request(obj):
+        return {
+            "uid": "u",
+            "operation": "CREATE",
+            "kind": {"kind": "Pod"},
+            "namespace": "shop",
+            "object": obj,
+        }
+
+    first = admit(request(pod), snapshot, POLICY)
+    served = admit(request(sibling), snapshot, POLICY)
+    assert first.injected and len(snapshot.templates) == 1  # one template for both
+    assert served.workload is not None and served.workload.name == "web-b"
+    assert served.patch == first.patch
+    assert "pod: shop/web-b- (workload shop/Pod/web-b)" in served.explanation[1]
+    assert jsonpatch.apply_patch(sibling, served.patch) == served.pod

@@ -12,7 +12,8 @@ proxy is never added.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import orjson
 
 from webhook.cluster import ClusterSnapshot, outcome_cost
 from webhook.inject import (
+    LABEL_MODE,
     PREFIX,
     Plan,
     apply_plan,
@@ -65,15 +67,27 @@ _ENUMS = {
 _DEFAULTS = {"interception": "auto", "iptables-fallback": "true", "native-sidecar": "auto"}
 
 
+@dataclass(frozen=True, slots=True)
+class Detail:
+    """What only a person reads: the mutated pod and the explanation."""
+
+    pod: Mapping[str, Any] | None  # the object after the patch (the received object when skipped)
+    explanation: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """Everything a front end needs: the patch, the warnings, and the why.
 
     It carries no uid: the answer is the same for every request with the same object, and
-    the front ends echo the uid of the request they answer."""
+    the front ends echo the uid of the request they answer.
+
+    ``pod`` and ``explanation`` come from ``detail``. An outcome decided now holds them; one
+    served from a memo recomputes them on first use (the core is pure, so that is the same
+    answer), which is what lets memos keep only the patch and the decision, never a pod.
+    """
 
     patch: Patch
-    pod: Mapping[str, Any] | None  # the object after the patch (None when not a pod)
     injected: bool
     mode: Mode | None = None
     mode_reason: ModeReason | None = None
@@ -82,7 +96,7 @@ class Outcome:
     workload: WorkloadKey | None = None
     namespace: str = ""
     warnings: tuple[str, ...] = ()
-    explanation: tuple[str, ...] = field(default_factory=tuple)
+    detail: Callable[[], Detail] = field(default=lambda: Detail(None, ()), compare=False, repr=False)
 
     @property
     def result(self) -> str:
@@ -93,6 +107,45 @@ class Outcome:
         if self.skip is not None:
             return self.skip.value
         return self.mode_reason.value if self.mode_reason else ""
+
+    @property
+    def pod(self) -> Mapping[str, Any] | None:
+        return self.detail().pod
+
+    @property
+    def explanation(self) -> tuple[str, ...]:
+        return self.detail().explanation
+
+
+class _Redo:
+    """The detail of a memoised outcome: decided again, once, when someone asks."""
+
+    __slots__ = ("_args", "_done")
+
+    def __init__(self, *args: Any) -> None:
+        self._args = args
+        self._done: Detail | None = None
+
+    def __call__(self) -> Detail:
+        if self._done is None:
+            request, snapshot, policy, assume_opt_in = self._args
+            self._done = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in).detail()
+            self._args = ()
+        return self._done
+
+
+def _clone(outcome: Outcome, **changes: Any) -> Outcome:
+    """A copy with ``changes``, without dataclasses.replace's re-validation (hot path)."""
+    out = object.__new__(Outcome)
+    out.__dict__.update(outcome.__dict__, **changes)
+    return out
+
+
+def _served(light: Outcome, detail: _Redo, workload: WorkloadKey | None = None) -> Outcome:
+    """A memoised outcome for the request at hand (its own workload and detail)."""
+    if workload is None:
+        return _clone(light, detail=detail)
+    return _clone(light, detail=detail, workload=workload)
 
 
 def _str_map(value: object) -> Mapping[str, str]:
@@ -267,15 +320,15 @@ def _skip(
         ctx.warn(f"pod not meshed: {text}")
     patch = diff(original, pod) if pod is not None else []
     ctx.lines.insert(0, f"decision: not meshed ({skip.value}): {text}")
+    detail = Detail(pod if pod is not None else original, tuple(ctx.lines))
     return Outcome(
         patch=patch,
-        pod=pod if pod is not None else original,
         injected=False,
         skip=skip,
         workload=workload,
         namespace=namespace,
         warnings=tuple(ctx.warnings),
-        explanation=tuple(ctx.lines),
+        detail=lambda: detail,
     )
 
 
@@ -295,10 +348,15 @@ def _nodes_line(elig: Eligibility) -> str:
     )
 
 
-def _outcome_key(request: Mapping[str, Any], assume_opt_in: bool) -> bytes | None:
+def _digest(data: bytes) -> bytes:
+    """A memo key: 16 bytes instead of the whole JSON (which orjson allocates with slack);
+    SHA-256 has CPU instructions on current x86 and ARM, twice BLAKE2b's speed there."""
+    return hashlib.sha256(data).digest()[:16]
+
+
+def _outcome_key(request: Mapping[str, Any], assume_opt_in: bool) -> tuple[bytes, int] | None:
+    """(digest of the object and what else the outcome depends on, its JSON size)."""
     obj = request.get("object")
-    if request.get("operation") != "CREATE" or not isinstance(obj, dict):
-        return None
     kind = request.get("kind")
     parts = [
         "outcome",
@@ -307,9 +365,69 @@ def _outcome_key(request: Mapping[str, Any], assume_opt_in: bool) -> bytes | Non
         assume_opt_in,
     ]
     try:
-        return orjson.dumps([*parts, obj])
+        data = orjson.dumps([*parts, obj])
     except TypeError:  # not JSON data (cannot come from the API server): decide uncached
         return None
+    return _digest(data), len(data)
+
+
+# Metadata that names one pod or its owner and is read only to find the workload (whose
+# observed usage sizes the proxy) and for the explanation, never for the patch itself.
+_IDENTITY = frozenset(
+    {"name", "generateName", "uid", "labels", "ownerReferences", "managedFields", "creationTimestamp"}
+)
+
+
+def _template_key(
+    request: Mapping[str, Any], snapshot: ClusterSnapshot, assume_opt_in: bool
+) -> tuple[bytes, int, WorkloadKey] | None:
+    """The key under which pods that differ only in identity share one outcome, its JSON
+    size, and this pod's workload; None when that cannot be shared.
+
+    Pods of different workloads built from one template (many Deployments rolling at once,
+    a chart installed many times) differ in names, owners and labels. The decision reads
+    those only through: the workload's observed usage (so a workload with usage is decided
+    on its own), the controller's kind (batch), the opt-in label, our own mode label, the
+    Services that select the labels (the protocol), and whether labels exist at all (the
+    shape of the patch). Those facts go into the key instead of the fields. Any new reading
+    of a label or an owner must be added here; tests/test_properties.py checks that an
+    outcome served under this key equals a fresh decision.
+    """
+    kind = request.get("kind")
+    if not isinstance(kind, dict) or kind.get("kind") != "Pod":
+        return None
+    obj = request["object"]
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return None
+    namespace = str(request.get("namespace") or meta.get("namespace") or "default")
+    workload = workload_key(obj, namespace)
+    if workload in snapshot.usage:
+        return None
+    has_labels = "labels" in meta
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        return None
+    owners = meta.get("ownerReferences")
+    facts = [
+        "template",
+        namespace,
+        assume_opt_in,
+        has_labels,
+        labels.get(_INJECT),
+        labels.get(LABEL_MODE),
+        protocol_from_services(snapshot.services.get(namespace, ()), labels),
+        [[o.get("kind"), o.get("controller")] for o in owners if isinstance(o, dict)]
+        if isinstance(owners, list)
+        else owners,
+        {k: v for k, v in meta.items() if k not in _IDENTITY},
+        {k: v for k, v in obj.items() if k != "metadata"},
+    ]
+    try:
+        data = orjson.dumps(facts)
+    except TypeError:
+        return None
+    return _digest(data), len(data), workload
 
 
 def admit(
@@ -322,18 +440,41 @@ def admit(
     """Decide for one AdmissionRequest (``review["request"]``) and build its patch.
 
     The outcome is a function of the object, its namespace and the (immutable) snapshot and
-    policy, so it is memoised on the snapshot: identical pods, as a ReplicaSet creates them,
-    are decided once.
+    policy, so it is memoised on the snapshot: by its template (pods that differ only in
+    names, owners and labels, see ``_template_key``; a ReplicaSet's byte-identical pods
+    among them) or, for a workload sized from its own observed usage, by the whole object.
+    Memos keep the patch and the decision only; the pod and the explanation are recomputed
+    if asked for.
     """
-    key = _outcome_key(request, assume_opt_in)
-    if key is not None:
-        hit = snapshot.outcomes.get(key)
-        if isinstance(hit, tuple) and hit[0] is policy:
-            return hit[1]
+    if request.get("operation") != "CREATE" or not isinstance(request.get("object"), dict):
+        return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
+    template = _template_key(request, snapshot, assume_opt_in)
+    if template is not None:  # identical pods share their template too
+        key, size, workload = template
+        memo = snapshot.templates
+    else:
+        keyed = _outcome_key(request, assume_opt_in)
+        if keyed is None:
+            return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
+        (key, size), workload, memo = keyed, None, snapshot.outcomes
+    hit = memo.get(key)
+    if isinstance(hit, tuple) and hit[0] is policy:
+        return _served(hit[1], _Redo(request, snapshot, policy, assume_opt_in), workload)
     outcome = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
-    if key is not None:
-        snapshot.outcomes.put(key, (policy, outcome), outcome_cost(len(key)))
+    memo.put(key, (policy, outcome_light(outcome)), outcome_cost(size))
     return outcome
+
+
+def outcome_light(outcome: Outcome) -> Outcome:
+    """``outcome`` without its detail: what a memo keeps (the patch holds only what we add)."""
+    return _clone(outcome, detail=_NO_DETAIL)
+
+
+def _no_detail() -> Detail:
+    raise RuntimeError("a memoised outcome is served with its own detail")
+
+
+_NO_DETAIL = _no_detail
 
 
 def _admit(
@@ -472,9 +613,9 @@ def _admit(
     ctx.lines.insert(0, f"decision: meshed, mode {choice.mode.value}, {placement}")
     if ctx.warnings:
         ctx.lines.append("warnings: " + " | ".join(ctx.warnings))
+    detail = Detail(pod, tuple(ctx.lines))
     return Outcome(
         patch=diff(original, pod),
-        pod=pod,
         injected=True,
         mode=choice.mode,
         mode_reason=choice.reason,
@@ -482,5 +623,5 @@ def _admit(
         workload=key,
         namespace=namespace,
         warnings=tuple(ctx.warnings),
-        explanation=tuple(ctx.lines),
+        detail=lambda: detail,
     )

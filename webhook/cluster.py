@@ -14,7 +14,7 @@ dozen groups, which keeps admission time nearly flat in the number of nodes.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -43,7 +43,9 @@ class Memo:
         self.max_bytes = max_bytes
         self.max_entry = max_entry
         self.bytes = 0
-        self._data: dict[Hashable, tuple[object, int]] = {}
+        # OrderedDict, not dict: popping a plain dict's oldest key walks over the deleted slots
+        # before it, which made eviction cost tens of microseconds once the memo was full.
+        self._data: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
 
     def get(self, key: Hashable) -> object:
         hit = self._data.get(key)
@@ -54,7 +56,7 @@ class Memo:
             return
         data = self._data
         while data and (len(data) >= self.limit or self.bytes + cost > self.max_bytes):
-            self.bytes -= data.pop(next(iter(data)))[1]  # dicts keep insertion order: FIFO
+            self.bytes -= data.popitem(last=False)[1][1]  # FIFO
         data[key] = (value, cost)
         self.bytes += cost
 
@@ -66,22 +68,20 @@ class Memo:
         return len(self._data)
 
 
-# What a memoised outcome keeps alive: the received pod parsed (several times its JSON in
-# dicts and short strings) plus a fixed part (explanation, patch list, warnings). Measured
-# 5-7x plus ~15 KiB on pod specs; tests/test_hostile.py checks it is not an under-estimate.
-OUTCOME_COST_FACTOR = 10
-OUTCOME_FIXED_COST = 16 << 10
-
-
-def outcome_cost(key_bytes: int) -> int:
-    return key_bytes * OUTCOME_COST_FACTOR + OUTCOME_FIXED_COST
+# What a memoised outcome keeps alive: a 16-byte digest as its key, the patch and the
+# decision, never the pod itself. The patch is mostly what we add (~10 KiB), and at most the
+# size of the pod beyond that (a re-injection's diff may carry the user's values), so it is
+# costed as the pod's JSON size plus 16 KiB; tests/test_hostile.py checks that is not an
+# under-estimate.
+def outcome_cost(pod_json_bytes: int) -> int:
+    return pod_json_bytes + (16 << 10)
 
 
 def outcome_memo() -> Memo:
-    """Whole outcomes keep the received pod alive (the mutated pod shares its parts), so they
-    are costed from the pod's JSON size: 256 typical pods fit, a pod over 64 KiB of JSON is
-    never kept, and the memo never holds more than ~16 MiB however large or varied the pods."""
-    return Memo(limit=256, max_bytes=16 << 20, max_entry=outcome_cost(64 << 10))
+    """Outcomes by whole object or by template: 256 typical pods fit, a pod over 64 KiB of
+    JSON is never kept, and the memo never holds more than ~8 MiB however large or varied
+    the pods are."""  # 256 x (5 KiB + 16 KiB) = 5.3 MiB
+    return Memo(limit=256, max_bytes=8 << 20, max_entry=outcome_cost(64 << 10))
 
 
 class SnapshotError(ValueError):
@@ -135,11 +135,12 @@ class ClusterSnapshot:
     # entries, so few: a rollout's identical pods arrive together).
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
     outcomes: Memo = field(default_factory=outcome_memo, compare=False, repr=False)
+    templates: Memo = field(default_factory=outcome_memo, compare=False, repr=False)
 
     def derive(self, **changes: Any) -> ClusterSnapshot:
         """A copy with ``changes``; its memos start empty (what they hold was derived from
         this snapshot's state, not the copy's)."""
-        return replace(self, **changes, memo=Memo(), outcomes=outcome_memo())
+        return replace(self, **changes, memo=Memo(), outcomes=outcome_memo(), templates=outcome_memo())
 
 
 class ClusterView(Protocol):

@@ -7,6 +7,7 @@ metrics, then hand uvicorn the app. Nothing here is on the admission path.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import gc
 import json
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -68,6 +70,22 @@ class _JsonLines(logging.Formatter):
         return json.dumps(line, separators=(",", ":"))
 
 
+def admission_log() -> Callable[[bytes], None]:
+    """The per-admission JSON line, written to stderr's descriptor in one system call (a
+    pipe keeps writes under 4 KiB whole): the logging module's record, lock, formatter and
+    flush cost more than deciding a memoised pod. Nothing when the level is above info."""
+    if not logging.getLogger("mesh_injector.admission").isEnabledFor(logging.INFO):
+        return lambda line: None
+
+    def write(line: bytes) -> None:
+        try:
+            os.write(2, line + b"\n")
+        except OSError:  # stderr closed or full: the admission goes on without its line
+            pass
+
+    return write
+
+
 def setup_logging(level: str) -> None:
     # Skip what the log lines never show: the caller's source line, thread and process
     # (the Logging HOWTO's "Optimization" settings; findCaller alone cost ~7 us a line).
@@ -92,19 +110,41 @@ def _self_signed() -> MemoryFiles:
         raise CertError(f"no in-memory certificate here ({exc})") from None
 
 
-class PromptCloseH11(H11Protocol):
-    """On shutdown, drop idle keep-alive connections at once.
+def _abort_when_idle(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
+    """``base`` whose shutdown drops an idle keep-alive connection at once.
 
     uvicorn closes an idle TLS connection by sending close_notify and waiting for the
     peer's; a client that does not read its idle pool would hold shutdown for the whole
     grace period. Nothing is in flight on an idle connection, so aborting it loses nothing.
     """
 
-    def shutdown(self) -> None:
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.abort()
-        else:
-            super().shutdown()
+    class PromptClose(base):  # type: ignore[valid-type,misc]
+        def shutdown(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.abort()
+            else:
+                super().shutdown()
+
+    PromptClose.__name__ = PromptClose.__qualname__ = f"PromptClose{base.__name__}"
+    return PromptClose
+
+
+def http_protocol() -> type[asyncio.Protocol]:
+    """httptools (C parser) where its wheel is installed, else h11 (pure Python)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return _abort_when_idle(H11Protocol)
+    return _abort_when_idle(HttpToolsProtocol)
+
+
+def event_loop() -> str:
+    """uvloop where its wheel is installed, else asyncio's own loop."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
 
 
 def build_server(
@@ -114,7 +154,8 @@ def build_server(
     idle keep-alive connections at once (the API server reuses them), within ``grace``."""
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http=PromptCloseH11,
+        http=http_protocol(),
+        loop=event_loop(),
         host=host,
         port=port,
         ssl_certfile=str(tls.cert),
@@ -126,6 +167,7 @@ def build_server(
         timeout_graceful_shutdown=grace,
         server_header=False,
         date_header=False,
+        proxy_headers=False,  # the API server connects directly; no X-Forwarded-* to trust
     )
     config.load()
     config.ssl = tls.listener  # every handshake gets the current certificate
@@ -244,6 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
         budget=budget,
         trim=trimmer.poke,
+        log_line=admission_log(),
         ready=live.ready if live is not None else (refreshing.ready if refreshing else (lambda: True)),
     )
     app = create_app(state)
