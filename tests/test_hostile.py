@@ -64,8 +64,8 @@ def test_memo_is_bounded_in_count_and_bytes_and_drops_the_oldest_first():
 
 
 def test_outcome_cost_is_not_an_under_estimate():
-    """What the memo keeps of a decided pod (the outcome without its detail, under a digest),
-    measured with tracemalloc: never the pod."""
+    """What the memo keeps of a decided pod (the outcome without its detail, under its
+    template's key), measured with tracemalloc: never the pod."""
     policy = load_policy()
     snapshot = load_snapshot(policy=policy, now=0, cluster=str(REPO / "examples" / "cluster.yaml"))
     admit(review_with("warm", 3)["request"], snapshot, policy)  # lazy caches filled outside the count
@@ -97,7 +97,7 @@ def test_distinct_large_pods_never_pin_memory_in_the_memos():
     assert len(snapshot.templates) == len(snapshot.outcomes) == 0  # over the entry bound: not kept
     for i in range(400):  # distinct pods of one template: one entry
         admit(review_with(str(i))["request"], snapshot, policy)
-    assert len(snapshot.templates) == 1
+    assert len(snapshot.templates) == 1 and len(snapshot.outcomes) == 0
     for i in range(400):  # distinct templates (the env differs)
         review = review_with(str(i))
         review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "SEQ", "value": str(i)}]

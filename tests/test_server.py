@@ -505,3 +505,43 @@ def test_serve_on_embedded_defaults_with_curl(tmp_path):
         }
         assert proc.stop() == 0
         assert not Path(ca).exists(), "the in-memory CA is removed on exit"
+
+
+def test_serve_runs_on_uvloop_and_httptools(certs):
+    """The fastest stack uvicorn has, where the wheels exist (they are dependencies here)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from webhook.serve import build_server, event_loop, http_protocol
+    from webhook.tls import ReloadingTLS
+
+    assert issubclass(http_protocol(), HttpToolsProtocol)
+    assert event_loop() == "uvloop"
+    server = build_server(object(), ReloadingTLS(certs.cert, certs.key), host="127.0.0.1", port=0)
+    assert issubclass(server.config.http_protocol_class, HttpToolsProtocol)
+    assert server.config.loop == "uvloop"
+    loop_seen = []
+
+    class Probe:
+        async def __call__(self, scope, receive, send):
+            import asyncio
+
+            loop_seen.append(type(asyncio.get_running_loop()).__module__)
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    from tests.servers import free_port
+
+    port = free_port()
+    probe = build_server(Probe(), ReloadingTLS(certs.cert, certs.key), host="127.0.0.1", port=port)
+    thread = threading.Thread(target=probe.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not probe.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        r = httpx.get(f"https://127.0.0.1:{port}/", verify=certs.client_context())
+        assert r.status_code == 204
+        assert loop_seen and loop_seen[0].startswith("uvloop")
+    finally:
+        probe.should_exit = True
+        thread.join(timeout=10)

@@ -68,19 +68,19 @@ class Memo:
         return len(self._data)
 
 
-# What a memoised outcome keeps alive: a 16-byte digest as its key, the patch and the
-# decision, never the pod itself. The patch is mostly what we add (~10 KiB), and at most the
-# size of the pod beyond that (a re-injection's diff may carry the user's values), so it is
-# costed as the pod's JSON size plus 16 KiB; tests/test_hostile.py checks that is not an
-# under-estimate.
+# What a memoised outcome keeps alive: its key (the pod's JSON, exact size), the patch and
+# the decision, never the pod itself. The patch is mostly what we add (~10 KiB), and at most
+# the size of the pod beyond that (a re-injection's diff may carry the user's values), so an
+# entry is costed as twice the pod's JSON plus 16 KiB; tests/test_hostile.py checks that is
+# not an under-estimate.
 def outcome_cost(pod_json_bytes: int) -> int:
-    return pod_json_bytes + (16 << 10)
+    return 2 * pod_json_bytes + (16 << 10)
 
 
 def outcome_memo() -> Memo:
     """Outcomes by whole object or by template: 256 typical pods fit, a pod over 64 KiB of
     JSON is never kept, and the memo never holds more than ~8 MiB however large or varied
-    the pods are."""  # 256 x (5 KiB + 16 KiB) = 5.3 MiB
+    the pods are."""  # 256 typical entries: 256 x (2 x 5 KiB + 16 KiB) = 6.5 MiB
     return Memo(limit=256, max_bytes=8 << 20, max_entry=outcome_cost(64 << 10))
 
 
