@@ -332,6 +332,17 @@ def main() -> None:
             )
 
 
+def distinct_workload(review: dict) -> dict:
+    """``review`` with ``__SEQ__`` in everything that names its workload (Deployment,
+    ReplicaSet, ``app`` label, generateName): replaced per request, a new workload each."""
+    meta = review["request"]["object"]["metadata"]
+    meta["generateName"] = "checkout-__SEQ__-7d9c8b6f5-"
+    meta["labels"]["app"] = "checkout-__SEQ__"
+    meta["ownerReferences"][0]["name"] = "checkout-__SEQ__-7d9c8b6f5"
+    meta["ownerReferences"][0]["uid"] = "5d7c5d0e-__SEQ__"
+    return review
+
+
 def stages(review: dict, policy, calls: int) -> None:
     """Where a request's time goes on the server, for a distinct workload each time (what
     the template memo serves) and for the very first pod of a template (a full decision)."""
@@ -344,11 +355,7 @@ def stages(review: dict, policy, calls: int) -> None:
     snap = build_snapshot(
         nodes=make_nodes(500, random.Random(3)), namespaces={"shop": {"mesh-injector.io/inject": "enabled"}}
     )
-    meta = review["request"]["object"]["metadata"]
-    meta["generateName"] = "checkout-__SEQ__-7d9c8b6f5-"
-    meta["labels"]["app"] = "checkout-__SEQ__"
-    meta["ownerReferences"][0]["name"] = "checkout-__SEQ__-7d9c8b6f5"
-    raw = orjson.dumps(review)
+    raw = orjson.dumps(distinct_workload(review))
     metrics = Metrics()
     log = logging.getLogger("bench.admission")
     log.addHandler(logging.NullHandler())

@@ -30,12 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import typical_review
-from server import LUA, REPO, wait_port, wrk
+from server import LUA, serve_command, wait_port, wrk
 
 from tests.servers import free_port
 from webhook.certs import generate, write_bundle
-
-MAX_BODY = 3 * 1024 * 1024
+from webhook.server import MAX_BODY
 
 
 def large_review() -> dict:
@@ -115,11 +114,7 @@ def main() -> None:
         normal = json.dumps(typical_review()).encode()
         port, mport = free_port(), free_port()
         devnull = open("/dev/null", "w")
-        cmd = [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--metrics-host", "127.0.0.1", "--metrics-port", str(mport)]
-        cmd += ["--tls-cert", str(d / "tls.crt"), "--tls-key", str(d / "tls.key")]
-        cmd += ["--cluster", str(REPO / "examples" / "cluster.yaml")]
-        server = subprocess.Popen(cmd, stdout=devnull, stderr=devnull)
+        server = subprocess.Popen(serve_command(d, port, mport), stdout=devnull, stderr=devnull)
         try:
             wait_port(port)
             client = NormalClient(port, d / "ca.crt", normal)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core import typical_review
+from core import distinct_workload, typical_review
 
 from tests.servers import free_port
 from webhook.certs import generate, write_bundle
@@ -103,6 +103,16 @@ def wrk(
     return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "requests": total, "refused": refused}
 
 
+def serve_command(certs: Path, port: int, metrics_port: int) -> list[str]:
+    """`mesh-injector serve` as users run it, on loopback, deciding against the example cluster."""
+    return [
+        *(sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(port)),
+        *("--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)),
+        *("--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")),
+        *("--cluster", str(REPO / "examples" / "cluster.yaml")),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
@@ -113,41 +123,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         write_bundle(generate(dns=["localhost"], ips=["127.0.0.1"], days=1), d)
-        review = typical_review()
-        meta = review["request"]["object"]["metadata"]
-        meta["generateName"] = "checkout-__SEQ__-7d9c8b6f5-"
-        meta["labels"]["app"] = "checkout-__SEQ__"
-        meta["ownerReferences"][0]["name"] = "checkout-__SEQ__-7d9c8b6f5"
-        meta["ownerReferences"][0]["uid"] = "5d7c5d0e-__SEQ__"
+        review = distinct_workload(typical_review())
         (d / "review.json").write_text(json.dumps(review))
         for unique in ("false", "true"):
             (d / f"post-{unique}.lua").write_text(LUA.format(body=d / "review.json", unique=unique))
         mesh_port, metrics_port, bare_port = free_port(), free_port(), free_port()
         devnull = open("/dev/null", "w")
-        mesh = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "webhook",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(mesh_port),
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                str(metrics_port),
-                "--tls-cert",
-                str(d / "tls.crt"),
-                "--tls-key",
-                str(d / "tls.key"),
-                "--cluster",
-                str(REPO / "examples" / "cluster.yaml"),
-            ],
-            stdout=devnull,
-            stderr=devnull,
-        )
+        mesh = subprocess.Popen(serve_command(d, mesh_port, metrics_port), stdout=devnull, stderr=devnull)
         bare = subprocess.Popen(
             [
                 sys.executable,
