@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -545,3 +546,28 @@ def test_serve_runs_on_uvloop_and_httptools(certs):
     finally:
         probe.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("taken", ["--port", "--metrics-port"])
+def test_serve_with_a_port_taken_says_so_in_one_line(taken):
+    from tests.servers import free_port
+
+    port, mport = free_port(), free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port if taken == "--port" else mport))
+        busy.listen()
+        out = subprocess.run(
+            [
+                *(sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(port)),
+                *("--metrics-host", "127.0.0.1", "--metrics-port", str(mport)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 2
+    busy_port = port if taken == "--port" else mport
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"mesh-injector: error: {taken} 127.0.0.1:{busy_port}: cannot listen (Address already in use)"
+    )
+    assert "Traceback" not in out.stderr

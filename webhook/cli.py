@@ -34,6 +34,7 @@ from webhook.manifests import DocResult, process
 from webhook.policy import Policy, PolicyError, load_policy
 from webhook.prometheus import PrometheusError, prometheus_summaries
 from webhook.review import ReviewError, build_response, parse_review
+from webhook.serve import ListenError
 from webhook.serve import add_commands as add_server_commands
 from webhook.sizing import enough_samples, from_observed, human_duration
 from webhook.usage import UsageError, UsageSummary, load_samples, summarize_all
@@ -331,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         CertError,
         ClusterAccessError,
         PrometheusError,
+        ListenError,
     ) as exc:
         print(f"mesh-injector: error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -174,6 +175,24 @@ def build_server(
     return uvicorn.Server(config)
 
 
+class ListenError(OSError):
+    """A port cannot be listened on; the message names it and why."""
+
+
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """A bound socket for ``what``, taken before anything else starts, so a port in use is
+    one line and exit 2 rather than a traceback after threads and certificates exist."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"{what} {host}:{port}: cannot listen ({exc.strerror or exc})") from None
+    return sock
+
+
 def _freeze_when_ready(live: LiveClusterView) -> None:
     if live.wait_ready(600):
         gc.collect()
@@ -291,7 +310,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     app = create_app(state)
 
-    metrics_server = start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+    https_socket = listen(args.host, args.port, "--port")
+    try:
+        metrics_server = start_http_server(
+            args.metrics_port, addr=args.metrics_host, registry=metrics.registry
+        )
+    except OSError as exc:
+        https_socket.close()
+        raise ListenError(
+            f"--metrics-port {args.metrics_host}:{args.metrics_port}: cannot listen ({exc.strerror or exc})"
+        ) from None
     server = build_server(
         app, tls, host=args.host, port=args.port, keep_alive=args.keep_alive, grace=args.grace
     )
@@ -320,7 +348,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # and the cluster state of the first sync, once it is in
         threading.Thread(target=_freeze_when_ready, args=(live,), name="gc-freeze", daemon=True).start()
     try:
-        server.run()
+        server.run(sockets=[https_socket])
     finally:
         tls.stop()
         trimmer.stop()
