@@ -19,6 +19,9 @@ from webhook.policy import Policy, load_policy
 
 ROOT = Path(__file__).parent
 GOLDEN = ROOT / "golden"
+# The example review every server test starts from, and the header it is posted with.
+EXAMPLE = json.loads((ROOT.parent / "examples" / "review.json").read_text())
+JSON = {"Content-Type": "application/json"}
 CASES = sorted(p for p in (GOLDEN / "cases").iterdir() if p.is_dir())
 MANIFEST_CASES = sorted(p for p in (GOLDEN / "manifests").iterdir() if p.is_dir())
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"

@@ -4,7 +4,6 @@ key on disk, and TLS 1.2 limited to AEAD suites."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import socket
@@ -18,8 +17,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.servers import make_certs, serve_process, thread_server
-from tests.support import load_case
+from tests.servers import serve_process, thread_server
+from tests.support import EXAMPLE, JSON, load_case
 from webhook.admission import _template_key, admit
 from webhook.cluster import Memo, StaticClusterView, build_snapshot, outcome_cost
 from webhook.loading import load_snapshot
@@ -27,13 +26,6 @@ from webhook.policy import load_policy
 from webhook.server import AppState, BodyBudget
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = json.loads((REPO / "examples" / "review.json").read_text())
-JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def review_with(seq: str, env: int = 0) -> dict:

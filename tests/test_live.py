@@ -14,7 +14,7 @@ import pytest
 
 from tests.fake_apiserver import FakeAPIServer, namespace, node, service
 from tests.servers import make_certs, serve_process
-from tests.support import eventually
+from tests.support import EXAMPLE, eventually
 from webhook.admission import admit
 from webhook.live import LiveClusterView, api_client
 from webhook.policy import load_policy
@@ -22,7 +22,6 @@ from webhook.versions import KubeVersion
 
 POLICY = load_policy()
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = json.loads((REPO / "examples" / "review.json").read_text())
 
 
 def pod_request(ns: str = "shop", **spec):

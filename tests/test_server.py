@@ -23,8 +23,8 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.servers import make_certs, serve_process, thread_server
-from tests.support import CASES, load_case
+from tests.servers import serve_process, thread_server
+from tests.support import CASES, EXAMPLE, JSON, load_case
 from webhook.admission import admit
 from webhook.certs import generate, write_bundle
 from webhook.cluster import StaticClusterView, build_snapshot
@@ -32,13 +32,6 @@ from webhook.policy import load_policy
 from webhook.server import AppState
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = json.loads((REPO / "examples" / "review.json").read_text())
-JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

@@ -470,14 +470,11 @@ def admit(
 
 def outcome_light(outcome: Outcome) -> Outcome:
     """``outcome`` without its detail: what a memo keeps (the patch holds only what we add)."""
-    return _clone(outcome, detail=_NO_DETAIL)
+    return _clone(outcome, detail=_no_detail)
 
 
 def _no_detail() -> Detail:
     raise RuntimeError("a memoised outcome is served with its own detail")
-
-
-_NO_DETAIL = _no_detail
 
 
 def _admit(

@@ -1,0 +1,13 @@
+"""Fixtures shared by the test modules that start a real server."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.servers import Certs, make_certs
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A CA and a serving certificate for localhost/127.0.0.1, one set per module."""
+    return make_certs(tmp_path_factory.mktemp("certs"))
