@@ -27,7 +27,7 @@ import orjson
 import yaml
 
 from webhook.admission import admit
-from webhook.cluster import Node, Taint, build_snapshot
+from webhook.cluster import Node, Taint, build_snapshot, trust_roots_from_object
 from webhook.policy import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +100,16 @@ def make_nodes(n: int, rng: random.Random, heterogeneous: bool = False) -> list[
             )
         )
     return nodes
+
+
+# Linkerd's trust anchors as the example cluster publishes them (the default flavour needs them)
+TRUST_ROOTS = dict(
+    found
+    for found in map(
+        trust_roots_from_object, yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text())["items"]
+    )
+    if found is not None
+)
 
 
 def typical_review() -> dict:
@@ -195,7 +205,9 @@ def main() -> None:
     }
     for n, hetero in ((10, False), (500, False), (5000, False), (5000, True)):
         snap = build_snapshot(
-            nodes=make_nodes(n, rng, hetero), namespaces={"shop": {"mesh-injector.io/inject": "enabled"}}
+            nodes=make_nodes(n, rng, hetero),
+            namespaces={"shop": {"mesh-injector.io/inject": "enabled"}},
+            trust_roots=TRUST_ROOTS,
         )
         request = review["request"]
         out = admit(request, snap, policy)
@@ -353,7 +365,9 @@ def stages(review: dict, policy, calls: int) -> None:
     from webhook.server import _log_line
 
     snap = build_snapshot(
-        nodes=make_nodes(500, random.Random(3)), namespaces={"shop": {"mesh-injector.io/inject": "enabled"}}
+        nodes=make_nodes(500, random.Random(3)),
+        namespaces={"shop": {"mesh-injector.io/inject": "enabled"}},
+        trust_roots=TRUST_ROOTS,
     )
     raw = orjson.dumps(distinct_workload(review))
     metrics = Metrics()

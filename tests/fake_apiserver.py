@@ -23,9 +23,26 @@ PATHS = {
     "/api/v1/namespaces": "namespaces",
     "/api/v1/services": "services",
     "/api/v1/pods": "pods",
+    "/api/v1/configmaps": "configmaps",
 }
-KINDS = {"nodes": "Node", "namespaces": "Namespace", "services": "Service", "pods": "Pod"}
+KINDS = {
+    "nodes": "Node",
+    "namespaces": "Namespace",
+    "services": "Service",
+    "pods": "Pod",
+    "configmaps": "ConfigMap",
+}
 METRICS_PATH = "/apis/metrics.k8s.io/v1beta1/pods"
+
+
+def fields_select(selector: str | None, obj: dict[str, Any]) -> bool:
+    """``metadata.name=X`` and ``metadata.namespace=X`` terms (what the injector uses)."""
+    for term in (selector or "").split(","):
+        if "=" in term:
+            key, value = term.split("=", 1)
+            if (obj.get("metadata") or {}).get(key.removeprefix("metadata.")) != value:
+                return False
+    return True
 
 
 def selects(selector: str | None, obj: dict[str, Any]) -> bool:
@@ -252,7 +269,12 @@ class FakeAPIServer:
                     )
                 with server.cond:
                     items = sorted(server.objects[resource].values(), key=server._key)
-                    items = [o for o in items if selects(query.get("labelSelector"), o)]
+                    items = [
+                        o
+                        for o in items
+                        if selects(query.get("labelSelector"), o)
+                        and fields_select(query.get("fieldSelector"), o)
+                    ]
                     rv = server.rv
                 limit = int(query.get("limit", 0) or 0)
                 start = int(query.get("continue", 0) or 0)
@@ -266,9 +288,14 @@ class FakeAPIServer:
                 )
 
             def _pending(self, resource: str, since: int, query: dict[str, str]) -> list[Any]:
-                selector = query.get("labelSelector")
+                selector, fields = query.get("labelSelector"), query.get("fieldSelector")
                 return [
-                    e for e in server.events if e[0] > since and e[1] == resource and selects(selector, e[3])
+                    e
+                    for e in server.events
+                    if e[0] > since
+                    and e[1] == resource
+                    and selects(selector, e[3])
+                    and fields_select(fields, e[3])
                 ]
 
             def _chunk(self, data: bytes) -> None:
@@ -370,6 +397,15 @@ def node(
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
         "spec": {"taints": taints} if taints else {},
         "status": {"nodeInfo": {"kernelVersion": kernel, "kubeletVersion": kubelet}},
+    }
+
+
+def trust_roots(pem: str, namespace: str = "linkerd") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "linkerd-identity-trust-roots", "namespace": namespace},
+        "data": {"ca-bundle.crt": pem},
     }
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from webhook.cluster import ClusterSnapshot
 from webhook.loading import load_snapshot
-from webhook.policy import Policy, load_policy
+from webhook.policy import Policy, load_policy, parse_policy
 
 ROOT = Path(__file__).parent
 GOLDEN = ROOT / "golden"
@@ -25,6 +25,9 @@ JSON = {"Content-Type": "application/json"}
 CASES = sorted(p for p in (GOLDEN / "cases").iterdir() if p.is_dir())
 MANIFEST_CASES = sorted(p for p in (GOLDEN / "manifests").iterdir() if p.is_dir())
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+# Linkerd trust anchors for decisions made without a cluster file, as a policy (file and value)
+ANCHORS_POLICY = GOLDEN / "linkerd-anchors.yaml"
+TRUST_ANCHORS = (GOLDEN / "trust-anchors.pem").read_text()
 K8S_SCHEMA_VERSION = "1.33"
 
 
@@ -36,6 +39,20 @@ class Case:
     policy: Policy
     expect: dict[str, Any]
     meta: dict[str, Any]
+
+
+def anchored_policy(text: str = "") -> Policy:
+    """The default policy with the test trust anchors, and ``text`` (more policy) over it."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = merge(out[key], value) if both else value
+        return out
+
+    data = merge(yaml.safe_load(ANCHORS_POLICY.read_text()), yaml.safe_load(text) or {})
+    return parse_policy(yaml.safe_dump(data), "test policy")
 
 
 def dry_run_args(path: Path, meta: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import jsonpatch
 import pytest
 import yaml
 
-from tests.support import GOLDEN, MANIFEST_CASES, compare_golden, validate_k8s
+from tests.support import ANCHORS_POLICY, GOLDEN, MANIFEST_CASES, compare_golden, validate_k8s
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -91,13 +91,18 @@ def test_review_from_stdin_yaml():
         stdin=yaml.safe_dump(review),
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("decision: meshed, mode ebpf")
+    assert out.stdout.startswith("decision: meshed, linkerd proxy, mode ebpf")
 
 
 def test_no_cluster_uses_safe_defaults_and_says_so():
     review = json.loads((EXAMPLES / "review.json").read_text())
     review["request"]["object"]["metadata"]["labels"]["mesh-injector.io/inject"] = "enabled"
+    # the default flavour is Linkerd: without a cluster there are no trust anchors to read
     out = run("review", "-", "--show", "why", stdin=json.dumps(review))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("decision: not meshed (no-trust-anchors): no Linkerd trust anchors")
+    assert "ConfigMap linkerd/linkerd-identity-trust-roots" in out.stdout
+    out = run("review", "-", "--show", "why", "--policy", str(ANCHORS_POLICY), stdin=json.dumps(review))
     assert out.returncode == 0, out.stderr
     assert "mode: iptables (kernel-unknown)" in out.stdout
     assert "embedded defaults" in out.stdout and "no eligible node is known" in out.stdout
@@ -110,6 +115,8 @@ def test_no_cluster_uses_safe_defaults_and_says_so():
         "6.1.0",
         "--server-version",
         "1.32",
+        "--policy",
+        str(ANCHORS_POLICY),
         stdin=json.dumps(review),
     )
     assert "mode: ebpf" in out.stdout and "native sidecar" in out.stdout
@@ -121,6 +128,8 @@ def test_inject_manifests(path):
     args = ["inject", "-f", str(path / "input.yaml"), "--now", meta["now"]]
     if meta.get("cluster"):
         args += ["--cluster", str(GOLDEN / "clusters" / f"{meta['cluster']}.yaml")]
+    else:
+        args += ["--policy", str(ANCHORS_POLICY)]
     out = run(*args)
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
@@ -150,7 +159,7 @@ def test_inject_directory_and_cronjob_template_path(tmp_path):
     assert docs[0]["kind"] == "Namespace"
     cron = next(d for d in docs if d["kind"] == "CronJob")
     spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert [c["name"] for c in spec["initContainers"]] == ["mesh-init", "mesh-proxy"]
+    assert [c["name"] for c in spec["initContainers"]] == ["linkerd-init", "linkerd-proxy"]
 
 
 def test_check_table():

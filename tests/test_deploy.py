@@ -123,6 +123,11 @@ def test_rbac_is_least_privilege(rendered):
             verbs = set(rule["verbs"])
             if "mutatingwebhookconfigurations" in rule["resources"]:
                 assert rule["resourceNames"] == ["mesh-injector"] and verbs <= {"get", "patch"}
+            elif "configmaps" in rule["resources"]:
+                # Linkerd's trust anchors, by name; no other ConfigMap is readable
+                assert rule["resources"] == ["configmaps"]
+                assert rule["resourceNames"] == ["linkerd-identity-trust-roots"], rule
+                assert verbs <= {"get", "list", "watch"}
             elif rule["resources"] == ["secrets"]:
                 # only the certificate Job, only in its namespace, only its own Secrets
                 assert role["kind"] == "Role"

@@ -30,7 +30,7 @@ from cryptography import x509
 from kubernetes import client, config
 
 from tests.servers import Certs, serve_process
-from tests.support import eventually
+from tests.support import TRUST_ANCHORS, eventually
 
 HARNESS = Path(__file__).parent / "e2e" / "run-apiserver.sh"
 WORKDIR = Path(os.environ.get("K8S_WORKDIR", Path.home() / ".cache" / "k8s-apiserver"))
@@ -42,7 +42,8 @@ ENV = {
     "K8S_WORKDIR": str(WORKDIR),
 }
 RUN = uuid.uuid4().hex[:5]
-SHOP, PLAIN = f"shop-{RUN}", f"plain-{RUN}"
+SHOP, PLAIN, ISTIO = f"shop-{RUN}", f"plain-{RUN}", f"istio-{RUN}"
+PROXY = "linkerd-proxy"  # the default flavour
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +114,28 @@ def set_kernel(core: client.CoreV1Api, name: str, kernel: str) -> None:
 @pytest.fixture(scope="module")
 def world(api, tmp_path_factory):
     core = client.CoreV1Api(api)
-    for ns, labels in ((SHOP, {"mesh-injector.io/inject": "enabled"}), (PLAIN, {})):
+    namespaces = (
+        (SHOP, {"mesh-injector.io/inject": "enabled"}),
+        (PLAIN, {}),
+        (ISTIO, {"mesh-injector.io/inject": "enabled", "e2e-flavour": "istio"}),
+        ("linkerd", {}),
+    )
+    for ns, labels in namespaces:
         core.create_namespace(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}},
             _preload_content=False,
         )
+    # Linkerd's control plane publishes its trust anchors here (what `linkerd install` creates)
+    core.create_namespaced_config_map(
+        "linkerd",
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "linkerd-identity-trust-roots"},
+            "data": {"ca-bundle.crt": TRUST_ANCHORS},
+        },
+        _preload_content=False,
+    )
     for i in range(3):
         make_node(
             core, f"node-{i}", "6.1.0-18-cloud-amd64", {"kubernetes.io/hostname": f"node-{i}", "pool": "a"}
@@ -153,12 +171,19 @@ def certs_cli(out: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def register_webhook(world, url: str) -> None:
+def register_webhook(world, url: str, flavour: str | None = None) -> str:
+    """A MutatingWebhookConfiguration for the injector at ``url``; the namespaces labelled
+    ``e2e-flavour: <flavour>`` go to the injector registered with that flavour."""
     reg = client.AdmissionregistrationV1Api(world["api"])
+    own = (
+        {"key": "e2e-flavour", "operator": "In", "values": [flavour]}
+        if flavour
+        else {"key": "e2e-flavour", "operator": "DoesNotExist"}
+    )
     body = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": f"mesh-injector-{RUN}"},
+        "metadata": {"name": f"mesh-injector-{RUN}" + (f"-{flavour}" if flavour else "")},
         "webhooks": [
             {
                 "name": "namespace.inject.mesh-injector.io",
@@ -182,7 +207,8 @@ def register_webhook(world, url: str) -> None:
                 ],
                 "namespaceSelector": {
                     "matchExpressions": [
-                        {"key": "mesh-injector.io/inject", "operator": "In", "values": ["enabled"]}
+                        {"key": "mesh-injector.io/inject", "operator": "In", "values": ["enabled"]},
+                        own,
                     ]
                 },
                 "objectSelector": {
@@ -198,6 +224,7 @@ def register_webhook(world, url: str) -> None:
     except client.ApiException:
         pass
     reg.create_mutating_webhook_configuration(body, _preload_content=False)
+    return body["metadata"]["name"]
 
 
 def create_pod(
@@ -213,6 +240,9 @@ def create_pod(
         "kind": "Pod",
         "metadata": {"name": name or f"p-{uuid.uuid4().hex[:8]}", "labels": {"app": "web", **(labels or {})}},
         "spec": {
+            # what the ServiceAccount admission plugin (off in this harness: no controller
+            # manager makes the accounts) sets before webhooks run; projected tokens need it
+            "serviceAccountName": "default",
             "containers": [
                 {
                     "name": "app",
@@ -229,6 +259,12 @@ def create_pod(
 
 def names(pod: dict, key: str) -> list[str]:
     return [c["name"] for c in pod["spec"].get(key) or []]
+
+
+def meshed_pod(core: client.CoreV1Api, ns: str, proxy: str) -> dict | None:
+    """A new pod in ``ns`` if it was stored with ``proxy`` (else None, to try again)."""
+    pod = create_pod(core, ns)
+    return pod if proxy in names(pod, "containers") else None
 
 
 @pytest.fixture(scope="module")
@@ -255,11 +291,11 @@ def test_real_api_server_stores_meshed_pods(world, webhook):
 
     def meshed():
         pod = create_pod(core, SHOP)
-        return pod if "mesh-proxy" in names(pod, "containers") else None
+        return pod if PROXY in names(pod, "containers") else None
 
     pod = eventually(meshed, timeout=15, every=0.2)  # the watched caches may still be filling
     # a 1.20 API server: legacy placement, never a native sidecar
-    assert names(pod, "containers")[0] == "mesh-proxy" and "mesh-proxy" not in names(pod, "initContainers")
+    assert names(pod, "containers")[0] == PROXY and PROXY not in names(pod, "initContainers")
     proxy = pod["spec"]["containers"][0]
     assert "restartPolicy" not in proxy and "startupProbe" not in proxy
     ann = pod["metadata"]["annotations"]
@@ -286,7 +322,10 @@ def test_real_api_server_stores_meshed_pods(world, webhook):
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": meta,
-        "spec": {"containers": [{"name": "checkout", "image": "registry.example.com/checkout:2"}]},
+        "spec": {
+            "serviceAccountName": "default",
+            "containers": [{"name": "checkout", "image": "registry.example.com/checkout:2"}],
+        },
     }
     owned = raw(core.create_namespaced_pod(SHOP, body, _preload_content=False))
     assert owned["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == "observed"
@@ -299,11 +338,69 @@ def test_real_api_server_stores_meshed_pods(world, webhook):
     assert names(off, "containers") == ["app"]
 
 
+def test_the_stored_linkerd_pod_is_what_linkerd_expects(world, webhook):
+    """The default flavour against a cluster with Linkerd's trust roots: every field Linkerd's
+    control plane and tools read is stored as sent (the API server validated it all)."""
+    core = world["core"]
+    pod = eventually(lambda: meshed_pod(core, SHOP, PROXY), every=0.2)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["labels"]["linkerd.io/control-plane-ns"] == "linkerd"
+    assert meta["labels"]["linkerd.io/workload-ns"] == SHOP
+    assert meta["annotations"]["linkerd.io/proxy-version"] == "edge-24.8.2"
+    assert len(meta["annotations"]["linkerd.io/trust-root-sha256"]) == 64
+    proxy = spec["containers"][0]
+    assert proxy["image"] == "cr.l5d.io/linkerd/proxy:edge-24.8.2"
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"].strip() == TRUST_ANCHORS.strip()
+    assert env["LINKERD2_PROXY_INBOUND_PORTS"] == "8080"
+    assert proxy["lifecycle"]["postStart"]["exec"]["command"][0] == "/usr/lib/linkerd/linkerd-await"
+    assert proxy["securityContext"]["runAsUser"] == 2102
+    token = next(v for v in spec["volumes"] if v["name"] == "linkerd-identity-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "identity.l5d.io"
+    assert {"linkerd-identity-end-entity", "linkerd-identity-token"} <= {v["name"] for v in spec["volumes"]}
+
+
+def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
+    """A second injector with ``proxy.flavour: istio`` serves the namespace labelled for it."""
+    core = world["core"]
+    policy = tmp_path / "istio.yaml"
+    policy.write_text("proxy: {flavour: istio}\n")
+    reg = client.AdmissionregistrationV1Api(world["api"])
+    with serve_process(
+        world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig"), "--policy", str(policy)
+    ) as istio:
+        ready = world["certs"].client_context()
+        eventually(lambda: httpx.get(istio.url + "/readyz", verify=ready).status_code == 200)
+        name = register_webhook(world, istio.url, flavour="istio")
+        try:
+            pod = eventually(lambda: meshed_pod(core, ISTIO, "istio-proxy"), every=0.2)
+        finally:
+            reg.delete_mutating_webhook_configuration(name, _preload_content=False)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert names(pod, "containers")[0] == "istio-proxy"  # a 1.20 server: legacy placement
+    assert meta["labels"]["security.istio.io/tlsMode"] == "istio"
+    assert meta["labels"]["service.istio.io/canonical-name"] == "web"
+    status = json.loads(meta["annotations"]["sidecar.istio.io/status"])
+    assert status["containers"] == ["istio-proxy"] and "istio-token" in status["volumes"]
+    proxy = spec["containers"][0]
+    assert proxy["args"][:2] == ["proxy", "sidecar"]
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["CA_ADDR"] == "istiod.istio-system.svc:15012"
+    # the ports as the API server sent them: defaulted (protocol TCP) before webhooks run
+    ports = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert json.loads(env["ISTIO_META_POD_PORTS"]) == ports
+    assert proxy["securityContext"]["runAsUser"] == 1337
+    assert proxy["readinessProbe"]["httpGet"]["port"] == 15021
+    token = next(v for v in spec["volumes"] if v["name"] == "istio-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "istio-ca"
+    assert not any(k.startswith("linkerd.io/") for k in meta["annotations"])
+
+
 def test_server_side_dry_run_shows_the_mutation_and_stores_nothing(world, webhook):
     core = world["core"]
     name = f"dry-{RUN}"
     pod = create_pod(core, SHOP, name=name, dry_run=True)
-    assert names(pod, "containers")[0] == "mesh-proxy"
+    assert names(pod, "containers")[0] == PROXY
     with pytest.raises(client.ApiException) as err:
         core.read_namespaced_pod(name, SHOP, _preload_content=False)
     assert err.value.status == 404
@@ -319,11 +416,14 @@ def test_kernel_change_is_followed_by_the_next_pod(world, webhook):
         return pod if pod["metadata"]["labels"].get("mesh-injector.io/interception") == "iptables" else None
 
     pod = eventually(iptables_pod, timeout=10, every=0.2)
-    assert names(pod, "initContainers")[-1] == "mesh-init"  # legacy: last, after the pod's own
-    rules = next(
-        e["value"] for e in pod["spec"]["initContainers"][-1]["env"] if e["name"] == "MESH_IPTABLES_RULES"
-    )
-    assert "--to-ports 4143" in rules and "--uid-owner 2102" in rules
+    assert names(pod, "initContainers")[-1] == "linkerd-init"  # legacy: last, after the pod's own
+    args = pod["spec"]["initContainers"][-1]["args"]
+    assert args[args.index("--incoming-proxy-port") + 1] == "4143"
+    assert args[args.index("--proxy-uid") + 1] == "2102"
+    assert pod["spec"]["initContainers"][-1]["securityContext"]["capabilities"]["add"] == [
+        "NET_ADMIN",
+        "NET_RAW",
+    ]
     for i in range(3):
         set_kernel(core, f"node-{i}", "6.1.0-18-cloud-amd64")
     eventually(
@@ -352,7 +452,7 @@ def test_hostile_review_does_not_disturb_the_api_servers_calls(world, webhook):
     finally:
         stop.set()
         t.join()
-    assert all(names(p, "containers")[0] == "mesh-proxy" for p in pods)
+    assert all(names(p, "containers")[0] == PROXY for p in pods)
 
 
 def test_certificate_rotation_while_pods_are_created(world, webhook):
@@ -362,7 +462,7 @@ def test_certificate_rotation_while_pods_are_created(world, webhook):
 
     def creator():
         while not stop.is_set():
-            results.append(names(create_pod(core, SHOP), "containers")[0] == "mesh-proxy")
+            results.append(names(create_pod(core, SHOP), "containers")[0] == PROXY)
 
     t = threading.Thread(target=creator)
     t.start()
@@ -395,7 +495,7 @@ def test_webhook_down_fails_open_then_meshes_again(world, webhook):
             )
         )
         register_webhook(world, again.url)
-        eventually(lambda: names(create_pod(core, SHOP), "containers")[0] == "mesh-proxy", every=0.2)
+        eventually(lambda: names(create_pod(core, SHOP), "containers")[0] == PROXY, every=0.2)
         latency = admission_latency(world, core, 500)
         print(
             f"\nAPI server's view of the webhook over {latency['count']:.0f} pod creations: "
@@ -516,13 +616,16 @@ def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
                         "ownerReferences": [owner],
                         "labels": {"app": "cart", "pod-template-hash": "58bc9d7f6"},
                     },
-                    "spec": {"containers": [{"name": "cart", "image": "registry.example.com/cart:1"}]},
+                    "spec": {
+                        "serviceAccountName": "default",
+                        "containers": [{"name": "cart", "image": "registry.example.com/cart:1"}],
+                    },
                 }
                 return raw(core.create_namespaced_pod(SHOP, body, _preload_content=False))
 
             stored = create_cart()
             assert stored["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == "observed"
-            assert stored["spec"]["containers"][0]["name"] == "mesh-proxy"
+            assert stored["spec"]["containers"][0]["name"] == PROXY
             assert stored["spec"]["containers"][0]["resources"] == want.as_k8s()
             assert stored["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
 
@@ -593,7 +696,10 @@ def test_meshed_pods_are_watched_for_workloads_and_oom_kills(world, tmp_path):
                 "ownerReferences": [owner],
                 "labels": {"app": "api", "pod-template-hash": "58bc9d7f6"},
             },
-            "spec": {"containers": [{"name": "api", "image": "registry.example.com/api:1"}]},
+            "spec": {
+                "serviceAccountName": "default",
+                "containers": [{"name": "api", "image": "registry.example.com/api:1"}],
+            },
         }
         pod = raw(core.create_namespaced_pod(SHOP, body, _preload_content=False))
         assert "mesh-injector.io/interception" in pod["metadata"]["labels"]
@@ -613,7 +719,7 @@ def test_meshed_pods_are_watched_for_workloads_and_oom_kills(world, tmp_path):
                 "status": {
                     "containerStatuses": [
                         {
-                            "name": "mesh-proxy",
+                            "name": PROXY,
                             "ready": True,
                             "restartCount": 1,
                             "image": pod["spec"]["containers"][0]["image"],

@@ -15,7 +15,12 @@ import pytest
 
 from tests.support import CASES, compare_golden, load_case, validate_k8s, with_object
 from webhook.admission import admit
-from webhook.inject import ANN_SKIP, ANN_STATUS, INIT, PROXY
+from webhook.dataplane import flavour
+from webhook.dataplane.generic import INIT as GENERIC_INIT
+from webhook.inject import ANN_SKIP, ANN_STATUS
+
+# what each flavour's proxy runs as
+UID = {"generic": 2102, "linkerd": 2102, "istio": 1337}
 
 
 def _names(spec, key):
@@ -24,15 +29,15 @@ def _names(spec, key):
 
 def _rules(pod):
     for c in pod["spec"].get("initContainers") or []:
-        if c["name"] == INIT:
+        if c["name"] == GENERIC_INIT:
             return next(e["value"] for e in c["env"] if e["name"] == "MESH_IPTABLES_RULES")
     return None
 
 
-def _proxy(pod):
+def _find(pod, name):
     for key in ("initContainers", "containers"):
         for c in pod["spec"].get(key) or []:
-            if c["name"] == PROXY:
+            if c["name"] == name:
                 return c
     return None
 
@@ -71,21 +76,26 @@ def test_golden(path):
         spec = patched["spec"]
         status = json.loads(patched["metadata"]["annotations"][ANN_STATUS])
         assert status["mode"] == out.mode.value
-        proxy = _proxy(patched)
-        native = PROXY in _names(spec, "initContainers")
+        assert status["flavour"] == case.policy.proxy.flavour
+        plane = flavour(status["flavour"])
+        proxy_name, init_name = plane.proxy_name, plane.init_name
+        proxy = _find(patched, proxy_name)
+        native = proxy_name in _names(spec, "initContainers")
         assert native is (proxy.get("restartPolicy") == "Always")
-        assert native is ("startupProbe" in proxy)
+        if plane.name != "istio":  # Istio's proxy has a startup probe in both placements
+            assert native is ("startupProbe" in proxy)
         assert status["nativeSidecar"] is native
         if "native" in exp:
             assert native is exp["native"], out.explanation
         if "init" in exp:
-            assert (INIT in _names(spec, "initContainers")) is exp["init"]
-        assert _names(spec, "containers").count(PROXY) + _names(spec, "initContainers").count(PROXY) == 1
+            assert (init_name in _names(spec, "initContainers")) is exp["init"]
+        proxies = _names(spec, "containers") + _names(spec, "initContainers")
+        assert proxies.count(proxy_name) == 1
         sc = proxy["securityContext"]
-        assert sc["runAsUser"] == 2102 and sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
+        assert sc["runAsUser"] == UID[plane.name] and sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
         assert sc["capabilities"] == {"drop": ["ALL"]} and not sc["allowPrivilegeEscalation"]
         if out.mode.value != "iptables":
-            assert INIT not in _names(spec, "initContainers")
+            assert init_name not in _names(spec, "initContainers")
         if "source" in exp:
             assert (
                 patched["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == exp["source"]
@@ -93,15 +103,17 @@ def test_golden(path):
         if "resources" in exp:
             assert proxy["resources"] == exp["resources"]
         if "protocol" in exp:
-            env = {e["name"]: e.get("value") for e in proxy["env"]}
-            assert env["MESH_PROXY_PROTOCOL_HINT"] == exp["protocol"]
+            assert any(line.startswith(f"workload: protocol {exp['protocol']} ") for line in out.explanation)
+            if plane.name == "generic":
+                env = {e["name"]: e.get("value") for e in proxy["env"]}
+                assert env["MESH_PROXY_PROTOCOL_HINT"] == exp["protocol"]
         if "init_order" in exp:
             assert (
                 _names(spec, "initContainers")[-len(exp["init_order"]) :] == exp["init_order"]
                 or _names(spec, "initContainers") == exp["init_order"]
             )
-            assert [n for n in _names(spec, "initContainers") if n != PROXY] == [
-                n for n in exp["init_order"] if n != PROXY
+            assert [n for n in _names(spec, "initContainers") if n != proxy_name] == [
+                n for n in exp["init_order"] if n != proxy_name
             ]
         if "first_container" in exp:
             assert _names(spec, "containers")[0] == exp["first_container"]
@@ -109,6 +121,8 @@ def test_golden(path):
             rules = _rules(patched)
             for line in exp["rules_contain"]:
                 assert line in rules
+        if "init_args" in exp:
+            assert _find(patched, exp.get("init_name", init_name))["args"] == exp["init_args"]
         if exp.get("lifecycle_warning"):
             assert any("keeps the pod running" in w for w in out.warnings)
         # the user's containers are untouched

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.servers import serve_process, thread_server
-from tests.support import EXAMPLE, JSON, load_case
+from tests.support import EXAMPLE, JSON, anchored_policy, load_case
 from webhook.admission import _template_key, admit
 from webhook.cluster import Memo, StaticClusterView, build_snapshot, outcome_cost
 from webhook.loading import load_snapshot
@@ -75,8 +75,11 @@ def test_outcome_cost_is_not_an_under_estimate():
             tracemalloc.stop()
         assert snapshot.outcomes.bytes == before[0]  # no observed usage: kept by template only
         costed = snapshot.templates.bytes - before[1]
-        template = _template_key(orjson.loads(raw)["request"], snapshot, False)
-        assert template is not None and costed == outcome_cost(template[1])
+        template = _template_key(orjson.loads(raw)["request"], snapshot, policy, False)
+        assert template is not None
+        entry = snapshot.templates.get(template[0])
+        assert entry is not None and entry.paths  # Linkerd names the workload: put in per pod
+        assert costed == outcome_cost(template[1], len(orjson.dumps(entry.light.patch)))
         assert kept < costed, (env, kept, costed)
         assert kept < len(raw) * 3 + 64 * 1024, (env, kept)  # never the pod's objects
 
@@ -95,7 +98,8 @@ def test_distinct_large_pods_never_pin_memory_in_the_memos():
         review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "SEQ", "value": str(i)}]
         admit(review["request"], snapshot, policy)
     memo = snapshot.templates
-    assert len(memo) == 256 and memo.bytes <= memo.max_bytes <= 8 << 20
+    # the byte bound is what holds here: ~49 KiB per Linkerd pod, so ~170 of the 256 entries
+    assert 100 <= len(memo) <= 256 and memo.bytes <= memo.max_bytes <= 8 << 20
 
 
 def test_pods_sized_from_observed_usage_are_memoised_by_the_whole_object():
@@ -136,7 +140,7 @@ def _response(sock: ssl.SSLSocket) -> tuple[int, bytes, bytes]:
 def test_body_budget_refuses_large_bodies_with_retry_after_and_always_passes_small_ones(certs):
     state = AppState(
         cluster=StaticClusterView(build_snapshot()),
-        policy=load_policy(),
+        policy=anchored_policy(),
         budget=BodyBudget(1024 * 1024),
         read_timeout=5,
     )
@@ -200,7 +204,7 @@ def _handshake(certs, port: int, *, ciphers: str | None = None, version: ssl.TLS
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_tls12_offers_only_aead_suites_and_tls13_is_unchanged(certs):
-    state = AppState(cluster=StaticClusterView(build_snapshot()), policy=load_policy())
+    state = AppState(cluster=StaticClusterView(build_snapshot()), policy=anchored_policy())
     with thread_server(state, certs) as url:
         port = int(url.rsplit(":", 1)[1])
         probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

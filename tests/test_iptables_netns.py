@@ -19,7 +19,11 @@ import pytest
 
 from webhook.admission import admit
 from webhook.cluster import build_snapshot
-from webhook.policy import load_policy
+from webhook.policy import parse_policy
+
+# the generic flavour: mesh-init carries the ruleset we render (the meshes' init images
+# render their own; tests/test_flavours.py checks the flags they are given)
+GENERIC = parse_policy("proxy: {flavour: generic, image: proxy:1, initImage: proxy-init:1}")
 
 POD_IP, PEER_IP = "10.251.0.2", "10.251.0.1"  # addresses inside namespaces this test creates
 APP_UID, PROXY_UID = 1000, 2102
@@ -129,7 +133,7 @@ def mesh_init_of(annotations: dict[str, str]) -> dict:
     out = admit(
         {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod},
         build_snapshot(),
-        load_policy(),
+        GENERIC,
     )
     assert out.pod is not None
     return next(c for c in out.pod["spec"]["initContainers"] if c["name"] == "mesh-init")

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fake_apiserver import FakeAPIServer, namespace, node, service
+from tests.fake_apiserver import FakeAPIServer, namespace, node, service, trust_roots
 from tests.servers import make_certs, serve_process
-from tests.support import EXAMPLE, eventually
+from tests.support import EXAMPLE, TRUST_ANCHORS, eventually
 from webhook.admission import admit
 from webhook.live import LiveClusterView, api_client
 from webhook.policy import load_policy
@@ -41,6 +41,7 @@ def cluster(tmp_path):
     fake.put("nodes", node("n2", "6.8.0-45-generic"))
     fake.put("namespaces", namespace("shop", {"mesh-injector.io/inject": "enabled"}))
     fake.put("namespaces", namespace("quiet"))
+    fake.put("configmaps", trust_roots(TRUST_ANCHORS))
     fake.put(
         "services",
         service("api", "shop", {"app": "api"}, [{"name": "api", "port": 80, "appProtocol": "grpc"}]),
@@ -80,6 +81,29 @@ def test_lists_then_watches_and_decides_from_live_state(cluster):
     out = admit(pod_request("quiet"), view.snapshot(), POLICY)
     assert out.injected and out.mode.value == "ebpf"
     assert fake.list_calls["nodes"] == 1, "changes arrive by watch, not by relisting"
+
+
+def test_linkerd_trust_roots_are_watched(cluster):
+    """The trust anchors come from the watched ConfigMap: a rotation reaches the next pod,
+    and a deleted ConfigMap stops meshing (with the reason) instead of an identity-less proxy."""
+    fake, view, _ = cluster
+    other = {**trust_roots(TRUST_ANCHORS), "metadata": {"name": "other", "namespace": "linkerd"}}
+    fake.put("configmaps", other)
+    view.start()
+    assert view.wait_ready(10)
+    assert view.snapshot().trust_roots == {"linkerd": TRUST_ANCHORS}  # by field selector: only ours
+    rotated = TRUST_ANCHORS + TRUST_ANCHORS  # a bundle of old and new roots during a rotation
+    fake.put("configmaps", trust_roots(rotated))
+    eventually(lambda: view.snapshot().trust_roots.get("linkerd") == rotated)
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    proxy = next(c for c in out.pod["spec"]["initContainers"] if c["name"] == "linkerd-proxy")
+    anchors = next(e["value"] for e in proxy["env"] if e["name"] == "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS")
+    assert anchors.count("BEGIN CERTIFICATE") == 2
+    fake.delete("configmaps", "linkerd-identity-trust-roots", "linkerd")
+    eventually(lambda: not view.snapshot().trust_roots)
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    assert not out.injected and out.skip is not None and out.skip.value == "no-trust-anchors"
+    assert fake.list_calls["configmaps"] == 1, "changes arrive by watch"
 
 
 def test_dropped_watch_resumes_from_resource_version(cluster):

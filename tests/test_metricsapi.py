@@ -12,13 +12,13 @@ import httpx
 import jsonpatch
 import pytest
 
-from tests.fake_apiserver import FakeAPIServer, meshed_pod, namespace, node, pod_metrics
+from tests.fake_apiserver import FakeAPIServer, meshed_pod, namespace, node, pod_metrics, trust_roots
 from tests.servers import make_certs, serve_process
-from tests.support import eventually, owned_pod_review
+from tests.support import TRUST_ANCHORS, anchored_policy, eventually, owned_pod_review
+from webhook.dataplane import PROXY_NAMES
 from webhook.history import UsageHistory
 from webhook.live import api_client
 from webhook.metricsapi import MetricsApiUsage
-from webhook.policy import parse_policy
 from webhook.sizing import from_observed
 from webhook.usage import Sample, summarize
 from webhook.workload import WorkloadKey
@@ -30,7 +30,7 @@ def web_review() -> dict:
     )
 
 
-POLICY = parse_policy("sizing: {minSamples: 2, minSpan: 1h}")
+POLICY = anchored_policy("sizing: {minSamples: 2, minSpan: 1h}")
 WEB = WorkloadKey("shop", "Deployment", "web")
 DB = WorkloadKey("data", "StatefulSet", "db")
 MI = 2**20
@@ -46,6 +46,7 @@ def fake(tmp_path):
     server.put("nodes", node("n1", "6.8.0-45-generic", kubelet="v1.33.1"))
     server.put("namespaces", namespace("shop", {"mesh-injector.io/inject": "enabled"}))
     server.put("namespaces", namespace("data", {"mesh-injector.io/inject": "enabled"}))
+    server.put("configmaps", trust_roots(TRUST_ANCHORS))
     labels = {"app": "web", "pod-template-hash": "59c6b7d8f4"}
     for name in ("web-59c6b7d8f4-aaaaa", "web-59c6b7d8f4-bbbbb"):
         server.put("pods", meshed_pod(name, "shop", ("ReplicaSet", "web-59c6b7d8f4"), labels=labels))
@@ -205,7 +206,7 @@ def test_serve_sizes_from_the_metrics_api_and_survives_its_outage(fake, tmp_path
                 "observed"
             )
             everything = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
-            return next(c for c in everything if c["name"] == "mesh-proxy")["resources"]
+            return next(c for c in everything if c["name"] in PROXY_NAMES)["resources"]
 
         # p90 of {100m: w, 400m: w/2^(2h/24h)} -> 400m: 460m; memory p95 -> 150Mi: 173Mi
         want = {"requests": {"cpu": "460m", "memory": "173Mi"}, "limits": {"memory": "225Mi"}}

@@ -16,6 +16,7 @@ import jsonpatch
 import pytest
 import yaml
 
+from tests.fake_apiserver import trust_roots
 from tests.promdata import (
     DAY,
     STEP,
@@ -27,9 +28,9 @@ from tests.promdata import (
     write_openmetrics,
 )
 from tests.servers import make_certs, serve_process
-from tests.support import eventually, owned_pod_review
+from tests.support import ANCHORS_POLICY, TRUST_ANCHORS, anchored_policy, eventually, owned_pod_review
+from webhook.dataplane import PROXY_NAMES
 from webhook.history import UsageHistory
-from webhook.policy import load_policy
 from webhook.prometheus import PrometheusError, PrometheusUsage, prometheus_summaries
 from webhook.sizing import from_observed
 from webhook.usage import Sample, summarize
@@ -49,7 +50,7 @@ def web_review() -> dict:
     )
 
 
-POLICY = load_policy(None)
+POLICY = anchored_policy()
 WINDOW = POLICY.sizing.window
 
 
@@ -206,6 +207,8 @@ def test_recommend_and_review_read_prometheus_once(prom, tmp_path):
                 now,
                 "--show",
                 "pod",
+                "--policy",
+                str(ANCHORS_POLICY),
             ],
             capture_output=True,
             text=True,
@@ -215,7 +218,7 @@ def test_recommend_and_review_read_prometheus_once(prom, tmp_path):
     proxy = next(
         c
         for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
-        if c["name"] == "mesh-proxy"
+        if c["name"] in PROXY_NAMES
     )
     assert proxy["resources"] == db
     assert pod["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"].startswith("observed")
@@ -252,6 +255,7 @@ def test_two_replicas_give_the_same_answer(prom, tmp_path):
                         "metadata": {"name": "n1"},
                         "status": {"nodeInfo": {"kernelVersion": "6.8.0", "kubeletVersion": "v1.33.1"}},
                     },
+                    trust_roots(TRUST_ANCHORS),
                 ],
             }
         )
@@ -276,7 +280,7 @@ def test_two_replicas_give_the_same_answer(prom, tmp_path):
     pod = jsonpatch.apply_patch(web_review()["request"]["object"], patch)
     assert pod["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"].startswith("observed")
     proxy = next(
-        c for c in pod["spec"]["initContainers"] + pod["spec"]["containers"] if c["name"] == "mesh-proxy"
+        c for c in pod["spec"]["initContainers"] + pod["spec"]["containers"] if c["name"] in PROXY_NAMES
     )
     summaries = prometheus_summaries(url, POLICY.sizing, time.time())
     want = from_observed(summaries[WorkloadKey("shop", "Deployment", "web")], POLICY).as_k8s()

@@ -6,17 +6,19 @@ from __future__ import annotations
 import copy
 
 import jsonpatch
+import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import GOLDEN, validate_k8s
+from tests.support import GOLDEN, anchored_policy, validate_k8s
 from webhook.admission import admit
+from webhook.inject import read_status
 from webhook.loading import load_snapshot
 from webhook.patch import diff
-from webhook.policy import load_policy
 from webhook.versions import parse_kernel, parse_kube_version
 
-POLICY = load_policy()
+POLICY = anchored_policy()
 SNAPSHOTS = {
     name: load_snapshot(policy=POLICY, now=1795780800.0, cluster=str(GOLDEN / "clusters" / f"{name}.yaml"))
     for name in ("mixed", "old")
@@ -138,7 +140,8 @@ def test_admission_properties(pod, ns, cluster, server):
     again = admit({**request, "object": patched}, snapshot, POLICY)
     assert again.patch == []
     # user containers are never modified, only joined by the injector's own
-    mine = {"mesh-proxy", "mesh-init"}
+    status = read_status(patched) or {}
+    mine = set(status.get("containers", [])) | set(status.get("initContainers", []))
     for key in ("containers", "initContainers"):
         before = [c for c in original["spec"].get(key, [])]
         after = [c for c in patched["spec"].get(key, []) if c["name"] not in mine]
@@ -231,7 +234,11 @@ def test_an_outcome_shared_by_template_equals_a_fresh_decision(
     assert served.pod == fresh.pod
 
 
-def test_a_sibling_workload_is_served_from_the_template_memo():
+@pytest.mark.parametrize("flavour", ["generic", "linkerd", "istio"])
+def test_a_sibling_workload_is_served_from_the_template_memo(flavour):
+    """Siblings share one decided template; where the flavour names the workload on the pod
+    (Linkerd, Istio) each gets its own name put into the shared patch."""
+    policy = anchored_policy(f"proxy: {{flavour: {flavour}, image: proxy:1, initImage: init:1}}")
     snapshot = SNAPSHOTS["mixed"].derive()
     pod = {
         "apiVersion": "v1",
@@ -241,6 +248,10 @@ def test_a_sibling_workload_is_served_from_the_template_memo():
     }
     sibling = copy.deepcopy(pod)
     sibling["metadata"] = {"generateName": "web-b-", "labels": {"app": "web-b"}}
+    for obj, name in ((pod, "web-a"), (sibling, "web-b")):  # pods of two Deployments
+        obj["metadata"]["labels"]["pod-template-hash"] = "7d9c8b6f5"
+        owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{name}-7d9c8b6f5"}
+        obj["metadata"]["ownerReferences"] = [{**owner, "uid": name, "controller": True}]
 
     def request(obj):
         return {
@@ -251,10 +262,19 @@ def test_a_sibling_workload_is_served_from_the_template_memo():
             "object": obj,
         }
 
-    first = admit(request(pod), snapshot, POLICY)
-    served = admit(request(sibling), snapshot, POLICY)
-    assert first.injected and len(snapshot.templates) == 1  # one template for both
+    first = admit(request(pod), snapshot, policy)
+    served = admit(request(sibling), snapshot, policy)
     assert served.workload is not None and served.workload.name == "web-b"
-    assert served.patch == first.patch
-    assert "pod: shop/web-b- (workload shop/Pod/web-b)" in served.explanation[1]
+    assert "pod: shop/web-b- (workload shop/Deployment/web-b)" in served.explanation[1]
     assert jsonpatch.apply_patch(sibling, served.patch) == served.pod
+    fresh = admit(request(sibling), SNAPSHOTS["mixed"].derive(), policy)
+    assert served.patch == fresh.patch
+    # one template for both (Istio reads the app label, which differs: one each)
+    assert first.injected and len(snapshot.templates) == (2 if flavour == "istio" else 1)
+    assert first.patch == admit(request(pod), SNAPSHOTS["mixed"].derive(), policy).patch
+    if flavour == "generic":
+        assert served.patch == first.patch
+    else:
+        text = orjson.dumps(served.patch).decode()
+        assert "web-b" in text and "web-a" not in text
+        assert orjson.dumps(first.patch).decode().replace("web-a", "web-b") == text

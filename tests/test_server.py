@@ -24,11 +24,10 @@ import pytest
 from cryptography import x509
 
 from tests.servers import serve_process, thread_server
-from tests.support import CASES, EXAMPLE, JSON, load_case
+from tests.support import CASES, EXAMPLE, JSON, anchored_policy, load_case
 from webhook.admission import admit
 from webhook.certs import generate, write_bundle
 from webhook.cluster import StaticClusterView, build_snapshot
-from webhook.policy import load_policy
 from webhook.server import AppState
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def live(certs):
-    state = AppState(cluster=StaticClusterView(build_snapshot()), policy=load_policy(), read_timeout=1.5)
+    state = AppState(cluster=StaticClusterView(build_snapshot()), policy=anchored_policy(), read_timeout=1.5)
     with thread_server(state, certs) as url:
         yield state, url
 
@@ -173,7 +172,9 @@ def test_core_failure_allows_the_pod_and_keeps_serving(certs):
             raise KeyError("bug")
         return admit(request, snapshot, policy)
 
-    state = AppState(cluster=StaticClusterView(build_snapshot()), policy=load_policy(), admit_fn=exploding)
+    state = AppState(
+        cluster=StaticClusterView(build_snapshot()), policy=anchored_policy(), admit_fn=exploding
+    )
     with thread_server(state, certs) as url, httpx.Client(base_url=url, verify=certs.client_context()) as c:
         bad = copy.deepcopy(EXAMPLE)
         bad["request"]["uid"] = "boom"
@@ -195,7 +196,7 @@ def test_dry_run_gets_the_same_answer_and_leaves_no_log(client, live, caplog):
     state, _ = live
     state.cluster, state.policy = (
         StaticClusterView(build_snapshot(namespaces={"shop": {"mesh-injector.io/inject": "enabled"}})),
-        load_policy(),
+        anchored_policy(),
     )
     dry = copy.deepcopy(EXAMPLE)
     dry["request"]["dryRun"] = True

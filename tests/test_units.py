@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support import anchored_policy
 from webhook.cluster import Node, Taint, build_snapshot
 from webhook.interception import kernel_facts
 from webhook.patch import diff, escape
-from webhook.policy import PolicyError, load_policy, parse_policy
+from webhook.policy import PolicyError, parse_policy
 from webhook.scheduling import eligible_nodes
 from webhook.sizing import from_observed
 from webhook.usage import Sample, parse_samples, summarize, weighted_percentile
 from webhook.versions import Kernel, KubeVersion, kube_version_from_info, parse_kernel, parse_kube_version
 from webhook.workload import WorkloadKey, workload_key
 
-POLICY = load_policy()
+POLICY = anchored_policy()
 
 
 @pytest.mark.parametrize(
@@ -336,6 +337,6 @@ def test_outcome_memo_is_keyed_by_everything_it_depends_on():
     again = admit(req("u2", "on"), snap, POLICY)
     assert first.injected and again.patch == first.patch
     assert not admit(req("u3", "off"), snap, POLICY).injected  # other namespace, other answer
-    by_default = parse_policy("injectByDefault: true")
+    by_default = anchored_policy("injectByDefault: true")
     assert admit(req("u4", "off"), snap, by_default).injected  # other policy, other answer
     assert admit({**req("u5", "on"), "operation": "UPDATE"}, snap, POLICY).patch == []

@@ -19,19 +19,21 @@ from typing import Any
 import orjson
 
 from webhook.cluster import ClusterSnapshot, outcome_cost
+from webhook.dataplane import Build, Flavour, flavour
 from webhook.inject import (
+    ANN_STATUS,
     LABEL_MODE,
     PREFIX,
     Plan,
     apply_plan,
-    has_proxy,
     mark_skipped,
+    present_proxy,
     read_status,
     shallow_pod,
     strip,
 )
 from webhook.interception import Choice, KernelFacts, PodTraits, choose_mode, kernel_facts
-from webhook.iptables import PROXY_PORTS, PortListError, parse_ports, render_rules
+from webhook.iptables import PortListError, parse_ports
 from webhook.patch import Patch, diff
 from webhook.policy import Policy
 from webhook.reasons import OPTED_IN_SKIPS, Mode, ModeReason, ResourceSource, Skip
@@ -212,14 +214,24 @@ def _excluded(namespace: str, policy: Policy) -> Skip | None:
     return None
 
 
-def _uses_proxy_ports(spec: Mapping[str, Any]) -> bool:
+def _proxy_port_used(spec: Mapping[str, Any], ports: tuple[int, ...]) -> int | None:
     for key in ("containers", "initContainers"):
         for c in spec.get(key) or []:
-            ports = c.get("ports") if isinstance(c, dict) else None
-            for p in ports if isinstance(ports, list) else ():
-                if isinstance(p, dict) and p.get("containerPort") in PROXY_PORTS:
-                    return True
-    return False
+            declared = c.get("ports") if isinstance(c, dict) else None
+            for p in declared if isinstance(declared, list) else ():
+                if isinstance(p, dict) and p.get("containerPort") in ports:
+                    return int(p["containerPort"])
+    return None
+
+
+def _trust_anchors(snapshot: ClusterSnapshot, policy: Policy) -> tuple[str | None, str]:
+    """Linkerd's trust anchors and where they came from."""
+    settings = policy.proxy.linkerd
+    if settings.trust_anchors_pem:
+        return settings.trust_anchors_pem, "policy proxy.linkerd.trustAnchorsPem"
+    found = snapshot.trust_roots.get(settings.namespace)
+    where = f"ConfigMap {settings.namespace}/linkerd-identity-trust-roots"
+    return found, where
 
 
 def _protocol(
@@ -296,10 +308,23 @@ def _resources(
         base = from_profile(
             (profile.requests, profile.limits), profile.name, f"{protocol}/{throughput}/{lifecycle}; {why}"
         )
-    overrides, problems = annotation_overrides(annotations)
+    overrides, problems = annotation_overrides(_with_flavour_overrides(annotations, policy))
     for problem in problems:
         ctx.warn(problem)
     return apply_overrides(base, overrides)
+
+
+def _with_flavour_overrides(annotations: Mapping[str, Any], policy: Policy) -> Mapping[str, Any]:
+    """The flavour's own proxy resource annotations (``config.linkerd.io/proxy-cpu-request``,
+    ``sidecar.istio.io/proxyCPU`` ...) count as ours; ours win where both are given."""
+    names = flavour(policy.proxy.flavour).resource_annotations
+    if not any(name in annotations for name in names):
+        return annotations
+    merged = dict(annotations)
+    for name, suffix in names.items():
+        if name in annotations:
+            merged.setdefault(PREFIX + suffix, annotations[name])
+    return merged
 
 
 def _skip(
@@ -379,7 +404,7 @@ _IDENTITY = frozenset(
 
 
 def _template_key(
-    request: Mapping[str, Any], snapshot: ClusterSnapshot, assume_opt_in: bool
+    request: Mapping[str, Any], snapshot: ClusterSnapshot, policy: Policy, assume_opt_in: bool
 ) -> tuple[bytes, int, WorkloadKey] | None:
     """The key under which pods that differ only in identity share one outcome, its JSON
     size, and this pod's workload; None when that cannot be shared.
@@ -388,8 +413,11 @@ def _template_key(
     a chart installed many times) differ in names, owners and labels. The decision reads
     those only through: the workload's observed usage (so a workload with usage is decided
     on its own), the controller's kind (batch), the opt-in label, our own mode label, the
-    Services that select the labels (the protocol), and whether labels exist at all (the
-    shape of the patch). Those facts go into the key instead of the fields. Any new reading
+    Services that select the labels (the protocol), whether labels exist at all (the
+    shape of the patch), and what the data-plane flavour renders from them (Linkerd and
+    Istio name the workload and its kind on the pod: the kind is in the key and the name
+    is put into the shared patch per request; Istio reads the app and version labels).
+    Those facts go into the key instead of the fields. Any new reading
     of a label or an owner must be added here; tests/test_properties.py checks that an
     outcome served under this key equals a fresh decision.
     """
@@ -409,8 +437,11 @@ def _template_key(
     if not isinstance(labels, dict):
         return None
     owners = meta.get("ownerReferences")
+    plane = flavour(policy.proxy.flavour)
     facts = [
         "template",
+        (workload.kind if _aliasable(meta) else tuple(workload[1:])) if plane.reads_workload else None,
+        [labels.get(name) for name in plane.labels_read],
         namespace,
         assume_opt_in,
         has_labels,
@@ -451,7 +482,7 @@ def admit(
     # One key per request: the template's where the pod can share one (identical pods share
     # it too), else the whole object's. Looking the whole object up first would save an
     # identical pod a few microseconds and cost every distinct workload more (measured).
-    template = _template_key(request, snapshot, assume_opt_in)
+    template = _template_key(request, snapshot, policy, assume_opt_in)
     if template is not None:
         key, size, workload = template
         memo = snapshot.templates
@@ -461,11 +492,90 @@ def admit(
             return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
         (key, size), workload, memo = keyed, None, snapshot.outcomes
     hit = memo.get(key)
-    if isinstance(hit, tuple) and hit[0] is policy:
-        return _served(hit[1], _Redo(request, snapshot, policy, assume_opt_in), workload)
+    if isinstance(hit, _Entry) and hit.policy is policy:
+        return hit.serve(_Redo(request, snapshot, policy, assume_opt_in), workload)
+    aliasable = workload is not None and flavour(policy.proxy.flavour).reads_workload
+    if aliasable and _ALIAS_JSON not in key and _aliasable(request["object"].get("metadata")):
+        # The flavour names the workload on the pod: decide once with a stand-in name, so
+        # every workload of this template shares the entry, and put each one's name in.
+        aliased = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in, alias=True)
+        entry = _Entry(policy, outcome_light(aliased), tuple(_alias_paths(aliased.patch)))
+        memo.put(_exact_key(key), entry, outcome_cost(size, len(orjson.dumps(aliased.patch))))
+        return entry.serve(_Redo(request, snapshot, policy, assume_opt_in), workload)
     outcome = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
-    memo.put(_exact_key(key), (policy, outcome_light(outcome)), outcome_cost(size))
+    cost = outcome_cost(size, len(orjson.dumps(outcome.patch)))
+    memo.put(_exact_key(key), _Entry(policy, outcome_light(outcome), ()), cost)
     return outcome
+
+
+# The workload name a shared template is decided with; each request's own name replaces it.
+_ALIAS = "0-mesh-injector-workload-0"
+_ALIAS_JSON = _ALIAS.encode()
+
+
+def _aliasable(meta: object) -> bool:
+    """A first injection: the patch only adds, so putting the name into a shared patch is
+    exact. A re-injection is diffed against names already in the pod: decided per workload."""
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    return not (isinstance(annotations, dict) and ANN_STATUS in annotations)
+
+
+_Path = tuple[str | int, ...]
+
+
+def _alias_paths(node: object, path: _Path = ()) -> list[_Path]:
+    """Where in a patch the stand-in name occurs (paths to the strings holding it). A subtree
+    is only walked when its JSON holds the name (orjson is far faster than walking it)."""
+    if isinstance(node, str):
+        return [path] if _ALIAS in node else []
+    if not isinstance(node, dict | list) or _ALIAS_JSON not in orjson.dumps(node):
+        return []
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _alias_paths(v, (*path, k))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _alias_paths(v, (*path, i))]
+    return []
+
+
+def _put_name(patch: Patch, paths: tuple[_Path, ...], name: str) -> Patch:
+    """``patch`` with ``name`` for the stand-in: only the dicts and lists on the way to each
+    string are copied; the rest is shared with the memo's patch (which is never modified)."""
+    root: list[Any] = list(patch)
+    copies: dict[_Path, Any] = {(): root}
+    for path in paths:
+        node: Any = root
+        for depth in range(1, len(path)):
+            prefix = path[:depth]
+            copied = copies.get(prefix)
+            if copied is None:
+                child = node[path[depth - 1]]
+                copied = copies[prefix] = dict(child) if isinstance(child, dict) else list(child)
+                node[path[depth - 1]] = copied
+            node = copied
+        node[path[-1]] = node[path[-1]].replace(_ALIAS, name)
+    return root
+
+
+class _Entry:
+    """A memoised outcome. For a flavour that names the workload, its patch holds the
+    stand-in name at ``paths``; each request gets its own name put in (and the last name
+    with its patch is kept: a ReplicaSet's pods arrive together)."""
+
+    __slots__ = ("last", "light", "paths", "policy")
+
+    def __init__(self, policy: Policy, light: Outcome, paths: tuple[_Path, ...]) -> None:
+        self.policy = policy
+        self.light = light
+        self.paths = paths
+        self.last: tuple[str, Patch] | None = None
+
+    def serve(self, detail: _Redo, workload: WorkloadKey | None) -> Outcome:
+        if not self.paths or workload is None:
+            return _served(self.light, detail, workload)
+        last = self.last
+        if last is None or last[0] != workload.name:
+            last = self.last = (workload.name, _put_name(self.light.patch, self.paths, workload.name))
+        return _clone(self.light, detail=detail, workload=workload, patch=last[1])
 
 
 def outcome_light(outcome: Outcome) -> Outcome:
@@ -483,7 +593,10 @@ def _admit(
     policy: Policy,
     *,
     assume_opt_in: bool,
+    alias: bool = False,
 ) -> Outcome:
+    """The decision. ``alias``: render the data plane with a stand-in workload name (for a
+    template memo entry; see ``admit``)."""
     ctx = _Ctx()
     namespace = str(request.get("namespace") or "")
     operation = request.get("operation")
@@ -514,12 +627,35 @@ def _admit(
         return _skip(skip=excluded, text=f"{excluded.text} ({namespace})", **args)
     if spec.get("hostNetwork") is True:
         return _skip(skip=Skip.HOST_NETWORK, text=Skip.HOST_NETWORK.text, **args)
-    if has_proxy(pod):
-        return _skip(skip=Skip.PROXY_PRESENT, text=Skip.PROXY_PRESENT.text, **args)
+    present = present_proxy(pod)
+    if present is not None:
+        return _skip(skip=Skip.PROXY_PRESENT, text=f"the pod already carries a {present} container", **args)
     if opt_skip is not None:
         return _skip(skip=opt_skip, text=opt_skip.text, **args)
-    if _uses_proxy_ports(spec):
-        return _skip(skip=Skip.PORT_CONFLICT, text=Skip.PORT_CONFLICT.text, **args)
+    plane: Flavour = flavour(policy.proxy.flavour)
+    used = _proxy_port_used(spec, plane.ports)
+    if used is not None:
+        text = (
+            f"a container of the pod already uses port {used}, which the {plane.name} proxy needs "
+            f"({', '.join(map(str, plane.ports))})"
+        )
+        return _skip(skip=Skip.PORT_CONFLICT, text=text, **args)
+    anchors: str | None = None
+    if plane.name == "linkerd":
+        anchors, anchors_from = _trust_anchors(snapshot, policy)
+        if anchors is None:
+            text = (
+                f"no Linkerd trust anchors: {anchors_from} was not found and the policy sets no "
+                "proxy.linkerd.trustAnchorsPem; a proxy without them cannot get an identity"
+            )
+            return _skip(skip=Skip.NO_TRUST_ANCHORS, text=text, **args)
+        image = policy.proxy.linkerd.image
+        ctx.lines.append(f"data plane: linkerd ({image}; trust anchors from {anchors_from})")
+    elif plane.name == "istio":
+        s = policy.proxy.istio
+        ctx.lines.append(f"data plane: istio ({s.image}; istiod {s.ca_address}, revision {s.revision})")
+    else:
+        ctx.lines.append(f"data plane: generic ({policy.proxy.image})")
 
     server = snapshot.server_version
     elig = eligible_nodes(snapshot, spec)
@@ -564,16 +700,14 @@ def _admit(
         f"mode: {choice.mode.value} ({choice.reason.value if choice.reason else ''}): {choice.text}"
     )
 
-    rules = None
-    if choice.mode is Mode.IPTABLES and not policy.interception.iptables.cni_installs_rules:
-        skips = []
-        for name in ("skip-inbound-ports", "skip-outbound-ports"):
+    init_rules = choice.mode is Mode.IPTABLES and not policy.interception.iptables.cni_installs_rules
+    skips: list[tuple[tuple[int, int], ...]] = [(), ()]
+    if init_rules:
+        for i, name in enumerate(("skip-inbound-ports", "skip-outbound-ports")):
             try:
-                skips.append(parse_ports(str(annotations.get(PREFIX + name, ""))))
+                skips[i] = parse_ports(str(annotations.get(PREFIX + name, "")))
             except PortListError as exc:
                 ctx.warn(f"annotation {PREFIX}{name}: {exc}; no ports skipped")
-                skips.append(())
-        rules = render_rules(skip_inbound=skips[0], skip_outbound=skips[1])
 
     native, native_why = _native(
         _pod_option(annotations, "native-sidecar", ctx) or "auto", server, elig, policy, ctx
@@ -584,7 +718,7 @@ def _admit(
         ctx.warn(
             "this pod runs to completion but the proxy is a regular container (no native sidecars here), "
             "so it keeps the pod running after the app exits unless the app stops the proxy "
-            "(POST /shutdown on port 4191)"
+            f"({plane.admin})"
         )
 
     resources = _resources(annotations, key, snapshot, policy, protocol, throughput, lifecycle, ctx)
@@ -598,19 +732,24 @@ def _admit(
         else ""
     )
     decision = (
-        f"mode {choice.mode.value}: {choice.text}; {placement}: {native_why}{batch_note}; "
-        f"resources from {resources.source.value}: {resources.detail}"
+        f"{plane.name} proxy; mode {choice.mode.value}: {choice.text}; "
+        f"{placement}: {native_why}{batch_note}; resources from {resources.source.value}: {resources.detail}"
     )
-    plan = Plan(
+    build = Build(
         mode=choice.mode,
         native=native,
         protocol=protocol,
         resources=resources,
-        rules=rules,
-        decision=decision,
+        init_rules=init_rules,
+        skip_inbound=skips[0],
+        skip_outbound=skips[1],
+        workload=WorkloadKey(key.namespace, key.kind, _ALIAS) if alias else key,
+        batch=lifecycle == "batch",
+        trust_anchors=anchors,
     )
+    plan = Plan(flavour=plane, build=build, decision=decision)
     apply_plan(pod, plan, policy)
-    ctx.lines.insert(0, f"decision: meshed, mode {choice.mode.value}, {placement}")
+    ctx.lines.insert(0, f"decision: meshed, {plane.name} proxy, mode {choice.mode.value}, {placement}")
     if ctx.warnings:
         ctx.lines.append("warnings: " + " | ".join(ctx.warnings))
     detail = Detail(pod, tuple(ctx.lines))

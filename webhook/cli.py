@@ -21,6 +21,7 @@ from webhook import __version__
 from webhook.admission import admit
 from webhook.certs import CertError
 from webhook.cluster import ClusterSnapshot
+from webhook.dataplane import describe
 from webhook.live import ClusterAccessError
 from webhook.loading import (
     InputError,
@@ -237,6 +238,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         f"{args.file}: valid ({len(policy.profiles)} profiles, "
         f"injectByDefault={str(policy.inject_by_default).lower()})"
     )
+    for line in describe(policy):
+        print(line)
     return 0
 
 
@@ -251,10 +254,15 @@ def cmd_version(args: argparse.Namespace) -> int:
 def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster state for the dry run")
     g.add_argument(
-        "--cluster", metavar="FILE", help="output of: kubectl get nodes,namespaces,services -A -o yaml"
+        "--cluster",
+        metavar="FILE",
+        help="output of: kubectl get nodes,namespaces,services -A -o yaml (with Linkerd, add the "
+        "ConfigMap: kubectl get configmap -n linkerd linkerd-identity-trust-roots -o yaml)",
     )
     g.add_argument(
-        "--kubeconfig", metavar="FILE", help="read nodes, namespaces and Services from a cluster, once"
+        "--kubeconfig",
+        metavar="FILE",
+        help="read nodes, namespaces, Services and Linkerd's trust roots from a cluster, once",
     )
     g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
     g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")

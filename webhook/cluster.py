@@ -73,15 +73,18 @@ class Memo:
 # the size of the pod beyond that (a re-injection's diff may carry the user's values), so an
 # entry is costed as twice the pod's JSON plus 16 KiB; tests/test_hostile.py checks that is
 # not an under-estimate.
-def outcome_cost(pod_json_bytes: int) -> int:
-    return 2 * pod_json_bytes + (16 << 10)
+def outcome_cost(key_json_bytes: int, patch_json_bytes: int) -> int:
+    """What a memoised outcome holds: its key (kept as bytes, ~1x, plus the hash table's
+    share) and its patch as Python objects (measured at ~4.4x its JSON: small dicts and
+    strings), plus the outcome itself and its decision (measured by tests/test_hostile.py)."""
+    return 2 * key_json_bytes + 5 * patch_json_bytes + (16 << 10)
 
 
 def outcome_memo() -> Memo:
     """Outcomes by whole object or by template: 256 typical pods fit, a pod over 64 KiB of
     JSON is never kept, and the memo never holds more than ~8 MiB however large or varied
-    the pods are."""  # 256 typical entries: 256 x (2 x 5 KiB + 16 KiB) = 6.5 MiB
-    return Memo(limit=256, max_bytes=8 << 20, max_entry=outcome_cost(64 << 10))
+    the pods are."""  # a typical Linkerd pod: 2 x 1 KiB + 6 x 7 KiB + 16 KiB = 60 KiB, ~135 fit
+    return Memo(limit=256, max_bytes=8 << 20, max_entry=outcome_cost(64 << 10, 16 << 10))
 
 
 class SnapshotError(ValueError):
@@ -124,6 +127,8 @@ class ClusterSnapshot:
     services: Mapping[str, tuple[Service, ...]] = field(default_factory=dict)
     server_version: KubeVersion | None = None
     usage: Mapping[WorkloadKey, UsageSummary] = field(default_factory=dict)
+    # namespace -> Linkerd's identity trust anchors (ConfigMap linkerd-identity-trust-roots)
+    trust_roots: Mapping[str, str] = field(default_factory=dict)
     source: str = "embedded defaults (no cluster)"
     built_at: float = 0.0
     # (identity label, value) -> nodes, for terms that name single hosts.
@@ -214,6 +219,7 @@ def build_snapshot(
     services: Iterable[Service] = (),
     server_version: KubeVersion | None = None,
     usage: Mapping[WorkloadKey, UsageSummary] | None = None,
+    trust_roots: Mapping[str, str] | None = None,
     source: str = "cluster",
     built_at: float | None = None,
 ) -> ClusterSnapshot:
@@ -233,6 +239,7 @@ def build_snapshot(
         services={ns: tuple(items) for ns, items in by_ns.items()},
         server_version=server_version,
         usage=dict(usage or {}),
+        trust_roots=dict(trust_roots or {}),
         source=source,
         built_at=time.time() if built_at is None else built_at,
     )
@@ -315,6 +322,21 @@ def flatten_items(docs: Iterable[object]) -> list[dict[str, Any]]:
     return out
 
 
+TRUST_ROOTS_CONFIGMAP = "linkerd-identity-trust-roots"
+TRUST_ROOTS_KEY = "ca-bundle.crt"
+
+
+def trust_roots_from_object(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, PEM bundle) of Linkerd's trust-roots ConfigMap; None for any other."""
+    meta = obj.get("metadata") or {}
+    if meta.get("name") != TRUST_ROOTS_CONFIGMAP:
+        return None
+    bundle = (obj.get("data") or {}).get(TRUST_ROOTS_KEY)
+    if not isinstance(bundle, str) or "-----BEGIN CERTIFICATE-----" not in bundle:
+        return None
+    return str(meta.get("namespace") or "default"), bundle
+
+
 def snapshot_from_objects(
     docs: Iterable[object],
     *,
@@ -326,8 +348,14 @@ def snapshot_from_objects(
     nodes: list[Node] = []
     namespaces: dict[str, dict[str, str]] = {}
     services: list[Service] = []
+    roots: dict[str, str] = {}
     for obj in flatten_items(docs):
         kind = obj.get("kind")
+        if kind == "ConfigMap":
+            found = trust_roots_from_object(obj)
+            if found is not None:
+                roots[found[0]] = found[1]
+            continue
         if kind == "Node":
             nodes.append(node_from_object(obj))
         elif kind == "Namespace":
@@ -341,6 +369,7 @@ def snapshot_from_objects(
         services=services,
         server_version=server_version,
         usage=usage,
+        trust_roots=roots,
         source=source,
         built_at=built_at,
     )

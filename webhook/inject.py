@@ -1,9 +1,15 @@
-"""What is added to a meshed pod, and how a previous injection is taken off again.
+"""Placing a flavour's data plane in a pod, recording what was added, and taking it off again.
 
 Mutation works on a *shallow* copy: only the dicts and lists on the way to what changes
 are copied (metadata, its labels and annotations, spec and its three lists). User
 containers are never modified, and the untouched parts (``managedFields`` included) stay
 the very same objects, which keeps the diff fast and exact.
+
+Placement is ours in every flavour: native sidecar -> the flavour's init containers, the
+proxy, then the pod's own init containers; legacy -> the proxy first in ``containers`` and
+the flavour's init containers after the pod's own. The status annotation lists every
+container, volume, label and annotation added, so re-injection (also after a change of
+flavour) strips exactly those and nothing of the user's.
 """
 
 from __future__ import annotations
@@ -15,16 +21,10 @@ from typing import Any
 import orjson
 
 from webhook import __version__
-from webhook.iptables import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID
+from webhook.dataplane import PROXY_NAMES, Build, Flavour
 from webhook.policy import Policy
-from webhook.reasons import Mode
-from webhook.sizing import ProxyResources
 
 PREFIX = "mesh-injector.io/"
-PROXY = "mesh-proxy"
-INIT = "mesh-init"
-PROXY_VOLUME = "mesh-proxy-run"
-
 ANN_STATUS = PREFIX + "status"
 ANN_DECISION = PREFIX + "decision"
 ANN_SOURCE = PREFIX + "proxy-resources-source"
@@ -35,11 +35,8 @@ WRITTEN_ANNOTATIONS = (ANN_STATUS, ANN_DECISION, ANN_SOURCE, ANN_SKIP)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    mode: Mode
-    native: bool
-    protocol: str
-    resources: ProxyResources
-    rules: str | None  # the iptables ruleset when mesh-init is added
+    flavour: Flavour
+    build: Build
     decision: str
 
 
@@ -59,12 +56,18 @@ def shallow_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def container_names(spec: Mapping[str, Any], key: str) -> list[str]:
-    return [c.get("name") for c in spec.get(key) or [] if isinstance(c, dict)]
+    items = spec.get(key)
+    return [c.get("name") for c in items if isinstance(c, dict)] if isinstance(items, list) else []
 
 
-def has_proxy(pod: Mapping[str, Any]) -> bool:
+def present_proxy(pod: Mapping[str, Any]) -> str | None:
+    """The name of a proxy container the pod already carries (any flavour's), if any."""
     spec = pod.get("spec") or {}
-    return PROXY in container_names(spec, "containers") or PROXY in container_names(spec, "initContainers")
+    for key in ("containers", "initContainers"):
+        for name in container_names(spec, key):
+            if name in PROXY_NAMES:
+                return name
+    return None
 
 
 def read_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -93,7 +96,11 @@ def _drop_named(spec: dict[str, Any], key: str, names: object) -> None:
 def strip(pod: dict[str, Any], status: Mapping[str, Any] | None) -> None:
     """Take off, in place on a shallow copy, everything a previous injection wrote."""
     meta = pod["metadata"]
-    for key, names in (("annotations", WRITTEN_ANNOTATIONS), ("labels", (LABEL_MODE,))):
+    added = status or {}
+    for key, names in (
+        ("annotations", (*WRITTEN_ANNOTATIONS, *_names(added.get("annotations")))),
+        ("labels", (LABEL_MODE, *_names(added.get("labels")))),
+    ):
         values = meta.get(key)
         if isinstance(values, dict) and any(n in values for n in names):
             for n in names:
@@ -107,6 +114,10 @@ def strip(pod: dict[str, Any], status: Mapping[str, Any] | None) -> None:
         _drop_named(spec, "volumes", status.get("volumes"))
 
 
+def _names(value: object) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
 def _set(meta: dict[str, Any], key: str, name: str, value: str) -> None:
     values = meta.get(key)
     if not isinstance(values, dict):
@@ -118,84 +129,16 @@ def mark_skipped(pod: dict[str, Any], text: str) -> None:
     _set(pod["metadata"], "annotations", ANN_SKIP, text)
 
 
-def _security() -> dict[str, Any]:
-    return {
-        "runAsUser": PROXY_UID,
-        "runAsGroup": PROXY_UID,
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "privileged": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def proxy_container(plan: Plan, policy: Policy) -> dict[str, Any]:
-    env = [
-        {"name": "MESH_PROXY_INTERCEPTION_MODE", "value": plan.mode.value},
-        {"name": "MESH_PROXY_PROTOCOL_HINT", "value": plan.protocol},
-        {"name": "MESH_PROXY_CONNECTION_POOL_SIZE", "value": str(policy.proxy.connection_pool_size)},
-        {"name": "MESH_PROXY_INBOUND_PORT", "value": str(INBOUND_PORT)},
-        {"name": "MESH_PROXY_OUTBOUND_PORT", "value": str(OUTBOUND_PORT)},
-        {"name": "MESH_PROXY_ADMIN_PORT", "value": str(ADMIN_PORT)},
-        {"name": "MESH_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "MESH_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-    ]
-    if plan.mode is Mode.MICROVM:
-        env.append({"name": "MESH_PROXY_SANDBOX_RUNTIME", "value": policy.interception.microvm.runtime_class})
-    ready = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}}
-    container: dict[str, Any] = {
-        "name": PROXY,
-        "image": policy.proxy.image,
-        "imagePullPolicy": "IfNotPresent",
-        "ports": [
-            {"name": "mesh-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
-            {"name": "mesh-outbound", "containerPort": OUTBOUND_PORT, "protocol": "TCP"},
-            {"name": "mesh-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
-        ],
-        "env": env,
-        "resources": plan.resources.as_k8s(),
-        "securityContext": _security(),
-        "readinessProbe": {**ready, "periodSeconds": 2, "failureThreshold": 3},
-        "volumeMounts": [{"name": PROXY_VOLUME, "mountPath": "/var/run/mesh-proxy"}],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if plan.native:
-        container["restartPolicy"] = "Always"
-        container["startupProbe"] = {**ready, "periodSeconds": 1, "failureThreshold": 120}
-    return container
-
-
-def init_container(rules: str, policy: Policy) -> dict[str, Any]:
-    return {
-        "name": INIT,
-        "image": policy.proxy.init_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["/bin/sh", "-c", 'printf "%s" "$MESH_IPTABLES_RULES" | iptables-restore --noflush'],
-        "env": [{"name": "MESH_IPTABLES_RULES", "value": rules}],
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
-        "securityContext": {
-            "runAsUser": 0,
-            "runAsNonRoot": False,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-
-
 def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> None:
-    """Add the proxy (and mesh-init) to a shallow copy, with the annotations that explain it."""
+    """Add the flavour's data plane to a shallow copy, with the annotations that explain it."""
     spec = pod["spec"]
-    proxy = proxy_container(plan, policy)
-    init = [init_container(plan.rules, policy)] if plan.rules is not None else []
+    meta = pod["metadata"]
+    plane = plan.flavour.render(plan.build, pod, policy)
+    proxy = plane.proxy
+    init = list(plane.inits)
     inits = list(spec.get("initContainers") or [])
     containers = list(spec.get("containers") or [])
-    if plan.native:
+    if plan.build.native:
         spec["initContainers"] = [*init, proxy, *inits]
         added_containers: list[str] = []
         added_inits = [c["name"] for c in (*init, proxy)]
@@ -203,19 +146,34 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> None:
         spec["containers"] = [proxy, *containers]
         if init or inits:
             spec["initContainers"] = [*inits, *init]
-        added_containers = [PROXY]
+        added_containers = [proxy["name"]]
         added_inits = [c["name"] for c in init]
-    spec["volumes"] = [*(spec.get("volumes") or []), {"name": PROXY_VOLUME, "emptyDir": {"medium": "Memory"}}]
+    spec["volumes"] = [*(spec.get("volumes") or []), *plane.volumes]
+    added: dict[str, list[str]] = {"labels": [], "annotations": []}
+    for key, always, defaults in (
+        ("labels", plane.labels, plane.default_labels),
+        ("annotations", plane.annotations, plane.default_annotations),
+    ):
+        present = meta.get(key) if isinstance(meta.get(key), dict) else {}
+        for name, value in always.items():
+            _set(meta, key, name, value)
+            added[key].append(name)
+        for name, value in defaults.items():
+            if name not in present:
+                _set(meta, key, name, value)
+                added[key].append(name)
     status = {
         "version": __version__,
-        "mode": plan.mode.value,
-        "nativeSidecar": plan.native,
+        "flavour": plan.flavour.name,
+        "mode": plan.build.mode.value,
+        "nativeSidecar": plan.build.native,
         "containers": added_containers,
         "initContainers": added_inits,
-        "volumes": [PROXY_VOLUME],
+        "volumes": [v["name"] for v in plane.volumes],
+        "labels": sorted(added["labels"]),
+        "annotations": sorted(added["annotations"]),
     }
-    meta = pod["metadata"]
     _set(meta, "annotations", ANN_STATUS, orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode())
     _set(meta, "annotations", ANN_DECISION, plan.decision)
-    _set(meta, "annotations", ANN_SOURCE, plan.resources.source.value)
-    _set(meta, "labels", LABEL_MODE, plan.mode.value)
+    _set(meta, "annotations", ANN_SOURCE, plan.build.resources.source.value)
+    _set(meta, "labels", LABEL_MODE, plan.build.mode.value)

@@ -1,4 +1,6 @@
-"""Live cluster state: watched caches of Nodes, Namespaces and Services behind ClusterView.
+"""Live cluster state: watched caches of Nodes, Namespaces, Services and Linkerd's trust
+roots (the ConfigMaps named linkerd-identity-trust-roots, by field selector) behind
+ClusterView.
 
 One thread per resource lists it (paged, raw JSON, no model objects), then watches from
 the list's ``resourceVersion`` with bookmarks. A dropped watch resumes from the last
@@ -26,7 +28,15 @@ import orjson
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from webhook.cluster import ClusterSnapshot, Node, build_snapshot, node_from_object, service_from_object
+from webhook.cluster import (
+    TRUST_ROOTS_CONFIGMAP,
+    ClusterSnapshot,
+    Node,
+    build_snapshot,
+    node_from_object,
+    service_from_object,
+    trust_roots_from_object,
+)
 from webhook.errors import describe_error
 from webhook.kubeapi import lister, request
 from webhook.memory import release_free_memory
@@ -35,7 +45,8 @@ from webhook.versions import KubeVersion, kube_version_from_info
 from webhook.workload import Service
 
 log = logging.getLogger("mesh_injector.live")
-RESOURCES = ("nodes", "namespaces", "services")
+RESOURCES = ("nodes", "namespaces", "services", "trust-roots")
+_TRUST_ROOTS = {"field_selector": f"metadata.name={TRUST_ROOTS_CONFIGMAP}"}
 
 
 class ClusterAccessError(RuntimeError):
@@ -105,13 +116,15 @@ def server_version(api: client.ApiClient) -> KubeVersion | None:
 
 
 def read_once(api: client.ApiClient) -> tuple[list[dict[str, Any]], KubeVersion | None]:
-    """Nodes, namespaces and Services listed once, for the dry-run tools (``--kubeconfig``)."""
+    """Nodes, namespaces, Services and trust roots listed once, for the dry-run tools
+    (``--kubeconfig``)."""
     docs: list[dict[str, Any]] = []
     try:
         for kind, fn in (
             ("Node", lister(api, "/api/v1/nodes")),
             ("Namespace", lister(api, "/api/v1/namespaces")),
             ("Service", lister(api, "/api/v1/services")),
+            ("ConfigMap", lister(api, "/api/v1/configmaps", **_TRUST_ROOTS)),
         ):
             items, _ = list_all(fn)
             docs.extend({**item, "kind": kind} for item in items)
@@ -290,6 +303,12 @@ class LiveClusterView:
             "nodes": Informer("nodes", lister(api, "/api/v1/nodes"), node_from_object, **common),
             "namespaces": Informer("namespaces", lister(api, "/api/v1/namespaces"), _namespace, **common),
             "services": Informer("services", lister(api, "/api/v1/services"), service_from_object, **common),
+            "trust-roots": Informer(
+                "trust-roots",
+                lister(api, "/api/v1/configmaps", **_TRUST_ROOTS),
+                trust_roots_from_object,
+                **common,
+            ),
         }
         self.usage = usage
         self._version: KubeVersion | None = None
@@ -385,6 +404,7 @@ class LiveClusterView:
             nodes=nodes,
             namespaces=namespaces,
             services=services,
+            trust_roots=dict(self._informers["trust-roots"].values()),
             server_version=self._version,
             usage=self.usage.summaries() if self.usage is not None else {},
             source=self._source,

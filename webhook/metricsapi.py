@@ -22,8 +22,9 @@ import orjson
 from kubernetes import client
 from kubernetes.utils import parse_quantity
 
+from webhook.dataplane import PROXY_NAMES
 from webhook.history import UsageHistory
-from webhook.inject import LABEL_MODE, PROXY
+from webhook.inject import LABEL_MODE
 from webhook.kubeapi import lister, request
 from webhook.live import Informer
 from webhook.sources import PollingUsage
@@ -59,7 +60,7 @@ def _oom_at(pod: Mapping[str, Any]) -> float | None:
     latest: float | None = None
     for field in ("initContainerStatuses", "containerStatuses"):
         for cs in status.get(field) or []:
-            if not isinstance(cs, dict) or cs.get("name") != PROXY:
+            if not isinstance(cs, dict) or cs.get("name") not in PROXY_NAMES:
                 continue
             for state in (cs.get("lastState") or {}, cs.get("state") or {}):
                 term = state.get("terminated") if isinstance(state, dict) else None
@@ -139,7 +140,7 @@ class MetricsApiUsage(PollingUsage):
                 self.unmatched += 1
                 continue
             for container in item.get("containers") or []:
-                if container.get("name") != PROXY:
+                if container.get("name") not in PROXY_NAMES:
                     continue
                 usage = container.get("usage") or {}
                 try:

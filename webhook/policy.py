@@ -77,11 +77,65 @@ class Profile:
     limits: Amounts = field(default_factory=Amounts)
 
 
+Flavour = Literal["linkerd", "istio", "generic"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkerdSettings:
+    """Where Linkerd's control plane is and how ``linkerd inject`` would configure a proxy."""
+
+    namespace: str = "linkerd"
+    cluster_domain: str = "cluster.local"
+    trust_domain: str = "cluster.local"
+    image: str = "cr.l5d.io/linkerd/proxy:edge-24.8.2"
+    init_image: str = "cr.l5d.io/linkerd/proxy-init:v2.4.1"
+    # PEM bundle; when unset, the ConfigMap linkerd-identity-trust-roots in ``namespace``.
+    trust_anchors_pem: str | None = None
+    log_level: str = "warn,linkerd=info,hickory=error"
+    log_format: Literal["plain", "json"] = "plain"
+    cluster_networks: str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"
+    default_inbound_policy: Literal[
+        "all-unauthenticated", "all-authenticated", "cluster-authenticated", "cluster-unauthenticated", "deny"
+    ] = "all-unauthenticated"
+    opaque_ports: str = "25,587,3306,4444,5432,6379,9300,11211"
+    ignore_inbound_ports: str = "4567,4568"
+    ignore_outbound_ports: str = "4567,4568"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IstioSettings:
+    """Where istiod is and how ``istioctl kube-inject`` would configure a proxy."""
+
+    namespace: str = "istio-system"
+    revision: str = "default"
+    image: str = "docker.io/istio/proxyv2:1.23.2"
+    # CA and xDS address; default istiod[-<revision>].<namespace>.svc:15012
+    istiod_address: str | None = None
+    trust_domain: str = "cluster.local"
+    cluster_domain: str = "cluster.local"
+    cluster_id: str = "Kubernetes"
+    # default: the trust domain, as Istio does
+    mesh_id: str | None = None
+    log_level: str = "warning"
+    component_log_level: str = "misc:error"
+
+    @property
+    def ca_address(self) -> str:
+        if self.istiod_address:
+            return self.istiod_address
+        name = "istiod" if self.revision == "default" else f"istiod-{self.revision}"
+        return f"{name}.{self.namespace}.svc:15012"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProxyImages:
-    image: str
-    init_image: str
+    flavour: Flavour = "linkerd"
+    # the generic flavour's contract proxy: both required when flavour is generic
+    image: str | None = None
+    init_image: str | None = None
     connection_pool_size: int = 4096
+    linkerd: LinkerdSettings = field(default_factory=LinkerdSettings)
+    istio: IstioSettings = field(default_factory=IstioSettings)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,6 +213,10 @@ class Policy:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
 
 def _describe(tp: Any) -> str:
@@ -280,6 +338,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check(policy: Policy) -> Policy:
+    if policy.proxy.flavour == "generic":
+        for key in ("image", "initImage"):
+            if getattr(policy.proxy, _snake(key)) is None:
+                raise PolicyError(
+                    f"proxy.{key}: required with proxy.flavour: generic (the contract proxy has no "
+                    "default image; name the one you built)"
+                )
+    pem = policy.proxy.linkerd.trust_anchors_pem
+    if pem is not None and "-----BEGIN CERTIFICATE-----" not in pem:
+        raise PolicyError(
+            "proxy.linkerd.trustAnchorsPem: expected PEM certificates (-----BEGIN CERTIFICATE-----)"
+        )
     if not policy.profiles or policy.profiles[-1].match != ProfileMatch():
         raise PolicyError("profiles: the last profile must have an empty match (the catch-all)")
     for i, p in enumerate(policy.profiles):

@@ -39,27 +39,30 @@ from typing import Any
 
 import orjson
 
+from webhook.dataplane import PROXY_NAMES
 from webhook.history import UsageHistory
-from webhook.inject import PROXY
 from webhook.policy import Sizing
 from webhook.sources import PollingUsage
 from webhook.usage import UsageSummary
 from webhook.workload import _CRONJOB_JOB, WorkloadKey
 
-CPU_QUERY = f'sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{{container="{PROXY}"}}[STEP]))'
-MEMORY_QUERY = f'max by (namespace, pod) (container_memory_working_set_bytes{{container="{PROXY}"}})'
+# the proxy container of every flavour: mesh-proxy, linkerd-proxy, istio-proxy
+PROXY_RE = "|".join(sorted(PROXY_NAMES))
+_PROXY = f'container=~"{PROXY_RE}"'
+CPU_QUERY = f"sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{{{_PROXY}}}[STEP]))"
+MEMORY_QUERY = f"max by (namespace, pod) (container_memory_working_set_bytes{{{_PROXY}}})"
 OOM_QUERY = (
     "(sum by (namespace, pod) "
-    f'(increase(kube_pod_container_status_restarts_total{{container="{PROXY}"}}[STEP])) > 0)'
+    f'(increase(kube_pod_container_status_restarts_total{{container=~"{PROXY_RE}"}}[STEP])) > 0)'
     " and on (namespace, pod) "
     "(max by (namespace, pod) (kube_pod_container_status_last_terminated_reason"
-    f'{{container="{PROXY}", reason="OOMKilled"}}) == 1)'
+    f'{{container=~"{PROXY_RE}", reason="OOMKilled"}}) == 1)'
 )
 POD_OWNER_QUERY = "max by (namespace, pod, owner_kind, owner_name) (last_over_time(kube_pod_owner[WINDOW]))"
 RS_OWNER_QUERY = (
     "max by (namespace, replicaset, owner_kind, owner_name) (last_over_time(kube_replicaset_owner[WINDOW]))"
 )
-SERIES_QUERY = f'count(count by (namespace, pod) (container_memory_working_set_bytes{{container="{PROXY}"}}))'
+SERIES_QUERY = f"count(count by (namespace, pod) (container_memory_working_set_bytes{{{_PROXY}}}))"
 # the pod-template-hash alphabet (no vowels, no 0/1/3), for ReplicaSets kube-state-metrics
 # has no owner for
 _HASH_SUFFIX = re.compile(r"^(?P<stem>.+)-[bcdfghjklmnpqrstvwxz2456789]{5,10}$")

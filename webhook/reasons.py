@@ -32,6 +32,7 @@ class Skip(StrEnum):
     FALLBACK_FORBIDDEN = "iptables-fallback-forbidden"
     IPTABLES_RESTRICTED = "iptables-in-restricted-namespace"
     PORT_CONFLICT = "proxy-port-conflict"
+    NO_TRUST_ANCHORS = "no-trust-anchors"
 
     @property
     def text(self) -> str:
@@ -45,7 +46,7 @@ _SKIP_TEXT: dict[Skip, str] = {
     Skip.OWN_NAMESPACE: "the injector's own namespace is never meshed",
     Skip.POLICY_NAMESPACE: "the policy excludes this namespace",
     Skip.HOST_NETWORK: "hostNetwork pods share the node's network and cannot be meshed",
-    Skip.PROXY_PRESENT: "the pod already carries a mesh-proxy container",
+    Skip.PROXY_PRESENT: "the pod already carries a proxy container",
     Skip.POD_DISABLED: "the pod says mesh-injector.io/inject: disabled",
     Skip.NAMESPACE_DISABLED: "the namespace is labelled mesh-injector.io/inject: disabled",
     Skip.NOT_OPTED_IN: "neither the pod nor its namespace opted in, and injectByDefault is off",
@@ -56,7 +57,8 @@ _SKIP_TEXT: dict[Skip, str] = {
         "iptables mode needs an init container with NET_ADMIN, which the namespace's "
         "'restricted' Pod Security level rejects"
     ),
-    Skip.PORT_CONFLICT: "a container of the pod already uses a port the proxy needs (4140, 4143, 4191)",
+    Skip.PORT_CONFLICT: "a container of the pod already uses a port the proxy needs",
+    Skip.NO_TRUST_ANCHORS: "Linkerd's identity trust anchors are unknown, so the proxy could get no identity",
 }
 
 # Skips that concern pods that asked to be meshed: they get the skip-reason annotation
@@ -70,6 +72,7 @@ OPTED_IN_SKIPS = frozenset(
         Skip.FALLBACK_FORBIDDEN,
         Skip.IPTABLES_RESTRICTED,
         Skip.PORT_CONFLICT,
+        Skip.NO_TRUST_ANCHORS,
     }
 )
 

@@ -1,0 +1,218 @@
+"""The data-plane flavours beyond the golden cases: switching flavour, the meshes' own
+resource annotations, trust anchors, the flags the meshes' init images are given, and what
+``policy check`` says of each flavour."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonpatch
+import pytest
+
+from tests.support import ANCHORS_POLICY, CASES, TRUST_ANCHORS, anchored_policy, load_case, validate_k8s
+from webhook.admission import admit
+from webhook.dataplane import PROXY_NAMES
+from webhook.dataplane.linkerd import trust_root_sha256
+from webhook.inject import ANN_SKIP, read_status
+from webhook.policy import PolicyError, parse_policy
+
+REPO = Path(__file__).parent.parent
+BASE = load_case(next(p for p in CASES if p.name == "62-linkerd-ebpf-native"))
+POLICIES = {
+    "linkerd": anchored_policy(),
+    "istio": anchored_policy("proxy: {flavour: istio}"),
+    "generic": anchored_policy("proxy: {flavour: generic, image: reg/proxy:1, initImage: reg/init:1}"),
+}
+
+
+def request(obj, annotations=None):
+    obj = copy.deepcopy(obj)
+    obj["metadata"].setdefault("annotations", {}).update(annotations or {})
+    return {**BASE.review["request"], "object": obj}
+
+
+def mutated(req, policy, snapshot=BASE.snapshot):
+    out = admit(req, snapshot, policy)
+    return out, jsonpatch.apply_patch(req["object"], out.patch)
+
+
+def keys_of(pod, prefix):
+    meta = pod["metadata"]
+    return [k for k in {**meta.get("labels", {}), **meta.get("annotations", {})} if k.startswith(prefix)]
+
+
+def names(pod):
+    spec = pod["spec"]
+    return [c["name"] for c in spec.get("initContainers", []) + spec["containers"]] + [
+        v["name"] for v in spec.get("volumes", [])
+    ]
+
+
+@pytest.mark.parametrize("before", ["linkerd", "istio", "generic"])
+@pytest.mark.parametrize("after", ["linkerd", "istio", "generic"])
+def test_switching_flavour_replaces_the_data_plane_cleanly(before, after):
+    original = BASE.review["request"]["object"]
+    _, first = mutated(request(original), POLICIES[before])
+    out, second = mutated(request(first), POLICIES[after])
+    _, fresh = mutated(request(original), POLICIES[after])
+    assert second == fresh, "re-injecting with another flavour gives what a first injection would"
+    if before != after:
+        assert out.patch, "the old data plane is replaced"
+        old_prefix = {"linkerd": "linkerd.io/", "istio": "sidecar.istio.io/", "generic": "-"}[before]
+        assert not keys_of(second, old_prefix)
+        old_names = set(names(first)) - set(names(original))
+        assert not (old_names - set(names(fresh))) & set(names(second))
+    else:
+        assert out.patch == []
+    validate_k8s(second)
+
+
+def test_our_resource_annotations_win_over_the_meshes_own():
+    obj = BASE.review["request"]["object"]
+    linkerd = {"config.linkerd.io/proxy-cpu-request": "321m", "config.linkerd.io/proxy-memory-limit": "700Mi"}
+    _, pod = mutated(request(obj, linkerd), POLICIES["linkerd"])
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "linkerd-proxy")
+    assert proxy["resources"]["requests"]["cpu"] == "321m"
+    assert proxy["resources"]["limits"]["memory"] == "700Mi"
+    assert pod["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == "annotation"
+
+    istio = {"sidecar.istio.io/proxyMemory": "200Mi", "sidecar.istio.io/proxyCPULimit": "1500m"}
+    both = {**istio, "mesh-injector.io/proxy-memory-request": "150Mi"}
+    _, pod = mutated(request(obj, both), POLICIES["istio"])
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "istio-proxy")
+    assert proxy["resources"]["requests"]["memory"] == "150Mi"  # ours wins where both are given
+    assert proxy["resources"]["limits"]["cpu"] == "1500m"
+
+    # another mesh's annotations mean nothing to this flavour
+    _, pod = mutated(request(obj, istio), POLICIES["linkerd"])
+    assert pod["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == "profile"
+
+
+def test_linkerd_without_trust_anchors_is_skipped_with_the_reason():
+    snapshot = BASE.snapshot.derive(trust_roots={})
+    out, pod = mutated(request(BASE.review["request"]["object"]), parse_policy(""), snapshot)
+    assert not out.injected and out.skip is not None and out.skip.value == "no-trust-anchors"
+    assert "ConfigMap linkerd/linkerd-identity-trust-roots" in pod["metadata"]["annotations"][ANN_SKIP]
+    assert any("not meshed: no Linkerd trust anchors" in w for w in out.warnings)
+    assert not set(names(pod)) & PROXY_NAMES
+    # the same pod, with the anchors in the cluster (the ConfigMap) or in the policy
+    for snap, policy in ((BASE.snapshot, parse_policy("")), (snapshot, POLICIES["linkerd"])):
+        out, pod = mutated(request(BASE.review["request"]["object"]), policy, snap)
+        assert out.injected
+        proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "linkerd-proxy")
+        env = {e["name"]: e.get("value") for e in proxy["env"]}
+        assert env["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"].strip() == TRUST_ANCHORS.strip()
+        sha = pod["metadata"]["annotations"]["linkerd.io/trust-root-sha256"]
+        assert sha == trust_root_sha256(TRUST_ANCHORS)
+
+
+def test_linkerd_identity_and_addresses_follow_the_policy():
+    policy = anchored_policy(
+        "proxy: {linkerd: {namespace: l5d, clusterDomain: corp.example, trustDomain: mesh.example}}"
+    )
+    _, pod = mutated(request(BASE.review["request"]["object"]), policy)
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "linkerd-proxy")
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["LINKERD2_PROXY_DESTINATION_SVC_ADDR"] == "linkerd-dst-headless.l5d.svc.corp.example.:8086"
+    assert env["LINKERD2_PROXY_IDENTITY_SVC_NAME"] == (
+        "linkerd-identity.l5d.serviceaccount.identity.l5d.mesh.example"
+    )
+    assert env["LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES"] == "svc.corp.example."
+    assert env["LINKERD2_PROXY_INBOUND_PORTS"] == "8080,9102"  # the pod's container ports
+    labels = pod["metadata"]["labels"]
+    assert labels["linkerd.io/control-plane-ns"] == "l5d"
+    assert labels["linkerd.io/proxy-deployment"] == "checkout"
+    assert labels["linkerd.io/workload-ns"] == "shop"
+
+
+def test_istio_revision_and_address():
+    policy = anchored_policy("proxy: {flavour: istio, istio: {revision: canary, trustDomain: corp.example}}")
+    _, pod = mutated(request(BASE.review["request"]["object"]), policy)
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "istio-proxy")
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["CA_ADDR"] == "istiod-canary.istio-system.svc:15012"
+    assert env["TRUST_DOMAIN"] == env["ISTIO_META_MESH_ID"] == "corp.example"
+    status = json.loads(pod["metadata"]["annotations"]["sidecar.istio.io/status"])
+    assert status["revision"] == "canary" and status["initContainers"] == ["istio-proxy"]
+    assert pod["metadata"]["annotations"]["istio.io/rev"] == "canary"
+
+
+def test_istio_keeps_the_pods_own_prometheus_annotations():
+    obj = BASE.review["request"]["object"]
+    mine = {"prometheus.io/scrape": "true", "prometheus.io/port": "9102"}
+    _, pod = mutated(request(obj, mine), POLICIES["istio"])
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9102"
+    status = read_status(pod)
+    assert status is not None and "prometheus.io/port" not in status["annotations"]
+    assert "prometheus.io/path" in status["annotations"]  # the pod had none: ours, and stripped later
+
+
+@pytest.mark.parametrize(
+    ("flavour", "port", "needle"),
+    [("istio", 15021, "15021"), ("linkerd", 4190, "4190"), ("generic", 4143, "4143")],
+)
+def test_a_port_the_flavours_proxy_needs_is_a_conflict(flavour, port, needle):
+    obj = copy.deepcopy(BASE.review["request"]["object"])
+    obj["spec"]["containers"][0]["ports"].append({"containerPort": port})
+    out = admit(request(obj), BASE.snapshot, POLICIES[flavour])
+    assert out.skip is not None and out.skip.value == "proxy-port-conflict"
+    assert f"uses port {needle}, which the {flavour} proxy needs" in out.explanation[0]
+
+
+@pytest.mark.parametrize("flavour", ["linkerd", "istio", "generic"])
+def test_a_job_on_legacy_placement_is_told_how_to_stop_the_proxy(flavour):
+    obj = copy.deepcopy(BASE.review["request"]["object"])
+    obj["spec"]["restartPolicy"] = "Never"
+    out, pod = mutated(request(obj, {"mesh-injector.io/native-sidecar": "false"}), POLICIES[flavour])
+    how = {"linkerd": "linkerd-await --shutdown", "istio": "/quitquitquit", "generic": "POST /shutdown"}
+    assert any(how[flavour] in w for w in out.warnings), out.warnings
+    if flavour == "linkerd":
+        proxy = pod["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in proxy["env"]}
+        assert env["LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED"] == "true"
+
+
+def test_generic_needs_its_images_named():
+    with pytest.raises(PolicyError, match=r"proxy.image: required with proxy.flavour: generic"):
+        parse_policy("proxy: {flavour: generic}")
+    with pytest.raises(PolicyError, match=r"proxy.flavour: 'envoy' is not allowed"):
+        parse_policy("proxy: {flavour: envoy}")
+    with pytest.raises(PolicyError, match=r"trustAnchorsPem: expected PEM"):
+        parse_policy("proxy: {linkerd: {trustAnchorsPem: nope}}")
+
+
+def test_policy_check_explains_the_flavour(tmp_path):
+    def check(text):
+        path = tmp_path / "p.yaml"
+        path.write_text(text)
+        out = subprocess.run(
+            [sys.executable, "-m", "webhook", "policy", "check", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    text = check("")
+    assert "data plane: linkerd: linkerd-proxy cr.l5d.io/linkerd/proxy:edge-24.8.2" in text
+    assert "ConfigMap linkerd/linkerd-identity-trust-roots" in text
+    assert "linkerd-init cr.l5d.io/linkerd/proxy-init:v2.4.1" in text
+    text = check("proxy: {flavour: istio, istio: {revision: canary}}")
+    assert "istiod: istiod-canary.istio-system.svc:15012 (revision canary)" in text
+    text = check(ANCHORS_POLICY.read_text() + "interception: {iptables: {cniInstallsRules: true}}\n")
+    assert "trust anchors from the policy" in text and "linkerd-network-validator" in text
+    text = check("proxy: {flavour: generic, image: reg/p:1, initImage: reg/i:1}")
+    assert "mesh-proxy reg/p:1" in text and "mesh-init reg/i:1" in text
+
+
+def test_decision_and_explanation_name_the_flavour():
+    for name, policy in POLICIES.items():
+        out, pod = mutated(request(BASE.review["request"]["object"]), policy)
+        assert out.explanation[0].startswith(f"decision: meshed, {name} proxy")
+        assert pod["metadata"]["annotations"]["mesh-injector.io/decision"].startswith(f"{name} proxy; mode")
+        assert read_status(pod)["flavour"] == name

@@ -1,0 +1,70 @@
+"""Data-plane flavours: whose proxy a meshed pod gets (``proxy.flavour`` in the policy).
+
+Every flavour renders the same decision (mode, placement, resources, skip ports) into the
+containers, volumes, labels and annotations its mesh expects; see ``base.Flavour``.
+"""
+
+from __future__ import annotations
+
+from webhook.dataplane import generic, istio, linkerd
+from webhook.dataplane.base import Build, DataPlane, Flavour
+from webhook.policy import Policy
+
+FLAVOURS: dict[str, Flavour] = {f.name: f for f in (linkerd.FLAVOUR, istio.FLAVOUR, generic.FLAVOUR)}
+# Every proxy container we can inject: observed usage is read from any of them.
+PROXY_NAMES = frozenset(f.proxy_name for f in FLAVOURS.values())
+
+
+def flavour(name: str) -> Flavour:
+    return FLAVOURS[name]
+
+
+def describe(policy: Policy) -> list[str]:
+    """What the policy's flavour puts in a pod and what it needs, for ``policy check``."""
+    name = policy.proxy.flavour
+    cni = policy.interception.iptables.cni_installs_rules
+    if name == "linkerd":
+        s = policy.proxy.linkerd
+        anchors = (
+            "from the policy (proxy.linkerd.trustAnchorsPem)"
+            if s.trust_anchors_pem
+            else f"from ConfigMap {s.namespace}/linkerd-identity-trust-roots, key ca-bundle.crt "
+            "(watched by serve; read from --cluster or --kubeconfig by the dry-run verbs)"
+        )
+        svc = f"{s.namespace}.svc.{s.cluster_domain}."
+        return [
+            f"data plane: linkerd: linkerd-proxy {s.image}",
+            f"  control plane: namespace {s.namespace}; destination linkerd-dst-headless.{svc}:8086, "
+            f"policy linkerd-policy.{svc}:8090, identity linkerd-identity-headless.{svc}:8080",
+            f"  identity: trust domain {s.trust_domain}; trust anchors {anchors}",
+            "  iptables mode: "
+            + (
+                "linkerd-network-validator (a CNI plugin installs the rules)"
+                if cni
+                else f"linkerd-init {s.init_image}"
+            ),
+            "  ebpf and microvm modes: no init container (the node agent redirects)",
+        ]
+    if name == "istio":
+        s = policy.proxy.istio
+        return [
+            f"data plane: istio: istio-proxy {s.image}",
+            f"  istiod: {s.ca_address} (revision {s.revision}); trust domain {s.trust_domain}, "
+            f"cluster id {s.cluster_id}, mesh id {s.mesh_id or s.trust_domain}",
+            "  iptables mode: "
+            + ("istio-validation (a CNI plugin installs the rules)" if cni else f"istio-init {s.image}"),
+            "  ebpf and microvm modes: no init container (the node agent redirects)",
+        ]
+    return [
+        f"data plane: generic: mesh-proxy {policy.proxy.image}",
+        "  iptables mode: "
+        + (
+            "no init container (a CNI plugin installs the rules)"
+            if cni
+            else f"mesh-init {policy.proxy.init_image}"
+        ),
+        "  ebpf and microvm modes: no init container (the node agent redirects)",
+    ]
+
+
+__all__ = ["FLAVOURS", "PROXY_NAMES", "Build", "DataPlane", "Flavour", "describe", "flavour"]

@@ -1,0 +1,106 @@
+"""What the decision hands a data-plane flavour, and what a flavour hands back.
+
+A flavour only renders: the decision (mode, placement, resources, skip ports) is made once,
+the same for every flavour, and a flavour turns it into the containers, volumes, labels and
+annotations its mesh expects. ``webhook.inject`` places them in the pod and records them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.policy import Policy
+from webhook.reasons import Mode
+from webhook.sizing import ProxyResources
+from webhook.workload import WorkloadKey
+
+Ports = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Build:
+    mode: Mode
+    native: bool
+    protocol: str
+    resources: ProxyResources
+    # iptables mode: True when our (the mesh's) init container installs the redirect rules,
+    # False when a CNI plugin does (interception.iptables.cniInstallsRules)
+    init_rules: bool
+    skip_inbound: Ports = ()
+    skip_outbound: Ports = ()
+    workload: WorkloadKey
+    batch: bool = False
+    trust_anchors: str | None = None  # linkerd: the PEM bundle
+
+    @property
+    def cni_rules(self) -> bool:
+        return self.mode is Mode.IPTABLES and not self.init_rules
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataPlane:
+    """Rendered by a flavour. ``inits`` run before the proxy (native placement) or after the
+    pod's own init containers (legacy placement)."""
+
+    inits: tuple[dict[str, Any], ...]
+    proxy: dict[str, Any]
+    volumes: tuple[dict[str, Any], ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    # set only where the pod has no value of its own (e.g. prometheus.io/scrape)
+    default_annotations: Mapping[str, str] = field(default_factory=dict)
+    default_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flavour:
+    name: str
+    proxy_name: str
+    init_name: str | None  # the container that installs iptables rules
+    ports: tuple[int, ...]  # ports the proxy listens on: a pod using one cannot be meshed
+    admin: str  # how an app stops the proxy (said in the legacy batch warning)
+    # pod labels whose values the rendering reads (besides the workload's name)
+    labels_read: tuple[str, ...]
+    # the flavour's own proxy resource annotations -> ours (the same suffixes as ours)
+    resource_annotations: Mapping[str, str]
+    # True when the rendering reads the workload's kind and name (then pods of different
+    # workloads never share a rendering)
+    reads_workload: bool
+    render: Callable[[Build, Mapping[str, Any], Policy], DataPlane]
+
+
+def port_list(ports: Ports) -> str:
+    """``((25, 25), (8000, 8100))`` -> ``"25,8000-8100"``."""
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ports)
+
+
+def join(*parts: str) -> str:
+    return ",".join(p for p in parts if p)
+
+
+def field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def container_ports(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pod's app containers' ports, in order."""
+    out = []
+    for c in _list((pod.get("spec") or {}).get("containers")):
+        for p in _list(c.get("ports") if isinstance(c, dict) else None):
+            if isinstance(p, dict) and type(p.get("containerPort")) is int:
+                out.append(p)
+    return out
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def image_tag(image: str) -> str:
+    """``cr.l5d.io/linkerd/proxy:edge-24.8.2`` -> ``edge-24.8.2``; a digest or no tag -> ``""``."""
+    last = image.rsplit("/", 1)[-1]
+    if "@" in last or ":" not in last:
+        return ""
+    return last.rsplit(":", 1)[1]

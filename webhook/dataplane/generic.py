@@ -1,0 +1,116 @@
+"""The ``generic`` flavour: the ``mesh-proxy`` contract, for a proxy image of your own.
+
+``mesh-proxy`` learns its mode, protocol hint and pool size from ``MESH_PROXY_*``
+variables; in iptables mode ``mesh-init`` loads the ruleset ``webhook.iptables`` renders
+(inbound to 4143, outbound to 4140, UID 2102 exempt), so the rules are ours and tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from webhook.dataplane.base import Build, DataPlane, Flavour, field_env
+from webhook.iptables import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_PORTS, PROXY_UID, render_rules
+from webhook.policy import Policy
+from webhook.reasons import Mode
+
+PROXY = "mesh-proxy"
+INIT = "mesh-init"
+PROXY_VOLUME = "mesh-proxy-run"
+
+
+def _security() -> dict[str, Any]:
+    return {
+        "runAsUser": PROXY_UID,
+        "runAsGroup": PROXY_UID,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def proxy_container(build: Build, policy: Policy) -> dict[str, Any]:
+    env = [
+        {"name": "MESH_PROXY_INTERCEPTION_MODE", "value": build.mode.value},
+        {"name": "MESH_PROXY_PROTOCOL_HINT", "value": build.protocol},
+        {"name": "MESH_PROXY_CONNECTION_POOL_SIZE", "value": str(policy.proxy.connection_pool_size)},
+        {"name": "MESH_PROXY_INBOUND_PORT", "value": str(INBOUND_PORT)},
+        {"name": "MESH_PROXY_OUTBOUND_PORT", "value": str(OUTBOUND_PORT)},
+        {"name": "MESH_PROXY_ADMIN_PORT", "value": str(ADMIN_PORT)},
+        field_env("MESH_POD_NAME", "metadata.name"),
+        field_env("MESH_POD_NAMESPACE", "metadata.namespace"),
+    ]
+    if build.mode is Mode.MICROVM:
+        env.append({"name": "MESH_PROXY_SANDBOX_RUNTIME", "value": policy.interception.microvm.runtime_class})
+    ready = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}}
+    container: dict[str, Any] = {
+        "name": PROXY,
+        "image": policy.proxy.image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [
+            {"name": "mesh-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
+            {"name": "mesh-outbound", "containerPort": OUTBOUND_PORT, "protocol": "TCP"},
+            {"name": "mesh-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
+        "env": env,
+        "resources": build.resources.as_k8s(),
+        "securityContext": _security(),
+        "readinessProbe": {**ready, "periodSeconds": 2, "failureThreshold": 3},
+        "volumeMounts": [{"name": PROXY_VOLUME, "mountPath": "/var/run/mesh-proxy"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if build.native:
+        container["restartPolicy"] = "Always"
+        container["startupProbe"] = {**ready, "periodSeconds": 1, "failureThreshold": 120}
+    return container
+
+
+def init_container(rules: str, policy: Policy) -> dict[str, Any]:
+    return {
+        "name": INIT,
+        "image": policy.proxy.init_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/sh", "-c", 'printf "%s" "$MESH_IPTABLES_RULES" | iptables-restore --noflush'],
+        "env": [{"name": "MESH_IPTABLES_RULES", "value": rules}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def rules_for(build: Build) -> str:
+    return render_rules(skip_inbound=build.skip_inbound, skip_outbound=build.skip_outbound)
+
+
+def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
+    inits = (init_container(rules_for(build), policy),) if build.init_rules else ()
+    return DataPlane(
+        inits=inits,
+        proxy=proxy_container(build, policy),
+        volumes=({"name": PROXY_VOLUME, "emptyDir": {"medium": "Memory"}},),
+    )
+
+
+FLAVOUR = Flavour(
+    name="generic",
+    proxy_name=PROXY,
+    init_name=INIT,
+    ports=PROXY_PORTS,
+    admin="POST /shutdown on port 4191",
+    labels_read=(),
+    resource_annotations={},
+    reads_workload=False,
+    render=render,
+)

@@ -1,0 +1,296 @@
+"""The ``istio`` flavour: what ``istioctl kube-inject`` gives a pod (Istio 1.23, proxyv2).
+
+``istio-proxy`` running ``pilot-agent proxy sidecar`` with the environment istiod's
+template writes (CA address, cert provider, the pod's fields, ``ISTIO_META_*`` with pod
+ports, app containers, workload name and owner, cluster and mesh ids), the Prometheus
+port, readiness and startup on 15021, UID 1337 and the volumes the agent expects; the
+``sidecar.istio.io/status`` annotation (which also keeps Istio's own injector away) and the
+``security.istio.io/tlsMode`` label. In iptables mode ``istio-init`` runs ``istio-iptables``
+with the pod's skip ports; with a CNI plugin installing the rules, ``istio-validation``
+checks them, as Istio's CNI mode does. eBPF and microVM modes add no init container.
+
+Where we differ from ``istioctl kube-inject`` (README: "Istio"): resources and placement are
+ours; on legacy placement the proxy is the first container and holds the app until it is
+ready (Istio's ``holdApplicationUntilProxyStarts``); containers run with RuntimeDefault
+seccomp, so the pod passes ``restricted`` in every mode but iptables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from webhook.dataplane.base import Build, DataPlane, Flavour, container_ports, field_env
+from webhook.policy import IstioSettings, Policy
+
+PROXY = "istio-proxy"
+INIT = "istio-init"
+VALIDATION = "istio-validation"
+UID = 1337
+STATUS_PORT, HEALTH_PORT, PROM_PORT = 15020, 15021, 15090
+RESERVED = (15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090)
+STATUS_ANNOTATION = "sidecar.istio.io/status"
+VOLUMES = (
+    "workload-socket",
+    "credential-socket",
+    "workload-certs",
+    "istio-envoy",
+    "istio-data",
+    "istio-podinfo",
+    "istio-token",
+    "istiod-ca-cert",
+)
+_API_VERSION = {
+    "Deployment": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
+    "ReplicationController": "v1",
+    "Pod": "v1",
+}
+_CANONICAL_NAME = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
+_CANONICAL_REVISION = ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
+
+
+def _first(labels: Mapping[str, Any], keys: tuple[str, ...], default: str) -> str:
+    for key in keys:
+        value = labels.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
+def _pod_ports(pod: Mapping[str, Any]) -> str:
+    ports = [orjson.dumps(p).decode() for p in container_ports(pod)]
+    return "[\n" + ",".join(ports) + "\n]"
+
+
+def _app_containers(pod: Mapping[str, Any]) -> list[str]:
+    containers = (pod.get("spec") or {}).get("containers")
+    if not isinstance(containers, list):
+        return []
+    return [c["name"] for c in containers if isinstance(c, dict) and isinstance(c.get("name"), str)]
+
+
+def _expand(ports: tuple[tuple[int, int], ...]) -> list[str]:
+    """istio-iptables takes single ports: ranges are spelled out."""
+    return [str(p) for lo, hi in ports for p in range(lo, hi + 1)]
+
+
+def _resource_env(name: str, resource: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"resourceFieldRef": {"resource": resource}}}
+
+
+def proxy_env(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> list[dict[str, Any]]:
+    kind, workload = build.workload.kind, build.workload.name
+    api = _API_VERSION.get(kind, "v1")
+    owner = f"kubernetes://apis/{api}/namespaces/{build.workload.namespace}/{kind.lower()}s/{workload}"
+    config = {} if build.native else {"holdApplicationUntilProxyStarts": True}
+    return [
+        {"name": "PILOT_CERT_PROVIDER", "value": "istiod"},
+        {"name": "CA_ADDR", "value": s.ca_address},
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("INSTANCE_IP", "status.podIP"),
+        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        field_env("HOST_IP", "status.hostIP"),
+        _resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
+        {"name": "PROXY_CONFIG", "value": orjson.dumps(config).decode() + "\n"},
+        {"name": "ISTIO_META_POD_PORTS", "value": _pod_ports(pod)},
+        {"name": "ISTIO_META_APP_CONTAINERS", "value": ",".join(_app_containers(pod))},
+        _resource_env("GOMEMLIMIT", "limits.memory"),
+        _resource_env("GOMAXPROCS", "limits.cpu"),
+        {"name": "ISTIO_META_CLUSTER_ID", "value": s.cluster_id},
+        field_env("ISTIO_META_NODE_NAME", "spec.nodeName"),
+        {"name": "ISTIO_META_INTERCEPTION_MODE", "value": "REDIRECT"},
+        {"name": "ISTIO_META_WORKLOAD_NAME", "value": workload},
+        {"name": "ISTIO_META_OWNER", "value": owner},
+        {"name": "ISTIO_META_MESH_ID", "value": s.mesh_id or s.trust_domain},
+        {"name": "TRUST_DOMAIN", "value": s.trust_domain},
+    ]
+
+
+def proxy_container(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> dict[str, Any]:
+    ready = {"httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT}}
+    container: dict[str, Any] = {
+        "args": [
+            "proxy",
+            "sidecar",
+            "--domain",
+            f"$(POD_NAMESPACE).svc.{s.cluster_domain}",
+            f"--proxyLogLevel={s.log_level}",
+            f"--proxyComponentLogLevel={s.component_log_level}",
+            "--log_output_level=default:info",
+        ],
+        "env": proxy_env(build, pod, s),
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "name": PROXY,
+        "ports": [{"containerPort": PROM_PORT, "name": "http-envoy-prom", "protocol": "TCP"}],
+        "readinessProbe": {**ready, "failureThreshold": 4, "periodSeconds": 15, "timeoutSeconds": 3},
+        "resources": build.resources.as_k8s(),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsGroup": UID,
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "startupProbe": {**ready, "failureThreshold": 600, "periodSeconds": 1, "timeoutSeconds": 3},
+        "volumeMounts": [
+            {"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"},
+            {"mountPath": "/var/run/secrets/credential-uds", "name": "credential-socket"},
+            {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
+            {"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"},
+            {"mountPath": "/var/lib/istio/data", "name": "istio-data"},
+            {"mountPath": "/etc/istio/proxy", "name": "istio-envoy"},
+            {"mountPath": "/var/run/secrets/tokens", "name": "istio-token"},
+            {"mountPath": "/etc/istio/pod", "name": "istio-podinfo"},
+        ],
+    }
+    if build.native:
+        container["restartPolicy"] = "Always"
+    else:
+        container["lifecycle"] = {"postStart": {"exec": {"command": ["pilot-agent", "wait"]}}}
+    return container
+
+
+def init_args(build: Build, validation: bool) -> list[str]:
+    """istio-iptables' flags, the pod's skip ports added to Istio's own."""
+    inbound = ",".join([str(PROM_PORT), str(HEALTH_PORT), str(STATUS_PORT), *_expand(build.skip_inbound)])
+    args = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", str(UID), "-m", "REDIRECT"]
+    args += ["-i", "*", "-x", "", "-b", "*", "-d", inbound]
+    if build.skip_outbound:
+        args += ["-o", ",".join(_expand(build.skip_outbound))]
+    args.append("--log_output_level=default:info")
+    if validation:
+        args += ["--run-validation", "--skip-rule-apply"]
+    return args
+
+
+def init_container(build: Build, s: IstioSettings, *, validation: bool) -> dict[str, Any]:
+    if validation:
+        security: dict[str, Any] = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsGroup": UID,
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+        }
+    else:
+        security = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": False,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "runAsUser": 0,
+        }
+    security["seccompProfile"] = {"type": "RuntimeDefault"}
+    return {
+        "args": init_args(build, validation),
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "name": VALIDATION if validation else INIT,
+        "resources": {"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "10m", "memory": "40Mi"}},
+        "securityContext": security,
+    }
+
+
+def _volumes() -> tuple[dict[str, Any], ...]:
+    return (
+        {"emptyDir": {}, "name": "workload-socket"},
+        {"emptyDir": {}, "name": "credential-socket"},
+        {"emptyDir": {}, "name": "workload-certs"},
+        {"emptyDir": {"medium": "Memory"}, "name": "istio-envoy"},
+        {"emptyDir": {}, "name": "istio-data"},
+        {
+            "downwardAPI": {
+                "items": [
+                    {"fieldRef": {"fieldPath": "metadata.labels"}, "path": "labels"},
+                    {"fieldRef": {"fieldPath": "metadata.annotations"}, "path": "annotations"},
+                ]
+            },
+            "name": "istio-podinfo",
+        },
+        {
+            "name": "istio-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": "istio-ca",
+                            "expirationSeconds": 43200,
+                            "path": "istio-token",
+                        }
+                    }
+                ]
+            },
+        },
+        {"configMap": {"name": "istio-ca-root-cert"}, "name": "istiod-ca-cert"},
+    )
+
+
+def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
+    s = policy.proxy.istio
+    inits: tuple[dict[str, Any], ...] = ()
+    if build.init_rules or build.cni_rules:
+        inits = (init_container(build, s, validation=build.cni_rules),)
+    proxy = proxy_container(build, pod, s)
+    names = [c["name"] for c in inits]
+    status = {
+        "initContainers": [*names, PROXY] if build.native else names,
+        "containers": [] if build.native else [PROXY],
+        "volumes": list(VOLUMES),
+        "imagePullSecrets": None,
+        "revision": s.revision,
+    }
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    apps = _app_containers(pod)
+    defaults = {
+        "kubectl.kubernetes.io/default-container": apps[0] if apps else PROXY,
+        "kubectl.kubernetes.io/default-logs-container": apps[0] if apps else PROXY,
+        "prometheus.io/path": "/stats/prometheus",
+        "prometheus.io/port": str(STATUS_PORT),
+        "prometheus.io/scrape": "true",
+    }
+    return DataPlane(
+        inits=inits,
+        proxy=proxy,
+        volumes=_volumes(),
+        labels={
+            "security.istio.io/tlsMode": "istio",
+            "service.istio.io/canonical-name": _first(labels, _CANONICAL_NAME, build.workload.name),
+            "service.istio.io/canonical-revision": _first(labels, _CANONICAL_REVISION, "latest"),
+        },
+        annotations={"istio.io/rev": s.revision, STATUS_ANNOTATION: orjson.dumps(status).decode()},
+        default_annotations=defaults,
+    )
+
+
+FLAVOUR = Flavour(
+    name="istio",
+    proxy_name=PROXY,
+    init_name=INIT,
+    ports=RESERVED,
+    admin="POST /quitquitquit on port 15020",
+    labels_read=(*_CANONICAL_NAME, *_CANONICAL_REVISION),
+    resource_annotations={
+        "sidecar.istio.io/proxyCPU": "proxy-cpu-request",
+        "sidecar.istio.io/proxyCPULimit": "proxy-cpu-limit",
+        "sidecar.istio.io/proxyMemory": "proxy-memory-request",
+        "sidecar.istio.io/proxyMemoryLimit": "proxy-memory-limit",
+    },
+    reads_workload=True,
+    render=render,
+)

@@ -1,0 +1,314 @@
+"""The ``linkerd`` flavour: what ``linkerd inject`` gives a pod (Linkerd 2.16, edge-24.x).
+
+``linkerd-proxy`` with the environment Linkerd's injector writes (control-plane addresses
+and identities derived from the control-plane namespace, cluster domain and trust domain;
+the trust anchors; the pod's inbound ports; listen addresses; the pod identity and
+destination context), its two ports, probes, security context and identity volumes; the
+``linkerd.io/*`` labels and annotations Linkerd's tools read. In iptables mode
+``linkerd-init`` runs proxy-init with the pod's skip ports added to Linkerd's own; with a
+CNI plugin installing the rules, ``linkerd-network-validator`` checks them, as Linkerd's
+CNI mode does. eBPF and microVM modes add no init container: the node agent redirects.
+
+Where we differ from ``linkerd inject`` (README: "Linkerd"): resources are ours; the proxy
+also drops ALL capabilities and runs with RuntimeDefault seccomp, so the pod passes the
+``restricted`` Pod Security level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from webhook import __version__
+from webhook.dataplane.base import (
+    Build,
+    DataPlane,
+    Flavour,
+    container_ports,
+    field_env,
+    image_tag,
+    join,
+    port_list,
+)
+from webhook.policy import LinkerdSettings, Policy
+
+PROXY = "linkerd-proxy"
+INIT = "linkerd-init"
+VALIDATOR = "linkerd-network-validator"
+XTABLES = "linkerd-proxy-init-xtables-lock"
+END_ENTITY = "linkerd-identity-end-entity"
+TOKEN = "linkerd-identity-token"
+INBOUND, OUTBOUND, CONTROL, ADMIN = 4143, 4140, 4190, 4191
+UID = 2102
+INIT_UID = 65534
+
+# the owner kinds Linkerd labels a pod with: linkerd.io/proxy-<kind>
+_OWNER_LABEL = {
+    "Deployment": "deployment",
+    "ReplicaSet": "replicaset",
+    "StatefulSet": "statefulset",
+    "DaemonSet": "daemonset",
+    "Job": "job",
+    "CronJob": "cronjob",
+    "ReplicationController": "replicationcontroller",
+}
+
+
+def trust_root_sha256(pem: str) -> str:
+    return hashlib.sha256(pem.strip().encode()).hexdigest()
+
+
+def _identity(s: LinkerdSettings, account: str) -> str:
+    return f"{account}.{s.namespace}.serviceaccount.identity.{s.namespace}.{s.trust_domain}"
+
+
+def _inbound_ports(pod: Mapping[str, Any]) -> str:
+    return ",".join(str(p) for p in sorted({p["containerPort"] for p in container_ports(pod)}))
+
+
+def proxy_env(build: Build, pod: Mapping[str, Any], s: LinkerdSettings) -> list[dict[str, Any]]:
+    svc = f"{s.namespace}.svc.{s.cluster_domain}."
+    env: list[dict[str, Any]] = [
+        field_env("_pod_name", "metadata.name"),
+        field_env("_pod_ns", "metadata.namespace"),
+        field_env("_pod_nodeName", "spec.nodeName"),
+    ]
+    if build.batch and not build.native:
+        # a Job's app can stop a regular-container proxy: linkerd-await --shutdown, or
+        # POST /shutdown on the admin port (README: "Jobs on clusters without native sidecars")
+        env.append({"name": "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "value": "true"})
+    env += [
+        {"name": "LINKERD2_PROXY_LOG", "value": s.log_level},
+        {"name": "LINKERD2_PROXY_LOG_FORMAT", "value": s.log_format},
+        {"name": "LINKERD2_PROXY_DESTINATION_SVC_ADDR", "value": f"linkerd-dst-headless.{svc}:8086"},
+        {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS", "value": s.cluster_networks},
+        {"name": "LINKERD2_PROXY_POLICY_SVC_ADDR", "value": f"linkerd-policy.{svc}:8090"},
+        {"name": "LINKERD2_PROXY_POLICY_WORKLOAD", "value": '{"ns":"$(_pod_ns)", "pod":"$(_pod_name)"}\n'},
+        {"name": "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "value": s.default_inbound_policy},
+        {"name": "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "value": s.cluster_networks},
+        {"name": "LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT", "value": "3s"},
+        {"name": "LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "value": "5m"},
+        {"name": "LINKERD2_PROXY_CONTROL_STREAM_LIFETIME", "value": "1h"},
+        {"name": "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "value": "100ms"},
+        {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "value": "1000ms"},
+        {"name": "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "value": "5s"},
+        {"name": "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT", "value": "90s"},
+        {"name": "LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "value": f"0.0.0.0:{CONTROL}"},
+        {"name": "LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "value": f"0.0.0.0:{ADMIN}"},
+        {"name": "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "value": f"127.0.0.1:{OUTBOUND}"},
+        {"name": "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS", "value": f"127.0.0.1:{OUTBOUND}"},
+        {"name": "LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "value": f"0.0.0.0:{INBOUND}"},
+        field_env("LINKERD2_PROXY_INBOUND_IPS", "status.podIPs"),
+    ]
+    ports = _inbound_ports(pod)
+    if ports:
+        env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS", "value": ports})
+    env += [
+        {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES", "value": f"svc.{s.cluster_domain}."},
+        {"name": "LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE", "value": "10000ms"},
+        {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_KEEPALIVE", "value": "10000ms"},
+        {"name": "LINKERD2_PROXY_INBOUND_ACCEPT_USER_TIMEOUT", "value": "30s"},
+        {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_USER_TIMEOUT", "value": "30s"},
+        {"name": "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "value": "10s"},
+        {"name": "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "value": "3s"},
+        {"name": "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "value": "10s"},
+        {"name": "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "value": "3s"},
+        {"name": "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "value": s.opaque_ports},
+        {
+            "name": "LINKERD2_PROXY_DESTINATION_CONTEXT",
+            "value": '{"ns":"$(_pod_ns)", "nodeName":"$(_pod_nodeName)", "pod":"$(_pod_name)"}\n',
+        },
+        field_env("_pod_sa", "spec.serviceAccountName"),
+        {"name": "_l5d_ns", "value": s.namespace},
+        {"name": "_l5d_trustdomain", "value": s.trust_domain},
+        {"name": "LINKERD2_PROXY_IDENTITY_DIR", "value": "/var/run/linkerd/identity/end-entity"},
+        {
+            "name": "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
+            "value": (build.trust_anchors or "").strip() + "\n",
+        },
+        {"name": "LINKERD2_PROXY_IDENTITY_TOKEN_FILE", "value": f"/var/run/secrets/tokens/{TOKEN}"},
+        {"name": "LINKERD2_PROXY_IDENTITY_SVC_ADDR", "value": f"linkerd-identity-headless.{svc}:8080"},
+        {
+            "name": "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
+            "value": f"$(_pod_sa).$(_pod_ns).serviceaccount.identity.{s.namespace}.{s.trust_domain}",
+        },
+        {"name": "LINKERD2_PROXY_IDENTITY_SVC_NAME", "value": _identity(s, "linkerd-identity")},
+        {"name": "LINKERD2_PROXY_DESTINATION_SVC_NAME", "value": _identity(s, "linkerd-destination")},
+        {"name": "LINKERD2_PROXY_POLICY_SVC_NAME", "value": _identity(s, "linkerd-destination")},
+    ]
+    return env
+
+
+def proxy_container(build: Build, pod: Mapping[str, Any], s: LinkerdSettings) -> dict[str, Any]:
+    ready = {"httpGet": {"path": "/ready", "port": ADMIN}}
+    container: dict[str, Any] = {
+        "name": PROXY,
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": proxy_env(build, pod, s),
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": ADMIN},
+            "initialDelaySeconds": 10,
+            "timeoutSeconds": 1,
+        },
+        "ports": [
+            {"containerPort": INBOUND, "name": "linkerd-proxy"},
+            {"containerPort": ADMIN, "name": "linkerd-admin"},
+        ],
+        "readinessProbe": {**ready, "initialDelaySeconds": 2, "timeoutSeconds": 1},
+        "resources": build.resources.as_k8s(),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"mountPath": "/var/run/linkerd/identity/end-entity", "name": END_ENTITY},
+            {"mountPath": "/var/run/secrets/tokens", "name": TOKEN},
+        ],
+    }
+    if build.native:
+        container["restartPolicy"] = "Always"
+        container["startupProbe"] = {**ready, "failureThreshold": 120, "periodSeconds": 1}
+    else:
+        # the app starts once the proxy is ready (the proxy is the first container)
+        container["lifecycle"] = {
+            "postStart": {"exec": {"command": ["/usr/lib/linkerd/linkerd-await", "--timeout=2m"]}}
+        }
+    return container
+
+
+_INIT_SECURITY_BASE = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "runAsGroup": INIT_UID,
+    "runAsNonRoot": True,
+    "runAsUser": INIT_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+_INIT_RESOURCES = {"limits": {"cpu": "100m", "memory": "50Mi"}, "requests": {"cpu": "10m", "memory": "10Mi"}}
+
+
+def init_args(build: Build, s: LinkerdSettings) -> list[str]:
+    """proxy-init's flags: Linkerd's own, with the pod's skip ports added to Linkerd's."""
+    args = [
+        "--ipv6=false",
+        "--incoming-proxy-port",
+        str(INBOUND),
+        "--outgoing-proxy-port",
+        str(OUTBOUND),
+        "--proxy-uid",
+        str(UID),
+        "--inbound-ports-to-ignore",
+        join(f"{CONTROL},{ADMIN}", s.ignore_inbound_ports, port_list(build.skip_inbound)),
+    ]
+    outbound = join(s.ignore_outbound_ports, port_list(build.skip_outbound))
+    if outbound:
+        args += ["--outbound-ports-to-ignore", outbound]
+    return args
+
+
+def init_container(build: Build, s: LinkerdSettings) -> dict[str, Any]:
+    security = {**_INIT_SECURITY_BASE, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}}
+    return {
+        "args": init_args(build, s),
+        "image": s.init_image,
+        "imagePullPolicy": "IfNotPresent",
+        "name": INIT,
+        "resources": _INIT_RESOURCES,
+        "securityContext": security,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"mountPath": "/run", "name": XTABLES}],
+    }
+
+
+def validator_container(s: LinkerdSettings) -> dict[str, Any]:
+    return {
+        "args": [
+            "--log-format",
+            "plain",
+            "--log-level",
+            "debug",
+            "--connect-addr",
+            "1.1.1.1:20001",
+            "--listen-addr",
+            f"0.0.0.0:{OUTBOUND}",
+            "--timeout",
+            "10s",
+        ],
+        "command": ["/usr/lib/linkerd/linkerd2-network-validator"],
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "name": VALIDATOR,
+        "resources": _INIT_RESOURCES,
+        "securityContext": {**_INIT_SECURITY_BASE, "capabilities": {"drop": ["ALL"]}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
+    s = policy.proxy.linkerd
+    inits: tuple[dict[str, Any], ...] = ()
+    volumes: list[dict[str, Any]] = []
+    if build.init_rules:
+        inits = (init_container(build, s),)
+        volumes.append({"emptyDir": {}, "name": XTABLES})
+    elif build.cni_rules:
+        inits = (validator_container(s),)
+    volumes += [
+        {"emptyDir": {"medium": "Memory"}, "name": END_ENTITY},
+        {
+            "name": TOKEN,
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": "identity.l5d.io",
+                            "expirationSeconds": 86400,
+                            "path": TOKEN,
+                        }
+                    }
+                ]
+            },
+        },
+    ]
+    labels = {"linkerd.io/control-plane-ns": s.namespace, "linkerd.io/workload-ns": build.workload.namespace}
+    owner = _OWNER_LABEL.get(build.workload.kind)
+    if owner is not None:
+        labels[f"linkerd.io/proxy-{owner}"] = build.workload.name
+    annotations = {
+        "linkerd.io/created-by": f"mesh-injector/{__version__}",
+        "linkerd.io/proxy-version": image_tag(s.image) or s.image,
+        "linkerd.io/trust-root-sha256": trust_root_sha256(build.trust_anchors or ""),
+    }
+    return DataPlane(
+        inits=inits,
+        proxy=proxy_container(build, pod, s),
+        volumes=tuple(volumes),
+        labels=labels,
+        annotations=annotations,
+    )
+
+
+FLAVOUR = Flavour(
+    name="linkerd",
+    proxy_name=PROXY,
+    init_name=INIT,
+    ports=(OUTBOUND, INBOUND, CONTROL, ADMIN),
+    admin="linkerd-await --shutdown, or POST /shutdown on port 4191",
+    labels_read=(),
+    resource_annotations={
+        "config.linkerd.io/proxy-cpu-request": "proxy-cpu-request",
+        "config.linkerd.io/proxy-cpu-limit": "proxy-cpu-limit",
+        "config.linkerd.io/proxy-memory-request": "proxy-memory-request",
+        "config.linkerd.io/proxy-memory-limit": "proxy-memory-limit",
+    },
+    reads_workload=True,
+    render=render,
+)
