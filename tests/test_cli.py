@@ -141,6 +141,23 @@ def test_inject_manifests(path):
     assert out.stderr.splitlines() == meta["expect_reports"]
     for doc in docs:
         for obj in doc.get("items", [doc]):
+            if obj["kind"] == "DeploymentConfig" or obj["apiVersion"] == "batch/v1beta1":
+                # no schema of the current release: the injected template is checked as a Pod
+                keys = (
+                    ("spec", "jobTemplate", "spec", "template")
+                    if obj["kind"] == "CronJob"
+                    else ("spec", "template")
+                )
+                template = obj
+                for key in keys:
+                    template = template[key]
+                obj = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": template.get("metadata", {}),
+                    **template,
+                }
+                obj["spec"] = template["spec"]
             validate_k8s(obj)
     compare_golden(path / "expected.yaml", docs)
     # inject is idempotent: its own output goes through unchanged
@@ -312,3 +329,29 @@ def test_usage_source_errors_are_one_line(args, message, tmp_path):
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", [None, "--assume-opt-in", "--respect-opt-in"])
+def test_check_and_inject_agree_on_opt_in(tmp_path, flag):
+    """Both verbs take the same opt-in flags with the same default (assume, like
+    istioctl kube-inject), so the table never contradicts the manifests."""
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: tool, namespace: default}\n"
+        "spec: {containers: [{name: app, image: registry.example.com/tool:1}]}\n"
+    )
+    extra = [flag] if flag else []
+    common = ["-f", str(manifest), "--cluster", MIXED, "--now", NOW, *extra]
+    injected = run("inject", *common)
+    table = run("check", *common)
+    assert injected.returncode == table.returncode == 0, injected.stderr + table.stderr
+    meshed = "linkerd-proxy" in injected.stdout
+    assert meshed is (flag != "--respect-opt-in")  # namespace default has no opt-in label
+    row = next(line for line in table.stdout.splitlines() if line.startswith("Pod default/tool"))
+    assert row.split()[2] == ("yes" if meshed else "no")
+    assert ("injected with mode" in injected.stderr) is meshed
+
+
+def test_check_and_inject_refuse_both_opt_in_flags():
+    out = run("check", "-f", str(EXAMPLES / "app.yaml"), "--assume-opt-in", "--respect-opt-in")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr

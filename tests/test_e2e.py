@@ -43,6 +43,7 @@ ENV = {
 }
 RUN = uuid.uuid4().hex[:5]
 SHOP, PLAIN, ISTIO = f"shop-{RUN}", f"plain-{RUN}", f"istio-{RUN}"
+BASELINE, RESTRICTED = f"baseline-{RUN}", f"restricted-{RUN}"
 PROXY = "linkerd-proxy"  # the default flavour
 
 
@@ -119,6 +120,11 @@ def world(api, tmp_path_factory):
         (PLAIN, {}),
         (ISTIO, {"mesh-injector.io/inject": "enabled", "e2e-flavour": "istio"}),
         ("linkerd", {}),
+        (BASELINE, {"mesh-injector.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "baseline"}),
+        (
+            RESTRICTED,
+            {"mesh-injector.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "restricted"},
+        ),
     )
     for ns, labels in namespaces:
         core.create_namespace(
@@ -394,6 +400,44 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
     token = next(v for v in spec["volumes"] if v["name"] == "istio-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "istio-ca"
     assert not any(k.startswith("linkerd.io/") for k in meta["annotations"])
+
+
+def test_pod_security_namespaces_get_pods_their_level_accepts(world, webhook):
+    """Pods in namespaces labelled baseline and restricted are stored meshed, and nothing we
+    added breaks the level (judged by tests/pss.py; a 1.20 server predates PodSecurity
+    admission, so the judgement is the test's); iptables, which needs NET_ADMIN, is refused
+    with the reason on the pod instead of a pod the API server would reject."""
+    from tests import pss
+
+    core = world["core"]
+    for ns, level in ((BASELINE, "baseline"), (RESTRICTED, "restricted")):
+        pod = eventually(lambda ns=ns: meshed_pod(core, ns, PROXY), every=0.2)
+        assert "linkerd-init" not in names(pod, "initContainers")
+        assert pod["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
+        # what the test's app container lacks is the app's business; nothing else may be found
+        ours = {f for f in pss.findings(pod, level) if not f[1].startswith("app")}
+        assert not ours, ours
+    annotated = raw(
+        core.create_namespaced_pod(
+            BASELINE,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"ipt-{RUN}",
+                    "annotations": {"mesh-injector.io/interception": "iptables"},
+                },
+                "spec": {
+                    "serviceAccountName": "default",
+                    "containers": [{"name": "app", "image": "registry.example.com/web:1"}],
+                },
+            },
+            _preload_content=False,
+        )
+    )
+    assert names(annotated, "containers") == ["app"] and not annotated["spec"].get("initContainers")
+    reason = annotated["metadata"]["annotations"]["mesh-injector.io/skip-reason"]
+    assert "'baseline' Pod Security level rejects" in reason
 
 
 def test_server_side_dry_run_shows_the_mutation_and_stores_nothing(world, webhook):

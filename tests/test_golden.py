@@ -121,6 +121,8 @@ def test_golden(path):
             rules = _rules(patched)
             for line in exp["rules_contain"]:
                 assert line in rules
+        if "init_name" in exp:
+            assert exp["init_name"] in _names(spec, "initContainers")
         if "init_args" in exp:
             assert _find(patched, exp.get("init_name", init_name))["args"] == exp["init_args"]
         if exp.get("lifecycle_warning"):

@@ -200,3 +200,34 @@ def test_default_ruleset_loads_and_redirects_everything(netns):
     )
     assert connect(netns, netns["peer"], POD_IP, 8081, 0) == "proxy-inbound"
     assert connect(netns, netns["pod"], PEER_IP, 9091, APP_UID) == "proxy-outbound"
+
+
+def test_other_meshes_exclusions_reach_the_loaded_rules(netns):
+    """Istio's and Linkerd's exclusion annotations, translated into our ruleset: the peer's
+    address (an excluded range) and an excluded port leave directly, the rest is redirected."""
+    init = mesh_init_of(
+        {
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges": f"{PEER_IP}/32",
+            "config.linkerd.io/skip-inbound-ports": "8081",
+        }
+    )
+    rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
+    assert f"-A MESH_OUTBOUND -d {PEER_IP}/32 -j RETURN" in rules
+    sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-F")
+    sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-X")
+    loaded = sh(
+        "ip",
+        "netns",
+        "exec",
+        netns["pod"],
+        *init["command"],
+        check=False,
+        env={**os.environ, "MESH_IPTABLES_RULES": rules},
+    )
+    if loaded.returncode != 0 and ("Permission denied" in loaded.stderr or "not supported" in loaded.stderr):
+        pytest.skip(f"the kernel refuses netfilter in a network namespace: {loaded.stderr.strip()}")
+    assert loaded.returncode == 0, loaded.stderr
+    pod, peer = netns["pod"], netns["peer"]
+    assert connect(netns, pod, PEER_IP, 80, APP_UID) == "peer-80"  # the excluded range
+    assert connect(netns, peer, POD_IP, 8081, 0) == "app-8081"  # Linkerd's skip-inbound-ports
+    assert connect(netns, peer, POD_IP, 8080, 0) == "proxy-inbound"

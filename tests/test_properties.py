@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import GOLDEN, anchored_policy, validate_k8s
+from tests import pss
+from tests.support import GOLDEN, anchored_policy, load_case, validate_k8s
 from webhook.admission import admit
 from webhook.inject import read_status
 from webhook.loading import load_snapshot
@@ -27,7 +28,10 @@ SNAPSHOTS["none"] = load_snapshot(policy=POLICY, now=1795780800.0)
 
 dns = st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 label_key = st.one_of(
-    dns, st.builds(lambda a, b: f"{a}.io/{b}", dns, dns), st.just("mesh-injector.io/inject")
+    dns,
+    st.builds(lambda a, b: f"{a}.io/{b}", dns, dns),
+    st.just("mesh-injector.io/inject"),
+    st.just("sidecar.istio.io/inject"),
 )
 label_val = st.one_of(st.just("enabled"), st.just("disabled"), dns)
 annotation_key = st.sampled_from(
@@ -41,6 +45,12 @@ annotation_key = st.sampled_from(
         "mesh-injector.io/proxy-memory-limit",
         "mesh-injector.io/skip-inbound-ports",
         "mesh-injector.io/inject",
+        "sidecar.istio.io/inject",
+        "linkerd.io/inject",
+        "linkerd.io/proxy-version",
+        "traffic.sidecar.istio.io/excludeOutboundPorts",
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+        "config.linkerd.io/skip-inbound-ports",
         "example.com/a~b",
         "team",
     ]
@@ -59,6 +69,7 @@ annotation_val = st.sampled_from(
         "200m",
         "1Gi",
         "25,8000-8100",
+        "10.0.0.0/8",
         "enabled",
         "disabled",
         "junk",
@@ -278,3 +289,60 @@ def test_a_sibling_workload_is_served_from_the_template_memo(flavour):
         text = orjson.dumps(served.patch).decode()
         assert "web-b" in text and "web-a" not in text
         assert orjson.dumps(first.patch).decode().replace("web-a", "web-b") == text
+
+
+# --- Pod Security: nothing we add breaks the level a namespace enforces --------------------
+
+LEVEL_OF = {"guarded": "baseline", "payments": "restricted", "bogus": "restricted", "shop": "privileged"}
+FLAVOURED = {
+    (name, cni): anchored_policy(
+        f"proxy: {{flavour: {name}, image: reg/p:1, initImage: reg/i:1}}\n"
+        f"interception: {{iptables: {{cniInstallsRules: {str(cni).lower()}}}}}"
+    )
+    for name in ("linkerd", "istio", "generic")
+    for cni in (False, True)
+}
+pod_security_annotations = st.dictionaries(
+    st.sampled_from(["mesh-injector.io/interception", "mesh-injector.io/native-sidecar"]),
+    st.sampled_from(["auto", "ebpf", "iptables", "microvm", "true", "false"]),
+    max_size=2,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pod=pods(),
+    annotations=pod_security_annotations,
+    ns=st.sampled_from(sorted(LEVEL_OF)),
+    flavour=st.sampled_from(["linkerd", "istio", "generic"]),
+    cni=st.booleans(),
+    server=st.sampled_from([None, "1.27", "1.32"]),
+)
+def test_nothing_injected_breaks_the_enforced_pod_security_level(pod, annotations, ns, flavour, cni, server):
+    """Checked with tests/pss.py (the published standards, v1.30), not the product's own
+    checker: every finding in the meshed pod was already in the pod as its owner wrote it."""
+    pod.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+    pod["metadata"]["annotations"].pop("mesh-injector.io/inject", None)  # the namespace decides
+    snapshot = SNAPSHOTS["mixed"]
+    if server:
+        snapshot = snapshot.derive(server_version=parse_kube_version(server))
+    policy = FLAVOURED[(flavour, cni)]
+    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": ns, "object": pod}
+    out = admit(request, snapshot, policy)
+    patched = jsonpatch.apply_patch(pod, out.patch)
+    level = LEVEL_OF[ns]
+    assert pss.findings(patched, level) <= pss.findings(pod, level), out.explanation
+    if out.injected and level != "privileged":
+        added = read_status(patched) or {}
+        assert not any(n in ("linkerd-init", "istio-init", "mesh-init") for n in added["initContainers"])
+
+
+def test_the_oracle_sees_what_an_iptables_init_container_adds():
+    """The property above can fail: in a privileged namespace linkerd-init is added, and the
+    oracle finds what baseline and restricted would reject."""
+    case = load_case(GOLDEN / "cases" / "65-linkerd-iptables-legacy")
+    request = case.review["request"]
+    patched = jsonpatch.apply_patch(request["object"], admit(request, case.snapshot, case.policy).patch)
+    assert ("capabilities", "linkerd-init:NET_ADMIN") in pss.findings(patched, "baseline")
+    assert ("capabilities", "linkerd-init:NET_RAW") in pss.findings(patched, "restricted")
+    assert not pss.findings(request["object"], "baseline")

@@ -340,3 +340,84 @@ def test_outcome_memo_is_keyed_by_everything_it_depends_on():
     by_default = anchored_policy("injectByDefault: true")
     assert admit(req("u4", "off"), snap, by_default).injected  # other policy, other answer
     assert admit({**req("u5", "on"), "operation": "UPDATE"}, snap, POLICY).patch == []
+
+
+def test_pod_security_levels_from_namespace_labels():
+    from webhook.podsecurity import namespace_levels
+
+    none = namespace_levels({}, "baseline")
+    assert none.enforce == "baseline" and "podSecurity.defaultLevel" in none.source
+    assert none.enforce_version == "latest" and none.warn is None
+    bogus = namespace_levels({"pod-security.kubernetes.io/enforce": "strict"}, "privileged")
+    assert bogus.enforce == "restricted" and "'strict' is not a level" in bogus.source
+    full = namespace_levels(
+        {
+            "pod-security.kubernetes.io/enforce": "baseline",
+            "pod-security.kubernetes.io/enforce-version": "v1.29",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/audit": "baseline",
+        },
+        "privileged",
+    )
+    assert (full.enforce, full.enforce_version, full.warn, full.audit) == (
+        "baseline",
+        "v1.29",
+        "restricted",
+        "baseline",
+    )
+
+
+def test_pod_security_controls_on_added_containers():
+    from webhook.podsecurity import check_added
+
+    init = {
+        "name": "linkerd-init",
+        "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}, "runAsUser": 0},
+    }
+    pod = {
+        "spec": {
+            "initContainers": [init],
+            "containers": [{"name": "app"}],
+            "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+        }
+    }
+    base = [str(v) for v in check_added(pod, ["linkerd-init"], ["h"], "baseline")]
+    assert base == [
+        "container linkerd-init: capabilities (adds NET_ADMIN, NET_RAW)",
+        "volume h: hostPath volumes (hostPath)",
+    ]
+    strict = {v.control for v in check_added(pod, ["linkerd-init"], [], "restricted")}
+    assert {"privilege escalation", "running as non-root", "running as non-root user", "seccomp"} <= strict
+    assert check_added(pod, ["linkerd-init"], ["h"], "privileged") == []
+    assert check_added(pod, ["app"], [], "baseline") == []  # only what is named is judged
+    # pod-level settings count where the standard lets them
+    pod["spec"]["securityContext"] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    ok = {
+        "name": "p",
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    pod["spec"]["containers"].append(ok)
+    assert check_added(pod, ["p"], [], "restricted") == []
+
+
+def test_other_mesh_exclusions_are_parsed_and_bad_ones_reported():
+    from webhook.dataplane.others import exclusions, opt_out, owner
+
+    found = exclusions(
+        {
+            "traffic.sidecar.istio.io/excludeOutboundPorts": "5432, 6379",
+            "config.linkerd.io/skip-outbound-ports": "25,8000-8100",
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges": "169.254.169.254/32,10.0.0.1/8",
+            "config.linkerd.io/skip-inbound-ports": "not-a-port",
+        }
+    )
+    assert found.outbound == ((25, 25), (5432, 5432), (6379, 6379), (8000, 8100))
+    assert found.cidrs == ("169.254.169.254/32", "10.0.0.0/8")
+    assert found.inbound == () and len(found.problems) == 1 and "skip-inbound-ports" in found.problems[0]
+    assert opt_out({"sidecar.istio.io/inject": "False"}, {}) == 'label sidecar.istio.io/inject: "false"'
+    assert opt_out({}, {"linkerd.io/inject": "enabled"}) is None
+    assert owner({"spec": {"containers": [{"name": "istio-proxy"}]}}) == ("Istio", "istio-proxy container")
+    assert owner({"metadata": {"annotations": {"linkerd.io/proxy-version": "x"}}, "spec": {}}) == (
+        "Linkerd",
+        "linkerd.io/proxy-version annotation",
+    )

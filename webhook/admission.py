@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from webhook.cluster import ClusterSnapshot, outcome_cost
-from webhook.dataplane import Build, Flavour, flavour
+from webhook.dataplane import Build, Flavour, flavour, others
 from webhook.inject import (
     ANN_STATUS,
     LABEL_MODE,
@@ -35,6 +35,7 @@ from webhook.inject import (
 from webhook.interception import Choice, KernelFacts, PodTraits, choose_mode, kernel_facts
 from webhook.iptables import PortListError, parse_ports
 from webhook.patch import Patch, diff
+from webhook.podsecurity import Levels, check_added, namespace_levels
 from webhook.policy import Policy
 from webhook.reasons import OPTED_IN_SKIPS, Mode, ModeReason, ResourceSource, Skip
 from webhook.scheduling import Eligibility, eligible_nodes
@@ -192,6 +193,14 @@ def _opt_in(
             return False, Skip.POD_DISABLED, where
         if value == "enabled":
             return True, None, where
+    if policy.other_meshes.respect_opt_outs:
+        foreign = others.opt_out(labels, annotations)
+        if foreign is not None:
+            return (
+                False,
+                Skip.OTHER_MESH_OPT_OUT,
+                f"{foreign}: another mesh's opt-out, honoured by the policy",
+            )
     if assume_opt_in:
         return True, None, "inject command (manifests are opted in unless they say disabled)"
     ns_value = ns_labels.get(_INJECT)
@@ -356,6 +365,13 @@ def _skip(
     )
 
 
+def _pod_security_line(levels: Levels) -> str:
+    extra = "".join(f"; {k} {v}" for k, v in (("warn", levels.warn), ("audit", levels.audit)) if v)
+    return (
+        f"pod security: enforce {levels.enforce} ({levels.source}, version {levels.enforce_version}){extra}"
+    )
+
+
 def _kernel_line(elig: Eligibility, kf: KernelFacts) -> str:
     if kf.unknown:
         return f"kernel: unknown ({kf.unknown})"
@@ -447,6 +463,7 @@ def _template_key(
         has_labels,
         labels.get(_INJECT),
         labels.get(LABEL_MODE),
+        [labels.get(name) for name in others.LABELS_READ],
         protocol_from_services(snapshot.services.get(namespace, ()), labels),
         [[o.get("kind"), o.get("controller")] for o in owners if isinstance(o, dict)]
         if isinstance(owners, list)
@@ -627,12 +644,23 @@ def _admit(
         return _skip(skip=excluded, text=f"{excluded.text} ({namespace})", **args)
     if spec.get("hostNetwork") is True:
         return _skip(skip=Skip.HOST_NETWORK, text=Skip.HOST_NETWORK.text, **args)
+    plane: Flavour = flavour(policy.proxy.flavour)
+    owner = others.owner(pod)
+    if owner is not None:
+        mesh, evidence = owner
+        same = mesh.lower() == plane.name
+        text = (
+            f"the pod is already meshed by {mesh}'s own injector ({evidence}); it is left as it is"
+            if same
+            else f"{mesh} already owns the pod ({evidence}); a second proxy would fight over its traffic"
+        )
+        return _skip(skip=Skip.OTHER_MESH, text=text, **args)
     present = present_proxy(pod)
     if present is not None:
         return _skip(skip=Skip.PROXY_PRESENT, text=f"the pod already carries a {present} container", **args)
     if opt_skip is not None:
-        return _skip(skip=opt_skip, text=opt_skip.text, **args)
-    plane: Flavour = flavour(policy.proxy.flavour)
+        text = f"{opt_skip.text} ({opt_source})" if opt_skip is Skip.OTHER_MESH_OPT_OUT else opt_skip.text
+        return _skip(skip=opt_skip, text=text, **args)
     used = _proxy_port_used(spec, plane.ports)
     if used is not None:
         text = (
@@ -683,11 +711,12 @@ def _admit(
         f"workload: protocol {protocol} ({proto_source}), throughput {throughput} ({tp_source}), "
         f"lifecycle {lifecycle}"
     )
-    restricted = ns_labels.get("pod-security.kubernetes.io/enforce") == "restricted"
+    levels = namespace_levels(ns_labels, policy.pod_security.default_level)
+    ctx.lines.append(_pod_security_line(levels))
     traits = PodTraits(
         requested=_pod_option(annotations, "interception", ctx) or "auto",
         iptables_fallback=_pod_option(annotations, "iptables-fallback", ctx) != "false",
-        restricted=restricted,
+        level=levels.enforce,
         high_throughput_grpc=protocol == "grpc" and throughput == "high",
     )
     choice: Choice = choose_mode(kf, traits, server, policy.interception)
@@ -702,12 +731,24 @@ def _admit(
 
     init_rules = choice.mode is Mode.IPTABLES and not policy.interception.iptables.cni_installs_rules
     skips: list[tuple[tuple[int, int], ...]] = [(), ()]
+    cidrs: tuple[str, ...] = ()
     if init_rules:
         for i, name in enumerate(("skip-inbound-ports", "skip-outbound-ports")):
             try:
                 skips[i] = parse_ports(str(annotations.get(PREFIX + name, "")))
             except PortListError as exc:
                 ctx.warn(f"annotation {PREFIX}{name}: {exc}; no ports skipped")
+        if policy.other_meshes.translate_exclusions:
+            found = others.exclusions(annotations)
+            for problem in found.problems:
+                ctx.warn(problem)
+            if found.used:
+                skips = [
+                    tuple(sorted({*skips[0], *found.inbound})),
+                    tuple(sorted({*skips[1], *found.outbound})),
+                ]
+                cidrs = found.cidrs
+                ctx.lines.append(f"exclusions: translated {', '.join(found.used)} into the redirect rules")
 
     native, native_why = _native(
         _pod_option(annotations, "native-sidecar", ctx) or "auto", server, elig, policy, ctx
@@ -743,12 +784,30 @@ def _admit(
         init_rules=init_rules,
         skip_inbound=skips[0],
         skip_outbound=skips[1],
+        skip_cidrs=cidrs,
         workload=WorkloadKey(key.namespace, key.kind, _ALIAS) if alias else key,
         batch=lifecycle == "batch",
         trust_anchors=anchors,
     )
     plan = Plan(flavour=plane, build=build, decision=decision)
-    apply_plan(pod, plan, policy)
+    meshed = shallow_pod(pod)
+    apply_plan(meshed, plan, policy)
+    added = read_status(meshed) or {}
+    parts = ([*added.get("containers", []), *added.get("initContainers", [])], added.get("volumes", []))
+    violations = check_added(meshed, *parts, levels.enforce)
+    if violations:
+        text = f"{Skip.POD_SECURITY.text} ({levels.enforce}, {levels.source}): " + "; ".join(
+            map(str, violations[:3])
+        )
+        return _skip(skip=Skip.POD_SECURITY, text=text, **args)
+    for label, level in (("warn", levels.warn), ("audit", levels.audit)):
+        flagged = check_added(meshed, *parts, level) if level else []
+        if flagged:
+            ctx.warn(
+                f"what is injected would violate the namespace's {label} level {level}: "
+                + "; ".join(map(str, flagged[:3]))
+            )
+    pod = meshed
     ctx.lines.insert(0, f"decision: meshed, {plane.name} proxy, mode {choice.mode.value}, {placement}")
     if ctx.warnings:
         ctx.lines.append("warnings: " + " | ".join(ctx.warnings))

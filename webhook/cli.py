@@ -146,6 +146,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
     sys.stdout.write(dump_yaml(docs))
     for r in results:
         print(r.report(), file=sys.stderr)
+        for note in (*r.notes, *(r.outcome.warnings if r.outcome else ())):
+            print(f"  warning: {note.removeprefix('mesh-injector: ')}", file=sys.stderr)
     return 0
 
 
@@ -155,7 +157,7 @@ def _table(rows: list[Sequence[str]]) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _, results = _manifest_results(args, assume_opt_in=False)
+    _, results = _manifest_results(args, assume_opt_in=not args.respect_opt_in)
     rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "REASON")]
     for r in results:
         o = r.outcome
@@ -175,6 +177,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             assert o.skip is not None
             rows.append((r.ref, "no", "-", f"{o.skip.value}: {o.skip.text}"))
     print(_table(rows))
+    for r in results:
+        for note in r.notes:
+            print(f"warning: {r.ref}: {note}", file=sys.stderr)
     if args.explain:
         for r in results:
             if r.outcome is not None:
@@ -295,14 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-n", "--namespace", default="default", help="namespace for objects that name none")
         _dry_run_flags(p)
         p.set_defaults(func=func)
-        if name == "inject":
-            p.add_argument(
-                "--respect-opt-in",
-                action="store_true",
-                help="apply namespace labels and injectByDefault as the webhook would (default: inject "
-                "everything not marked disabled, like istioctl kube-inject)",
-            )
-        else:
+        opt = p.add_mutually_exclusive_group()
+        opt.add_argument(
+            "--respect-opt-in",
+            action="store_true",
+            help="apply namespace labels and injectByDefault as the webhook would",
+        )
+        opt.add_argument(
+            "--assume-opt-in",
+            action="store_false",
+            dest="respect_opt_in",
+            help="treat every workload not marked disabled as opted in, like istioctl kube-inject "
+            "(the default, for inject and check alike)",
+        )
+        if name == "check":
             p.add_argument("--explain", action="store_true", help="print each workload's full explanation")
 
     p = sub.add_parser("recommend", help="the proxy resources each workload would get from observed usage")

@@ -11,8 +11,9 @@ Truth table for ``auto`` (first row that holds wins)::
 An explicit annotation (``ebpf``, ``microvm``, ``iptables``) is honoured when supported and
 otherwise falls back along microvm -> ebpf -> iptables, with a warning. Reaching iptables
 is refused when the pod says ``iptables-fallback: "false"`` (skip), and so is iptables in a
-namespace enforcing ``restricted`` unless the policy says a CNI plugin installs the rules
-(the init container would need NET_ADMIN, so the API server would refuse the pod).
+namespace enforcing ``baseline`` or ``restricted`` unless the policy says a CNI plugin
+installs the rules (the init container would add NET_ADMIN and NET_RAW, which both levels
+reject, so the API server would refuse the pod).
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ class KernelFacts:
 class PodTraits:
     requested: str  # "auto" or a Mode value
     iptables_fallback: bool
-    restricted: bool
+    level: str  # the Pod Security level the namespace enforces
     high_throughput_grpc: bool
+
+    @property
+    def restricted(self) -> bool:
+        return self.level == "restricted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +95,10 @@ def _supported(mode: Mode, kf: KernelFacts, server: KubeVersion | None, rules: I
 
 
 def _iptables_block(traits: PodTraits, rules: Interception) -> Choice | None:
-    if traits.restricted and not rules.iptables.cni_installs_rules:
-        return Choice(None, None, Skip.IPTABLES_RESTRICTED.text, skip=Skip.IPTABLES_RESTRICTED)
-    return None
+    if traits.level == "privileged" or rules.iptables.cni_installs_rules:
+        return None
+    skip = Skip.IPTABLES_RESTRICTED if traits.restricted else Skip.IPTABLES_BASELINE
+    return Choice(None, None, skip.text, skip=skip)
 
 
 def choose_mode(

@@ -2,7 +2,8 @@
 
 Inbound TCP is redirected to the proxy's inbound port, outbound TCP to its outbound port.
 Never redirected: the proxy's own traffic (its UID, so it cannot loop), loopback traffic
-inside the pod, the proxy's admin port (kubelet probes), and the skip-ports the pod lists.
+inside the pod, the proxy's admin port (kubelet probes), the skip-ports the pod lists, and
+the IPv4 ranges it excludes (IPv6 ranges need ip6tables, which this ruleset does not set).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def _dport(lo: int, hi: int) -> str:
 
 
 def render_rules(
-    *, skip_inbound: tuple[tuple[int, int], ...] = (), skip_outbound: tuple[tuple[int, int], ...] = ()
+    *,
+    skip_inbound: tuple[tuple[int, int], ...] = (),
+    skip_outbound: tuple[tuple[int, int], ...] = (),
+    skip_cidrs: tuple[str, ...] = (),
 ) -> str:
     lines = [
         "*nat",
@@ -67,5 +71,6 @@ def render_rules(
         "-A MESH_OUTBOUND -d 127.0.0.0/8 -j RETURN",
     ]
     lines += [f"-A MESH_OUTBOUND -p tcp {_dport(lo, hi)} -j RETURN" for lo, hi in skip_outbound]
+    lines += [f"-A MESH_OUTBOUND -d {cidr} -j RETURN" for cidr in skip_cidrs if ":" not in cidr]
     lines += [f"-A MESH_OUTBOUND -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}", "COMMIT", ""]
     return "\n".join(lines)

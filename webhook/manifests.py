@@ -14,6 +14,7 @@ from typing import Any
 from webhook.admission import Outcome, admit
 from webhook.cluster import ClusterSnapshot
 from webhook.policy import Policy
+from webhook.versions import parse_kube_version
 
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Pod": (),
@@ -23,8 +24,23 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "ReplicaSet": ("spec", "template"),
     "Job": ("spec", "template"),
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "ReplicationController": ("spec", "template"),
+    "DeploymentConfig": ("spec", "template"),  # OpenShift
 }
-_OWNER_KIND = {"CronJob": "CronJob", "Job": "Job"}
+_OWNER_API = {
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
+    "ReplicationController": "v1",
+    "DeploymentConfig": "apps.openshift.io/v1",
+}
+# (apiVersion, kind) -> the Kubernetes release that stopped serving it
+REMOVED = {
+    **{("extensions/v1beta1", k): "1.16" for k in ("Deployment", "DaemonSet", "ReplicaSet")},
+    **{("apps/v1beta1", k): "1.16" for k in ("Deployment", "StatefulSet")},
+    **{("apps/v1beta2", k): "1.16" for k in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")},
+    ("batch/v1beta1", "CronJob"): "1.25",
+    ("batch/v2alpha1", "CronJob"): "1.21",
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,7 @@ class DocResult:
     namespace: str
     name: str
     outcome: Outcome | None  # None for kinds that carry no pod template
+    notes: tuple[str, ...] = ()  # about the manifest itself (an API version no longer served)
 
     @property
     def ref(self) -> str:
@@ -68,8 +85,8 @@ def _as_pod(doc: dict[str, Any], template: dict[str, Any], kind: str, namespace:
     meta["generateName"] = f"{name}-"
     meta["ownerReferences"] = [
         {
-            "apiVersion": "apps/v1",
-            "kind": _OWNER_KIND.get(kind, kind),
+            "apiVersion": _OWNER_API.get(kind, "apps/v1"),
+            "kind": kind,
             "name": name,
             "uid": "",
             "controller": True,
@@ -139,4 +156,17 @@ def process(
     outcome = admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
     if outcome.patch and outcome.pod is not None:
         _write_back(doc, template, kind, dict(outcome.pod))
-    return doc, [DocResult(kind, namespace, name, outcome)]
+    return doc, [DocResult(kind, namespace, name, outcome, _api_notes(doc, kind, snapshot))]
+
+
+def _api_notes(doc: dict[str, Any], kind: str, snapshot: ClusterSnapshot) -> tuple[str, ...]:
+    api = str(doc.get("apiVersion", ""))
+    removed = REMOVED.get((api, kind))
+    if removed is None:
+        return ()
+    server = snapshot.server_version
+    gone = parse_kube_version(removed)
+    if server is not None and gone is not None and server < gone:
+        return ()
+    target = f"a {server} cluster" if server is not None else f"a cluster at {removed} or later"
+    return (f"{api} {kind} is no longer served since Kubernetes {removed}: {target} refuses it",)

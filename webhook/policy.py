@@ -188,6 +188,21 @@ class Sizing:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PodSecurity:
+    # the level namespaces without a pod-security.kubernetes.io/enforce label get (the API
+    # server's own default, from its admission configuration, is invisible to a webhook)
+    default_level: Literal["privileged", "baseline", "restricted"] = "privileged"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtherMeshes:
+    # sidecar.istio.io/inject: "false" and linkerd.io/inject: disabled count as the pod's opt-out
+    respect_opt_outs: bool = True
+    # Istio's and Linkerd's port and IP-range exclusion annotations are added to ours
+    translate_exclusions: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     api_version: Literal["mesh-injector.io/v1"] = "mesh-injector.io/v1"
     kind: Literal["InjectionPolicy"] = "InjectionPolicy"
@@ -197,6 +212,8 @@ class Policy:
     proxy: ProxyImages
     interception: Interception
     native_sidecar: NativeSidecar
+    pod_security: PodSecurity = field(default_factory=PodSecurity)
+    other_meshes: OtherMeshes = field(default_factory=OtherMeshes)
     sizing: Sizing
     profiles: tuple[Profile, ...]
 

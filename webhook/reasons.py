@@ -33,6 +33,10 @@ class Skip(StrEnum):
     IPTABLES_RESTRICTED = "iptables-in-restricted-namespace"
     PORT_CONFLICT = "proxy-port-conflict"
     NO_TRUST_ANCHORS = "no-trust-anchors"
+    OTHER_MESH = "owned-by-another-mesh"
+    OTHER_MESH_OPT_OUT = "other-mesh-opt-out"
+    IPTABLES_BASELINE = "iptables-in-baseline-namespace"
+    POD_SECURITY = "pod-security-violation"
 
     @property
     def text(self) -> str:
@@ -59,6 +63,13 @@ _SKIP_TEXT: dict[Skip, str] = {
     ),
     Skip.PORT_CONFLICT: "a container of the pod already uses a port the proxy needs",
     Skip.NO_TRUST_ANCHORS: "Linkerd's identity trust anchors are unknown, so the proxy could get no identity",
+    Skip.OTHER_MESH: "another mesh already owns the pod",
+    Skip.OTHER_MESH_OPT_OUT: "the pod opts out with another mesh's annotation or label",
+    Skip.IPTABLES_BASELINE: (
+        "iptables mode needs an init container with NET_ADMIN and NET_RAW, which the namespace's "
+        "'baseline' Pod Security level rejects"
+    ),
+    Skip.POD_SECURITY: "what would be injected violates the namespace's enforced Pod Security level",
 }
 
 # Skips that concern pods that asked to be meshed: they get the skip-reason annotation
@@ -73,6 +84,9 @@ OPTED_IN_SKIPS = frozenset(
         Skip.IPTABLES_RESTRICTED,
         Skip.PORT_CONFLICT,
         Skip.NO_TRUST_ANCHORS,
+        Skip.OTHER_MESH,
+        Skip.IPTABLES_BASELINE,
+        Skip.POD_SECURITY,
     }
 )
 

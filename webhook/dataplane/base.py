@@ -30,6 +30,7 @@ class Build:
     init_rules: bool
     skip_inbound: Ports = ()
     skip_outbound: Ports = ()
+    skip_cidrs: tuple[str, ...] = ()  # outbound destinations left alone
     workload: WorkloadKey
     batch: bool = False
     trust_anchors: str | None = None  # linkerd: the PEM bundle

@@ -91,7 +91,9 @@ def init_container(rules: str, policy: Policy) -> dict[str, Any]:
 
 
 def rules_for(build: Build) -> str:
-    return render_rules(skip_inbound=build.skip_inbound, skip_outbound=build.skip_outbound)
+    return render_rules(
+        skip_inbound=build.skip_inbound, skip_outbound=build.skip_outbound, skip_cidrs=build.skip_cidrs
+    )
 
 
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:

@@ -50,6 +50,7 @@ _API_VERSION = {
     "Job": "batch/v1",
     "CronJob": "batch/v1",
     "ReplicationController": "v1",
+    "DeploymentConfig": "apps.openshift.io/v1",
     "Pod": "v1",
 }
 _CANONICAL_NAME = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
@@ -166,7 +167,7 @@ def init_args(build: Build, validation: bool) -> list[str]:
     """istio-iptables' flags, the pod's skip ports added to Istio's own."""
     inbound = ",".join([str(PROM_PORT), str(HEALTH_PORT), str(STATUS_PORT), *_expand(build.skip_inbound)])
     args = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", str(UID), "-m", "REDIRECT"]
-    args += ["-i", "*", "-x", "", "-b", "*", "-d", inbound]
+    args += ["-i", "*", "-x", ",".join(build.skip_cidrs), "-b", "*", "-d", inbound]
     if build.skip_outbound:
         args += ["-o", ",".join(_expand(build.skip_outbound))]
     args.append("--log_output_level=default:info")

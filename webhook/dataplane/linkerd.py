@@ -211,6 +211,8 @@ def init_args(build: Build, s: LinkerdSettings) -> list[str]:
     outbound = join(s.ignore_outbound_ports, port_list(build.skip_outbound))
     if outbound:
         args += ["--outbound-ports-to-ignore", outbound]
+    if build.skip_cidrs:
+        args += ["--subnets-to-ignore", ",".join(build.skip_cidrs)]
     return args
 
 

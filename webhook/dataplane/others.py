@@ -20,7 +20,10 @@ from webhook.iptables import PortListError, parse_ports
 # mesh -> (its containers, the annotations its injector writes)
 OWNED_BY = {
     "Istio": (("istio-proxy", "istio-init", "istio-validation"), ("sidecar.istio.io/status",)),
-    "Linkerd": (("linkerd-proxy", "linkerd-init", "linkerd-network-validator"), ("linkerd.io/proxy-version",)),
+    "Linkerd": (
+        ("linkerd-proxy", "linkerd-init", "linkerd-network-validator"),
+        ("linkerd.io/proxy-version",),
+    ),
 }
 # (where, key, value that opts out, mesh)
 OPT_OUTS = (
@@ -91,7 +94,9 @@ def exclusions(annotations: Mapping[str, Any]) -> Exclusions:
         text = str(raw).strip()
         if kind == "cidrs":
             try:
-                nets = [str(ipaddress.ip_network(p.strip(), strict=False)) for p in text.split(",") if p.strip()]
+                nets = [
+                    str(ipaddress.ip_network(p.strip(), strict=False)) for p in text.split(",") if p.strip()
+                ]
             except ValueError as exc:
                 problems.append(f"annotation {key}: {exc}; ignored")
                 continue

@@ -38,7 +38,16 @@ BASELINE_CAPABILITIES = frozenset(
     }
 )
 RESTRICTED_VOLUMES = frozenset(
-    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
 )
 _SELINUX_TYPES = frozenset({"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"})
 _RANK = {"privileged": 0, "baseline": 1, "restricted": 2}
@@ -126,4 +135,4 @@ def check_added(
     for vol in spec.get("volumes") or []:
         if isinstance(vol, dict) and vol.get("name") in vols:
             out += [v for v in _volume(vol) if _RANK[v.level] <= rank]
-    return out
+    return list({str(v): v for v in out}.values())  # one line per finding, in order
