@@ -35,6 +35,7 @@ from webhook.manifests import DocResult, process
 from webhook.policy import Policy, PolicyError, load_policy
 from webhook.prometheus import PrometheusError, prometheus_summaries
 from webhook.review import ReviewError, build_response, parse_review
+from webhook.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
 from webhook.serve import ListenError
 from webhook.serve import add_commands as add_server_commands
 from webhook.sizing import enough_samples, from_observed, human_duration
@@ -142,12 +143,57 @@ def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[li
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
-    docs, results = _manifest_results(args, assume_opt_in=not args.respect_opt_in)
-    sys.stdout.write(dump_yaml(docs))
-    for r in results:
-        print(r.report(), file=sys.stderr)
-        for note in (*r.notes, *(r.outcome.warnings if r.outcome else ())):
-            print(f"  warning: {note.removeprefix('mesh-injector: ')}", file=sys.stderr)
+    """Each file rewritten where its pod templates change and byte for byte elsewhere
+    (webhook/roundtrip.py). Of several files, one that cannot be read or parsed is reported
+    and skipped, the others are still written, and the exit status is 1; a single input
+    that cannot be used is one line and exit 2, like every other input error."""
+    policy = _policy(args)
+    snapshot = _snapshot(args, policy, _now(args.now))
+    failed = 0
+    written = ""  # the last output that had content
+    sources = [source for given in args.filename for source in manifest_sources(given)]
+    for source in sources:
+        results: list[DocResult] = []
+
+        def change(doc: Any, source: str = source, results: list[DocResult] = results) -> Any:
+            if not isinstance(doc, dict):
+                raise CliError(f"{source}: a document is a {type(doc).__name__}, not a Kubernetes object")
+            new, res = process(
+                doc,
+                snapshot,
+                policy,
+                default_namespace=args.namespace,
+                assume_opt_in=not args.respect_opt_in,
+            )
+            results.extend(res)
+            return new
+
+        try:
+            text = read_text(source)
+            if is_json(text):
+                out = rewrite_json(text, parse_document(text, source), change)
+            else:
+                out = "".join(rewrite_yaml(parse_chunks(text, source), change))
+        except (InputError, CliError) as exc:
+            if len(sources) == 1:
+                raise
+            print(f"mesh-injector: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if written and out.strip() and not is_json(out):
+            if not written.endswith("\n"):
+                sys.stdout.write("\n")
+            if not out.lstrip().startswith("---"):
+                sys.stdout.write("---\n")  # the files' documents stay apart
+        sys.stdout.write(out)
+        written = out if out.strip() else written
+        for r in results:
+            print(r.report(), file=sys.stderr)
+            for note in (*r.notes, *(r.outcome.warnings if r.outcome else ())):
+                print(f"  warning: {note.removeprefix('mesh-injector: ')}", file=sys.stderr)
+    if failed:
+        print(f"mesh-injector: {failed} file(s) could not be injected (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,142 @@
+"""`inject` as a GitOps repository needs it: only the injected fields change; everything
+else (comments, separators, quoting, indentation, YAML 1.2 scalars) is written back byte
+for byte, JSON stays JSON, and a second run changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.support import GOLDEN
+
+REPO = Path(__file__).parent.parent
+CLUSTER = str(REPO / "examples" / "cluster.yaml")
+MANIFEST = """\
+# Our shop's manifests: kept in git, reviewed as diffs
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config   # keep this comment
+  namespace: shop
+data:
+  switch: ON          # YAML 1.1 would read a boolean; it stays the string ON
+  quoted: 'single'
+  "double": "x"
+---
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels:
+        app: web   # the app label
+    spec:
+      containers:
+        - name: web          # the main container
+          image: "registry.example.com/web:1"
+          ports:
+            - containerPort: 8080
+              name: http
+---
+"""
+
+
+def inject(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", "inject", "-f", str(path), "--cluster", CLUSTER, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_only_the_injected_fields_change_and_a_second_run_is_identical(tmp_path):
+    src = tmp_path / "app.yaml"
+    src.write_text(MANIFEST)
+    first = inject(src)
+    assert first.returncode == 0, first.stderr
+    # every original line is still there, in order; what is new was only added
+    written = iter(first.stdout.splitlines())
+    added = []
+    for line in MANIFEST.splitlines():
+        for candidate in written:
+            if candidate == line:
+                break
+            added.append(candidate)
+        else:
+            raise AssertionError(f"original line lost or altered: {line!r}")
+    assert added and all(line.startswith(" " * 6) or not line.strip() for line in added)  # under the template
+    assert first.stdout.startswith("# Our shop's manifests") and first.stdout.endswith("---\n")
+    assert "---\n---\n" in first.stdout  # the empty document is kept
+    docs = [d for d in yaml.safe_load_all(first.stdout.replace("switch: ON", "switch: 'ON'")) if d]
+    deployment = docs[1]
+    assert deployment["spec"]["template"]["spec"]["initContainers"][0]["name"] == "linkerd-proxy"
+    assert deployment["spec"]["template"]["metadata"]["labels"]["app"] == "web"
+    out = tmp_path / "out.yaml"
+    out.write_text(first.stdout)
+    second = inject(out)
+    assert second.returncode == 0 and second.stdout == first.stdout
+
+
+def test_json_in_json_out(tmp_path):
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "tool", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "registry.example.com/tool:1"}]},
+    }
+    src = tmp_path / "pod.json"
+    src.write_text(json.dumps(pod))
+    first = inject(src)
+    assert first.returncode == 0, first.stderr
+    meshed = json.loads(first.stdout)
+    assert [c["name"] for c in meshed["spec"]["initContainers"]] == ["linkerd-proxy"]
+    again = tmp_path / "again.json"
+    again.write_text(first.stdout)
+    second = inject(again)
+    assert second.stdout == first.stdout
+
+
+def test_flow_style_parents_go_through_the_round_trip_editor(tmp_path):
+    """Where new lines cannot simply be added (a flow-style mapping), the document is edited
+    with a round-trip parser: comments and the rest of the layout still stay."""
+    src = tmp_path / "flow.yaml"
+    src.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: tool   # a tool pod\n  namespace: shop\n"
+        "  labels: {app: tool}\nspec:\n  containers:\n  - name: app  # main\n"
+        "    image: registry.example.com/tool:1\n"
+    )
+    first = inject(src)
+    assert first.returncode == 0, first.stderr
+    assert "name: tool   # a tool pod" in first.stdout and "- name: app  # main" in first.stdout
+    pod = yaml.safe_load(first.stdout)
+    assert pod["metadata"]["labels"]["app"] == "tool"
+    assert pod["metadata"]["labels"]["linkerd.io/workload-ns"] == "shop"
+    again = tmp_path / "again.yaml"
+    again.write_text(first.stdout)
+    assert inject(again).stdout == first.stdout
+
+
+def test_a_bad_file_in_a_directory_is_reported_and_the_rest_injected(tmp_path):
+    (tmp_path / "a.yaml").write_text((GOLDEN / "manifests" / "all-kinds" / "input.yaml").read_text())
+    (tmp_path / "b.yaml").write_text("kind: Pod\nmetadata: {name: [unclosed\n")
+    (tmp_path / "c.yaml").write_text(MANIFEST)
+    out = inject(tmp_path)
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("mesh-injector: error:")]
+    assert len(errors) == 1 and "b.yaml: not valid JSON or YAML at line 3" in errors[0]
+    assert out.stderr.splitlines()[-1] == "mesh-injector: 1 file(s) could not be injected (see above)"
+    assert out.stdout.count("linkerd-proxy") >= 7  # a.yaml's and c.yaml's workloads
+    assert "# Our shop's manifests" in out.stdout
