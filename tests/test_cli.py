@@ -231,6 +231,10 @@ def test_policy_check_ok_and_bad(tmp_path):
     out = run("policy", "check", str(bad))
     assert out.returncode == 2 and "profiles[0].match.protocol: 'quic' is not allowed" in out.stderr
     assert "'grpc', 'http', 'tcp'" in out.stderr
+    bad.write_text("injectByDefault: true\n---\nproxy: {flavour: istio}\n")
+    out = run("policy", "check", str(bad))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "a policy is one YAML document, this file has 2" in out.stderr
 
 
 @pytest.mark.parametrize(

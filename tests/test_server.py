@@ -92,9 +92,22 @@ def test_bad_requests(client, body, ctype, status, needle):
     assert needle in r.json()["error"]
 
 
-def test_wrong_method(client):
-    assert client.get("/mutate").status_code == 405
+def test_wrong_method_and_path_are_answered_like_every_refusal_and_counted(client, live):
+    state, _ = live
+
+    def counted(code: str) -> float:
+        return state.metrics.rejected.labels(code)._value.get()
+
+    before = counted("405"), counted("404")
+    got = client.get("/mutate")
+    assert got.status_code == 405 and got.headers["allow"] == "POST"
+    assert got.json() == {"error": "GET is not allowed on /mutate; use POST"}
     assert client.put("/mutate", content=b"{}", headers=JSON).status_code == 405
+    assert client.post("/healthz").json() == {"error": "POST is not allowed on /healthz; use GET"}
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and "no such path '/nope'" in missing.json()["error"]
+    assert counted("405") - before[0] == 3 and counted("404") - before[1] == 1
+    assert client.get("/healthz").status_code == 200
 
 
 def _tls_socket(certs, url):

@@ -396,6 +396,14 @@ def _check(policy: Policy) -> Policy:
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
+    except yaml.composer.ComposerError as exc:
+        if "single document" not in str(exc):
+            raise PolicyError(f"{source}: not valid YAML ({exc.problem})") from None
+        count = sum(1 for d in yaml.safe_load_all(text) if d is not None)
+        raise PolicyError(
+            f"{source}: a policy is one YAML document, this file has {count}; "
+            "merge them into one or remove the extra '---'"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -192,6 +192,23 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+_ROUTES = {"/mutate": "POST", "/healthz": "GET", "/readyz": "GET"}
+
+
+def _unrouted(scope: Scope) -> RequestRefused | None:
+    """404 for a path the webhook does not serve, 405 for a method a path does not take."""
+    if scope["type"] != "http":
+        return None
+    path, method = scope["path"], scope["method"]
+    allowed = _ROUTES.get(path)
+    if allowed is None:
+        served = ", ".join(f"{m} {p}" for p, m in _ROUTES.items())
+        return RequestRefused(404, f"no such path {path!r}; this server answers {served}")
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        return RequestRefused(405, f"{method} is not allowed on {path}; use {allowed}", {"Allow": allowed})
+    return None
+
+
 class AdmissionEndpoint:
     """``POST /mutate`` as a plain ASGI application in front of the FastAPI app.
 
@@ -211,7 +228,13 @@ class AdmissionEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/mutate" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+            refused = _unrouted(scope)
+            if refused is None:
+                await self.app(scope, receive, send)
+            else:  # the same {"error": ...} shape as every other refusal, and counted
+                self.state.metrics.rejected.labels(str(refused.status)).inc()
+                body = orjson.dumps({"error": refused.message})
+                await _send_json(send, body, refused.status, refused.headers)
             return
         state = self.state
         try:
