@@ -359,3 +359,35 @@ def test_check_and_inject_agree_on_opt_in(tmp_path, flag):
 def test_check_and_inject_refuse_both_opt_in_flags():
     out = run("check", "-f", str(EXAMPLES / "app.yaml"), "--assume-opt-in", "--respect-opt-in")
     assert out.returncode == 2 and "not allowed with argument" in out.stderr
+
+
+def test_serve_with_an_unreachable_api_server_says_so_in_one_line(tmp_path):
+    from tests.servers import free_port
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:{free_port()}'}}}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: x}}]\n"
+    )
+    before = set(Path("/tmp").iterdir())
+    out = run("serve", "--kubeconfig", str(kubeconfig), "--port", str(free_port()), "--metrics-port", "0")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "cannot reach the API server https://127.0.0.1:" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not [p for p in set(Path("/tmp").iterdir()) - before if p.suffix in (".key", ".crt")]
+
+
+def test_samples_outside_the_window_are_pointed_out():
+    usage = str(GOLDEN / "cases" / "50-observed-oom-bump" / "usage.csv")
+    later = "2026-12-30T00:00:00Z"  # a month after the samples: all older than the 7d window
+    out = run("recommend", "--usage", usage, "--now", later)
+    assert out.returncode == 0, out.stderr
+    assert "profile (too few samples)" in out.stdout
+    note = "# shop/Deployment/web: 48 of 48 samples are outside (48 older than the 7d window); --now "
+    assert note in out.stdout and "would count them" in out.stdout
+    review = str(GOLDEN / "cases" / "50-observed-oom-bump" / "review.json")
+    why = run("review", review, "--usage", usage, "--cluster", MIXED, "--now", later, "--show", "why")
+    assert "usage: 48 of 48 samples are outside" in why.stdout
+    inside = run("recommend", "--usage", usage, "--now", NOW)
+    assert "outside" not in inside.stdout and "observed" in inside.stdout

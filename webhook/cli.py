@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -39,7 +39,7 @@ from webhook.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
 from webhook.serve import ListenError
 from webhook.serve import add_commands as add_server_commands
 from webhook.sizing import enough_samples, from_observed, human_duration
-from webhook.usage import UsageError, UsageSummary, load_samples, summarize_all
+from webhook.usage import SampleColumns, UsageError, UsageSummary, load_samples, summarize_all
 from webhook.workload import WorkloadKey
 
 
@@ -121,6 +121,14 @@ def cmd_review(args: argparse.Namespace) -> int:
         print("\n".join(outcome.explanation))
         if outcome.warnings and not any(line.startswith("warnings:") for line in outcome.explanation):
             print("warnings: " + " | ".join(outcome.warnings))
+        if args.usage and outcome.workload is not None:
+            try:
+                rows = load_samples(args.usage).get(outcome.workload)
+            except UsageError:
+                rows = None
+            note = _outside_window(rows, policy.sizing, _now(args.now)) if rows else None
+            if note is not None:
+                print(f"usage: {note}")
     return 0
 
 
@@ -234,6 +242,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outside_window(rows: object, sizing: Any, now: float) -> str | None:
+    """What the window left out of a workload's samples, and the ``--now`` that would count
+    them (the newest one's time), or None when every sample is inside."""
+    stamps = list(rows.timestamp) if isinstance(rows, SampleColumns) else []
+    older = sum(1 for t in stamps if t < now - sizing.window)
+    later = sum(1 for t in stamps if t > now)
+    if not older and not later:
+        return None
+    newest = datetime.fromtimestamp(max(stamps), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    parts = [f"{older} older than the {human_duration(sizing.window)} window"] if older else []
+    parts += [f"{later} after --now"] if later else []
+    return (
+        f"{older + later} of {len(stamps)} samples are outside ({', '.join(parts)}); "
+        f"--now {newest} would count them"
+    )
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     policy = _policy(args)
     now = _now(args.now)
@@ -280,6 +305,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         f"at least {policy.sizing.min_samples} samples over {human_duration(policy.sizing.min_span)}"
     )
     print(_table(rows))
+    if not args.prometheus:  # Prometheus is asked for the window only
+        for key in sorted(samples):
+            note = _outside_window(samples[key], policy.sizing, now)
+            if note is not None:
+                print(f"# {key}: {note}")
     return 0
 
 

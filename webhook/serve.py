@@ -29,8 +29,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from webhook.cabundle import CABundleSync, ensure_secrets
 from webhook.certs import CertError, generate, service_names, write_bundle
 from webhook.cluster import ClusterView, StaticClusterView
+from webhook.errors import describe_error
 from webhook.history import UsageHistory
-from webhook.live import RESOURCES, ClusterAccessError, LiveClusterView, api_client
+from webhook.live import RESOURCES, ClusterAccessError, LiveClusterView, api_client, server_version
 from webhook.loading import load_snapshot
 from webhook.memory import Trimmer, tune_allocator
 from webhook.metrics import Metrics
@@ -212,6 +213,29 @@ def _usage_source(
     return None
 
 
+def _reach(api: client.ApiClient, where: str, attempts: int = 3) -> None:
+    """Start only against an API server that answers (a few tries, a few seconds): a wrong
+    kubeconfig is one line and exit 2 at start, not a server that never becomes ready.
+    Once running, the watches ride out outages."""
+    quiet = logging.getLogger("urllib3")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its retry warnings would bury the one line that matters
+    try:
+        for attempt in range(attempts):
+            try:
+                server_version(api)
+                return
+            except Exception as exc:  # the API server or the connection failed
+                if attempt + 1 == attempts:
+                    host = api.configuration.host
+                    raise ClusterAccessError(
+                        f"{where}: cannot reach the API server {host} ({describe_error(exc)})"
+                    ) from None
+                time.sleep(1.0 + attempt)
+    finally:
+        quiet.setLevel(level)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     tune_allocator()
@@ -233,6 +257,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.metrics_api and not (args.kubeconfig or in_cluster):
         raise ClusterAccessError("--metrics-api needs the cluster: --kubeconfig or --in-cluster")
     api = api_client(args.kubeconfig, in_cluster=in_cluster) if (args.kubeconfig or in_cluster) else None
+    if api is not None:
+        _reach(api, f"--kubeconfig {args.kubeconfig}" if args.kubeconfig else "in-cluster")
     usage = _usage_source(args, policy, policy_loaded, api)
     if api is not None:
         if args.cluster:
