@@ -28,6 +28,9 @@ OVERLAYS = [
     "overlays/self-managed",
     "overlays/usage-metrics-api",
     "overlays/usage-prometheus",
+    # the README's combinations of components with either certificate overlay
+    "examples/self-managed-auto-inject",
+    "examples/cert-manager-prometheus-fail-closed",
 ]
 SYSTEM = {"kube-system", "kube-public", "kube-node-lease"}
 
@@ -313,3 +316,32 @@ def test_dockerfile():
     # what the build stage copies is exactly what the package needs to install
     copied = [src for line in stages[0] if line.startswith("COPY ") for src in line.split()[1:-1]]
     assert sorted(copied) == ["README.md", "policies", "pyproject.toml", "webhook"]
+
+
+def test_components_combine_with_either_certificate_overlay():
+    """The optional parts are kustomize Components: each example gets every component's
+    effect on top of its certificate overlay, and nothing of the other overlay."""
+    parser = build_parser()
+    objs = render("examples/self-managed-auto-inject")
+    dep = one(objs, "Deployment")
+    args = parser.parse_args(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert args.webhook_config == "mesh-injector" and args.metrics_api  # self-managed + metrics
+    cm = next(o for o in objs if o["kind"] == "ConfigMap")
+    assert parse_policy(cm["data"]["policy.yaml"]).inject_by_default is True  # auto-inject
+    hook = one(objs, "MutatingWebhookConfiguration")
+    assert len(hook["webhooks"]) == 1 and "cert-manager.io/inject-ca-from" not in hook["metadata"].get(
+        "annotations", {}
+    )
+    assert not any(o["apiVersion"].startswith("cert-manager.io/") for o in objs)
+    assert any(o["kind"] == "Job" for o in objs)
+
+    objs = render("examples/cert-manager-prometheus-fail-closed")
+    dep = one(objs, "Deployment")
+    args = parser.parse_args(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert args.prometheus.startswith("http://") and not args.webhook_config
+    hook = one(objs, "MutatingWebhookConfiguration")
+    assert [w["failurePolicy"] for w in hook["webhooks"]] == ["Fail", "Fail"]
+    assert (
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "mesh-injector/mesh-injector-tls"
+    )
+    assert not any(o["kind"] == "Job" for o in objs)
