@@ -391,3 +391,42 @@ def test_samples_outside_the_window_are_pointed_out():
     assert "usage: 48 of 48 samples are outside" in why.stdout
     inside = run("recommend", "--usage", usage, "--now", NOW)
     assert "outside" not in inside.stdout and "observed" in inside.stdout
+
+
+def test_every_option_says_what_it_does():
+    import argparse
+
+    from webhook.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, [*path, name])
+            elif action.option_strings and not action.help:
+                missing.append(f"{' '.join(path)} {action.option_strings[-1]}")
+
+    walk(build_parser(), [])
+    assert not missing, missing
+    out = run("serve", "--help")
+    assert "--port PORT" in out.stdout and "(default: 8443)" in out.stdout
+
+
+def test_certs_renewal_keeps_the_names_and_says_it_kept_the_ca(tmp_path):
+    from cryptography import x509
+
+    first = run("certs", "--out", str(tmp_path), "--dns", "webhook.example", "--ip", "127.0.0.1")
+    assert first.returncode == 0, first.stderr
+    ca = (tmp_path / "ca.crt").read_bytes()
+    again = run("certs", "--out", str(tmp_path), "--force")
+    assert again.returncode == 0, again.stderr
+    assert "kept from the previous certificate: webhook.example, 127.0.0.1" in again.stderr
+    assert f"kept {tmp_path / 'ca.crt'} (the existing CA)" in again.stderr
+    assert f"wrote {tmp_path / 'tls.crt'}" in again.stderr
+    assert (tmp_path / "ca.crt").read_bytes() == ca
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "webhook.example" in sans.get_values_for_type(x509.DNSName)
+    assert [str(i) for i in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]

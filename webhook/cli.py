@@ -353,6 +353,55 @@ def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--now", metavar="TIME", help="evaluation time, RFC 3339 (default: now)")
 
 
+# What the options without a help text of their own mean (their defaults are added).
+_HELP = {
+    "--host": "address the HTTPS webhook listens on",
+    "--port": "port of the HTTPS webhook (POST /mutate, GET /healthz, GET /readyz)",
+    "--metrics-host": "address of the plain-HTTP /metrics endpoint",
+    "--metrics-port": "port of the plain-HTTP /metrics endpoint",
+    "--policy": "policy file layered over the bundled default (see: mesh-injector policy check)",
+    "--server-version": "the API server's version, e.g. 1.32 (default: from the cluster)",
+    "--webhook-config": "the MutatingWebhookConfiguration whose caBundle is kept",
+    "--log-level": "log level of the JSON log lines on stderr",
+    "--show": "response: the AdmissionReview response; patch: the decoded JSON Patch; "
+    "pod: the mutated pod; why: the explanation",
+    "--filename": "manifest file, directory (recursive) or - for stdin",
+    "--namespace": "namespace of objects that name none",
+    "--now": "evaluation time for usage decay, RFC 3339 (default: now)",
+    "--service": "the webhook Service's name (its DNS names go into the certificate)",
+    "--out": "directory to write ca.crt, ca.key, tls.crt and tls.key to",
+    "--secret": "write the serving certificate into this Secret instead of files",
+}
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help with each option's default where it has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and "default" not in text
+            and action.option_strings
+            and default not in (None, False, True, argparse.SUPPRESS, [])
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every option a help text and every parser the formatter that shows defaults."""
+    parser.formatter_class = _Formatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _describe(child)
+        elif action.help is None and action.option_strings:
+            long = max(action.option_strings, key=len)
+            action.help = _HELP.get(long)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mesh-injector",
@@ -410,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_server_commands(sub)
 
+    _describe(parser)
     return parser
 
 

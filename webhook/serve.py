@@ -419,20 +419,44 @@ def _certs_in_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names_in(cert_file: Path) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses a PEM certificate file is valid for (none if unreadable)."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return [], []
+    return sans.get_values_for_type(x509.DNSName), [str(i) for i in sans.get_values_for_type(x509.IPAddress)]
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     if args.secret:
         return _certs_in_cluster(args)
     dns = [*service_names(args.service, args.namespace), *args.dns]
+    ips = list(args.ip)
     out = Path(args.out)
     ca = None
     if args.force and not args.new_ca and (out / "ca.crt").exists() and (out / "ca.key").exists():
         ca = ((out / "ca.crt").read_bytes(), (out / "ca.key").read_bytes())  # renew under the same CA
         print(f"renewing the serving certificate under the existing CA in {out}", file=sys.stderr)
-    bundle = generate(dns=dns, ips=args.ip, days=args.days, common_name=args.service, ca=ca)
+        # a renewal keeps the names the certificate had (the API server calls the webhook by them)
+        old_dns, old_ips = _names_in(out / "tls.crt")
+        kept = [n for n in old_dns if n not in dns] + [i for i in old_ips if i not in ips]
+        dns += [n for n in old_dns if n not in dns]
+        ips += [i for i in old_ips if i not in ips]
+        if kept:
+            print(f"kept from the previous certificate: {', '.join(kept)}", file=sys.stderr)
+    bundle = generate(dns=dns, ips=ips, days=args.days, common_name=args.service, ca=ca)
     paths = write_bundle(bundle, Path(args.out), force=args.force)
     for p in paths:
-        print(f"wrote {p}", file=sys.stderr)
-    print(f"SANs: {', '.join(dns + args.ip)}", file=sys.stderr)
+        kept_ca = ca is not None and p.name in ("ca.crt", "ca.key")
+        print(
+            f"{'kept' if kept_ca else 'wrote'} {p}" + (" (the existing CA)" if kept_ca else ""),
+            file=sys.stderr,
+        )
+    print(f"SANs: {', '.join(dns + ips)}", file=sys.stderr)
     # The caBundle value for the MutatingWebhookConfiguration, on stdout for scripts.
     print(base64.b64encode(bundle.ca_cert).decode("ascii"))
     return 0
