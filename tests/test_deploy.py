@@ -345,3 +345,34 @@ def test_components_combine_with_either_certificate_overlay():
         hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "mesh-injector/mesh-injector-tls"
     )
     assert not any(o["kind"] == "Job" for o in objs)
+
+
+def test_a_regular_install_carries_every_subpackage(tmp_path):
+    """What `pip install .` (the README's quick start, the Dockerfile) puts in site-packages
+    imports: every package directory of the source is in the wheel."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    import zipfile
+
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {str(p.parent.relative_to(REPO)) for p in (REPO / "webhook").rglob("__init__.py")}
+    assert packages >= {"webhook", "webhook/dataplane", "webhook/podsecurity"}
+    for package in packages:
+        assert f"{package}/__init__.py" in names, package
+    assert "webhook/data/default-policy.yaml" in names
