@@ -147,12 +147,9 @@ def connect(env: dict, ns: str, host: str, port: int, uid: int) -> str:
     return out.stdout.strip()
 
 
-def test_ruleset_redirects_real_traffic(netns):
-    init = mesh_init_of(
-        {"mesh-injector.io/skip-inbound-ports": "8081", "mesh-injector.io/skip-outbound-ports": "9091"}
-    )
-    rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
-    # Run exactly what the init container runs, with the same environment.
+def load(netns: dict, init: dict, rules: str) -> None:
+    """Run exactly what the init container runs, with the same environment, in the pod's
+    network namespace; skip (saying why) where the kernel refuses netfilter there."""
     loaded = sh(
         "ip",
         "netns",
@@ -165,6 +162,14 @@ def test_ruleset_redirects_real_traffic(netns):
     if loaded.returncode != 0 and ("Permission denied" in loaded.stderr or "not supported" in loaded.stderr):
         pytest.skip(f"the kernel refuses netfilter in a network namespace: {loaded.stderr.strip()}")
     assert loaded.returncode == 0, loaded.stderr
+
+
+def test_ruleset_redirects_real_traffic(netns):
+    init = mesh_init_of(
+        {"mesh-injector.io/skip-inbound-ports": "8081", "mesh-injector.io/skip-outbound-ports": "9091"}
+    )
+    rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
+    load(netns, init, rules)
     listed = sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-S").stdout
     assert "-A MESH_OUTBOUND -m owner --uid-owner 2102 -j RETURN" in listed
 
@@ -215,18 +220,7 @@ def test_other_meshes_exclusions_reach_the_loaded_rules(netns):
     assert f"-A MESH_OUTBOUND -d {PEER_IP}/32 -j RETURN" in rules
     sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-F")
     sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-X")
-    loaded = sh(
-        "ip",
-        "netns",
-        "exec",
-        netns["pod"],
-        *init["command"],
-        check=False,
-        env={**os.environ, "MESH_IPTABLES_RULES": rules},
-    )
-    if loaded.returncode != 0 and ("Permission denied" in loaded.stderr or "not supported" in loaded.stderr):
-        pytest.skip(f"the kernel refuses netfilter in a network namespace: {loaded.stderr.strip()}")
-    assert loaded.returncode == 0, loaded.stderr
+    load(netns, init, rules)
     pod, peer = netns["pod"], netns["peer"]
     assert connect(netns, pod, PEER_IP, 80, APP_UID) == "peer-80"  # the excluded range
     assert connect(netns, peer, POD_IP, 8081, 0) == "app-8081"  # Linkerd's skip-inbound-ports
