@@ -791,9 +791,8 @@ def _admit(
     )
     plan = Plan(flavour=plane, build=build, decision=decision)
     meshed = shallow_pod(pod)
-    apply_plan(meshed, plan, policy)
-    added = read_status(meshed) or {}
-    parts = ([*added.get("containers", []), *added.get("initContainers", [])], added.get("volumes", []))
+    added = apply_plan(meshed, plan, policy)
+    parts = ([*added["containers"], *added["initContainers"]], added["volumes"])
     violations = check_added(meshed, *parts, levels.enforce)
     if violations:
         text = f"{Skip.POD_SECURITY.text} ({levels.enforce}, {levels.source}): " + "; ".join(

@@ -129,8 +129,9 @@ def mark_skipped(pod: dict[str, Any], text: str) -> None:
     _set(pod["metadata"], "annotations", ANN_SKIP, text)
 
 
-def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> None:
-    """Add the flavour's data plane to a shallow copy, with the annotations that explain it."""
+def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any]:
+    """Add the flavour's data plane to a shallow copy, with the annotations that explain it;
+    the status it wrote (the names of everything added)."""
     spec = pod["spec"]
     meta = pod["metadata"]
     plane = plan.flavour.render(plan.build, pod, policy)
@@ -177,3 +178,4 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> None:
     _set(meta, "annotations", ANN_DECISION, plan.decision)
     _set(meta, "annotations", ANN_SOURCE, plan.build.resources.source.value)
     _set(meta, "labels", LABEL_MODE, plan.build.mode.value)
+    return status
