@@ -324,6 +324,12 @@ def main() -> None:
         for label, docs in mixes.items():
             manifest = Path(tmp) / "big.yaml"
             manifest.write_text(yaml.safe_dump_all(docs))
+            bare = []  # the same file read and written back by libyaml, nothing decided
+            for _ in range(3):
+                t = time.perf_counter()
+                bare_cmd = [sys.executable, "-c", BARE_YAML, str(manifest)]
+                subprocess.run(bare_cmd, capture_output=True, check=True)
+                bare.append(time.perf_counter() - t)
             runs = []
             for _ in range(3):
                 t = time.perf_counter()
@@ -350,8 +356,16 @@ def main() -> None:
                 assert proc.stderr.count("injected with mode") >= 400, proc.stderr[-500:]
             print(
                 f"inject, 1,000 documents, {label} ({manifest.stat().st_size // 1024} KiB): "
-                f"{statistics.median(runs):.2f} s wall (median of 3)"
+                f"{statistics.median(runs):.2f} s wall (median of 3); bare libyaml load+dump "
+                f"{statistics.median(bare):.2f} s ({statistics.median(runs) / statistics.median(bare):.1f}x)"
             )
+
+
+BARE_YAML = (
+    "import sys, yaml; "
+    "sys.stdout.write(yaml.dump_all(yaml.load_all(open(sys.argv[1]), Loader=yaml.CSafeLoader), "
+    "Dumper=yaml.CSafeDumper))"
+)
 
 
 def distinct_workload(review: dict) -> dict:

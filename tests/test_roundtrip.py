@@ -80,6 +80,7 @@ def test_only_the_injected_fields_change_and_a_second_run_is_identical(tmp_path)
     assert added and all(line.startswith(" " * 6) or not line.strip() for line in added)  # under the template
     assert first.stdout.startswith("# Our shop's manifests") and first.stdout.endswith("---\n")
     assert "---\n---\n" in first.stdout  # the empty document is kept
+    assert "startupProbe" in first.stdout and "&id" not in first.stdout  # a shared probe, no anchors
     docs = [d for d in yaml.safe_load_all(first.stdout.replace("switch: ON", "switch: 'ON'")) if d]
     deployment = docs[1]
     assert deployment["spec"]["template"]["spec"]["initContainers"][0]["name"] == "linkerd-proxy"

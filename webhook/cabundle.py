@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from webhook.certs import Bundle, CertError, generate, service_names
+from webhook.certs import Bundle, generate, service_names
+from webhook.errors import CertError
 from webhook.kubeapi import request
 
 log = logging.getLogger("mesh_injector.cabundle")

@@ -20,11 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from webhook.errors import CertError
+
 FILES = ("ca.crt", "ca.key", "tls.crt", "tls.key")
-
-
-class CertError(ValueError):
-    """Certificates cannot be written or read; the message says which file and why."""
 
 
 @dataclass(frozen=True)

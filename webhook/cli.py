@@ -8,6 +8,7 @@ the file and the problem.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -19,10 +20,9 @@ import yaml
 
 from webhook import __version__
 from webhook.admission import admit
-from webhook.certs import CertError
 from webhook.cluster import ClusterSnapshot
 from webhook.dataplane import describe
-from webhook.live import ClusterAccessError
+from webhook.errors import CertError, ClusterAccessError, ListenError
 from webhook.loading import (
     InputError,
     load_snapshot,
@@ -36,8 +36,7 @@ from webhook.policy import Policy, PolicyError, load_policy
 from webhook.prometheus import PrometheusError, prometheus_summaries
 from webhook.review import ReviewError, build_response, parse_review
 from webhook.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
-from webhook.serve import ListenError
-from webhook.serve import add_commands as add_server_commands
+from webhook.serveargs import add_commands as add_server_commands
 from webhook.sizing import enough_samples, from_observed, human_duration
 from webhook.usage import SampleColumns, UsageError, UsageSummary, load_samples, summarize_all
 from webhook.workload import WorkloadKey
@@ -132,7 +131,15 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_collections() -> None:
+    """Documents are trees without cycles, freed by reference counting. The cyclic
+    collector's frequent full passes over what a large manifest allocates were a fifth of
+    ``inject``'s time on 1,000 big documents; a batch verb collects far less often."""
+    gc.set_threshold(10_000, 10, 10)
+
+
 def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[list[Any], list[DocResult]]:
+    _batch_collections()
     policy = _policy(args)
     snapshot = _snapshot(args, policy, _now(args.now))
     docs_out: list[Any] = []
@@ -155,6 +162,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     (webhook/roundtrip.py). Of several files, one that cannot be read or parsed is reported
     and skipped, the others are still written, and the exit status is 1; a single input
     that cannot be used is one line and exit 2, like every other input error."""
+    _batch_collections()
     policy = _policy(args)
     snapshot = _snapshot(args, policy, _now(args.now))
     failed = 0

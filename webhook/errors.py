@@ -1,15 +1,30 @@
-"""Errors from the Kubernetes client said in one line."""
+"""The errors that end a command with one line, and Kubernetes client errors said in one
+line. Nothing here imports the Kubernetes client: the dry-run verbs never load it."""
 
 from __future__ import annotations
 
+import sys
+
 import orjson
-from kubernetes.client.rest import ApiException
+
+
+class CertError(ValueError):
+    """Certificates cannot be written or read; the message says which file and why."""
+
+
+class ClusterAccessError(RuntimeError):
+    """The API server cannot be reached or refused us; the message says which and why."""
+
+
+class ListenError(OSError):
+    """A port cannot be listened on; the message names it and why."""
 
 
 def describe_error(exc: BaseException) -> str:
     """One line for a failed API call: the HTTP status and the Status message, not the
     client's dump of response headers."""
-    if isinstance(exc, ApiException):
+    rest = sys.modules.get("kubernetes.client.rest")  # an ApiException means it is loaded
+    if rest is not None and isinstance(exc, rest.ApiException):
         message = exc.reason or ""
         try:
             body = orjson.loads(exc.body) if exc.body else {}

@@ -37,7 +37,7 @@ from webhook.cluster import (
     service_from_object,
     trust_roots_from_object,
 )
-from webhook.errors import describe_error
+from webhook.errors import ClusterAccessError, describe_error
 from webhook.kubeapi import lister, request
 from webhook.memory import release_free_memory
 from webhook.sources import UsageSource
@@ -47,10 +47,6 @@ from webhook.workload import Service
 log = logging.getLogger("mesh_injector.live")
 RESOURCES = ("nodes", "namespaces", "services", "trust-roots")
 _TRUST_ROOTS = {"field_selector": f"metadata.name={TRUST_ROOTS_CONFIGMAP}"}
-
-
-class ClusterAccessError(RuntimeError):
-    """The API server cannot be reached or refused us; the message says which and why."""
 
 
 def api_client(kubeconfig: str | None = None, *, in_cluster: bool = False) -> client.ApiClient:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
+from webhook import yamltext
 from webhook.cluster import (
     ClusterSnapshot,
     SnapshotError,
@@ -21,13 +22,12 @@ from webhook.cluster import (
     snapshot_from_objects,
     with_kernel,
 )
-from webhook.live import ClusterAccessError, api_client, read_once
+from webhook.errors import ClusterAccessError
 from webhook.policy import Policy
 from webhook.usage import UsageError, load_samples, summarize_all
 from webhook.versions import KubeVersion, parse_kernel, parse_kube_version
 
 # libyaml's C loader when PyYAML was built with it: ~10x faster on big manifests.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -68,7 +68,7 @@ def parse_document(text: str, source: str) -> Any:
             if stripped[0] == "{" and source.endswith(".json"):
                 raise InputError(f"{source}: not valid JSON: {exc}") from None
     try:
-        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+        docs = [d for d in yamltext.load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc) from None
     if len(docs) != 1:
@@ -79,7 +79,7 @@ def parse_document(text: str, source: str) -> Any:
 def parse_documents(text: str, source: str) -> list[Any]:
     """All documents of a (multi-document) YAML or JSON stream, empty ones dropped."""
     try:
-        return [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+        return [d for d in yamltext.load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc) from None
 
@@ -127,6 +127,8 @@ def load_snapshot(
     if cluster and kubeconfig:
         raise InputError("--cluster and --kubeconfig are two sources of the same state: give one")
     if kubeconfig:
+        from webhook.live import api_client, read_once  # the Kubernetes client: only here
+
         try:
             docs, live_version = read_once(api_client(kubeconfig))
         except ClusterAccessError as exc:

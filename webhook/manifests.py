@@ -7,7 +7,6 @@ owned by the workload (so workload keys, batch detection and observed usage line
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +71,19 @@ def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
     return node if isinstance(node, dict) else None
+
+
+def _copy_path(doc: dict[str, Any], path: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A copy of ``doc`` in which the mappings down to the pod template (returned too) are
+    new objects; everything else is shared. Admission never changes what it is given, and
+    the template is changed only by replacing its ``metadata`` and ``spec``."""
+    top = dict(doc)
+    node = top
+    for key in path:
+        child = dict(node[key])
+        node[key] = child
+        node = child
+    return top, node
 
 
 def _as_pod(doc: dict[str, Any], template: dict[str, Any], kind: str, namespace: str) -> dict[str, Any]:
@@ -142,9 +154,7 @@ def process(
     if path is None or template is None:
         ns = namespace if path is not None or meta.get("namespace") else ""
         return doc, [DocResult(kind or "?", ns, name, None)]
-    doc = copy.deepcopy(doc)
-    template = doc if kind == "Pod" else _dig(doc, path)
-    assert template is not None
+    doc, template = _copy_path(doc, path)
     pod = _as_pod(doc, template, kind, namespace)
     request = {
         "uid": f"offline-{kind}-{namespace}-{name}",

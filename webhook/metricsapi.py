@@ -20,13 +20,13 @@ from typing import Any
 
 import orjson
 from kubernetes import client
-from kubernetes.utils import parse_quantity
 
 from webhook.dataplane import PROXY_NAMES
 from webhook.history import UsageHistory
 from webhook.inject import LABEL_MODE
 from webhook.kubeapi import lister, request
 from webhook.live import Informer
+from webhook.quantity import parse_quantity
 from webhook.sources import PollingUsage
 from webhook.usage import parse_timestamp
 from webhook.workload import WorkloadKey, workload_key

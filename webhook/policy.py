@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from kubernetes.utils import parse_quantity
 
+from webhook.quantity import parse_quantity
 from webhook.versions import Kernel, KubeVersion, parse_kernel, parse_kube_version
 
 

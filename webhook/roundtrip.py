@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,17 +24,20 @@ import orjson
 import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, ScalarString, SingleQuotedScalarString
 
+from webhook import yamltext
 from webhook.loading import InputError
 from webhook.patch import diff
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # a document separator: '---' at the start of a line, alone or followed by a space
 _SEPARATOR = re.compile(r"^---(?=[ \t]|\r?$)", re.M)
 # "key:" followed by a sequence indented under it ("key:\n  - a") rather than flush ("key:\n- a")
 _INDENTED_SEQUENCE = re.compile(r"^( *)[^\s#][^\n]*:[ \t]*\r?\n\1  +- ", re.M)
 _FLUSH_SEQUENCE = re.compile(r"^( *)[^\s#][^\n]*:[ \t]*\r?\n\1- ", re.M)
+
+# an anchor, an alias or a merge key: the node marks would not say where things are
+_ANCHORS = re.compile(r"(^|[\s:])[&*][A-Za-z0-9_-]|<<:", re.M)
 
 Change = Callable[[Any], Any]  # a parsed document -> the document to write (the same object: unchanged)
 
@@ -71,9 +74,6 @@ def _yaml_for(body: str) -> YAML:
     return rt
 
 
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
 class _Unsplicable(Exception):
     """The change is not a set of additions to block collections: use the round-trip editor."""
 
@@ -106,17 +106,17 @@ def _after(node: yaml.Node, lines: list[str], starts: list[int]) -> int:
     return starts[mark.line + 1]
 
 
-def _dumped(value: Any, indent: int) -> str:
-    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=False, sort_keys=False, width=1 << 16)
-    pad = " " * indent
-    return "".join(pad + line if line.strip() else line for line in text.splitlines(keepends=True))
-
-
-def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> str:
+def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[str, str]:
     """``text`` (whose composed root is ``root``) with ``patch`` (additions only) written in
     as new lines: every line of the original stays as it is. Additions to one mapping or at
-    one place of a sequence are dumped together. Raises _Unsplicable for anything else."""
-    if any(op.get("op") != "add" for op in patch) or re.search(r"(^|[\s:])[&*][A-Za-z0-9_-]|<<:", text):
+    one place of a sequence are written together. Raises _Unsplicable for anything else.
+
+    Also returns the same text with every added value written as ``0``: it reads back as
+    the document with the patch's values replaced by 0 exactly when every addition landed
+    where it belongs (the values' own text is PyYAML's, see webhook/yamltext.py)."""
+    if any(op.get("op") != "add" for op in patch) or (
+        ("&" in text or "*" in text or "<<" in text) and _ANCHORS.search(text)
+    ):
         raise _Unsplicable("not only additions, or anchors")
     lines = text.splitlines(keepends=True)
     starts = [0]
@@ -135,6 +135,8 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> str:
         if getattr(parent, "flow_style", False) or not getattr(parent, "value", None):
             raise _Unsplicable("flow style or empty")
         if isinstance(parent, yaml.MappingNode):
+            if any(isinstance(k, yaml.ScalarNode) and k.value == tokens[-1] for k, _ in parent.value):
+                raise _Unsplicable("the key is there already")
             at = _after(parent.value[-1][1], lines, starts)
             group = groups.setdefault((at, where), [parent.value[0][0].start_mark.column, {}])
             group[1][tokens[-1]] = op["value"]
@@ -158,32 +160,84 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> str:
             raise _Unsplicable("scalar parent")
     # at one offset, the deeper collection's additions come first: they end it before the
     # enclosing one goes on (labels added at the end of labels, then a new annotations key)
-    by_offset: dict[int, list[tuple[int, str]]] = {}
+    by_offset: dict[int, list[tuple[int, str, str]]] = {}
     for (at, where), (indent, value) in groups.items():
-        by_offset.setdefault(at, []).append((-where.count("/"), _dumped(value, indent)))
-    out = text
-    for at in sorted(by_offset, reverse=True):
-        out = out[:at] + "".join(t for _, t in sorted(by_offset[at], key=lambda g: g[0])) + out[at:]
-    return out
+        zeros = dict.fromkeys(value, 0) if isinstance(value, dict) else [0] * len(value)
+        by_offset.setdefault(at, []).append(
+            (-where.count("/"), yamltext.dump(value, indent), yamltext.dump(zeros, indent))
+        )
+    out, placeholders = [], []
+    done = 0
+    for at in sorted(by_offset):
+        added = sorted(by_offset[at], key=lambda g: g[0])
+        out += [text[done:at], *(g[1] for g in added)]
+        placeholders += [text[done:at], *(g[2] for g in added)]
+        done = at
+    out.append(text[done:])
+    placeholders.append(text[done:])
+    return "".join(out), "".join(placeholders)
 
 
-def _edited(chunk: Chunk, root: yaml.Node, patch: list[dict[str, Any]], new: Any) -> str:
+def _with_zeros(doc: Any, patch: list[dict[str, Any]]) -> Any:
+    """``doc`` with the additions of ``patch`` applied with 0 for every value (``doc``
+    itself is not changed: only the collections on the way are copied)."""
+    root = _copied(doc)
+    for op in patch:
+        tokens = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].split("/")[1:]]
+        parent = root
+        for token in tokens[:-1]:
+            parent = parent[int(token)] if isinstance(parent, list) else parent[token]
+        last = tokens[-1]
+        if isinstance(parent, list):
+            parent.insert(len(parent) if last == "-" else int(last), 0)
+        else:
+            parent[last] = 0
+    return root
+
+
+def _for_editor(value: Any) -> Any:
+    """``value`` for ruamel.yaml to write: no object twice (no anchors), and every string a
+    YAML 1.1 reader would take for something else (``on``, ``yes``, ``0777``) marked for the
+    quotes PyYAML gives it. ruamel.yaml writes YAML 1.2, where those are plain strings, but
+    kubectl reads YAML 1.1."""
+    if isinstance(value, dict):
+        return {k: _for_editor(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_for_editor(v) for v in value]
+    if isinstance(value, str) and not isinstance(value, ScalarString):
+        quote = yamltext.quote(value)
+        if quote == "'":
+            return SingleQuotedScalarString(value)
+        if quote == '"':
+            return DoubleQuotedScalarString(value)
+    return value
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
+
+
+def _edited(chunk: Chunk, root: yaml.Node, doc: Any, patch: list[dict[str, Any]]) -> str:
     """The document with ``patch`` applied: additions are written in as new lines (fast,
     and every original line kept); anything else goes through a round-trip parse, which
     keeps comments, key order and quoting."""
     text = chunk.head + chunk.body
     try:
-        spliced = _spliced(text, root, patch)
-        if yaml.load(spliced, Loader=_Loader) == new:  # it reads back as the change meant
+        spliced, placeholders = _spliced(text, root, patch)
+        if yamltext.load(placeholders) == _with_zeros(doc, patch):  # landed right
             return spliced
-    except (_Unsplicable, yaml.YAMLError):
+    except (_Unsplicable, yaml.YAMLError, LookupError, ValueError, TypeError):
         pass
     body = chunk.body
     rt = _yaml_for(body)
-    doc = rt.load(body)
-    jsonpatch.apply_patch(doc, patch, in_place=True)
+    edited_doc = rt.load(body)
+    jsonpatch.apply_patch(edited_doc, _for_editor(patch), in_place=True)
     out = io.StringIO()
-    rt.dump(doc, out)
+    rt.dump(edited_doc, out)
     edited = out.getvalue()
     if not body.endswith("\n") and body:
         edited = edited.rstrip("\n")
@@ -193,18 +247,19 @@ def _edited(chunk: Chunk, root: yaml.Node, patch: list[dict[str, Any]], new: Any
 Parsed = tuple[Chunk, Any, "yaml.Node | None"]
 
 
-def parse_chunks(text: str, source: str) -> list[Parsed]:
+def parse_chunks(text: str, source: str) -> Iterator[Parsed]:
     """Each document as written, as the fast C parser reads it (None: nothing in it), and
-    its composed node tree (where each node was written)."""
-    out: list[Parsed] = []
+    its composed node tree (where each node was written). One at a time: a document's
+    objects are gone before the next one is read, so a large manifest never holds them all
+    (and the garbage collector never walks them all again and again)."""
     line = 0
     for chunk in split_documents(text):
         doc = node = None
         if _has_content(chunk.body):
-            loader = _Loader(chunk.head + chunk.body)
+            loader = yamltext.Loader(chunk.head + chunk.body)
             try:
                 node = loader.get_single_node()
-                doc = loader.construct_document(node) if node is not None else None
+                doc = yamltext.construct(loader, node) if node is not None else None
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
                 where = f" at line {line + mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -212,12 +267,11 @@ def parse_chunks(text: str, source: str) -> list[Parsed]:
                 raise InputError(f"{source}: not valid JSON or YAML{where}: {problem}") from None
             finally:
                 loader.dispose()
-        out.append((chunk, doc, node))
+        yield chunk, doc, node
         line += (chunk.head + chunk.body).count("\n")
-    return out
 
 
-def rewrite_yaml(chunks: list[Parsed], change: Change) -> Iterator[str]:
+def rewrite_yaml(chunks: Iterable[Parsed], change: Change) -> Iterator[str]:
     """The documents with ``change`` applied to each: unchanged documents are yielded as
     they were written."""
     for chunk, doc, node in chunks:
@@ -233,13 +287,13 @@ def rewrite_yaml(chunks: list[Parsed], change: Change) -> Iterator[str]:
             yield chunk.head + chunk.body
             continue
         try:
-            yield _edited(chunk, node, patch, new)
+            yield _edited(chunk, node, doc, patch)
         except (YAMLError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException):
             # what the fast parser read, ruamel could not edit: fall back to a fresh dump
             # (never silently drop the injection)
             rt = _yaml_for(chunk.body)
             out = io.StringIO()
-            rt.dump(new, out)
+            rt.dump(_for_editor(new), out)
             yield chunk.head + out.getvalue()
 
 

@@ -33,9 +33,9 @@ from webhook.cluster import ClusterView
 from webhook.metrics import Metrics
 from webhook.policy import Policy
 from webhook.review import ReviewError, build_response, failure_response, parse_review
+from webhook.serveargs import MAX_IN_FLIGHT
 
 MAX_BODY = 3 * 1024 * 1024
-MAX_IN_FLIGHT = 24 * 1024 * 1024
 SMALL_BODY = 64 * 1024  # a typical pod review is 3-10 KiB
 TRIM_AFTER = 1024 * 1024
 log = logging.getLogger("mesh_injector.admission")

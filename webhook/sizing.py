@@ -20,9 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import InvalidOperation
 
-from kubernetes.utils import parse_quantity
-
 from webhook.policy import Amounts, Policy
+from webhook.quantity import parse_quantity
 from webhook.reasons import ResourceSource
 from webhook.usage import UsageSummary
 

@@ -31,9 +31,8 @@ from decimal import InvalidOperation
 from pathlib import Path
 from typing import TextIO
 
-from kubernetes.utils import parse_quantity
-
 from webhook.policy import Sizing
+from webhook.quantity import parse_quantity
 from webhook.workload import WorkloadKey
 
 

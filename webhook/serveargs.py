@@ -1,0 +1,153 @@
+"""The options of ``mesh-injector serve`` and ``mesh-injector certs``.
+
+Kept apart from the wiring (webhook/serve.py) so that ``--help`` and the dry-run verbs do
+not load the web server, the Kubernetes client or the crypto library: the wiring is
+imported only when one of these two verbs runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+MAX_IN_FLIGHT = 24 * 1024 * 1024  # request bytes held at once (--body-budget-mib)
+
+ENV = {
+    "host": ("MESH_INJECTOR_HOST", "0.0.0.0"),
+    "port": ("MESH_INJECTOR_PORT", "8443"),
+    "metrics_host": ("MESH_INJECTOR_METRICS_HOST", "0.0.0.0"),
+    "metrics_port": ("MESH_INJECTOR_METRICS_PORT", "9090"),
+    "tls_cert": ("MESH_INJECTOR_TLS_CERT", None),
+    "tls_key": ("MESH_INJECTOR_TLS_KEY", None),
+    "policy": ("MESH_INJECTOR_POLICY", None),
+    "cluster": ("MESH_INJECTOR_CLUSTER", None),
+    "usage": ("MESH_INJECTOR_USAGE", None),
+    "prometheus": ("MESH_INJECTOR_PROMETHEUS", None),
+    "metrics_api": ("MESH_INJECTOR_METRICS_API", ""),
+    "server_version": ("MESH_INJECTOR_SERVER_VERSION", None),
+    "kubeconfig": ("MESH_INJECTOR_KUBECONFIG", None),
+}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from webhook import serve
+
+    return serve.cmd_serve(args)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from webhook import serve
+
+    return serve.cmd_certs(args)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    env = {k: os.environ.get(name, default) for k, (name, default) in ENV.items()}
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTPS webhook (POST /mutate, GET /healthz, /readyz) and /metrics",
+        description="Flags also come from MESH_INJECTOR_* environment variables (see the README).",
+    )
+    p.add_argument("--host", default=env["host"])
+    p.add_argument("--port", type=int, default=int(env["port"]))
+    p.add_argument("--metrics-host", default=env["metrics_host"])
+    p.add_argument("--metrics-port", type=int, default=int(env["metrics_port"]))
+    p.add_argument("--tls-cert", default=env["tls_cert"], metavar="FILE", help="serving certificate (PEM)")
+    p.add_argument("--tls-key", default=env["tls_key"], metavar="FILE", help="its private key (PEM)")
+    p.add_argument(
+        "--cert-poll", type=float, default=2.0, metavar="SECONDS", help="how often to look for a new cert"
+    )
+    p.add_argument("--policy", default=env["policy"], metavar="FILE")
+    p.add_argument(
+        "--cluster",
+        default=env["cluster"],
+        metavar="FILE",
+        help="static cluster state: kubectl get nodes,namespaces,services -A -o yaml",
+    )
+    p.add_argument("--usage", default=env["usage"], metavar="FILE", help="observed proxy usage samples")
+    p.add_argument(
+        "--prometheus",
+        default=env["prometheus"],
+        metavar="URL",
+        help="read observed proxy usage from this Prometheus (cAdvisor + kube-state-metrics)",
+    )
+    p.add_argument(
+        "--metrics-api",
+        action="store_true",
+        default=env["metrics_api"].lower() in ("1", "true", "yes"),
+        help="poll observed proxy usage from the metrics.k8s.io API (metrics-server)",
+    )
+    p.add_argument(
+        "--usage-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often usage is read: metrics API poll (default 60), Prometheus step (default 300)",
+    )
+    p.add_argument(
+        "--max-workloads",
+        type=int,
+        default=50_000,
+        metavar="N",
+        help="workloads whose usage history is kept at most (live usage sources)",
+    )
+    p.add_argument("--server-version", default=env["server_version"], metavar="VERSION")
+    p.add_argument(
+        "--kubeconfig",
+        default=env["kubeconfig"],
+        metavar="FILE",
+        help="watch nodes, namespaces, Services here",
+    )
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="watch the cluster this pod runs in (the default inside a pod when no --cluster is given)",
+    )
+    p.add_argument(
+        "--webhook-config",
+        metavar="NAME",
+        help="keep this MutatingWebhookConfiguration's caBundle holding our CA (self-managed certificates)",
+    )
+    p.add_argument(
+        "--ca-bundle", metavar="FILE", help="the CA for --webhook-config (default: ca.crt by the cert)"
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest time a client may take to send its request body",
+    )
+    p.add_argument(
+        "--body-budget-mib",
+        type=int,
+        default=MAX_IN_FLIGHT // (1024 * 1024),
+        metavar="MIB",
+        help="request bodies held at once over all connections; a large review over it gets 503 "
+        "with Retry-After (bodies up to 64 KiB always pass) (default: %(default)s)",
+    )
+    p.add_argument("--keep-alive", type=int, default=30, metavar="SECONDS", help="idle keep-alive timeout")
+    p.add_argument(
+        "--grace", type=int, default=20, metavar="SECONDS", help="graceful shutdown limit on SIGTERM"
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("certs", help="write a CA and serving certificate for the webhook Service")
+    p.add_argument("--service", default="mesh-injector")
+    p.add_argument("--namespace", default="mesh-injector")
+    p.add_argument("--out", default="certs", metavar="DIR")
+    p.add_argument("--dns", action="append", default=[], metavar="NAME", help="extra DNS SAN (repeatable)")
+    p.add_argument("--ip", action="append", default=[], metavar="ADDRESS", help="IP SAN (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity of the serving certificate")
+    p.add_argument(
+        "--force", action="store_true", help="replace existing files (the CA is kept unless --new-ca)"
+    )
+    p.add_argument(
+        "--new-ca", action="store_true", help="with --force, replace the CA too (update caBundle!)"
+    )
+    p.add_argument("--secret", metavar="NAMESPACE/NAME", help="write Secrets in the cluster instead of files")
+    p.add_argument("--kubeconfig", metavar="FILE", help="with --secret: the cluster (default: in-cluster)")
+    p.add_argument("--in-cluster", action="store_true", help="with --secret: the cluster this pod runs in")
+    p.add_argument("--webhook-config", metavar="NAME", help="with --secret: also put the CA in its caBundle")
+    p.set_defaults(func=cmd_certs)

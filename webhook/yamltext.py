@@ -1,0 +1,255 @@
+"""YAML read and written fast, with PyYAML's meaning.
+
+``inject`` reads every document of a manifest and writes every field it adds as YAML
+lines (webhook/roundtrip.py). PyYAML's C parser is quick, but resolving each plain scalar's
+type and building the Python objects run in Python, and so does its representer when
+dumping: for 1,000 documents that was most of the time. So:
+
+- **Reading**: the loader remembers the type each plain scalar resolves to (it depends on
+  the text alone), and documents of strings, maps, sequences, decimal integers, booleans
+  and nulls are built from the composed nodes directly. Anything else (floats, dates,
+  merge keys, binary, sets, non-string keys) is built by PyYAML's own constructor.
+- **Writing**: the layout (block mappings, sequences not indented under their key,
+  ``{}``/``[]`` for empty ones) is written directly, and the style of each distinct scalar
+  is still PyYAML's: it is dumped once as a mapping value and the result is remembered. A
+  scalar PyYAML writes over several lines, and a key PyYAML would not write as a simple
+  key, are dumped by PyYAML in place. No anchors are written: a value used twice is written
+  twice.
+
+``tests/test_roundtrip.py`` checks both against PyYAML on generated values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """PyYAML's safe dumper without anchors: a value used twice is written twice (a
+    manifest in git should not gain ``&id001``/``*id001``)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_WIDTH = 1 << 16  # never fold a long line
+_MEMO_LIMIT = 1 << 16
+
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_INT = "tag:yaml.org,2002:int"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\Z")
+_BOOLS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False}
+_tags: dict[str, str] = {}  # plain scalar -> its resolved tag
+
+
+class Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """PyYAML's safe loader (the C parser where built) with plain scalars' resolved tags
+    remembered: resolution depends only on the scalar's text."""
+
+    def resolve(self, kind: type[Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is ScalarNode:
+            if not implicit[0]:
+                return _STR  # quoted: always a string
+            try:
+                return _tags[value]
+            except KeyError:
+                tag: str = _BaseLoader.resolve(self, kind, value, implicit)
+                if len(_tags) < _MEMO_LIMIT:
+                    _tags[value] = tag
+                return tag
+        resolved: str = _BaseLoader.resolve(self, kind, value, implicit)
+        return resolved
+
+
+class _Elsewhere(Exception):
+    """A node PyYAML's constructor must build."""
+
+
+def _build(node: Node) -> Any:
+    tag = node.tag
+    if tag == _STR:
+        return node.value
+    if tag == _MAP and isinstance(node, MappingNode):
+        out = {}
+        for key, value in node.value:
+            if key.tag != _STR:
+                raise _Elsewhere  # a merge key, or a key that is not a string
+            out[key.value] = _build(value)
+        return out
+    if tag == _SEQ and isinstance(node, SequenceNode):
+        return [_build(item) for item in node.value]
+    if tag == _INT and _DECIMAL.match(node.value):
+        return int(node.value)
+    if tag == _BOOL:
+        return _BOOLS[node.value.lower()]
+    if tag == _NULL:
+        return None
+    raise _Elsewhere
+
+
+def construct(loader: Loader, node: Node) -> Any:
+    """The document ``loader`` composed into ``node``, as PyYAML's safe constructor builds
+    it (an alias becomes a copy of its anchor's value rather than the same object)."""
+    try:
+        return _build(node)
+    except (_Elsewhere, RecursionError):
+        return loader.construct_document(node)
+
+
+def load_all(text: str) -> list[Any]:
+    """Every document in ``text`` (an empty one is None)."""
+    loader = Loader(text)
+    try:
+        docs = []
+        while loader.check_node():
+            node = loader.get_node()
+            docs.append(construct(loader, node) if node is not None else None)
+        return docs
+    finally:
+        loader.dispose()
+
+
+def load(text: str) -> Any:
+    """The single document in ``text``."""
+    loader = Loader(text)
+    try:
+        node = loader.get_single_node()
+        return construct(loader, node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
+def pyyaml_dump(value: Any) -> str:
+    """PyYAML's own block dump: what ``dump`` must equal."""
+    return yaml.dump(value, Dumper=_Dumper, default_flow_style=False, sort_keys=False, width=_WIDTH)
+
+
+class _Complex(Exception):
+    """A key PyYAML writes as an explicit (``? key``) key: dump the whole value with PyYAML."""
+
+
+# (type, scalar) -> its text as a mapping value on one line, or None: PyYAML writes it on
+# several lines, where the layout depends on the indentation
+_values: dict[tuple[type, Any], str | None] = {}
+_keys: dict[tuple[type, Any], str] = {}
+
+
+def _value(v: Any) -> str | None:
+    key = (type(v), repr(v) if type(v) is float else v)  # 0.0 == -0.0, written differently
+    try:
+        return _values[key]
+    except KeyError:
+        pass
+    text = pyyaml_dump({"k": v})
+    body = text[3:-1]  # "k: " ... "\n"
+    out = None if "\n" in body else body
+    if len(_values) < _MEMO_LIMIT:
+        _values[key] = out
+    return out
+
+
+def quote(s: str) -> str:
+    """The quote PyYAML writes ``s`` with (``'`` or ``"``), or ``""`` for plain: YAML 1.1
+    readers (PyYAML, and the YAML libraries kubectl and most of Kubernetes' tools use) read
+    plain ``on``, ``yes`` or ``0777`` as something other than a string."""
+    text = _value(s)
+    if text is None:
+        text = pyyaml_dump({"k": s})[3:]
+    return text[0] if text[:1] in ("'", '"') else ""
+
+
+def _key(k: Any) -> str:
+    memo = (type(k), repr(k) if type(k) is float else k)
+    try:
+        return _keys[memo]
+    except KeyError:
+        pass
+    text = pyyaml_dump({k: 0})
+    if text.startswith("? ") or not text.endswith(": 0\n") or text.count("\n") != 1:
+        raise _Complex(k)
+    out = text[: -len(": 0\n")]
+    if len(_keys) < _MEMO_LIMIT:
+        _keys[memo] = out
+    return out
+
+
+def _pad(text: str, pad: str) -> str:
+    return "".join(pad + line if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def _mapping(d: dict[Any, Any], indent: int, out: list[str], first: str | None) -> None:
+    """The entries of ``d`` at column ``indent``; the first one after ``first`` (``"- "``
+    on the line of a sequence item) when given."""
+    pad = " " * indent
+    lead = first if first is not None else pad
+    for k, v in d.items():
+        key = _key(k)
+        if isinstance(v, dict):
+            if v:
+                out.append(f"{lead}{key}:\n")
+                _mapping(v, indent + 2, out, None)
+            else:
+                out.append(f"{lead}{key}: {{}}\n")
+        elif isinstance(v, list):
+            if v:
+                out.append(f"{lead}{key}:\n")
+                _sequence(v, indent, out, None)
+            else:
+                out.append(f"{lead}{key}: []\n")
+        else:
+            text = _value(v)
+            if text is not None:
+                out.append(f"{lead}{key}: {text}\n")
+            else:  # over several lines: PyYAML's own text for this entry, moved to the column
+                block = pyyaml_dump({k: v})
+                out.append(lead + _pad(block, pad)[indent:])
+        lead = pad
+
+
+def _sequence(items: list[Any], indent: int, out: list[str], first: str | None) -> None:
+    pad = " " * indent
+    lead = (first if first is not None else pad) + "- "
+    for item in items:
+        if isinstance(item, dict):
+            if item:
+                _mapping(item, indent + 2, out, lead)
+            else:
+                out.append(f"{lead}{{}}\n")
+        elif isinstance(item, list):
+            if item:
+                _sequence(item, indent + 2, out, lead)
+            else:
+                out.append(f"{lead}[]\n")
+        else:
+            text = _value(item)
+            if text is not None:
+                out.append(f"{lead}{text}\n")
+            else:
+                block = pyyaml_dump([item])
+                out.append(lead + _pad(block, pad)[indent + 2 :])
+        lead = pad + "- "
+
+
+def dump(value: dict[Any, Any] | list[Any], indent: int = 0) -> str:
+    """``value`` as PyYAML writes it in block style, every line moved ``indent`` columns
+    to the right."""
+    out: list[str] = []
+    try:
+        if isinstance(value, dict) and value:
+            _mapping(value, indent, out, None)
+        elif isinstance(value, list) and value:
+            _sequence(value, indent, out, None)
+        else:
+            return _pad(pyyaml_dump(value), " " * indent)
+    except _Complex:
+        return _pad(pyyaml_dump(value), " " * indent)
+    return "".join(out)
