@@ -27,7 +27,7 @@ import orjson
 import yaml
 
 from webhook.admission import admit
-from webhook.cluster import Node, Taint, build_snapshot, trust_roots_from_object
+from webhook.cluster.snapshot import Node, Taint, build_snapshot, trust_roots_from_object
 from webhook.policy import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -384,9 +384,9 @@ def stages(review: dict, policy, calls: int) -> None:
     the template memo serves) and for the very first pod of a template (a full decision)."""
     import logging
 
-    from webhook.metrics import Metrics
-    from webhook.review import build_response
-    from webhook.server import _log_line
+    from webhook.serve.app import _log_line
+    from webhook.serve.metrics import Metrics
+    from webhook.serve.review import build_response
 
     snap = build_snapshot(
         nodes=make_nodes(500, random.Random(3)),

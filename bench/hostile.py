@@ -33,8 +33,8 @@ from core import typical_review
 from server import LUA, serve_command, wait_port, wrk
 
 from tests.servers import free_port
-from webhook.certs import generate, write_bundle
-from webhook.server import MAX_BODY
+from webhook.serve.app import MAX_BODY
+from webhook.serve.certs import generate, write_bundle
 
 
 def large_review() -> dict:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import distinct_workload, typical_review
 
 from tests.servers import free_port
-from webhook.certs import generate, write_bundle
+from webhook.serve.certs import generate, write_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 LUA = """

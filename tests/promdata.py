@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook.history import CPU_FLOOR, MEMORY_FLOOR, RATIO
+from webhook.usage.history import CPU_FLOOR, MEMORY_FLOOR, RATIO
 from webhook.workload import WorkloadKey
 
 STEP = 300

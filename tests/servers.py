@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 
-from webhook.certs import generate, write_bundle
-from webhook.serve import build_server
-from webhook.server import AppState, create_app
-from webhook.tls import ReloadingTLS
+from webhook.serve.app import AppState, create_app
+from webhook.serve.certs import generate, write_bundle
+from webhook.serve.run import build_server
+from webhook.serve.tls import ReloadingTLS
 
 
 def free_port() -> int:

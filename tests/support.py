@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-from webhook.cluster import ClusterSnapshot
+from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.loading import load_snapshot
 from webhook.policy import Policy, load_policy, parse_policy
 

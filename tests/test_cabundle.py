@@ -16,9 +16,9 @@ from cryptography import x509
 
 from tests.fake_apiserver import FakeAPIServer
 from tests.support import eventually
-from webhook.cabundle import CABundleSync, certificates, merged_bundle
-from webhook.certs import generate
-from webhook.live import api_client
+from webhook.cluster.live import api_client
+from webhook.serve.cabundle import CABundleSync, certificates, merged_bundle
+from webhook.serve.certs import generate
 
 MWC = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mesh-injector"
 SECRETS = "/api/v1/namespaces/mesh-injector/secrets"

@@ -16,7 +16,7 @@ import yaml
 from tests.support import validate_k8s
 from webhook.cli import build_parser
 from webhook.policy import parse_policy
-from webhook.server import AppState, create_app
+from webhook.serve.app import AppState, create_app
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

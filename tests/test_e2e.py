@@ -610,9 +610,9 @@ def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
             raise RuntimeError("prometheus/promtool missing: .ci/run installs Debian's prometheus package")
         pytest.skip("Debian's prometheus package is not installed")
     from tests import promdata
+    from webhook.decide.sizing import from_observed
     from webhook.policy import load_policy
-    from webhook.prometheus import prometheus_summaries
-    from webhook.sizing import from_observed
+    from webhook.usage.prometheus import prometheus_summaries
     from webhook.workload import WorkloadKey
 
     core = world["core"]
@@ -712,10 +712,10 @@ def test_meshed_pods_are_watched_for_workloads_and_oom_kills(world, tmp_path):
     webhook meshed (label selector on the injected label) maps to its Deployment, and an
     OOM kill of its proxy written to the pod's status reaches the history. The PodMetrics
     poll itself gets the API server's answer that metrics.k8s.io is not served here."""
-    from webhook.history import UsageHistory
-    from webhook.live import api_client
-    from webhook.metricsapi import MetricsApiUsage
+    from webhook.cluster.live import api_client
     from webhook.policy import load_policy
+    from webhook.usage.history import UsageHistory
+    from webhook.usage.metricsapi import MetricsApiUsage
     from webhook.workload import WorkloadKey
 
     core = world["core"]

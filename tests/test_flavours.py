@@ -17,7 +17,7 @@ from tests.support import ANCHORS_POLICY, CASES, TRUST_ANCHORS, anchored_policy,
 from webhook.admission import admit
 from webhook.dataplane import PROXY_NAMES
 from webhook.dataplane.linkerd import trust_root_sha256
-from webhook.inject import ANN_SKIP, read_status
+from webhook.patch.inject import ANN_SKIP, read_status
 from webhook.policy import PolicyError, parse_policy
 
 REPO = Path(__file__).parent.parent

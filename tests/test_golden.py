@@ -17,7 +17,7 @@ from tests.support import CASES, compare_golden, load_case, validate_k8s, with_o
 from webhook.admission import admit
 from webhook.dataplane import flavour
 from webhook.dataplane.generic import INIT as GENERIC_INIT
-from webhook.inject import ANN_SKIP, ANN_STATUS
+from webhook.patch.inject import ANN_SKIP, ANN_STATUS
 
 # what each flavour's proxy runs as
 UID = {"generic": 2102, "linkerd": 2102, "istio": 1337}

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.history import CPU_FLOOR, MEMORY_FLOOR, RATIO, SLOTS, UsageHistory, bucket, upper_edge
+from webhook.decide.sizing import from_observed
 from webhook.policy import PolicyError, parse_policy
-from webhook.sizing import from_observed
-from webhook.usage import Sample, summarize
+from webhook.usage.history import CPU_FLOOR, MEMORY_FLOOR, RATIO, SLOTS, UsageHistory, bucket, upper_edge
+from webhook.usage.samples import Sample, summarize
 from webhook.workload import WorkloadKey
 
 POLICY = parse_policy("sizing: {minSamples: 2, minSpan: 1h}")

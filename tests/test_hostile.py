@@ -20,10 +20,10 @@ import pytest
 from tests.servers import serve_process, thread_server
 from tests.support import EXAMPLE, JSON, anchored_policy, load_case
 from webhook.admission import _template_key, admit
-from webhook.cluster import Memo, StaticClusterView, build_snapshot, outcome_cost
+from webhook.cluster.snapshot import Memo, StaticClusterView, build_snapshot, outcome_cost
 from webhook.loading import load_snapshot
 from webhook.policy import load_policy
-from webhook.server import AppState, BodyBudget
+from webhook.serve.app import AppState, BodyBudget
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from webhook.admission import admit
-from webhook.cluster import build_snapshot
+from webhook.cluster.snapshot import build_snapshot
 from webhook.policy import parse_policy
 
 # the generic flavour: mesh-init carries the ruleset we render (the meshes' init images

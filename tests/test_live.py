@@ -16,7 +16,7 @@ from tests.fake_apiserver import FakeAPIServer, namespace, node, service, trust_
 from tests.servers import make_certs, serve_process
 from tests.support import EXAMPLE, TRUST_ANCHORS, eventually
 from webhook.admission import admit
-from webhook.live import LiveClusterView, api_client
+from webhook.cluster.live import LiveClusterView, api_client
 from webhook.policy import load_policy
 from webhook.versions import KubeVersion
 

@@ -15,12 +15,12 @@ import pytest
 from tests.fake_apiserver import FakeAPIServer, meshed_pod, namespace, node, pod_metrics, trust_roots
 from tests.servers import make_certs, serve_process
 from tests.support import TRUST_ANCHORS, anchored_policy, eventually, owned_pod_review
+from webhook.cluster.live import api_client
 from webhook.dataplane import PROXY_NAMES
-from webhook.history import UsageHistory
-from webhook.live import api_client
-from webhook.metricsapi import MetricsApiUsage
-from webhook.sizing import from_observed
-from webhook.usage import Sample, summarize
+from webhook.decide.sizing import from_observed
+from webhook.usage.history import UsageHistory
+from webhook.usage.metricsapi import MetricsApiUsage
+from webhook.usage.samples import Sample, summarize
 from webhook.workload import WorkloadKey
 
 

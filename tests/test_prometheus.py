@@ -30,10 +30,10 @@ from tests.promdata import (
 from tests.servers import make_certs, serve_process
 from tests.support import ANCHORS_POLICY, TRUST_ANCHORS, anchored_policy, eventually, owned_pod_review
 from webhook.dataplane import PROXY_NAMES
-from webhook.history import UsageHistory
-from webhook.prometheus import PrometheusError, PrometheusUsage, prometheus_summaries
-from webhook.sizing import from_observed
-from webhook.usage import Sample, summarize
+from webhook.decide.sizing import from_observed
+from webhook.usage.history import UsageHistory
+from webhook.usage.prometheus import PrometheusError, PrometheusUsage, prometheus_summaries
+from webhook.usage.samples import Sample, summarize
 from webhook.workload import WorkloadKey
 
 if not (shutil.which("prometheus") and shutil.which("promtool")):

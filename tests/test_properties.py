@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from tests import pss
 from tests.support import GOLDEN, anchored_policy, load_case, validate_k8s
 from webhook.admission import admit
-from webhook.inject import read_status
 from webhook.loading import load_snapshot
-from webhook.patch import diff
+from webhook.patch.diff import diff
+from webhook.patch.inject import read_status
 from webhook.versions import parse_kernel, parse_kube_version
 
 POLICY = anchored_policy()

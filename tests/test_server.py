@@ -26,9 +26,9 @@ from cryptography import x509
 from tests.servers import serve_process, thread_server
 from tests.support import CASES, EXAMPLE, JSON, anchored_policy, load_case
 from webhook.admission import admit
-from webhook.certs import generate, write_bundle
-from webhook.cluster import StaticClusterView, build_snapshot
-from webhook.server import AppState
+from webhook.cluster.snapshot import StaticClusterView, build_snapshot
+from webhook.serve.app import AppState
+from webhook.serve.certs import generate, write_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -519,8 +519,8 @@ def test_serve_runs_on_uvloop_and_httptools(certs):
     """The fastest stack uvicorn has, where the wheels exist (they are dependencies here)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from webhook.serve import build_server, event_loop, http_protocol
-    from webhook.tls import ReloadingTLS
+    from webhook.serve.run import build_server, event_loop, http_protocol
+    from webhook.serve.tls import ReloadingTLS
 
     assert issubclass(http_protocol(), HttpToolsProtocol)
     assert event_loop() == "uvloop"

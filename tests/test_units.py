@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tests.support import anchored_policy
-from webhook.cluster import Node, Taint, build_snapshot
-from webhook.interception import kernel_facts
-from webhook.patch import diff, escape
+from webhook.cluster.snapshot import Node, Taint, build_snapshot
+from webhook.decide.interception import kernel_facts
+from webhook.decide.scheduling import eligible_nodes
+from webhook.decide.sizing import from_observed
+from webhook.patch.diff import diff, escape
 from webhook.policy import PolicyError, parse_policy
-from webhook.scheduling import eligible_nodes
-from webhook.sizing import from_observed
-from webhook.usage import Sample, parse_samples, summarize, weighted_percentile
+from webhook.usage.samples import Sample, parse_samples, summarize, weighted_percentile
 from webhook.versions import Kernel, KubeVersion, kube_version_from_info, parse_kernel, parse_kube_version
 from webhook.workload import WorkloadKey, workload_key
 
@@ -240,7 +240,7 @@ def test_policy_errors_name_the_field(text, needle):
 
 def _brute_force(snapshot, spec):
     """Reference: every node checked on its own, no groups, no index, no memo."""
-    from webhook.scheduling import Requirement, Term, _terms, _tolerated, _tolerations
+    from webhook.decide.scheduling import Requirement, Term, _terms, _tolerated, _tolerations
 
     selector = Term(
         tuple(Requirement(k, "In", (v,)) for k, v in (spec.get("nodeSelector") or {}).items()), ()
@@ -258,7 +258,7 @@ def _brute_force(snapshot, spec):
 
 
 def _grouped_count(snapshot, spec):
-    from webhook.scheduling import _eligible
+    from webhook.decide.scheduling import _eligible
 
     elig = _eligible(snapshot, spec)
     return elig.count

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook import roundtrip, yamltext
+from webhook.manifests import roundtrip, yamltext
 
 # scalars YAML 1.1 reads as something else, or that need quoting, escaping or several lines
 TRICKY = [

@@ -18,9 +18,22 @@ from typing import Any
 
 import orjson
 
-from webhook.cluster import ClusterSnapshot, outcome_cost
+from webhook.cluster.snapshot import ClusterSnapshot, outcome_cost
 from webhook.dataplane import Build, Flavour, flavour, others
-from webhook.inject import (
+from webhook.dataplane.iptables import PortListError, parse_ports
+from webhook.decide.interception import Choice, KernelFacts, PodTraits, choose_mode, kernel_facts
+from webhook.decide.scheduling import Eligibility, eligible_nodes
+from webhook.decide.sizing import (
+    ProxyResources,
+    annotation_overrides,
+    apply_overrides,
+    cpu_str,
+    enough_samples,
+    from_observed,
+    from_profile,
+)
+from webhook.patch.diff import Patch, diff
+from webhook.patch.inject import (
     ANN_STATUS,
     LABEL_MODE,
     PREFIX,
@@ -32,22 +45,9 @@ from webhook.inject import (
     shallow_pod,
     strip,
 )
-from webhook.interception import Choice, KernelFacts, PodTraits, choose_mode, kernel_facts
-from webhook.iptables import PortListError, parse_ports
-from webhook.patch import Patch, diff
 from webhook.podsecurity import Levels, check_added, namespace_levels
 from webhook.policy import Policy
 from webhook.reasons import OPTED_IN_SKIPS, Mode, ModeReason, ResourceSource, Skip
-from webhook.scheduling import Eligibility, eligible_nodes
-from webhook.sizing import (
-    ProxyResources,
-    annotation_overrides,
-    apply_overrides,
-    cpu_str,
-    enough_samples,
-    from_observed,
-    from_profile,
-)
 from webhook.versions import KubeVersion, parse_kube_version
 from webhook.workload import (
     WorkloadKey,

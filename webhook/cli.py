@@ -20,8 +20,9 @@ import yaml
 
 from webhook import __version__
 from webhook.admission import admit
-from webhook.cluster import ClusterSnapshot
+from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane import describe
+from webhook.decide.sizing import enough_samples, from_observed, human_duration
 from webhook.errors import CertError, ClusterAccessError, ListenError
 from webhook.loading import (
     InputError,
@@ -31,14 +32,13 @@ from webhook.loading import (
     parse_documents,
     read_text,
 )
-from webhook.manifests import DocResult, process
+from webhook.manifests.process import DocResult, process
+from webhook.manifests.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
 from webhook.policy import Policy, PolicyError, load_policy
-from webhook.prometheus import PrometheusError, prometheus_summaries
-from webhook.review import ReviewError, build_response, parse_review
-from webhook.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
-from webhook.serveargs import add_commands as add_server_commands
-from webhook.sizing import enough_samples, from_observed, human_duration
-from webhook.usage import SampleColumns, UsageError, UsageSummary, load_samples, summarize_all
+from webhook.serve.options import add_commands as add_server_commands
+from webhook.serve.review import ReviewError, build_response, parse_review
+from webhook.usage.prometheus import PrometheusError, prometheus_summaries
+from webhook.usage.samples import SampleColumns, UsageError, UsageSummary, load_samples, summarize_all
 from webhook.workload import WorkloadKey
 
 
@@ -159,9 +159,9 @@ def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[li
 
 def cmd_inject(args: argparse.Namespace) -> int:
     """Each file rewritten where its pod templates change and byte for byte elsewhere
-    (webhook/roundtrip.py). Of several files, one that cannot be read or parsed is reported
-    and skipped, the others are still written, and the exit status is 1; a single input
-    that cannot be used is one line and exit 2, like every other input error."""
+    (webhook/manifests/roundtrip.py). Of several files, one that cannot be read or parsed
+    is reported and skipped, the others are still written, and the exit status is 1; a
+    single input that cannot be used is one line and exit 2, like every other input error."""
     _batch_collections()
     policy = _policy(args)
     snapshot = _snapshot(args, policy, _now(args.now))

@@ -14,8 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
-from webhook import yamltext
-from webhook.cluster import (
+from webhook.cluster.snapshot import (
     ClusterSnapshot,
     SnapshotError,
     build_snapshot,
@@ -23,8 +22,9 @@ from webhook.cluster import (
     with_kernel,
 )
 from webhook.errors import ClusterAccessError
+from webhook.manifests import yamltext
 from webhook.policy import Policy
-from webhook.usage import UsageError, load_samples, summarize_all
+from webhook.usage.samples import UsageError, load_samples, summarize_all
 from webhook.versions import KubeVersion, parse_kernel, parse_kube_version
 
 # libyaml's C loader when PyYAML was built with it: ~10x faster on big manifests.
@@ -127,7 +127,7 @@ def load_snapshot(
     if cluster and kubeconfig:
         raise InputError("--cluster and --kubeconfig are two sources of the same state: give one")
     if kubeconfig:
-        from webhook.live import api_client, read_once  # the Kubernetes client: only here
+        from webhook.cluster.live import api_client, read_once  # the Kubernetes client: only here
 
         try:
             docs, live_version = read_once(api_client(kubeconfig))

@@ -2,7 +2,7 @@
 
 A flavour only renders: the decision (mode, placement, resources, skip ports) is made once,
 the same for every flavour, and a flavour turns it into the containers, volumes, labels and
-annotations its mesh expects. ``webhook.inject`` places them in the pod and records them.
+annotations its mesh expects. ``webhook.patch.inject`` places them in the pod and records them.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook.decide.sizing import ProxyResources
 from webhook.policy import Policy
 from webhook.reasons import Mode
-from webhook.sizing import ProxyResources
 from webhook.workload import WorkloadKey
 
 Ports = tuple[tuple[int, int], ...]

@@ -1,7 +1,7 @@
 """The ``generic`` flavour: the ``mesh-proxy`` contract, for a proxy image of your own.
 
 ``mesh-proxy`` learns its mode, protocol hint and pool size from ``MESH_PROXY_*``
-variables; in iptables mode ``mesh-init`` loads the ruleset ``webhook.iptables`` renders
+variables; in iptables mode ``mesh-init`` loads the ruleset ``webhook.dataplane.iptables`` renders
 (inbound to 4143, outbound to 4140, UID 2102 exempt), so the rules are ours and tested.
 """
 
@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from webhook.dataplane.base import Build, DataPlane, Flavour, field_env
-from webhook.iptables import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_PORTS, PROXY_UID, render_rules
+from webhook.dataplane.iptables import (
+    ADMIN_PORT,
+    INBOUND_PORT,
+    OUTBOUND_PORT,
+    PROXY_PORTS,
+    PROXY_UID,
+    render_rules,
+)
 from webhook.policy import Policy
 from webhook.reasons import Mode
 

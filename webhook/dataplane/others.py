@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.iptables import PortListError, parse_ports
+from webhook.dataplane.iptables import PortListError, parse_ports
 
 # mesh -> (its containers, the annotations its injector writes)
 OWNED_BY = {

@@ -26,21 +26,21 @@ from kubernetes import client
 from prometheus_client import start_http_server
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from webhook.cabundle import CABundleSync, ensure_secrets
-from webhook.certs import generate, service_names, write_bundle
-from webhook.cluster import ClusterView, StaticClusterView
+from webhook.cluster.live import RESOURCES, LiveClusterView, api_client, server_version
+from webhook.cluster.snapshot import ClusterView, StaticClusterView
 from webhook.errors import CertError, ClusterAccessError, ListenError, describe_error
-from webhook.history import UsageHistory
-from webhook.live import RESOURCES, LiveClusterView, api_client, server_version
 from webhook.loading import load_snapshot
-from webhook.memory import Trimmer, tune_allocator
-from webhook.metrics import Metrics
-from webhook.metricsapi import MetricsApiUsage
 from webhook.policy import Policy, load_policy
-from webhook.prometheus import PrometheusUsage
-from webhook.server import AppState, BodyBudget, create_app
-from webhook.sources import FileUsage, UsageRefreshingView, UsageSource
-from webhook.tls import MemoryFiles, ReloadingTLS
+from webhook.serve.app import AppState, BodyBudget, create_app
+from webhook.serve.cabundle import CABundleSync, ensure_secrets
+from webhook.serve.certs import generate, service_names, write_bundle
+from webhook.serve.memory import Trimmer, tune_allocator
+from webhook.serve.metrics import Metrics
+from webhook.serve.tls import MemoryFiles, ReloadingTLS
+from webhook.usage.history import UsageHistory
+from webhook.usage.metricsapi import MetricsApiUsage
+from webhook.usage.prometheus import PrometheusUsage
+from webhook.usage.sources import FileUsage, UsageRefreshingView, UsageSource
 
 
 class _JsonLines(logging.Formatter):

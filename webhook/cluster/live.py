@@ -28,7 +28,8 @@ import orjson
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from webhook.cluster import (
+from webhook.cluster.kubeapi import lister, request
+from webhook.cluster.snapshot import (
     TRUST_ROOTS_CONFIGMAP,
     ClusterSnapshot,
     Node,
@@ -38,9 +39,8 @@ from webhook.cluster import (
     trust_roots_from_object,
 )
 from webhook.errors import ClusterAccessError, describe_error
-from webhook.kubeapi import lister, request
-from webhook.memory import release_free_memory
-from webhook.sources import UsageSource
+from webhook.serve.memory import release_free_memory
+from webhook.usage.sources import UsageSource
 from webhook.versions import KubeVersion, kube_version_from_info
 from webhook.workload import Service
 

@@ -1,9 +1,9 @@
 """Where observed proxy usage comes from, behind one interface.
 
 * ``FileUsage`` — a samples file (``--usage FILE``), summarised exactly once at start.
-* ``webhook.metricsapi.MetricsApiUsage`` — the ``metrics.k8s.io`` API, polled
+* ``webhook.usage.metricsapi.MetricsApiUsage`` — the ``metrics.k8s.io`` API, polled
   (``--metrics-api``).
-* ``webhook.prometheus.PrometheusUsage`` — Prometheus (``--prometheus URL``).
+* ``webhook.usage.prometheus.PrometheusUsage`` — Prometheus (``--prometheus URL``).
 
 The live sources fold readings into a bounded ``UsageHistory`` from their own thread and
 publish a new dict of summaries after each poll; the admission path only ever reads the
@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from webhook.cluster import ClusterSnapshot
+from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.errors import describe_error
-from webhook.history import UsageHistory
-from webhook.memory import release_free_memory
 from webhook.policy import Sizing
-from webhook.usage import UsageSummary, load_samples, summarize_all
+from webhook.serve.memory import release_free_memory
+from webhook.usage.history import UsageHistory
+from webhook.usage.samples import UsageSummary, load_samples, summarize_all
 from webhook.workload import WorkloadKey
 
 log = logging.getLogger("mesh_injector.usage")

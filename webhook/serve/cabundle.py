@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from webhook.certs import Bundle, generate, service_names
+from webhook.cluster.kubeapi import request
 from webhook.errors import CertError
-from webhook.kubeapi import request
+from webhook.serve.certs import Bundle, generate, service_names
 
 log = logging.getLogger("mesh_injector.cabundle")
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)

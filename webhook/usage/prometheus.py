@@ -40,10 +40,10 @@ from typing import Any
 import orjson
 
 from webhook.dataplane import PROXY_NAMES
-from webhook.history import UsageHistory
 from webhook.policy import Sizing
-from webhook.sources import PollingUsage
-from webhook.usage import UsageSummary
+from webhook.usage.history import UsageHistory
+from webhook.usage.samples import UsageSummary
+from webhook.usage.sources import PollingUsage
 from webhook.workload import _CRONJOB_JOB, WorkloadKey
 
 # the proxy container of every flavour: mesh-proxy, linkerd-proxy, istio-proxy

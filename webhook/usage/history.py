@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from webhook.policy import Sizing
-from webhook.usage import UsageSummary
+from webhook.usage.samples import UsageSummary
 from webhook.workload import WorkloadKey
 
 SLOTS = 4

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook.admission import Outcome, admit
-from webhook.cluster import ClusterSnapshot
+from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.policy import Policy
 from webhook.versions import parse_kube_version
 

@@ -19,7 +19,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from webhook.usage import UsageSummary
+from webhook.usage.samples import UsageSummary
 from webhook.versions import KubeVersion
 from webhook.workload import Service, ServicePort, WorkloadKey
 

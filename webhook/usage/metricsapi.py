@@ -21,14 +21,14 @@ from typing import Any
 import orjson
 from kubernetes import client
 
+from webhook.cluster.kubeapi import lister, request
+from webhook.cluster.live import Informer
 from webhook.dataplane import PROXY_NAMES
-from webhook.history import UsageHistory
-from webhook.inject import LABEL_MODE
-from webhook.kubeapi import lister, request
-from webhook.live import Informer
+from webhook.patch.inject import LABEL_MODE
 from webhook.quantity import parse_quantity
-from webhook.sources import PollingUsage
-from webhook.usage import parse_timestamp
+from webhook.usage.history import UsageHistory
+from webhook.usage.samples import parse_timestamp
+from webhook.usage.sources import PollingUsage
 from webhook.workload import WorkloadKey, workload_key
 
 _DECODER = json.JSONDecoder()

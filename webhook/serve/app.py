@@ -29,11 +29,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from webhook.admission import Outcome, admit
-from webhook.cluster import ClusterView
-from webhook.metrics import Metrics
+from webhook.cluster.snapshot import ClusterView
 from webhook.policy import Policy
-from webhook.review import ReviewError, build_response, failure_response, parse_review
-from webhook.serveargs import MAX_IN_FLIGHT
+from webhook.serve.metrics import Metrics
+from webhook.serve.options import MAX_IN_FLIGHT
+from webhook.serve.review import ReviewError, build_response, failure_response, parse_review
 
 MAX_BODY = 3 * 1024 * 1024
 SMALL_BODY = 64 * 1024  # a typical pod review is 3-10 KiB

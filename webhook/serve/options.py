@@ -1,6 +1,6 @@
 """The options of ``mesh-injector serve`` and ``mesh-injector certs``.
 
-Kept apart from the wiring (webhook/serve.py) so that ``--help`` and the dry-run verbs do
+Kept apart from the wiring (webhook/serve/run.py) so that ``--help`` and the dry-run verbs do
 not load the web server, the Kubernetes client or the crypto library: the wiring is
 imported only when one of these two verbs runs.
 """
@@ -30,15 +30,15 @@ ENV = {
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from webhook import serve
+    from webhook.serve import run
 
-    return serve.cmd_serve(args)
+    return run.cmd_serve(args)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from webhook import serve
+    from webhook.serve import run
 
-    return serve.cmd_certs(args)
+    return run.cmd_certs(args)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

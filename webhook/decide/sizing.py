@@ -23,7 +23,7 @@ from decimal import InvalidOperation
 from webhook.policy import Amounts, Policy
 from webhook.quantity import parse_quantity
 from webhook.reasons import ResourceSource
-from webhook.usage import UsageSummary
+from webhook.usage.samples import UsageSummary
 
 MI = 1024 * 1024
 _ABSURD = 1e15  # no proxy needs 10^15 cores or bytes; also keeps inf/overflow out

@@ -1,7 +1,7 @@
 """YAML read and written fast, with PyYAML's meaning.
 
 ``inject`` reads every document of a manifest and writes every field it adds as YAML
-lines (webhook/roundtrip.py). PyYAML's C parser is quick, but resolving each plain scalar's
+lines (webhook/manifests/roundtrip.py). PyYAML's C parser is quick, but resolving each plain scalar's
 type and building the Python objects run in Python, and so does its representer when
 dumping: for 1,000 documents that was most of the time. So:
 

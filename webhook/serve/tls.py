@@ -26,7 +26,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from webhook.certs import not_after
+from webhook.serve.certs import not_after
 
 log = logging.getLogger("mesh_injector.tls")
 

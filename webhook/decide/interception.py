@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from webhook.decide.scheduling import Eligibility
 from webhook.policy import Interception
 from webhook.reasons import Mode, ModeReason, Skip
-from webhook.scheduling import Eligibility
 from webhook.versions import Kernel, KubeVersion, parse_kernel
 
 _CHAIN = (Mode.MICROVM, Mode.EBPF, Mode.IPTABLES)

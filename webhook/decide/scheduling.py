@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from webhook.cluster import ClusterSnapshot, Node, NodeGroup, Taint
+from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, Taint
 
 _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 _SAMPLE = 3
