@@ -19,8 +19,9 @@ import pytest
 
 from tests.servers import serve_process, thread_server
 from tests.support import EXAMPLE, JSON, anchored_policy, load_case
-from webhook.admission import _template_key, admit
+from webhook.admission import admit
 from webhook.cluster.snapshot import Memo, StaticClusterView, build_snapshot, outcome_cost
+from webhook.decide.memo import template_key
 from webhook.loading import load_snapshot
 from webhook.policy import load_policy
 from webhook.serve.app import AppState, BodyBudget
@@ -75,7 +76,7 @@ def test_outcome_cost_is_not_an_under_estimate():
             tracemalloc.stop()
         assert snapshot.outcomes.bytes == before[0]  # no observed usage: kept by template only
         costed = snapshot.templates.bytes - before[1]
-        template = _template_key(orjson.loads(raw)["request"], snapshot, policy, False)
+        template = template_key(orjson.loads(raw)["request"], snapshot, policy, False)
         assert template is not None
         entry = snapshot.templates.get(template[0])
         assert entry is not None and entry.paths  # Linkerd names the workload: put in per pod

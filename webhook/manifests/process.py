@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.admission import Outcome, admit
+from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.outcome import Outcome
 from webhook.policy import Policy
 from webhook.versions import parse_kube_version
 

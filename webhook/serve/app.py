@@ -28,8 +28,9 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from webhook.admission import Outcome, admit
+from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterView
+from webhook.outcome import Outcome
 from webhook.policy import Policy
 from webhook.serve.metrics import Metrics
 from webhook.serve.options import MAX_IN_FLIGHT

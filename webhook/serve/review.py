@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from webhook.admission import Outcome
+from webhook.outcome import Outcome
 
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 

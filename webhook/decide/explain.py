@@ -1,0 +1,30 @@
+"""Lines of the explanation that describe what the decision looked at."""
+
+from __future__ import annotations
+
+from webhook.decide.interception import KernelFacts
+from webhook.decide.scheduling import Eligibility
+from webhook.podsecurity import Levels
+
+
+def pod_security_line(levels: Levels) -> str:
+    extra = "".join(f"; {k} {v}" for k, v in (("warn", levels.warn), ("audit", levels.audit)) if v)
+    return (
+        f"pod security: enforce {levels.enforce} ({levels.source}, version {levels.enforce_version}){extra}"
+    )
+
+
+def kernel_line(elig: Eligibility, kf: KernelFacts) -> str:
+    if kf.unknown:
+        return f"kernel: unknown ({kf.unknown})"
+    distinct = len(elig.kernels)
+    capable = "yes" if kf.ebpf else "no"
+    return f"kernel: lowest {kf.lowest_raw} among {distinct} distinct kernel(s); eBPF-capable: {capable}"
+
+
+def nodes_line(elig: Eligibility) -> str:
+    excluded = ", ".join(f"{n} {why}" for why, n in elig.excluded.items())
+    sample = f" (e.g. {', '.join(elig.sample)})" if elig.sample else ""
+    return f"eligible nodes: {elig.count} of {elig.total}{sample} by {elig.basis}" + (
+        f"; excluded: {excluded}" if excluded else ""
+    )

@@ -1,0 +1,193 @@
+"""Memoised outcomes: the keys pods share an outcome under, and the entries kept.
+
+An outcome depends only on the pod, its namespace and the (immutable) snapshot and
+policy, so it is kept on the snapshot: by the pod's template (pods that differ only in
+names, owners and labels; a ReplicaSet's identical pods among them) or, for a workload
+sized from its own observed usage, by the whole object. A flavour that names the
+workload on the pod is decided once with a stand-in name (``ALIAS``) and each request's
+own name is put into the shared patch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.dataplane import flavour, others
+from webhook.decide.podfacts import INJECT
+from webhook.outcome import Detail, Outcome, clone
+from webhook.patch.diff import Patch
+from webhook.patch.inject import ANN_STATUS, LABEL_MODE
+from webhook.policy import Policy
+from webhook.workload import WorkloadKey, protocol_from_services, workload_key
+
+
+def served(light: Outcome, detail: Callable[[], Detail], workload: WorkloadKey | None = None) -> Outcome:
+    """A memoised outcome for the request at hand (its own workload and detail)."""
+    if workload is None:
+        return clone(light, detail=detail)
+    return clone(light, detail=detail, workload=workload)
+
+
+def exact_key(data: bytes) -> bytes:
+    """A memo key as stored: the JSON itself, copied to its exact size (orjson allocates its
+    output with up to 2x slack). Exact, so no collision question; a dict hashes it faster
+    than a cryptographic digest could be computed, and the memo's cost counts it."""
+    return bytes(memoryview(data))
+
+
+def outcome_key(request: Mapping[str, Any], assume_opt_in: bool) -> tuple[bytes, int] | None:
+    """(the object and what else the outcome depends on, as JSON; its size)."""
+    obj = request.get("object")
+    kind = request.get("kind")
+    parts = [
+        "outcome",
+        request.get("namespace"),
+        kind.get("kind") if isinstance(kind, dict) else None,
+        assume_opt_in,
+    ]
+    try:
+        data = orjson.dumps([*parts, obj])
+    except TypeError:  # not JSON data (cannot come from the API server): decide uncached
+        return None
+    return data, len(data)
+
+
+# Metadata that names one pod or its owner and is read only to find the workload (whose
+# observed usage sizes the proxy) and for the explanation, never for the patch itself.
+IDENTITY = frozenset(
+    {"name", "generateName", "uid", "labels", "ownerReferences", "managedFields", "creationTimestamp"}
+)
+
+
+def template_key(
+    request: Mapping[str, Any], snapshot: ClusterSnapshot, policy: Policy, assume_opt_in: bool
+) -> tuple[bytes, int, WorkloadKey] | None:
+    """The key under which pods that differ only in identity share one outcome, its JSON
+    size, and this pod's workload; None when that cannot be shared.
+
+    Pods of different workloads built from one template (many Deployments rolling at once,
+    a chart installed many times) differ in names, owners and labels. The decision reads
+    those only through: the workload's observed usage (so a workload with usage is decided
+    on its own), the controller's kind (batch), the opt-in label, our own mode label, the
+    Services that select the labels (the protocol), whether labels exist at all (the
+    shape of the patch), and what the data-plane flavour renders from them (Linkerd and
+    Istio name the workload and its kind on the pod: the kind is in the key and the name
+    is put into the shared patch per request; Istio reads the app and version labels).
+    Those facts go into the key instead of the fields. Any new reading
+    of a label or an owner must be added here; tests/test_properties.py checks that an
+    outcome served under this key equals a fresh decision.
+    """
+    kind = request.get("kind")
+    if not isinstance(kind, dict) or kind.get("kind") != "Pod":
+        return None
+    obj = request["object"]
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return None
+    namespace = str(request.get("namespace") or meta.get("namespace") or "default")
+    workload = workload_key(obj, namespace)
+    if workload in snapshot.usage:
+        return None
+    has_labels = "labels" in meta
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        return None
+    owners = meta.get("ownerReferences")
+    plane = flavour(policy.proxy.flavour)
+    facts = [
+        "template",
+        (workload.kind if aliasable(meta) else tuple(workload[1:])) if plane.reads_workload else None,
+        [labels.get(name) for name in plane.labels_read],
+        namespace,
+        assume_opt_in,
+        has_labels,
+        labels.get(INJECT),
+        labels.get(LABEL_MODE),
+        [labels.get(name) for name in others.LABELS_READ],
+        protocol_from_services(snapshot.services.get(namespace, ()), labels),
+        [[o.get("kind"), o.get("controller")] for o in owners if isinstance(o, dict)]
+        if isinstance(owners, list)
+        else owners,
+        {k: v for k, v in meta.items() if k not in IDENTITY},
+        {k: v for k, v in obj.items() if k != "metadata"},
+    ]
+    try:
+        data = orjson.dumps(facts)
+    except TypeError:
+        return None
+    return data, len(data), workload
+
+
+# The workload name a shared template is decided with; each request's own name replaces it.
+ALIAS = "0-mesh-injector-workload-0"
+
+ALIAS_JSON = ALIAS.encode()
+
+
+def aliasable(meta: object) -> bool:
+    """A first injection: the patch only adds, so putting the name into a shared patch is
+    exact. A re-injection is diffed against names already in the pod: decided per workload."""
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    return not (isinstance(annotations, dict) and ANN_STATUS in annotations)
+
+
+_Path = tuple[str | int, ...]
+
+
+def alias_paths(node: object, path: _Path = ()) -> list[_Path]:
+    """Where in a patch the stand-in name occurs (paths to the strings holding it). A subtree
+    is only walked when its JSON holds the name (orjson is far faster than walking it)."""
+    if isinstance(node, str):
+        return [path] if ALIAS in node else []
+    if not isinstance(node, dict | list) or ALIAS_JSON not in orjson.dumps(node):
+        return []
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in alias_paths(v, (*path, k))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in alias_paths(v, (*path, i))]
+    return []
+
+
+def put_name(patch: Patch, paths: tuple[_Path, ...], name: str) -> Patch:
+    """``patch`` with ``name`` for the stand-in: only the dicts and lists on the way to each
+    string are copied; the rest is shared with the memo's patch (which is never modified)."""
+    root: list[Any] = list(patch)
+    copies: dict[_Path, Any] = {(): root}
+    for path in paths:
+        node: Any = root
+        for depth in range(1, len(path)):
+            prefix = path[:depth]
+            copied = copies.get(prefix)
+            if copied is None:
+                child = node[path[depth - 1]]
+                copied = copies[prefix] = dict(child) if isinstance(child, dict) else list(child)
+                node[path[depth - 1]] = copied
+            node = copied
+        node[path[-1]] = node[path[-1]].replace(ALIAS, name)
+    return root
+
+
+class Entry:
+    """A memoised outcome. For a flavour that names the workload, its patch holds the
+    stand-in name at ``paths``; each request gets its own name put in (and the last name
+    with its patch is kept: a ReplicaSet's pods arrive together)."""
+
+    __slots__ = ("last", "light", "paths", "policy")
+
+    def __init__(self, policy: Policy, light: Outcome, paths: tuple[_Path, ...]) -> None:
+        self.policy = policy
+        self.light = light
+        self.paths = paths
+        self.last: tuple[str, Patch] | None = None
+
+    def serve(self, detail: Callable[[], Detail], workload: WorkloadKey | None) -> Outcome:
+        if not self.paths or workload is None:
+            return served(self.light, detail, workload)
+        last = self.last
+        if last is None or last[0] != workload.name:
+            last = self.last = (workload.name, put_name(self.light.patch, self.paths, workload.name))
+        return clone(self.light, detail=detail, workload=workload, patch=last[1])

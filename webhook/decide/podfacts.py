@@ -1,0 +1,133 @@
+"""What a pod, its namespace and the policy say before any node is looked at: the pod's
+options (annotations), whether it opted in, whether its namespace is excluded, its
+protocol, a port the proxy needs, and Linkerd's trust anchors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.dataplane import others
+from webhook.outcome import Notes
+from webhook.patch.inject import PREFIX
+from webhook.policy import Policy
+from webhook.reasons import Skip
+from webhook.workload import protocol_from_container_ports, protocol_from_services
+
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+
+INJECT = PREFIX + "inject"
+
+ENUMS = {
+    "interception": ("auto", "ebpf", "iptables", "microvm"),
+    "iptables-fallback": ("true", "false"),
+    "workload-protocol": ("grpc", "http", "tcp"),
+    "throughput": ("high", "normal"),
+    "native-sidecar": ("auto", "true", "false"),
+}
+
+DEFAULTS = {"interception": "auto", "iptables-fallback": "true", "native-sidecar": "auto"}
+
+
+def str_map(value: object) -> Mapping[str, str]:
+    return value if isinstance(value, dict) else {}
+
+
+def pod_option(annotations: Mapping[str, Any], name: str, ctx: Notes) -> str | None:
+    raw = annotations.get(PREFIX + name)
+    if raw is None:
+        return DEFAULTS.get(name)
+    value = str(raw).strip().lower()
+    if value not in ENUMS[name]:
+        ctx.warn(
+            f"annotation {PREFIX}{name}: {raw!r} is not one of {', '.join(ENUMS[name])}; "
+            f"using {DEFAULTS.get(name, 'detection')}"
+        )
+        return DEFAULTS.get(name)
+    return value
+
+
+def opt_in(
+    labels: Mapping[str, Any],
+    annotations: Mapping[str, Any],
+    ns_labels: Mapping[str, str],
+    policy: Policy,
+    assume_opt_in: bool,
+) -> tuple[bool, Skip | None, str]:
+    """(opted in, skip reason when not, where the answer came from)."""
+    for where, source in (("pod label", labels), ("pod annotation", annotations)):
+        value = source.get(INJECT)
+        if value == "disabled":
+            return False, Skip.POD_DISABLED, where
+        if value == "enabled":
+            return True, None, where
+    if policy.other_meshes.respect_opt_outs:
+        foreign = others.opt_out(labels, annotations)
+        if foreign is not None:
+            return (
+                False,
+                Skip.OTHER_MESH_OPT_OUT,
+                f"{foreign}: another mesh's opt-out, honoured by the policy",
+            )
+    if assume_opt_in:
+        return True, None, "inject command (manifests are opted in unless they say disabled)"
+    ns_value = ns_labels.get(INJECT)
+    if ns_value == "enabled":
+        return True, None, "namespace label"
+    if ns_value == "disabled":
+        return False, Skip.NAMESPACE_DISABLED, "namespace label"
+    if policy.inject_by_default:
+        return True, None, "policy injectByDefault"
+    return False, Skip.NOT_OPTED_IN, "nothing opted in"
+
+
+def excluded(namespace: str, policy: Policy) -> Skip | None:
+    if namespace in SYSTEM_NAMESPACES:
+        return Skip.SYSTEM_NAMESPACE
+    if namespace == policy.injector_namespace:
+        return Skip.OWN_NAMESPACE
+    if namespace in policy.excluded_namespaces:
+        return Skip.POLICY_NAMESPACE
+    return None
+
+
+def proxy_port_used(spec: Mapping[str, Any], ports: tuple[int, ...]) -> int | None:
+    for key in ("containers", "initContainers"):
+        for c in spec.get(key) or []:
+            declared = c.get("ports") if isinstance(c, dict) else None
+            for p in declared if isinstance(declared, list) else ():
+                if isinstance(p, dict) and p.get("containerPort") in ports:
+                    return int(p["containerPort"])
+    return None
+
+
+def trust_anchors(snapshot: ClusterSnapshot, policy: Policy) -> tuple[str | None, str]:
+    """Linkerd's trust anchors and where they came from."""
+    settings = policy.proxy.linkerd
+    if settings.trust_anchors_pem:
+        return settings.trust_anchors_pem, "policy proxy.linkerd.trustAnchorsPem"
+    found = snapshot.trust_roots.get(settings.namespace)
+    where = f"ConfigMap {settings.namespace}/linkerd-identity-trust-roots"
+    return found, where
+
+
+def protocol_of(
+    pod: Mapping[str, Any],
+    annotations: Mapping[str, Any],
+    snapshot: ClusterSnapshot,
+    namespace: str,
+    ctx: Notes,
+) -> tuple[str, str]:
+    explicit = pod_option(annotations, "workload-protocol", ctx)
+    if explicit is not None:
+        return explicit, "annotation"
+    labels = str_map((pod.get("metadata") or {}).get("labels"))
+    found = protocol_from_services(snapshot.services.get(namespace, ()), labels)
+    if found is not None:
+        return found[0], f"Service {found[1]}"
+    spec = pod.get("spec") or {}
+    by_ports = protocol_from_container_ports(spec.get("containers") or [])
+    if by_ports is not None:
+        return by_ports, "container port names"
+    return "tcp", "no Service or port name says otherwise"

@@ -1,0 +1,66 @@
+"""The proxy's CPU and memory for one pod: observed usage when there is enough of it, else
+the policy's profile, then the pod's own annotations (ours, or the flavour's own)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.dataplane import flavour
+from webhook.decide.sizing import (
+    ProxyResources,
+    annotation_overrides,
+    apply_overrides,
+    enough_samples,
+    from_observed,
+    from_profile,
+)
+from webhook.outcome import Notes
+from webhook.patch.inject import PREFIX
+from webhook.policy import Policy
+from webhook.workload import WorkloadKey
+
+
+def proxy_resources(
+    annotations: Mapping[str, Any],
+    key: WorkloadKey,
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    protocol: str,
+    throughput: str,
+    lifecycle: str,
+    ctx: Notes,
+) -> ProxyResources:
+    summary = snapshot.usage.get(key)
+    if enough_samples(summary, policy):
+        assert summary is not None
+        base = from_observed(summary, policy)
+    else:
+        profile = policy.profile_for(protocol, throughput, lifecycle)
+        why = (
+            "no observed usage"
+            if summary is None
+            else f"only {summary.count} samples over {summary.span / 3600:.1f}h "
+            f"(need {policy.sizing.min_samples} over {policy.sizing.min_span / 3600:g}h)"
+        )
+        base = from_profile(
+            (profile.requests, profile.limits), profile.name, f"{protocol}/{throughput}/{lifecycle}; {why}"
+        )
+    overrides, problems = annotation_overrides(_with_flavour_overrides(annotations, policy))
+    for problem in problems:
+        ctx.warn(problem)
+    return apply_overrides(base, overrides)
+
+
+def _with_flavour_overrides(annotations: Mapping[str, Any], policy: Policy) -> Mapping[str, Any]:
+    """The flavour's own proxy resource annotations (``config.linkerd.io/proxy-cpu-request``,
+    ``sidecar.istio.io/proxyCPU`` ...) count as ours; ours win where both are given."""
+    names = flavour(policy.proxy.flavour).resource_annotations
+    if not any(name in annotations for name in names):
+        return annotations
+    merged = dict(annotations)
+    for name, suffix in names.items():
+        if name in annotations:
+            merged.setdefault(PREFIX + suffix, annotations[name])
+    return merged
