@@ -235,6 +235,10 @@ def test_policy_check_ok_and_bad(tmp_path):
     out = run("policy", "check", str(bad))
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "a policy is one YAML document, this file has 2" in out.stderr
+    bad.write_text("sizing:\n  minSamples: !!int twelve\n")
+    out = run("policy", "check", str(bad))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "not valid YAML at line 2, column 15: 'twelve' is not a valid int" in out.stderr
 
 
 @pytest.mark.parametrize(
@@ -256,6 +260,19 @@ def test_policy_check_ok_and_bad(tmp_path):
         ("", ["review", "-"], "empty input"),
         ("kind: Pod\nmetadata: {name: [unclosed\n", ["inject", "-f", "-"], "not valid JSON or YAML"),
         ("- just\n- a list\n", ["inject", "-f", "-"], "not a Kubernetes object"),
+        # a scalar that does not fit its explicit tag: PyYAML's constructor raised a bare
+        # Python error (a traceback) for these
+        (
+            "kind: Pod\nspec: {x: !!int eight}\n",
+            ["inject", "-f", "-"],
+            "line 2, column 11: 'eight' is not a valid int",
+        ),
+        (
+            "kind: Pod\nok: !!bool maybe\n",
+            ["check", "-f", "-"],
+            "line 2, column 5: 'maybe' is not a valid bool",
+        ),
+        ("a: !!timestamp soon\n", ["review", "-"], "line 1, column 4: 'soon' is not a valid timestamp"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(stdin, args, needle):

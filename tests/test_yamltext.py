@@ -12,7 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.manifests import roundtrip, yamltext
+from webhook import yamltext
+from webhook.manifests import roundtrip
 
 # scalars YAML 1.1 reads as something else, or that need quoting, escaping or several lines
 TRICKY = [
@@ -103,6 +104,25 @@ def test_the_reader_builds_what_pyyaml_builds(text):
 def test_the_reader_reads_generated_documents_as_pyyaml_does(value, flow):
     text = yaml.safe_dump(value, default_flow_style=flow)
     assert _same(yamltext.load(text), yaml.safe_load(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        ("a: !!bool maybe\n", (0, 3), "'maybe' is not a valid bool"),
+        ("a: 1\nb: [x, !!int seven]\n", (1, 7), "'seven' is not a valid int"),
+        ("a: {b: !!float half}\n", (0, 7), "'half' is not a valid float"),
+        ("a: !!timestamp soon\n", (0, 3), "'soon' is not a valid timestamp"),
+    ],
+)
+def test_a_scalar_that_does_not_fit_its_tag_is_a_yaml_error_saying_where(text, where, problem):
+    with pytest.raises(yaml.YAMLError) as caught:
+        yamltext.load(text)
+    assert caught.value.problem == problem
+    assert (caught.value.problem_mark.line, caught.value.problem_mark.column) == where
+    with pytest.raises(Exception) as theirs:  # PyYAML alone fails with a bare Python error
+        yaml.load(text, Loader=yaml.SafeLoader)
+    assert not isinstance(theirs.value, yaml.YAMLError)
 
 
 def test_a_recursive_alias_is_left_to_pyyaml():

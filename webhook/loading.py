@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
+from webhook import yamltext
 from webhook.cluster.snapshot import (
     ClusterSnapshot,
     SnapshotError,
@@ -22,7 +23,6 @@ from webhook.cluster.snapshot import (
     with_kernel,
 )
 from webhook.errors import ClusterAccessError
-from webhook.manifests import yamltext
 from webhook.policy import Policy
 from webhook.usage.samples import UsageError, load_samples, summarize_all
 from webhook.versions import KubeVersion, parse_kernel, parse_kube_version

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from webhook import yamltext
 from webhook.quantity import parse_quantity
 from webhook.versions import Kernel, KubeVersion, parse_kernel, parse_kube_version
 
@@ -395,19 +396,20 @@ def _check(policy: Policy) -> Policy:
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yamltext.load(text)
     except yaml.composer.ComposerError as exc:
         if "single document" not in str(exc):
             raise PolicyError(f"{source}: not valid YAML ({exc.problem})") from None
-        count = sum(1 for d in yaml.safe_load_all(text) if d is not None)
+        count = sum(1 for d in yamltext.load_all(text) if d is not None)
         raise PolicyError(
             f"{source}: a policy is one YAML document, this file has {count}; "
             "merge them into one or remove the extra '---'"
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise PolicyError(f"{source}: not valid YAML{where}") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise PolicyError(f"{source}: not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -26,8 +26,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, ScalarString, SingleQuotedScalarString
 
+from webhook import yamltext
 from webhook.loading import InputError
-from webhook.manifests import yamltext
 from webhook.patch.diff import diff
 
 # a document separator: '---' at the start of a line, alone or followed by a space
@@ -113,7 +113,7 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[s
 
     Also returns the same text with every added value written as ``0``: it reads back as
     the document with the patch's values replaced by 0 exactly when every addition landed
-    where it belongs (the values' own text is PyYAML's, see webhook/manifests/yamltext.py)."""
+    where it belongs (the values' own text is PyYAML's, see webhook/yamltext.py)."""
     if any(op.get("op") != "add" for op in patch) or (
         ("&" in text or "*" in text or "<<" in text) and _ANCHORS.search(text)
     ):

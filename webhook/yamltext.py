@@ -90,7 +90,10 @@ def _build(node: Node) -> Any:
     if tag == _INT and _DECIMAL.match(node.value):
         return int(node.value)
     if tag == _BOOL:
-        return _BOOLS[node.value.lower()]
+        value = _BOOLS.get(node.value.lower())
+        if value is None:
+            raise _Elsewhere  # "!!bool maybe": PyYAML's constructor says what is wrong
+        return value
     if tag == _NULL:
         return None
     raise _Elsewhere
@@ -102,7 +105,40 @@ def construct(loader: Loader, node: Node) -> Any:
     try:
         return _build(node)
     except (_Elsewhere, RecursionError):
+        pass
+    try:
         return loader.construct_document(node)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        # PyYAML's constructor fails on a scalar its explicit tag does not fit ("!!int x")
+        # with a bare Python error: say which scalar, and where
+        bad = _unreadable(loader, node)
+        if bad is None:
+            raise
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{bad.value!r} is not a valid {bad.tag.rsplit(':', 1)[-1]}", bad.start_mark
+        ) from None
+
+
+def _unreadable(loader: Loader, node: Node) -> ScalarNode | None:
+    """The first scalar under ``node`` that PyYAML's constructor cannot build."""
+    todo = [node]
+    seen: set[int] = set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ScalarNode):
+            loader.constructed_objects, loader.recursive_objects = {}, {}  # after the failure
+            try:
+                loader.construct_object(current, deep=True)
+            except (KeyError, ValueError, TypeError, AttributeError):
+                return current
+        elif isinstance(current, MappingNode):
+            todo.extend(n for pair in reversed(current.value) for n in reversed(pair))
+        elif isinstance(current, SequenceNode):
+            todo.extend(reversed(current.value))
+    return None
 
 
 def load_all(text: str) -> list[Any]:
