@@ -3,12 +3,13 @@
 People keep injected manifests in git, so the output of ``inject`` must diff as the
 injection and nothing more. The input is split into its documents at the ``---`` lines, so
 every document that does not change is written back byte for byte (comments, separators,
-quoting, indentation, empty documents). A document whose pod template changes is edited in
-place with a round-trip YAML library (``ruamel.yaml``, YAML 1.2: ``ON`` stays a string):
-the JSON Patch of the change is applied to the parsed document, so the document's own
-comments, key order and quoting stay, and only the fields we add appear. JSON input is
-written back as JSON. The decision itself reads the fast C parser's result; only changed
-documents pay for the round trip.
+quoting, indentation, empty documents). In a document whose pod template changes, the
+fields added are written in as new lines where the composed nodes say their parents end
+(every original line stays as it is), and the result is read back with each added value
+as a placeholder before it is used. Where that cannot be done (a flow-style parent, an
+anchor, a change that is not only additions), the JSON Patch is applied with a round-trip
+YAML library (``ruamel.yaml``), which keeps the document's comments, key order and
+quoting. JSON input is written back as JSON.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[s
     one place of a sequence are written together. Raises _Unsplicable for anything else.
 
     Also returns the same text with every added value written as ``0``: it reads back as
-    the document with the patch's values replaced by 0 exactly when every addition landed
-    where it belongs (the values' own text is PyYAML's, see webhook/yamltext.py)."""
+    the document with the patch's values replaced by 0 when every addition landed where it
+    belongs (the values' own text is PyYAML's, see webhook/yamltext.py)."""
     if any(op.get("op") != "add" for op in patch) or (
         ("&" in text or "*" in text or "<<" in text) and _ANCHORS.search(text)
     ):
@@ -179,8 +180,7 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[s
 
 
 def _with_zeros(doc: Any, patch: list[dict[str, Any]]) -> Any:
-    """``doc`` with the additions of ``patch`` applied with 0 for every value (``doc``
-    itself is not changed: only the collections on the way are copied)."""
+    """A copy of ``doc`` with the additions of ``patch`` applied with 0 for every value."""
     root = _copied(doc)
     for op in patch:
         tokens = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].split("/")[1:]]
