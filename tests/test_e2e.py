@@ -267,9 +267,9 @@ def names(pod: dict, key: str) -> list[str]:
     return [c["name"] for c in pod["spec"].get(key) or []]
 
 
-def meshed_pod(core: client.CoreV1Api, ns: str, proxy: str) -> dict | None:
+def meshed_pod(core: client.CoreV1Api, ns: str, proxy: str, **spec) -> dict | None:
     """A new pod in ``ns`` if it was stored with ``proxy`` (else None, to try again)."""
-    pod = create_pod(core, ns)
+    pod = create_pod(core, ns, **spec)
     return pod if proxy in names(pod, "containers") else None
 
 
@@ -378,8 +378,17 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
         ready = world["certs"].client_context()
         eventually(lambda: httpx.get(istio.url + "/readyz", verify=ready).status_code == 200)
         name = register_webhook(world, istio.url, flavour="istio")
+        # probes Istio takes over: an HTTPS check on a named port and a TCP check (the API
+        # server then validates the rewritten probes: one handler each)
+        app = {
+            "name": "app",
+            "image": "registry.example.com/web:1",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http", "scheme": "HTTPS"}},
+            "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 7},
+        }
         try:
-            pod = eventually(lambda: meshed_pod(core, ISTIO, "istio-proxy"), every=0.2)
+            pod = eventually(lambda: meshed_pod(core, ISTIO, "istio-proxy", containers=[app]), every=0.2)
         finally:
             reg.delete_mutating_webhook_configuration(name, _preload_content=False)
     meta, spec = pod["metadata"], pod["spec"]
@@ -397,6 +406,23 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
     assert json.loads(env["ISTIO_META_POD_PORTS"]) == ports
     assert proxy["securityContext"]["runAsUser"] == 1337
     assert proxy["readinessProbe"]["httpGet"]["port"] == 15021
+    stored_app = spec["containers"][1]
+    assert stored_app["readinessProbe"]["httpGet"] == {
+        "path": "/app-health/app/readyz",
+        "port": 15020,
+        "scheme": "HTTP",
+    }
+    assert stored_app["livenessProbe"]["httpGet"]["path"] == "/app-health/app/livez"
+    assert (
+        "tcpSocket" not in stored_app["livenessProbe"] and stored_app["livenessProbe"]["periodSeconds"] == 7
+    )
+    assert json.loads(env["ISTIO_KUBE_APP_PROBERS"]) == {
+        "/app-health/app/livez": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 1},
+        "/app-health/app/readyz": {
+            "httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTPS"},
+            "timeoutSeconds": 1,
+        },
+    }
     token = next(v for v in spec["volumes"] if v["name"] == "istio-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "istio-ca"
     assert not any(k.startswith("linkerd.io/") for k in meta["annotations"])

@@ -52,10 +52,29 @@ def names(pod):
     ]
 
 
+def with_probes(pod):
+    """``pod`` whose app container has a readiness probe on a named HTTPS port, a TCP
+    liveness probe and a gRPC startup probe."""
+    pod = copy.deepcopy(pod)
+    app = pod["spec"]["containers"][0]
+    app["ports"] = [{"name": "https", "containerPort": 8443}, {"name": "grpc", "containerPort": 9090}]
+    app["readinessProbe"] = {
+        "httpGet": {"path": "/ready", "port": "https", "scheme": "HTTPS"},
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+    }
+    app["livenessProbe"] = {"tcpSocket": {"port": 8443}, "initialDelaySeconds": 3}
+    app["startupProbe"] = {"grpc": {"port": 9090}, "failureThreshold": 30}
+    return pod
+
+
+@pytest.mark.parametrize("probes", [False, True], ids=["no-probes", "probes"])
 @pytest.mark.parametrize("before", ["linkerd", "istio", "generic"])
 @pytest.mark.parametrize("after", ["linkerd", "istio", "generic"])
-def test_switching_flavour_replaces_the_data_plane_cleanly(before, after):
+def test_switching_flavour_replaces_the_data_plane_cleanly(before, after, probes):
     original = BASE.review["request"]["object"]
+    if probes:  # Istio takes them over: another flavour must get the pod's own back
+        original = with_probes(original)
     _, first = mutated(request(original), POLICIES[before])
     out, second = mutated(request(first), POLICIES[after])
     _, fresh = mutated(request(original), POLICIES[after])
@@ -216,3 +235,71 @@ def test_decision_and_explanation_name_the_flavour():
         assert out.explanation[0].startswith(f"decision: meshed, {name} proxy")
         assert pod["metadata"]["annotations"]["mesh-injector.io/decision"].startswith(f"{name} proxy; mode")
         assert read_status(pod)["flavour"] == name
+
+
+def test_istio_takes_over_the_app_probes_and_lists_the_originals():
+    """As Istio's injector does (rewriteAppHTTPProbe): kubelet's probes would be refused by
+    the sidecar under STRICT mTLS, so they ask the agent on 15020, which runs the original
+    checks listed in ISTIO_KUBE_APP_PROBERS (named ports resolved, HTTPS kept there)."""
+    original = with_probes(BASE.review["request"]["object"])
+    out, pod = mutated(request(original), POLICIES["istio"])
+    app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
+    assert app["readinessProbe"] == {
+        "httpGet": {"path": "/app-health/app/readyz", "port": 15020, "scheme": "HTTP"},
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+    }
+    assert app["livenessProbe"] == {
+        "httpGet": {"path": "/app-health/app/livez", "port": 15020},
+        "initialDelaySeconds": 3,
+    }
+    assert app["startupProbe"] == {
+        "httpGet": {"path": "/app-health/app/startupz", "port": 15020},
+        "failureThreshold": 30,
+    }
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "istio-proxy")
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["ISTIO_KUBE_APP_PROBERS"] == (
+        '{"/app-health/app/livez":{"tcpSocket":{"port":8443}},'
+        '"/app-health/app/readyz":{"httpGet":{"path":"/ready","port":8443,"scheme":"HTTPS"},'
+        '"timeoutSeconds":2},'
+        '"/app-health/app/startupz":{"grpc":{"port":9090}}}'
+    )
+    original_app = original["spec"]["containers"][0]
+    assert read_status(pod)["probes"] == {
+        "app": {f: original_app[f] for f in ("readinessProbe", "livenessProbe", "startupProbe")}
+    }
+    assert any(line.startswith("probes: the istio agent runs them") for line in out.explanation)
+    validate_k8s(pod)
+    again, _ = mutated(request(pod), POLICIES["istio"])
+    assert again.patch == []
+
+
+@pytest.mark.parametrize(
+    ("annotation", "policy"),
+    [
+        ("false", "proxy: {flavour: istio}"),
+        (None, "proxy: {flavour: istio, istio: {rewriteAppProbes: false}}"),
+    ],
+    ids=["pod-annotation", "policy"],
+)
+def test_istio_probe_rewrite_can_be_turned_off(annotation, policy):
+    original = with_probes(BASE.review["request"]["object"])
+    extra = {"sidecar.istio.io/rewriteAppHTTPProbers": annotation} if annotation else None
+    _, pod = mutated(request(original, extra), anchored_policy(policy))
+    app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
+    for field in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert app[field] == original["spec"]["containers"][0][field]
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "istio-proxy")
+    assert "ISTIO_KUBE_APP_PROBERS" not in {e["name"] for e in proxy["env"]}
+    assert "probes" not in read_status(pod)
+
+
+def test_a_probe_on_a_port_name_the_container_lacks_is_left_alone():
+    original = with_probes(BASE.review["request"]["object"])
+    original["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = "admin"
+    _, pod = mutated(request(original), POLICIES["istio"])
+    app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
+    assert app["readinessProbe"] == original["spec"]["containers"][0]["readinessProbe"]
+    assert app["livenessProbe"]["httpGet"]["port"] == 15020
+    assert set(read_status(pod)["probes"]["app"]) == {"livenessProbe", "startupProbe"}

@@ -186,6 +186,40 @@ def test_diff_is_a_correct_json_patch(a, b):
     assert diff(a, a) == []
 
 
+named_items = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.sampled_from(["app", "proxy", "init", "x"])},
+        optional={"image": st.sampled_from(["a", "b"]), "probe": json_values},
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(a=named_items, b=named_items)
+def test_diff_of_named_items_is_a_correct_json_patch(a, b):
+    """Items with the same name count as the same item, changed (containers, volumes, env
+    vars): whatever lists of them, duplicates included, the patch still gives ``b``."""
+    patch = diff(copy.deepcopy({"items": a}), {"items": b})
+    assert jsonpatch.apply_patch(copy.deepcopy({"items": a}), patch) == {"items": b}
+
+
+def test_a_container_added_in_front_of_a_changed_one_is_one_add():
+    app = {"name": "app", "image": "a", "readinessProbe": {"tcpSocket": {"port": 8080}}}
+    changed = {**app, "readinessProbe": {"httpGet": {"path": "/app-health/app/readyz", "port": 15020}}}
+    proxy = {"name": "istio-proxy", "image": "p"}
+    patch = diff({"containers": [app]}, {"containers": [proxy, changed]})
+    assert patch == [
+        {"op": "add", "path": "/containers/0", "value": proxy},
+        {"op": "remove", "path": "/containers/1/readinessProbe/tcpSocket"},
+        {
+            "op": "add",
+            "path": "/containers/1/readinessProbe/httpGet",
+            "value": changed["readinessProbe"]["httpGet"],
+        },
+    ]
+
+
 @given(st.one_of(st.text(), st.none(), st.integers(), st.binary()))
 def test_version_parsers_never_raise(raw):
     parse_kernel(raw)

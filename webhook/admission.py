@@ -346,6 +346,9 @@ def _admit(
     plan = Plan(flavour=plane, build=build, decision=decision)
     meshed = shallow_pod(pod)
     added = apply_plan(meshed, plan, policy)
+    if added.get("probes"):
+        taken = "; ".join(f"{c}: {', '.join(fields)}" for c, fields in added["probes"].items())
+        ctx.lines.append(f"probes: the {plane.name} agent runs them on the pod's behalf ({taken})")
     parts = ([*added["containers"], *added["initContainers"]], added["volumes"])
     violations = check_added(meshed, *parts, levels.enforce)
     if violations:

@@ -119,6 +119,9 @@ class IstioSettings:
     mesh_id: str | None = None
     log_level: str = "warning"
     component_log_level: str = "misc:error"
+    # send the app containers' probes through the agent (Istio's rewriteAppHTTPProbe);
+    # a pod's sidecar.istio.io/rewriteAppHTTPProbers annotation overrides it
+    rewrite_app_probes: bool = True
 
     @property
     def ca_address(self) -> str:

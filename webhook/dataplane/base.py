@@ -53,6 +53,8 @@ class DataPlane:
     # set only where the pod has no value of its own (e.g. prometheus.io/scrape)
     default_annotations: Mapping[str, str] = field(default_factory=dict)
     default_labels: Mapping[str, str] = field(default_factory=dict)
+    # the pod's own containers' probes the mesh takes over: container -> field -> new probe
+    probes: Mapping[str, Mapping[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -242,12 +242,110 @@ def _volumes() -> tuple[dict[str, Any], ...]:
     )
 
 
+REWRITE_PROBES = "sidecar.istio.io/rewriteAppHTTPProbers"
+_PROBES = (("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz"))
+_TRUE, _FALSE = ("1", "t", "true"), ("0", "f", "false")  # what Go's ParseBool takes, any case
+
+
+def _rewrite_wanted(pod: Mapping[str, Any], s: IstioSettings) -> bool:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    value = str(annotations.get(REWRITE_PROBES, "")).strip().lower()
+    return True if value in _TRUE else False if value in _FALSE else s.rewrite_app_probes
+
+
+def _port(value: object, named: Mapping[str, int]) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return int(value) if value.isdigit() else named.get(value)
+    return None
+
+
+def _prober(probe: object, named: Mapping[str, int]) -> dict[str, Any] | None:
+    """What the agent checks for ``probe`` (Istio's prober: the handler with its port as a
+    number, and the timeout), or None when it has no handler the agent can run."""
+    if not isinstance(probe, dict):
+        return None
+    prober: dict[str, Any]
+    if isinstance(probe.get("httpGet"), dict):
+        action = probe["httpGet"]
+        port = _port(action.get("port"), named)
+        if port is None:
+            return None
+        get = {"path": action.get("path"), "port": port}
+        get.update((k, action[k]) for k in ("host", "scheme", "httpHeaders") if k in action)
+        prober = {"httpGet": {k: v for k, v in get.items() if v is not None}}
+    elif isinstance(probe.get("tcpSocket"), dict):
+        port = _port(probe["tcpSocket"].get("port"), named)
+        if port is None:
+            return None
+        tcp = {"port": port, **({"host": probe["tcpSocket"]["host"]} if "host" in probe["tcpSocket"] else {})}
+        prober = {"tcpSocket": tcp}
+    elif isinstance(probe.get("grpc"), dict):
+        prober = {"grpc": dict(probe["grpc"])}
+    else:
+        return None
+    if probe.get("timeoutSeconds"):
+        prober["timeoutSeconds"] = probe["timeoutSeconds"]
+    return prober
+
+
+def _through_agent(probe: dict[str, Any], url: str) -> dict[str, Any]:
+    """``probe`` asking the agent instead: an HTTP GET of ``url`` on the status port, in
+    place of the handler (an HTTPS check becomes HTTP to the agent, which uses HTTPS)."""
+    out: dict[str, Any] = {}
+    for key, value in probe.items():
+        if key in ("httpGet", "tcpSocket", "grpc"):
+            get = dict(value) if key == "httpGet" else {}
+            get["path"], get["port"] = url, STATUS_PORT
+            if get.get("scheme") == "HTTPS":
+                get["scheme"] = "HTTP"
+            out["httpGet"] = get
+        else:
+            out[key] = value
+    return out
+
+
+def app_probes(pod: Mapping[str, Any], s: IstioSettings) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """Istio's probe rewrite: kubelet's probes of the app containers would be refused by
+    the sidecar under STRICT mTLS, so they go to the agent on the status port
+    (``/app-health/<container>/readyz|livez|startupz``), which runs the original checks
+    listed in ``ISTIO_KUBE_APP_PROBERS``. Returns that list (JSON; None when empty) and
+    the new probes: container -> field -> probe."""
+    if not _rewrite_wanted(pod, s):
+        return None, {}
+    spec = pod.get("spec") or {}
+    probers: dict[str, dict[str, Any]] = {}
+    rewrites: dict[str, dict[str, Any]] = {}
+    for key in ("initContainers", "containers"):
+        for c in spec.get(key) or []:
+            if not isinstance(c, dict) or c.get("name") == PROXY:
+                continue
+            named = {
+                p["name"]: p["containerPort"]
+                for p in c.get("ports") or []
+                if isinstance(p, dict) and isinstance(p.get("name"), str) and "containerPort" in p
+            }
+            for field, suffix in _PROBES:
+                prober = _prober(c.get(field), named)
+                if prober is not None:
+                    url = f"/app-health/{c['name']}/{suffix}"
+                    probers[url] = prober
+                    rewrites.setdefault(c["name"], {})[field] = _through_agent(c[field], url)
+    if not probers:
+        return None, {}
+    return orjson.dumps(dict(sorted(probers.items()))).decode(), rewrites
+
+
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     s = policy.proxy.istio
     inits: tuple[dict[str, Any], ...] = ()
     if build.init_rules or build.cni_rules:
         inits = (init_container(build, s, validation=build.cni_rules),)
     proxy = proxy_container(build, pod, s)
+    probers, probes = app_probes(pod, s)
+    if probers is not None:
+        proxy["env"].append({"name": "ISTIO_KUBE_APP_PROBERS", "value": probers})
     names = [c["name"] for c in inits]
     status = {
         "initContainers": [*names, PROXY] if build.native else names,
@@ -276,6 +374,7 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
         },
         annotations={"istio.io/rev": s.revision, STATUS_ANNOTATION: orjson.dumps(status).decode()},
         default_annotations=defaults,
+        probes=probes,
     )
 
 

@@ -4,7 +4,9 @@ Diffing (as Istio does) rather than hand-building paths means parents that do no
 are added whole, keys are escaped per RFC 6901 (``~`` -> ``~0``, ``/`` -> ``~1``), and
 only what really changed is touched (``managedFields`` never is: the mutator does not
 change it, and it is compared by identity first). Lists are diffed by their common prefix
-and suffix, which turns "insert a container at the front" into one ``add``.
+and suffix, where an item with the same ``name`` counts as the same item, changed: so
+"insert a container at the front" is one ``add`` even when another container's probes
+change too.
 
 ``jsonpatch.make_patch`` produces equivalent patches but costs ~10x more on a typical pod,
 so this small diff is used on the admission path; the tests apply every patch with the
@@ -46,17 +48,31 @@ def _diff(old: Any, new: Any, path: str, out: Patch) -> None:
         out.append({"op": "replace", "path": path, "value": new})
 
 
+def _same_slot(a: Any, b: Any) -> bool:
+    """The same item, perhaps changed: equal, or two mappings with the same ``name`` (a
+    container, a volume, an env var)."""
+    if a is b or a == b:
+        return True
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return False
+    name = a.get("name")
+    return name is not None and name == b.get("name")
+
+
 def _diff_list(old: list[Any], new: list[Any], path: str, out: Patch) -> None:
     if old == new:
         return
     start = 0
     limit = min(len(old), len(new))
-    while start < limit and old[start] == new[start]:
+    while start < limit and _same_slot(old[start], new[start]):
         start += 1
     end_old, end_new = len(old), len(new)
-    while end_old > start and end_new > start and old[end_old - 1] == new[end_new - 1]:
+    while end_old > start and end_new > start and _same_slot(old[end_old - 1], new[end_new - 1]):
         end_old -= 1
         end_new -= 1
+    for i in range(start):  # the same items before the change, changed in place
+        if old[i] is not new[i] and old[i] != new[i]:
+            _diff(old[i], new[i], f"{path}/{i}", out)
     removed = end_old - start
     added = end_new - start
     common = min(removed, added)
@@ -66,6 +82,10 @@ def _diff_list(old: list[Any], new: list[Any], path: str, out: Patch) -> None:
         out.append({"op": "remove", "path": f"{path}/{start + common}"})
     for i in range(common, added):
         out.append({"op": "add", "path": f"{path}/{start + i}", "value": new[start + i]})
+    for j in range(len(old) - end_old):  # the same items after it, now at their new index
+        before, after = old[end_old + j], new[end_new + j]
+        if before is not after and before != after:
+            _diff(before, after, f"{path}/{end_new + j}", out)
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> Patch:

@@ -1,15 +1,17 @@
 """Placing a flavour's data plane in a pod, recording what was added, and taking it off again.
 
 Mutation works on a *shallow* copy: only the dicts and lists on the way to what changes
-are copied (metadata, its labels and annotations, spec and its three lists). User
-containers are never modified, and the untouched parts (``managedFields`` included) stay
-the very same objects, which keeps the diff fast and exact.
+are copied (metadata, its labels and annotations, spec and its three lists). A user
+container is changed only where a flavour takes over its probes (Istio), and then as a
+copy; the untouched parts (``managedFields`` included) stay the very same objects, which
+keeps the diff fast and exact.
 
 Placement is ours in every flavour: native sidecar -> the flavour's init containers, the
 proxy, then the pod's own init containers; legacy -> the proxy first in ``containers`` and
 the flavour's init containers after the pod's own. The status annotation lists every
-container, volume, label and annotation added, so re-injection (also after a change of
-flavour) strips exactly those and nothing of the user's.
+container, volume, label and annotation added, and the probes a flavour replaced, so
+re-injection (also after a change of flavour) strips exactly those, puts the probes back
+and touches nothing else of the user's.
 """
 
 from __future__ import annotations
@@ -112,6 +114,35 @@ def strip(pod: dict[str, Any], status: Mapping[str, Any] | None) -> None:
         _drop_named(spec, "containers", status.get("containers"))
         _drop_named(spec, "initContainers", status.get("initContainers"))
         _drop_named(spec, "volumes", status.get("volumes"))
+        _put_back_probes(spec, status.get("probes"))
+
+
+def _take_probes(spec: dict[str, Any], probes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Put the flavour's probes in the pod's own containers (copies of them); the probes
+    they replace, by container and field, for the status (so that they can be put back)."""
+    taken: dict[str, dict[str, Any]] = {}
+    if not probes:
+        return taken
+    for key in ("initContainers", "containers"):
+        items = spec.get(key)
+        for i, c in enumerate(items if isinstance(items, list) else ()):
+            new = probes.get(c.get("name")) if isinstance(c, dict) else None
+            if new:
+                items[i] = {**c, **new}
+                taken[c["name"]] = {field: c[field] for field in new}
+    return taken
+
+
+def _put_back_probes(spec: dict[str, Any], taken: object) -> None:
+    """The probes a previous injection replaced, back in their containers (copies)."""
+    if not isinstance(taken, dict):
+        return
+    for key in ("initContainers", "containers"):
+        items = spec.get(key)
+        for i, c in enumerate(items if isinstance(items, list) else ()):
+            old = taken.get(c.get("name")) if isinstance(c, dict) else None
+            if isinstance(old, dict):
+                items[i] = {**c, **old}
 
 
 def _names(value: object) -> tuple[str, ...]:
@@ -150,6 +181,7 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any
         added_containers = [proxy["name"]]
         added_inits = [c["name"] for c in init]
     spec["volumes"] = [*(spec.get("volumes") or []), *plane.volumes]
+    taken = _take_probes(spec, plane.probes)
     added: dict[str, list[str]] = {"labels": [], "annotations": []}
     for key, always, defaults in (
         ("labels", plane.labels, plane.default_labels),
@@ -174,6 +206,8 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any
         "labels": sorted(added["labels"]),
         "annotations": sorted(added["annotations"]),
     }
+    if taken:
+        status["probes"] = taken
     _set(meta, "annotations", ANN_STATUS, orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode())
     _set(meta, "annotations", ANN_DECISION, plan.decision)
     _set(meta, "annotations", ANN_SOURCE, plan.build.resources.source.value)
