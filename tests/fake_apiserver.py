@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import re
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,13 +25,16 @@ PATHS = {
     "/api/v1/services": "services",
     "/api/v1/pods": "pods",
     "/api/v1/configmaps": "configmaps",
+    "/apis/node.k8s.io/v1/runtimeclasses": "runtimeclasses",
 }
+NAMESPACED = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|services|configmaps)$")
 KINDS = {
     "nodes": "Node",
     "namespaces": "Namespace",
     "services": "Service",
     "pods": "Pod",
     "configmaps": "ConfigMap",
+    "runtimeclasses": "RuntimeClass",
 }
 METRICS_PATH = "/apis/metrics.k8s.io/v1beta1/pods"
 
@@ -86,6 +90,8 @@ class FakeAPIServer:
         self.pod_metrics: list[dict[str, Any]] = []
         self.metrics_calls = 0
         self.metrics_down = False
+        # an API server before 1.20 serves no node.k8s.io/v1 (404)
+        self.serves_runtimeclasses = True
 
     # --- state changes (as the tests drive them) --------------------------------------
 
@@ -224,6 +230,13 @@ class FakeAPIServer:
                 if url.path == METRICS_PATH:
                     return self._metrics(query)
                 resource = PATHS.get(url.path)
+                scoped = NAMESPACED.match(url.path)
+                if scoped is not None:  # a namespaced list: the namespace is one more field selector
+                    resource = scoped.group(2)
+                    ns_term = f"metadata.namespace={scoped.group(1)}"
+                    query["fieldSelector"] = ",".join(filter(None, [query.get("fieldSelector"), ns_term]))
+                if resource == "runtimeclasses" and not server.serves_runtimeclasses:
+                    resource = None
                 if resource is None:
                     return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
                 if query.get("watch") in ("true", "1"):
@@ -420,6 +433,38 @@ def service(name: str, ns: str, selector: dict[str, str], ports: list[dict[str, 
         "metadata": {"name": name, "namespace": ns},
         "spec": {"selector": selector, "ports": ports},
     }
+
+
+def merbridge(
+    node_name: str, *, ready: bool = True, mode: str = "linkerd", cni: bool = True, ns: str = "linkerd"
+) -> dict[str, Any]:
+    """Merbridge's DaemonSet pod on ``node_name``, as its own manifests run it."""
+    args = ["/app/mbctl", "-m", mode, "--use-reconnect=false", f"--cni-mode={'true' if cni else 'false'}"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"merbridge-{node_name}", "namespace": ns, "labels": {"app": "merbridge"}},
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"name": "merbridge", "image": "ghcr.io/merbridge/merbridge:0.8.1", "args": args}],
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def runtime_class(name: str, handler: str, node_selector: dict[str, str] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": name},
+        "handler": handler,
+    }
+    if node_selector:
+        obj["scheduling"] = {"nodeSelector": node_selector}
+    return obj
 
 
 def meshed_pod(

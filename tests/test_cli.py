@@ -119,7 +119,8 @@ def test_no_cluster_uses_safe_defaults_and_says_so():
         str(ANCHORS_POLICY),
         stdin=json.dumps(review),
     )
-    assert "mode: ebpf" in out.stdout and "native sidecar" in out.stdout
+    # modern kernels assumed, but no Merbridge pod is known: iptables, and a native sidecar
+    assert "mode: iptables (no-redirector)" in out.stdout and "native sidecar" in out.stdout
 
 
 @pytest.mark.parametrize("path", MANIFEST_CASES, ids=lambda p: p.name)
@@ -195,7 +196,8 @@ def test_check_table():
     table = {f"{r[0]} {r[1]}": r[2:] for r in rows[1:]}
     # check applies the real opt-in rules: shop and payments opted in by namespace label
     assert table["Deployment shop/checkout"][:3] == ["yes", "ebpf", "ebpf-capable"]
-    assert table["StatefulSet payments/ledger"][:3] == ["yes", "microvm", "restricted-namespace"]
+    assert table["StatefulSet payments/ledger"][:3] == ["yes", "ebpf", "ebpf-capable"]
+    assert table["Job shop/migrate"][:3] == ["yes", "iptables", "batch-native-sidecar"]
     assert table["ReplicaSet shop/legacy-rs"][:2] == ["no", "-"]
     assert table["ReplicaSet shop/legacy-rs"][2].startswith("host-network")
     assert table["Deployment shop/web"][2].startswith("pod-disabled")

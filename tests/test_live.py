@@ -12,15 +12,25 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fake_apiserver import FakeAPIServer, namespace, node, service, trust_roots
+from tests.fake_apiserver import (
+    FakeAPIServer,
+    merbridge,
+    namespace,
+    node,
+    runtime_class,
+    service,
+    trust_roots,
+)
 from tests.servers import make_certs, serve_process
 from tests.support import EXAMPLE, TRUST_ANCHORS, eventually
 from webhook.admission import admit
 from webhook.cluster.live import LiveClusterView, api_client
+from webhook.cluster.snapshot import redirector_selector
 from webhook.policy import load_policy
 from webhook.versions import KubeVersion
 
 POLICY = load_policy()
+MERBRIDGE = redirector_selector(POLICY)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -42,13 +52,17 @@ def cluster(tmp_path):
     fake.put("namespaces", namespace("shop", {"mesh-injector.io/inject": "enabled"}))
     fake.put("namespaces", namespace("quiet"))
     fake.put("configmaps", trust_roots(TRUST_ANCHORS))
+    fake.put("pods", merbridge("n1"))
+    fake.put("pods", merbridge("n2"))
     fake.put(
         "services",
         service("api", "shop", {"app": "api"}, [{"name": "api", "port": 80, "appProtocol": "grpc"}]),
     )
     fake.start()
     kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
-    view = LiveClusterView(api_client(str(kubeconfig)), rebuild_interval=0.02, watch_timeout=5)
+    view = LiveClusterView(
+        api_client(str(kubeconfig)), rebuild_interval=0.02, watch_timeout=5, redirector=MERBRIDGE
+    )
     yield fake, view, kubeconfig
     view.stop()
     fake.stop()
@@ -83,6 +97,62 @@ def test_lists_then_watches_and_decides_from_live_state(cluster):
     assert fake.list_calls["nodes"] == 1, "changes arrive by watch, not by relisting"
 
 
+def test_the_redirector_and_runtime_classes_are_watched(cluster):
+    """ebpf follows Merbridge's pods (only those the policy selects, in its namespace) and
+    microvm the RuntimeClasses, as they change."""
+    fake, view, _ = cluster
+    fake.put(
+        "pods", {**merbridge("n9"), "metadata": {"name": "x", "namespace": "linkerd", "labels": {"app": "x"}}}
+    )
+    fake.put("pods", merbridge("n9", ns="elsewhere"))
+    view.start()
+    assert view.wait_ready(10)
+    assert set(view.snapshot().redirectors) == {"n1", "n2"}  # selected by namespace and label only
+    assert admit(pod_request(), view.snapshot(), POLICY).mode.value == "ebpf"
+
+    fake.put("pods", merbridge("n2", ready=False))
+    eventually(lambda: not view.snapshot().redirectors["n2"][0].ready)
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    assert (out.mode.value, out.reason) == ("iptables", "no-redirector")
+    assert (
+        "Merbridge on node n2 (linkerd/merbridge-n2) is not Ready"
+        in out.pod["metadata"]["annotations"]["mesh-injector.io/decision"]
+    )
+    fake.put("pods", merbridge("n2"))
+    fake.delete("pods", "merbridge-n1", "linkerd")
+    eventually(lambda: "n1" not in view.snapshot().redirectors and view.snapshot().redirectors["n2"][0].ready)
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    assert out.reason == "no-redirector" and "node n1 runs no Merbridge pod" in "\n".join(out.explanation)
+
+    wants_microvm = pod_request()
+    wants_microvm["object"]["metadata"]["annotations"] = {"mesh-injector.io/interception": "microvm"}
+    assert admit(wants_microvm, view.snapshot(), POLICY).mode.value != "microvm"
+    fake.put("runtimeclasses", runtime_class("kata-qemu", "kata-qemu"))
+    eventually(lambda: "kata-qemu" in view.snapshot().runtime_classes)
+    out = admit(wants_microvm, view.snapshot(), POLICY)
+    assert out.mode.value == "microvm" and out.pod["spec"]["runtimeClassName"] == "kata-qemu"
+    assert fake.list_calls["pods"] == 1 and fake.list_calls["runtimeclasses"] == 1, "changes arrive by watch"
+
+
+def test_an_api_server_without_runtime_classes_is_served(tmp_path):
+    """Before 1.20 there is no node.k8s.io/v1: the view is ready, with no RuntimeClass."""
+    fake = FakeAPIServer(version="v1.19.16")
+    fake.serves_runtimeclasses = False
+    fake.put("nodes", node("n1", "6.1.0"))
+    fake.start()
+    view = LiveClusterView(
+        api_client(str(fake.kubeconfig(tmp_path / "kubeconfig"))), rebuild_interval=0.02, watch_timeout=5
+    )
+    try:
+        view.start()
+        assert view.wait_ready(10)
+        assert view.snapshot().runtime_classes == {} and set(view.snapshot().nodes) == {"n1"}
+        assert view.stale_seconds("runtimeclasses") == 0.0
+    finally:
+        view.stop()
+        fake.stop()
+
+
 def test_linkerd_trust_roots_are_watched(cluster):
     """The trust anchors come from the watched ConfigMap: a rotation reaches the next pod,
     and a deleted ConfigMap stops meshing (with the reason) instead of an identity-less proxy."""
@@ -96,7 +166,7 @@ def test_linkerd_trust_roots_are_watched(cluster):
     fake.put("configmaps", trust_roots(rotated))
     eventually(lambda: view.snapshot().trust_roots.get("linkerd") == rotated)
     out = admit(pod_request(), view.snapshot(), POLICY)
-    proxy = next(c for c in out.pod["spec"]["initContainers"] if c["name"] == "linkerd-proxy")
+    proxy = next(c for c in out.pod["spec"]["containers"] if c["name"] == "linkerd-proxy")
     anchors = next(e["value"] for e in proxy["env"] if e["name"] == "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS")
     assert anchors.count("BEGIN CERTIFICATE") == 2
     fake.delete("configmaps", "linkerd-identity-trust-roots", "linkerd")
@@ -189,7 +259,9 @@ def test_two_instances_give_the_same_answer(cluster):
     from tests.support import CASES, load_case
 
     fake, first, kubeconfig = cluster
-    second = LiveClusterView(api_client(str(kubeconfig)), rebuild_interval=0.05, watch_timeout=5)
+    second = LiveClusterView(
+        api_client(str(kubeconfig)), rebuild_interval=0.05, watch_timeout=5, redirector=MERBRIDGE
+    )
     reviews = [load_case(p).review["request"] for p in CASES]
     for request in reviews:
         request["namespace"] = "shop"  # every golden pod, in a namespace that opted in
@@ -202,11 +274,16 @@ def test_two_instances_give_the_same_answer(cluster):
         namespaces = {
             o["metadata"]["name"]: o["metadata"]["labels"] for o in fake.objects["namespaces"].values()
         }
-        return nodes, namespaces
+        agents = {
+            o["spec"]["nodeName"]: o["status"]["conditions"][0]["status"] == "True"
+            for o in fake.objects["pods"].values()
+        }
+        return nodes, namespaces, agents
 
-    def seen(view: LiveClusterView) -> tuple[dict, dict]:
+    def seen(view: LiveClusterView) -> tuple[dict, dict, dict]:
         snap = view.snapshot()
-        return {name: n.kernel for name, n in snap.nodes.items()}, dict(snap.namespaces)
+        agents = {name: state.ready for name, (state, _) in snap.redirectors.items()}
+        return {name: n.kernel for name, n in snap.nodes.items()}, dict(snap.namespaces), agents
 
     restricted = {"mesh-injector.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "restricted"}
     changes = [
@@ -214,6 +291,7 @@ def test_two_instances_give_the_same_answer(cluster):
         lambda: fake.put("nodes", node("n1", "4.19.112+")),
         lambda: fake.put("namespaces", namespace("shop", restricted)),
         lambda: fake.delete("nodes", "n1"),
+        lambda: fake.put("pods", merbridge("n2", ready=False)),
     ]
     decisions = []
     try:
@@ -233,4 +311,5 @@ def test_two_instances_give_the_same_answer(cluster):
         second.stop()
     # the answers compared were real decisions, and the changes moved them
     assert "ebpf-capable" in decisions[0] and "kernel-too-old" in decisions[1]
-    assert "iptables-in-restricted-namespace" in decisions[2] and "restricted-namespace" in decisions[3]
+    assert "iptables-in-restricted-namespace" in decisions[2] and "ebpf-capable" in decisions[3]
+    assert "ebpf-capable" not in decisions[4] and "iptables-in-restricted-namespace" in decisions[4]

@@ -65,7 +65,9 @@ def inject(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 def test_only_the_injected_fields_change_and_a_second_run_is_identical(tmp_path):
     src = tmp_path / "app.yaml"
     src.write_text(MANIFEST)
-    first = inject(src)
+    # iptables mode (kernels below 5.10): the Linkerd proxy is a native sidecar, whose
+    # readiness and startup probes share one object
+    first = inject(src, "--kernel", "5.4.0")
     assert first.returncode == 0, first.stderr
     # every original line is still there, in order; what is new was only added
     written = iter(first.stdout.splitlines())
@@ -83,11 +85,14 @@ def test_only_the_injected_fields_change_and_a_second_run_is_identical(tmp_path)
     assert "startupProbe" in first.stdout and "&id" not in first.stdout  # a shared probe, no anchors
     docs = [d for d in yaml.safe_load_all(first.stdout.replace("switch: ON", "switch: 'ON'")) if d]
     deployment = docs[1]
-    assert deployment["spec"]["template"]["spec"]["initContainers"][0]["name"] == "linkerd-proxy"
+    assert [c["name"] for c in deployment["spec"]["template"]["spec"]["initContainers"]] == [
+        "linkerd-init",
+        "linkerd-proxy",
+    ]
     assert deployment["spec"]["template"]["metadata"]["labels"]["app"] == "web"
     out = tmp_path / "out.yaml"
     out.write_text(first.stdout)
-    second = inject(out)
+    second = inject(out, "--kernel", "5.4.0")
     assert second.returncode == 0 and second.stdout == first.stdout
 
 
@@ -103,7 +108,10 @@ def test_json_in_json_out(tmp_path):
     first = inject(src)
     assert first.returncode == 0, first.stderr
     meshed = json.loads(first.stdout)
-    assert [c["name"] for c in meshed["spec"]["initContainers"]] == ["linkerd-proxy"]
+    # ebpf mode (Merbridge runs on the example cluster): the proxy is the first container
+    # and Linkerd's network validator checks the redirect before the app starts
+    assert [c["name"] for c in meshed["spec"]["containers"]] == ["linkerd-proxy", "app"]
+    assert [c["name"] for c in meshed["spec"]["initContainers"]] == ["linkerd-network-validator"]
     again = tmp_path / "again.json"
     again.write_text(first.stdout)
     second = inject(again)

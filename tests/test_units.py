@@ -6,7 +6,7 @@ import pytest
 
 from tests.support import anchored_policy
 from webhook.cluster.snapshot import Node, Taint, build_snapshot
-from webhook.decide.interception import kernel_facts
+from webhook.modes.base import kernel_facts
 from webhook.decide.scheduling import eligible_nodes
 from webhook.decide.sizing import from_observed
 from webhook.patch.diff import diff, escape

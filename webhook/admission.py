@@ -19,9 +19,7 @@ import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot, outcome_cost
 from webhook.dataplane import Build, Flavour, flavour, others
-from webhook.dataplane.iptables import PortListError, parse_ports
-from webhook.decide.explain import kernel_line, nodes_line, pod_security_line
-from webhook.decide.interception import Choice, PodTraits, choose_mode, kernel_facts
+from webhook.decide.explain import kernel_line, nodes_line, pod_security_line, redirector_line
 from webhook.decide.memo import (
     ALIAS,
     ALIAS_JSON,
@@ -36,6 +34,7 @@ from webhook.decide.placement import native_placement
 from webhook.decide.podfacts import (
     excluded,
     opt_in,
+    pod_exclusions,
     pod_option,
     protocol_of,
     proxy_port_used,
@@ -45,10 +44,13 @@ from webhook.decide.podfacts import (
 from webhook.decide.resources import proxy_resources
 from webhook.decide.scheduling import eligible_nodes
 from webhook.decide.sizing import cpu_str, enough_samples
+from webhook.modes import MODES
+from webhook.modes.base import Setting, kernel_facts, sandbox_of
+from webhook.modes.choice import Choice, PodTraits, choose_mode
+from webhook.modes.microvm import nodes_spec
 from webhook.outcome import Detail, Notes, Outcome, light
 from webhook.patch.diff import diff
 from webhook.patch.inject import (
-    PREFIX,
     Plan,
     apply_plan,
     mark_skipped,
@@ -59,7 +61,7 @@ from webhook.patch.inject import (
 )
 from webhook.podsecurity import check_added, namespace_levels
 from webhook.policy import Policy
-from webhook.reasons import OPTED_IN_SKIPS, Mode, ResourceSource, Skip
+from webhook.reasons import OPTED_IN_SKIPS, ResourceSource, Skip
 from webhook.workload import WorkloadKey, is_batch, workload_key
 
 __all__ = ["Outcome", "admit"]
@@ -240,10 +242,11 @@ def _admit(
         ctx.lines.append(f"data plane: generic ({policy.proxy.image})")
 
     server = snapshot.server_version
-    elig = eligible_nodes(snapshot, spec)
+    elig = eligible_nodes(snapshot, nodes_spec(spec, snapshot))
     kf = kernel_facts(elig, policy.interception)
     ctx.lines.append(nodes_line(elig))
     ctx.lines.append(kernel_line(elig, kf))
+    ctx.lines.append(redirector_line(elig, snapshot, policy))
     ctx.lines.append(f"cluster: {server if server else 'version unknown'} ({snapshot.source})")
 
     protocol, proto_source = protocol_of(pod, annotations, snapshot, namespace, ctx)
@@ -267,13 +270,28 @@ def _admit(
     )
     levels = namespace_levels(ns_labels, policy.pod_security.default_level)
     ctx.lines.append(pod_security_line(levels))
-    traits = PodTraits(
-        requested=pod_option(annotations, "interception", ctx) or "auto",
-        iptables_fallback=pod_option(annotations, "iptables-fallback", ctx) != "false",
+    setting = Setting(
+        elig=elig,
+        kernels=kf,
+        snapshot=snapshot,
+        policy=policy,
+        plane=plane,
+        pod=pod,
+        annotations=annotations,
+        sandbox=sandbox_of(pod, snapshot, policy),
         level=levels.enforce,
-        high_throughput_grpc=protocol == "grpc" and throughput == "high",
+        auto=pod_option(annotations, "interception", ctx) in (None, "auto"),
+        exclusions=pod_exclusions(annotations, policy, ctx),
     )
-    choice: Choice = choose_mode(kf, traits, server, policy.interception)
+    native_option = pod_option(annotations, "native-sidecar", ctx) or "auto"
+    traits = PodTraits(
+        requested=pod_option(annotations, "interception", Notes()) or "auto",
+        iptables_fallback=pod_option(annotations, "iptables-fallback", ctx) != "false",
+        high_throughput_grpc=protocol == "grpc" and throughput == "high",
+        batch=lifecycle == "batch",
+        native_possible=native_placement(native_option, server, elig, policy, Notes())[0],
+    )
+    choice: Choice = choose_mode(setting, traits)
     if choice.mode is None:
         assert choice.skip is not None
         return _skip(skip=choice.skip, text=choice.text, **args)
@@ -282,31 +300,15 @@ def _admit(
     ctx.lines.append(
         f"mode: {choice.mode.value} ({choice.reason.value if choice.reason else ''}): {choice.text}"
     )
+    adds = MODES[choice.mode].interception(setting)
+    ctx.lines.extend(adds.notes)
 
-    init_rules = choice.mode is Mode.IPTABLES and not policy.interception.iptables.cni_installs_rules
-    skips: list[tuple[tuple[int, int], ...]] = [(), ()]
-    cidrs: tuple[str, ...] = ()
-    if init_rules:
-        for i, name in enumerate(("skip-inbound-ports", "skip-outbound-ports")):
-            try:
-                skips[i] = parse_ports(str(annotations.get(PREFIX + name, "")))
-            except PortListError as exc:
-                ctx.warn(f"annotation {PREFIX}{name}: {exc}; no ports skipped")
-        if policy.other_meshes.translate_exclusions:
-            found = others.exclusions(annotations)
-            for problem in found.problems:
-                ctx.warn(problem)
-            if found.used:
-                skips = [
-                    tuple(sorted({*skips[0], *found.inbound})),
-                    tuple(sorted({*skips[1], *found.outbound})),
-                ]
-                cidrs = found.cidrs
-                ctx.lines.append(f"exclusions: translated {', '.join(found.used)} into the redirect rules")
-
-    native, native_why = native_placement(
-        pod_option(annotations, "native-sidecar", ctx) or "auto", server, elig, policy, ctx
-    )
+    if adds.legacy_only is not None and native_option != "false":
+        native, native_why = False, f"{choice.mode.value} mode: {adds.legacy_only}"
+        if native_option == "true":
+            ctx.warn(f"native sidecar requested, but {native_why}; legacy placement used")
+    else:
+        native, native_why = native_placement(native_option, server, elig, policy, ctx)
     placement = "native sidecar" if native else "legacy sidecar"
     ctx.lines.append(f"placement: {placement} ({native_why})")
     if not native and lifecycle == "batch":
@@ -330,20 +332,28 @@ def _admit(
         f"{plane.name} proxy; mode {choice.mode.value}: {choice.text}; "
         f"{placement}: {native_why}{batch_note}; resources from {resources.source.value}: {resources.detail}"
     )
+    excl = setting.exclusions
     build = Build(
         mode=choice.mode,
         native=native,
         protocol=protocol,
         resources=resources,
-        init_rules=init_rules,
-        skip_inbound=skips[0],
-        skip_outbound=skips[1],
-        skip_cidrs=cidrs,
+        init=adds.init,
+        runtime_class=adds.runtime_class or (setting.sandbox.name if setting.sandbox else None),
+        skip_inbound=excl.inbound,
+        skip_outbound=excl.outbound,
+        skip_cidrs=excl.cidrs,
         workload=WorkloadKey(key.namespace, key.kind, ALIAS) if alias else key,
         batch=lifecycle == "batch",
         trust_anchors=anchors,
     )
-    plan = Plan(flavour=plane, build=build, decision=decision)
+    plan = Plan(
+        flavour=plane,
+        build=build,
+        decision=decision,
+        annotations=adds.annotations,
+        runtime_class=adds.runtime_class,
+    )
     meshed = shallow_pod(pod)
     added = apply_plan(meshed, plan, policy)
     if added.get("probes"):

@@ -19,6 +19,7 @@ from webhook.cluster.snapshot import (
     ClusterSnapshot,
     SnapshotError,
     build_snapshot,
+    redirector_selector,
     snapshot_from_objects,
     with_kernel,
 )
@@ -130,13 +131,14 @@ def load_snapshot(
         from webhook.cluster.live import api_client, read_once  # the Kubernetes client: only here
 
         try:
-            docs, live_version = read_once(api_client(kubeconfig))
+            docs, live_version = read_once(api_client(kubeconfig), redirector_selector(policy))
         except ClusterAccessError as exc:
             raise InputError(str(exc)) from None
         snapshot = snapshot_from_objects(
             docs,
             server_version=server or live_version,
             usage=summaries,
+            redirector=redirector_selector(policy),
             source=f"--kubeconfig {kubeconfig}",
             built_at=now,
         )
@@ -144,7 +146,12 @@ def load_snapshot(
         docs = parse_documents(read_text(cluster), cluster)
         try:
             snapshot = snapshot_from_objects(
-                docs, server_version=server, usage=summaries, source=cluster, built_at=now
+                docs,
+                server_version=server,
+                usage=summaries,
+                redirector=redirector_selector(policy),
+                source=cluster,
+                built_at=now,
             )
         except SnapshotError as exc:
             raise InputError(f"{cluster}: {exc}") from None

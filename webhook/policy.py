@@ -42,6 +42,8 @@ class Memory(int):
     """Bytes, written as a Kubernetes quantity (``64Mi``, ``1Gi``, ``500M``)."""
 
 
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -143,16 +145,44 @@ class ProxyImages:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Redirector:
+    """Where the node agent that performs ebpf mode runs: Merbridge's DaemonSet pods."""
+
+    # default: the data plane's control-plane namespace, where Merbridge's own manifests
+    # install it (linkerd for the linkerd flavour, istio-system for istio)
+    namespace: str | None = None
+    # equality-based label selector of its pods, as kubectl -l takes it
+    selector: str = "app=merbridge"
+    # count a node only where Merbridge runs with --cni-mode: without it, inbound traffic
+    # from other nodes and the pod's exclusions bypass the redirect
+    require_cni_mode: bool = True
+    # add the mesh's network validator where it works under the redirector (Linkerd's), so
+    # a pod whose traffic is not redirected fails to start instead of bypassing its proxy
+    network_validator: bool = True
+
+    def labels(self) -> dict[str, str]:
+        """The selector as key -> value (validated at load)."""
+        pairs = (item.split("=", 1) for item in self.selector.split(",") if item.strip())
+        return {k.strip(): v.strip() for k, v in pairs}
+
+
+@dataclass(frozen=True, kw_only=True)
 class EbpfRules:
     min_kernel: Kernel
     capable_kernels: tuple[str, ...] = ()
+    redirector: Redirector = field(default_factory=Redirector)
 
 
 @dataclass(frozen=True, kw_only=True)
 class MicrovmRules:
     min_kernel: Kernel
     min_server_version: KubeVersion
-    runtime_class: str = "mesh-microvm"
+    runtime_class: str = "kata-qemu"
+    # RuntimeClass handlers (or names, for a class not in the cluster state) that run a pod
+    # in a sandbox, where host eBPF and host-side rules cannot see its sockets
+    sandbox_handlers: tuple[str, ...] = ()
+    # those of them that run gVisor's netstack, which refuses some iptables features
+    gvisor_handlers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,6 +250,17 @@ class Policy:
     other_meshes: OtherMeshes = field(default_factory=OtherMeshes)
     sizing: Sizing
     profiles: tuple[Profile, ...]
+
+    @property
+    def redirector_namespace(self) -> str:
+        """Where the redirector's pods are looked for: the policy's, else where Merbridge's own
+        manifests put it for the flavour's mesh."""
+        configured = self.interception.ebpf.redirector.namespace
+        if configured:
+            return configured
+        return {"linkerd": self.proxy.linkerd.namespace, "istio": self.proxy.istio.namespace}.get(
+            self.proxy.flavour, "merbridge"
+        )
 
     def profile_for(self, protocol: str, throughput: str, lifecycle: str) -> Profile:
         for profile in self.profiles:
@@ -366,6 +407,14 @@ def _check(policy: Policy) -> Policy:
                     f"proxy.{key}: required with proxy.flavour: generic (the contract proxy has no "
                     "default image; name the one you built)"
                 )
+    redirector = policy.interception.ebpf.redirector
+    for item in redirector.selector.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not _LABEL_KEY.match(key.strip()) or not _LABEL_VALUE.match(value.strip()):
+            raise PolicyError(
+                f"interception.ebpf.redirector.selector: {redirector.selector!r} is not an equality-based "
+                "label selector such as app=merbridge or app=merbridge,tier=node"
+            )
     pem = policy.proxy.linkerd.trust_anchors_pem
     if pem is not None and "-----BEGIN CERTIFICATE-----" not in pem:
         raise PolicyError(

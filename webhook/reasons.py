@@ -37,6 +37,9 @@ class Skip(StrEnum):
     OTHER_MESH_OPT_OUT = "other-mesh-opt-out"
     IPTABLES_BASELINE = "iptables-in-baseline-namespace"
     POD_SECURITY = "pod-security-violation"
+    MICROVM_BASELINE = "microvm-in-baseline-namespace"
+    MICROVM_RESTRICTED = "microvm-in-restricted-namespace"
+    SANDBOX_UNSUPPORTED = "sandbox-unsupported"
 
     @property
     def text(self) -> str:
@@ -70,6 +73,17 @@ _SKIP_TEXT: dict[Skip, str] = {
         "'baseline' Pod Security level rejects"
     ),
     Skip.POD_SECURITY: "what would be injected violates the namespace's enforced Pod Security level",
+    Skip.MICROVM_BASELINE: (
+        "microvm mode needs the flavour's init container (NET_ADMIN, NET_RAW) inside the sandbox, "
+        "which the namespace's 'baseline' Pod Security level rejects"
+    ),
+    Skip.MICROVM_RESTRICTED: (
+        "microvm mode needs the flavour's init container (NET_ADMIN, NET_RAW) inside the sandbox, "
+        "which the namespace's 'restricted' Pod Security level rejects"
+    ),
+    Skip.SANDBOX_UNSUPPORTED: (
+        "the pod runs in a sandbox where the proxy's redirect rules cannot be installed"
+    ),
 }
 
 # Skips that concern pods that asked to be meshed: they get the skip-reason annotation
@@ -87,6 +101,9 @@ OPTED_IN_SKIPS = frozenset(
         Skip.OTHER_MESH,
         Skip.IPTABLES_BASELINE,
         Skip.POD_SECURITY,
+        Skip.MICROVM_BASELINE,
+        Skip.MICROVM_RESTRICTED,
+        Skip.SANDBOX_UNSUPPORTED,
     }
 )
 
@@ -98,7 +115,11 @@ class ModeReason(StrEnum):
     FALLBACK = "fallback"
     KERNEL_UNKNOWN = "kernel-unknown"
     KERNEL_TOO_OLD = "kernel-too-old"
-    RESTRICTED_NAMESPACE = "restricted-namespace"
+    NO_REDIRECTOR = "no-redirector"
+    REDIRECTOR_UNSUPPORTED = "redirector-unsupported"
+    NO_RUNTIME_CLASS = "no-runtime-class"
+    SANDBOXED_POD = "sandboxed-pod"
+    BATCH_NATIVE_SIDECAR = "batch-native-sidecar"
     HIGH_THROUGHPUT_GRPC = "high-throughput-grpc"
     EBPF_CAPABLE = "ebpf-capable"
 

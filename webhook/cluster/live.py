@@ -1,6 +1,7 @@
-"""Live cluster state: watched caches of Nodes, Namespaces, Services and Linkerd's trust
-roots (the ConfigMaps named linkerd-identity-trust-roots, by field selector) behind
-ClusterView.
+"""Live cluster state: watched caches of Nodes, Namespaces, Services, Linkerd's trust roots
+(the ConfigMaps named linkerd-identity-trust-roots, by field selector), the eBPF
+redirector's pods (Merbridge's, in its namespace, by label selector) and RuntimeClasses,
+behind ClusterView.
 
 One thread per resource lists it (paged, raw JSON, no model objects), then watches from
 the list's ``resourceVersion`` with bookmarks. A dropped watch resumes from the last
@@ -12,7 +13,9 @@ assignment. Admissions only ever read ``snapshot()``: they never wait on the net
 
 A resource that has lost its watch keeps serving its last state; ``stale_seconds`` says
 for how long (exported as a metric, and logged when it is lost and regained). The view is
-ready once every resource has been listed once.
+ready once every resource has been listed once. A resource the API server does not serve
+(``node.k8s.io`` RuntimeClasses before 1.20) counts as listed and empty, and is looked for
+again every few minutes.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ from webhook.cluster.snapshot import (
     TRUST_ROOTS_CONFIGMAP,
     ClusterSnapshot,
     Node,
+    PodSelector,
     build_snapshot,
     node_from_object,
+    redirector_from_object,
+    redirectors_by_node,
+    runtime_class_from_object,
     service_from_object,
     trust_roots_from_object,
 )
@@ -45,8 +52,14 @@ from webhook.versions import KubeVersion, kube_version_from_info
 from webhook.workload import Service
 
 log = logging.getLogger("mesh_injector.live")
-RESOURCES = ("nodes", "namespaces", "services", "trust-roots")
+RESOURCES = ("nodes", "namespaces", "services", "trust-roots", "redirectors", "runtimeclasses")
 _TRUST_ROOTS = {"field_selector": f"metadata.name={TRUST_ROOTS_CONFIGMAP}"}
+RUNTIME_CLASSES = "/apis/node.k8s.io/v1/runtimeclasses"
+
+
+def redirector_pods(selector: PodSelector) -> tuple[str, dict[str, str]]:
+    """The path and query that list the redirector's pods (one namespace, by label)."""
+    return f"/api/v1/namespaces/{selector.namespace}/pods", {"label_selector": selector.text}
 
 
 def api_client(kubeconfig: str | None = None, *, in_cluster: bool = False) -> client.ApiClient:
@@ -111,18 +124,30 @@ def server_version(api: client.ApiClient) -> KubeVersion | None:
     return kube_version_from_info(info.get("major"), info.get("minor"), info.get("gitVersion"))
 
 
-def read_once(api: client.ApiClient) -> tuple[list[dict[str, Any]], KubeVersion | None]:
-    """Nodes, namespaces, Services and trust roots listed once, for the dry-run tools
-    (``--kubeconfig``)."""
+def read_once(
+    api: client.ApiClient, redirector: PodSelector | None = None
+) -> tuple[list[dict[str, Any]], KubeVersion | None]:
+    """Nodes, namespaces, Services, trust roots, the redirector's pods and RuntimeClasses
+    listed once, for the dry-run tools (``--kubeconfig``)."""
     docs: list[dict[str, Any]] = []
+    sources = [
+        ("Node", lister(api, "/api/v1/nodes")),
+        ("Namespace", lister(api, "/api/v1/namespaces")),
+        ("Service", lister(api, "/api/v1/services")),
+        ("ConfigMap", lister(api, "/api/v1/configmaps", **_TRUST_ROOTS)),
+        ("RuntimeClass", lister(api, RUNTIME_CLASSES)),
+    ]
+    if redirector is not None:
+        path, query = redirector_pods(redirector)
+        sources.append(("Pod", lister(api, path, **query)))
     try:
-        for kind, fn in (
-            ("Node", lister(api, "/api/v1/nodes")),
-            ("Namespace", lister(api, "/api/v1/namespaces")),
-            ("Service", lister(api, "/api/v1/services")),
-            ("ConfigMap", lister(api, "/api/v1/configmaps", **_TRUST_ROOTS)),
-        ):
-            items, _ = list_all(fn)
+        for kind, fn in sources:
+            try:
+                items, _ = list_all(fn)
+            except ApiException as exc:
+                if exc.status == 404 and kind == "RuntimeClass":
+                    continue  # an API server without node.k8s.io/v1: no RuntimeClasses
+                raise
             docs.extend({**item, "kind": kind} for item in items)
         return docs, server_version(api)
     except (ApiException, OSError, ValueError) as exc:
@@ -148,8 +173,10 @@ class Informer:
         on_change: Callable[[], None] = lambda: None,
         key: Callable[[Mapping[str, Any]], str] = _meta_key,
         watch_timeout: int = 240,
+        optional: bool = False,
     ) -> None:
         self.name = name
+        self._optional = optional  # a 404 means the API server does not serve it: empty
         self._list_fn = list_fn
         self._parse = parse
         self._key = key
@@ -265,15 +292,36 @@ class Informer:
             except _Gone:
                 log.info(f"{name}: resourceVersion {rv} expired (410 Gone); relisting")
                 rv = None
+            except ApiException as exc:
+                if self._optional and exc.status == 404:
+                    self._served_empty()
+                    rv = None
+                    self._stop.wait(self._watch_timeout)
+                    continue
+                failures = self._failed(exc, failures)
             except Exception as exc:  # the API or the connection failed
-                # A watch connection that drops is routine (API server restarts, idle
-                # timeouts): resume at once. Failing again means the API server is gone:
-                # say so, and back off with jitter before each further try.
-                failures += 1
-                if failures > 1:
-                    self._lost(describe_error(exc))
-                    delay = min(30.0, 0.5 * 2 ** min(failures - 2, 6)) * random.uniform(0.5, 1.5)
-                    self._stop.wait(delay)
+                failures = self._failed(exc, failures)
+
+    def _failed(self, exc: Exception, failures: int) -> int:
+        """A watch connection that drops is routine (API server restarts, idle timeouts):
+        resume at once. Failing again means the API server is gone: say so, and back off
+        with jitter before each further try."""
+        failures += 1
+        if failures > 1:
+            self._lost(describe_error(exc))
+            delay = min(30.0, 0.5 * 2 ** min(failures - 2, 6)) * random.uniform(0.5, 1.5)
+            self._stop.wait(delay)
+        return failures
+
+    def _served_empty(self) -> None:
+        """The API server does not serve this resource: nothing of it exists."""
+        if not self.synced or self._store:
+            log.info(f"{self.name}: not served by this API server; taken as empty")
+        with self._lock:
+            self._store = {}
+        self.synced = True
+        self._healthy()
+        self._on_change()
 
 
 class LiveClusterView:
@@ -286,6 +334,7 @@ class LiveClusterView:
         version_refresh: float = 300.0,
         watch_timeout: int = 240,
         source: str | None = None,
+        redirector: PodSelector | None = None,
     ) -> None:
         self._api = api
         self._stop = threading.Event()
@@ -305,7 +354,19 @@ class LiveClusterView:
                 trust_roots_from_object,
                 **common,
             ),
+            "runtimeclasses": Informer(
+                "runtimeclasses",
+                lister(api, RUNTIME_CLASSES),
+                runtime_class_from_object,
+                optional=True,
+                **common,
+            ),
         }
+        if redirector is not None:
+            path, query = redirector_pods(redirector)
+            self._informers["redirectors"] = Informer(
+                "redirectors", lister(api, path, **query), redirector_from_object, **common
+            )
         self.usage = usage
         self._version: KubeVersion | None = None
         self._version_read = False  # the first read of the version was made (or failed)
@@ -333,7 +394,8 @@ class LiveClusterView:
         return cluster and (self.usage is None or self.usage.ready())
 
     def stale_seconds(self, resource: str) -> float:
-        return self._informers[resource].stale_seconds()
+        informer = self._informers.get(resource)
+        return informer.stale_seconds() if informer is not None else 0.0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -396,11 +458,14 @@ class LiveClusterView:
         nodes: list[Node] = self._informers["nodes"].values()
         namespaces = dict(self._informers["namespaces"].values())
         services: list[Service] = self._informers["services"].values()
+        agents = self._informers.get("redirectors")
         snapshot = build_snapshot(
             nodes=nodes,
             namespaces=namespaces,
             services=services,
             trust_roots=dict(self._informers["trust-roots"].values()),
+            redirectors=redirectors_by_node(agents.values()) if agents is not None else {},
+            runtime_classes=self._informers["runtimeclasses"].values(),
             server_version=self._version,
             usage=self.usage.summaries() if self.usage is not None else {},
             source=self._source,

@@ -1,14 +1,16 @@
 """The cluster as the admission core sees it: one frozen snapshot.
 
-A ``ClusterSnapshot`` holds nodes, namespaces' labels, Services, the API server version
-and per-workload usage summaries. It is built once (from ``kubectl get
-nodes,namespaces,services -A -o yaml`` output, or by a live cache in the background) and
-then only read, so admissions never touch the network.
+A ``ClusterSnapshot`` holds nodes, namespaces' labels, Services, the API server version,
+per-workload usage summaries, the interception mechanisms the cluster runs (the eBPF
+redirector's pod on each node, the RuntimeClasses) and Linkerd's trust anchors. It is
+built once (from ``kubectl get nodes,namespaces,services -A -o yaml`` output, or by a live
+cache in the background) and then only read, so admissions never touch the network.
 
 Nodes are pre-grouped: nodes that share their labels (minus per-node identity labels such
-as ``kubernetes.io/hostname``), taints, cordon state, kernel and kubelet are one group,
-and scheduling constraints are evaluated per group. A 5,000-node cluster is usually a few
-dozen groups, which keeps admission time nearly flat in the number of nodes.
+as ``kubernetes.io/hostname``), taints, cordon state, kernel, kubelet and the state of the
+redirector on them are one group, and scheduling constraints are evaluated per group. A
+5,000-node cluster is usually a few dozen groups, which keeps admission time nearly flat in
+the number of nodes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from webhook.policy import Policy
 from webhook.usage.samples import UsageSummary
 from webhook.versions import KubeVersion
 from webhook.workload import Service, ServicePort, WorkloadKey
@@ -109,6 +112,28 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
+class RedirectorState:
+    """The eBPF redirector (Merbridge's DaemonSet pod) on one node, reduced to what decides
+    whether it redirects a pod's traffic; nodes in the same state share a group."""
+
+    ready: bool  # Running, Ready, not terminating
+    mode: str  # its --mode: which mesh's proxy (uid, ports, container name) it serves
+    cni_mode: bool  # --cni-mode: cross-node inbound (tc) and per-pod exclusions work
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeClass:
+    """A ``node.k8s.io/v1`` RuntimeClass: what the API server's RuntimeClass admission merges
+    into a pod that names it (scheduling, overhead), and its handler."""
+
+    name: str
+    handler: str
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    overhead: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeGroup:
     labels: Mapping[str, str]  # the labels every member has, identity labels left out
     taints: tuple[Taint, ...]
@@ -116,6 +141,7 @@ class NodeGroup:
     kernel: str | None
     kubelet: str | None
     nodes: tuple[Node, ...]
+    redirector: RedirectorState | None = None  # None: no redirector pod on these nodes
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,9 @@ class ClusterSnapshot:
     usage: Mapping[WorkloadKey, UsageSummary] = field(default_factory=dict)
     # namespace -> Linkerd's identity trust anchors (ConfigMap linkerd-identity-trust-roots)
     trust_roots: Mapping[str, str] = field(default_factory=dict)
+    # node name -> the redirector there (and its pod's name, for explanations)
+    redirectors: Mapping[str, tuple[RedirectorState, str]] = field(default_factory=dict)
+    runtime_classes: Mapping[str, RuntimeClass] = field(default_factory=dict)
     source: str = "embedded defaults (no cluster)"
     built_at: float = 0.0
     # (identity label, value) -> nodes, for terms that name single hosts.
@@ -176,13 +205,18 @@ def _identity_labels(nodes: Iterable[Node]) -> frozenset[str]:
     return WELL_KNOWN_IDENTITY_LABELS | spread
 
 
-def group_nodes(nodes: Iterable[Node]) -> tuple[tuple[NodeGroup, ...], frozenset[str]]:
+def group_nodes(
+    nodes: Iterable[Node], redirectors: Mapping[str, tuple[RedirectorState, str]] | None = None
+) -> tuple[tuple[NodeGroup, ...], frozenset[str]]:
     nodes = list(nodes)
     identity = _identity_labels(nodes)
+    on_node = redirectors or {}
     buckets: dict[tuple[Any, ...], list[Node]] = defaultdict(list)
     for node in nodes:
         common = tuple(sorted((k, v) for k, v in node.labels.items() if k not in identity))
-        buckets[(common, node.taints, node.unschedulable, node.kernel, node.kubelet)].append(node)
+        found = on_node.get(node.name)
+        state = found[0] if found is not None else None
+        buckets[(common, node.taints, node.unschedulable, node.kernel, node.kubelet, state)].append(node)
     groups = tuple(
         NodeGroup(
             labels=dict(common),
@@ -191,8 +225,9 @@ def group_nodes(nodes: Iterable[Node]) -> tuple[tuple[NodeGroup, ...], frozenset
             kernel=kernel,
             kubelet=kubelet,
             nodes=tuple(members),
+            redirector=state,
         )
-        for (common, taints, unsched, kernel, kubelet), members in buckets.items()
+        for (common, taints, unsched, kernel, kubelet, state), members in buckets.items()
     )
     return groups, identity
 
@@ -220,11 +255,13 @@ def build_snapshot(
     server_version: KubeVersion | None = None,
     usage: Mapping[WorkloadKey, UsageSummary] | None = None,
     trust_roots: Mapping[str, str] | None = None,
+    redirectors: Mapping[str, tuple[RedirectorState, str]] | None = None,
+    runtime_classes: Iterable[RuntimeClass] = (),
     source: str = "cluster",
     built_at: float | None = None,
 ) -> ClusterSnapshot:
     node_list = list(nodes)
-    groups, identity = group_nodes(node_list)
+    groups, identity = group_nodes(node_list, redirectors)
     index, group_of = _indexes(groups, identity)
     by_ns: dict[str, list[Service]] = defaultdict(list)
     for svc in services:
@@ -240,6 +277,8 @@ def build_snapshot(
         server_version=server_version,
         usage=dict(usage or {}),
         trust_roots=dict(trust_roots or {}),
+        redirectors=dict(redirectors or {}),
+        runtime_classes={rc.name: rc for rc in runtime_classes},
         source=source,
         built_at=time.time() if built_at is None else built_at,
     )
@@ -251,7 +290,7 @@ def with_kernel(snapshot: ClusterSnapshot, kernel: str) -> ClusterSnapshot:
     if not nodes:
         kubelet = f"v{snapshot.server_version}.0" if snapshot.server_version else None
         nodes = [Node(name="assumed-node", labels={}, kernel=kernel, kubelet=kubelet)]
-    groups, identity = group_nodes(nodes)
+    groups, identity = group_nodes(nodes, snapshot.redirectors)
     index, group_of = _indexes(groups, identity)
     return snapshot.derive(
         nodes={n.name: n for n in nodes},
@@ -307,6 +346,104 @@ def service_from_object(obj: Mapping[str, Any]) -> Service:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PodSelector:
+    """Which pods are the redirector's: a namespace and an equality-based label selector."""
+
+    namespace: str
+    labels: Mapping[str, str]
+
+    @property
+    def text(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.labels.items())
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        return (
+            str(meta.get("namespace") or "default") == self.namespace
+            and isinstance(labels, dict)
+            and all(labels.get(k) == v for k, v in self.labels.items())
+        )
+
+
+def redirector_selector(policy: Policy) -> PodSelector:
+    """The redirector's pods as the policy names them."""
+    return PodSelector(policy.redirector_namespace, policy.interception.ebpf.redirector.labels())
+
+
+def _flags(argv: list[str]) -> tuple[str, bool]:
+    """Merbridge's ``--mode`` (``-m``; ``istio`` by default, as its own flag) and ``--cni-mode``
+    (a Go bool flag: bare or ``=true``) from its command line."""
+    mode, cni = "istio", False
+    for i, arg in enumerate(argv):
+        if arg in ("-m", "--mode") and i + 1 < len(argv):
+            mode = argv[i + 1]
+        elif arg.startswith(("--mode=", "-m=")):
+            mode = arg.split("=", 1)[1]
+        elif arg.startswith("-m") and not arg.startswith("--") and len(arg) > 2:
+            mode = arg[2:]
+        elif arg == "--cni-mode":
+            cni = True
+        elif arg.startswith("--cni-mode="):
+            cni = arg.split("=", 1)[1].strip().lower() in ("1", "t", "true")
+    return mode.strip().lower(), cni
+
+
+def redirector_from_object(obj: Mapping[str, Any]) -> tuple[str, RedirectorState, str] | None:
+    """(node, state, pod name) of a redirector pod; None for one not bound to a node yet."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    node = spec.get("nodeName")
+    if not isinstance(node, str) or not node:
+        return None
+    argv: list[str] = []
+    for c in spec.get("containers") or []:
+        if isinstance(c, dict):
+            argv += [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+    mode, cni = _flags(argv)
+    conditions = status.get("conditions") or []
+    ready = (
+        status.get("phase") == "Running"
+        and not meta.get("deletionTimestamp")
+        and any(
+            isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+        )
+    )
+    name = f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
+    return node, RedirectorState(ready=ready, mode=mode, cni_mode=cni), name
+
+
+def redirectors_by_node(
+    found: Iterable[tuple[str, RedirectorState, str]],
+) -> dict[str, tuple[RedirectorState, str]]:
+    """One redirector per node: a Ready one where there is one (a rolling update runs two)."""
+    out: dict[str, tuple[RedirectorState, str]] = {}
+    for node, state, name in sorted(found, key=lambda f: (f[0], f[2])):
+        held = out.get(node)
+        if held is None or (state.ready and not held[0].ready):
+            out[node] = (state, name)
+    return out
+
+
+def runtime_class_from_object(obj: Mapping[str, Any]) -> RuntimeClass | None:
+    meta = obj.get("metadata") or {}
+    name, handler = meta.get("name"), obj.get("handler")
+    if not isinstance(name, str) or not name or not isinstance(handler, str):
+        return None
+    scheduling = obj.get("scheduling") or {}
+    overhead = (obj.get("overhead") or {}).get("podFixed")
+    tolerations = scheduling.get("tolerations") if isinstance(scheduling, dict) else None
+    return RuntimeClass(
+        name=name,
+        handler=handler,
+        node_selector=_str_map(scheduling.get("nodeSelector")) if isinstance(scheduling, dict) else {},
+        tolerations=tuple(t for t in tolerations or [] if isinstance(t, dict)),
+        overhead=_str_map(overhead) if isinstance(overhead, dict) else None,
+    )
+
+
 def flatten_items(docs: Iterable[object]) -> list[dict[str, Any]]:
     """Objects from documents that may be single objects or ``kind: List``-style lists."""
     out: list[dict[str, Any]] = []
@@ -342,15 +479,31 @@ def snapshot_from_objects(
     *,
     server_version: KubeVersion | None = None,
     usage: Mapping[WorkloadKey, UsageSummary] | None = None,
+    redirector: PodSelector | None = None,
     source: str = "cluster file",
     built_at: float | None = None,
 ) -> ClusterSnapshot:
+    """A snapshot from Kubernetes objects: Nodes, Namespaces, Services, Linkerd's trust-roots
+    ConfigMap, RuntimeClasses, and the redirector's Pods (those ``redirector`` selects)."""
     nodes: list[Node] = []
     namespaces: dict[str, dict[str, str]] = {}
     services: list[Service] = []
     roots: dict[str, str] = {}
+    agents: list[tuple[str, RedirectorState, str]] = []
+    classes: list[RuntimeClass] = []
     for obj in flatten_items(docs):
         kind = obj.get("kind")
+        if kind == "Pod":
+            if redirector is not None and redirector.matches(obj):
+                agent = redirector_from_object(obj)
+                if agent is not None:
+                    agents.append(agent)
+            continue
+        if kind == "RuntimeClass":
+            rc = runtime_class_from_object(obj)
+            if rc is not None:
+                classes.append(rc)
+            continue
         if kind == "ConfigMap":
             found = trust_roots_from_object(obj)
             if found is not None:
@@ -370,6 +523,8 @@ def snapshot_from_objects(
         server_version=server_version,
         usage=usage,
         trust_roots=roots,
+        redirectors=redirectors_by_node(agents),
+        runtime_classes=classes,
         source=source,
         built_at=built_at,
     )

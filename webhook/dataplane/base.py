@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from webhook.decide.sizing import ProxyResources
 from webhook.policy import Policy
@@ -25,9 +25,11 @@ class Build:
     native: bool
     protocol: str
     resources: ProxyResources
-    # iptables mode: True when our (the mesh's) init container installs the redirect rules,
-    # False when a CNI plugin does (interception.iptables.cniInstallsRules)
-    init_rules: bool
+    # the init container the mode needs: the one that installs the redirect rules, the mesh's
+    # network validator (something else redirects: a CNI plugin, Merbridge), or none
+    init: Literal["rules", "validator"] | None
+    # the RuntimeClass the pod runs in (microvm: ours, or the sandbox it already names)
+    runtime_class: str | None = None
     skip_inbound: Ports = ()
     skip_outbound: Ports = ()
     skip_cidrs: tuple[str, ...] = ()  # outbound destinations left alone
@@ -36,8 +38,12 @@ class Build:
     trust_anchors: str | None = None  # linkerd: the PEM bundle
 
     @property
-    def cni_rules(self) -> bool:
-        return self.mode is Mode.IPTABLES and not self.init_rules
+    def init_rules(self) -> bool:
+        return self.init == "rules"
+
+    @property
+    def validator(self) -> bool:
+        return self.init == "validator"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +63,21 @@ class DataPlane:
     probes: Mapping[str, Mapping[str, dict[str, Any]]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """How Merbridge knows this flavour's proxy: its ``--mode``, and the uid and ports that
+    mode compiles in (``bpf/headers/mesh.h``), which the rendered proxy must match."""
+
+    mode: str
+    uid: int
+    outbound: int
+    inbound: int
+
+
+def _no_ports(policy: Policy) -> tuple[Ports, Ports]:
+    return (), ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Flavour:
     name: str
@@ -72,6 +93,19 @@ class Flavour:
     # workloads never share a rendering)
     reads_workload: bool
     render: Callable[[Build, Mapping[str, Any], Policy], DataPlane]
+    # Merbridge's mode for this proxy; None: Merbridge does not recognise it (no ebpf)
+    redirect: Redirect | None = None
+    # (inbound, outbound) ports the mesh's own rules never redirect: the proxy's admin and
+    # control ports, the mesh's default skip ports
+    never_redirected: Callable[[Policy], tuple[Ports, Ports]] = _no_ports
+    # the mesh's network validator works under Merbridge (it is not redirected otherwise)
+    validator_under_redirector: bool = False
+    # the init container's rules use only iptables features gVisor's netstack accepts;
+    # otherwise which it does not
+    rules_in_gvisor: bool = False
+    gvisor_gap: str = ""
+    # the flavour writes sidecar.istio.io/status itself (Merbridge's CNI plugin needs it)
+    writes_sidecar_status: bool = False
 
 
 def port_list(ports: Ports) -> str:

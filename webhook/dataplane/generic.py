@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webhook.dataplane.base import Build, DataPlane, Flavour, field_env
+from webhook.dataplane.base import Build, DataPlane, Flavour, Ports, field_env
 from webhook.dataplane.iptables import (
     ADMIN_PORT,
     INBOUND_PORT,
@@ -51,8 +51,8 @@ def proxy_container(build: Build, policy: Policy) -> dict[str, Any]:
         field_env("MESH_POD_NAME", "metadata.name"),
         field_env("MESH_POD_NAMESPACE", "metadata.namespace"),
     ]
-    if build.mode is Mode.MICROVM:
-        env.append({"name": "MESH_PROXY_SANDBOX_RUNTIME", "value": policy.interception.microvm.runtime_class})
+    if build.mode is Mode.MICROVM and build.runtime_class:
+        env.append({"name": "MESH_PROXY_SANDBOX_RUNTIME", "value": build.runtime_class})
     ready = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}}
     container: dict[str, Any] = {
         "name": PROXY,
@@ -112,6 +112,10 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     )
 
 
+def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
+    return ((ADMIN_PORT, ADMIN_PORT),), ()
+
+
 FLAVOUR = Flavour(
     name="generic",
     proxy_name=PROXY,
@@ -122,4 +126,7 @@ FLAVOUR = Flavour(
     resource_annotations={},
     reads_workload=False,
     render=render,
+    never_redirected=never_redirected,
+    # our ruleset: -m owner, -o lo, -d, --dport and REDIRECT, which gVisor's netstack loads
+    rules_in_gvisor=True,
 )

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from webhook.dataplane.base import Build, DataPlane, Flavour, container_ports, field_env
+from webhook.dataplane.base import Build, DataPlane, Flavour, Ports, Redirect, container_ports, field_env
 from webhook.policy import IstioSettings, Policy
 
 PROXY = "istio-proxy"
@@ -340,8 +340,8 @@ def app_probes(pod: Mapping[str, Any], s: IstioSettings) -> tuple[str | None, di
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     s = policy.proxy.istio
     inits: tuple[dict[str, Any], ...] = ()
-    if build.init_rules or build.cni_rules:
-        inits = (init_container(build, s, validation=build.cni_rules),)
+    if build.init_rules or build.validator:
+        inits = (init_container(build, s, validation=build.validator),)
     proxy = proxy_container(build, pod, s)
     probers, probes = app_probes(pod, s)
     if probers is not None:
@@ -378,6 +378,12 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     )
 
 
+def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
+    """What istio-iptables' -d always leaves to the pod: Envoy's Prometheus port, the health
+    and status ports."""
+    return ((HEALTH_PORT, HEALTH_PORT), (STATUS_PORT, STATUS_PORT), (PROM_PORT, PROM_PORT)), ()
+
+
 FLAVOUR = Flavour(
     name="istio",
     proxy_name=PROXY,
@@ -393,4 +399,8 @@ FLAVOUR = Flavour(
     },
     reads_workload=True,
     render=render,
+    redirect=Redirect(mode="istio", uid=UID, outbound=15001, inbound=15006),
+    never_redirected=never_redirected,
+    gvisor_gap="istio-iptables' rules are not shown to load in gVisor's netstack",
+    writes_sidecar_status=True,
 )

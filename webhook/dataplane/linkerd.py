@@ -25,12 +25,15 @@ from webhook.dataplane.base import (
     Build,
     DataPlane,
     Flavour,
+    Ports,
+    Redirect,
     container_ports,
     field_env,
     image_tag,
     join,
     port_list,
 )
+from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.policy import LinkerdSettings, Policy
 
 PROXY = "linkerd-proxy"
@@ -261,7 +264,7 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     if build.init_rules:
         inits = (init_container(build, s),)
         volumes.append({"emptyDir": {}, "name": XTABLES})
-    elif build.cni_rules:
+    elif build.validator:
         inits = (validator_container(s),)
     volumes += [
         {"emptyDir": {"medium": "Memory"}, "name": END_ENTITY},
@@ -298,6 +301,16 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     )
 
 
+def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
+    """The control and admin ports, and the policy's ignore ports (Linkerd's defaults)."""
+    s = policy.proxy.linkerd
+    try:
+        inbound, outbound = parse_ports(s.ignore_inbound_ports), parse_ports(s.ignore_outbound_ports)
+    except PortListError:  # proxy-init would refuse them too; the policy check says so
+        inbound, outbound = (), ()
+    return tuple(sorted({(CONTROL, CONTROL), (ADMIN, ADMIN), *inbound})), outbound
+
+
 FLAVOUR = Flavour(
     name="linkerd",
     proxy_name=PROXY,
@@ -313,4 +326,8 @@ FLAVOUR = Flavour(
     },
     reads_workload=True,
     render=render,
+    redirect=Redirect(mode="linkerd", uid=UID, outbound=OUTBOUND, inbound=INBOUND),
+    never_redirected=never_redirected,
+    validator_under_redirector=True,
+    gvisor_gap="proxy-init writes -m comment and matches port lists with -m multiport",
 )

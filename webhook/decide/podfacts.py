@@ -9,6 +9,8 @@ from typing import Any
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane import others
+from webhook.dataplane.iptables import PortListError, parse_ports
+from webhook.modes.base import Exclusions
 from webhook.outcome import Notes
 from webhook.patch.inject import PREFIX
 from webhook.policy import Policy
@@ -100,6 +102,30 @@ def proxy_port_used(spec: Mapping[str, Any], ports: tuple[int, ...]) -> int | No
                 if isinstance(p, dict) and p.get("containerPort") in ports:
                     return int(p["containerPort"])
     return None
+
+
+def pod_exclusions(annotations: Mapping[str, Any], policy: Policy, ctx: Notes) -> Exclusions:
+    """The traffic the pod wants left alone: our skip-port annotations, and (unless the
+    policy says not to) Istio's and Linkerd's exclusion annotations, merged."""
+    skips: list[tuple[tuple[int, int], ...]] = [(), ()]
+    for i, name in enumerate(("skip-inbound-ports", "skip-outbound-ports")):
+        try:
+            skips[i] = parse_ports(str(annotations.get(PREFIX + name, "")))
+        except PortListError as exc:
+            ctx.warn(f"annotation {PREFIX}{name}: {exc}; no ports skipped")
+    cidrs: tuple[str, ...] = ()
+    if policy.other_meshes.translate_exclusions:
+        found = others.exclusions(annotations)
+        for problem in found.problems:
+            ctx.warn(problem)
+        if found.used:
+            skips = [
+                tuple(sorted({*skips[0], *found.inbound})),
+                tuple(sorted({*skips[1], *found.outbound})),
+            ]
+            cidrs = found.cidrs
+            ctx.lines.append(f"exclusions: translated {', '.join(found.used)}")
+    return Exclusions(inbound=skips[0], outbound=skips[1], cidrs=cidrs)
 
 
 def trust_anchors(snapshot: ClusterSnapshot, policy: Policy) -> tuple[str | None, str]:

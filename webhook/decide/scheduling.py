@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, Taint
+from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, RedirectorState, Taint
 
 _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 _SAMPLE = 3
@@ -109,6 +109,8 @@ class Eligibility:
     kubelets: frozenset[str | None]
     basis: str
     excluded: Mapping[str, int] = field(default_factory=dict)
+    # the redirector's states among them: (state or None for none, how many nodes, one of them)
+    redirectors: tuple[tuple[RedirectorState | None, int, str], ...] = ()
 
 
 def _requirements(exprs: object) -> tuple[Requirement, ...] | None:
@@ -183,6 +185,7 @@ def _summarize(
     sample: list[str] = []
     kernels: set[str | None] = set()
     kubelets: set[str | None] = set()
+    agents: dict[RedirectorState | None, list[Any]] = {}
     count = 0
     for group, nodes in picked:
         if not nodes:
@@ -190,6 +193,8 @@ def _summarize(
         count += len(nodes)
         kernels.add(group.kernel)
         kubelets.add(group.kubelet)
+        seen = agents.setdefault(group.redirector, [0, nodes[0].name])
+        seen[0] += len(nodes)
         for n in nodes[: _SAMPLE - len(sample)]:
             sample.append(n.name)
     return Eligibility(
@@ -200,6 +205,7 @@ def _summarize(
         kubelets=frozenset(kubelets),
         basis=basis,
         excluded={k: v for k, v in excluded.items() if v},
+        redirectors=tuple((state, n, first) for state, (n, first) in agents.items()),
     )
 
 
@@ -251,7 +257,16 @@ def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility
         node = snapshot.nodes.get(node_name)
         if node is None:
             return _summarize([], total, f"spec.nodeName {node_name} (not in the snapshot)", {})
-        group = NodeGroup(node.labels, node.taints, node.unschedulable, node.kernel, node.kubelet, (node,))
+        agent = snapshot.redirectors.get(node.name)
+        group = NodeGroup(
+            node.labels,
+            node.taints,
+            node.unschedulable,
+            node.kernel,
+            node.kubelet,
+            (node,),
+            agent[0] if agent is not None else None,
+        )
         return _summarize([(group, (node,))], total, f"spec.nodeName {node_name}", {})
 
     selector = spec.get("nodeSelector")

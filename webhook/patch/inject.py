@@ -9,15 +9,17 @@ keeps the diff fast and exact.
 Placement is ours in every flavour: native sidecar -> the flavour's init containers, the
 proxy, then the pod's own init containers; legacy -> the proxy first in ``containers`` and
 the flavour's init containers after the pod's own. The status annotation lists every
-container, volume, label and annotation added, and the probes a flavour replaced, so
-re-injection (also after a change of flavour) strips exactly those, puts the probes back
-and touches nothing else of the user's.
+container, volume, label and annotation added, the RuntimeClass set, the probes a flavour
+replaced and the pod's own label and annotation values it overwrote, so re-injection (also
+after a change of flavour) strips exactly those, puts the originals back and touches
+nothing else of the user's. A label or annotation the pod already had with the value we
+would write stays the pod's own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,9 +39,15 @@ WRITTEN_ANNOTATIONS = (ANN_STATUS, ANN_DECISION, ANN_SOURCE, ANN_SKIP)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
+    """Everything the pod gains: the flavour's data plane rendered from ``build``, what the
+    interception mode adds beside it (annotations its mechanism reads, the RuntimeClass),
+    and the decision annotation."""
+
     flavour: Flavour
     build: Build
     decision: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    runtime_class: str | None = None
 
 
 def shallow_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,6 +123,10 @@ def strip(pod: dict[str, Any], status: Mapping[str, Any] | None) -> None:
         _drop_named(spec, "initContainers", status.get("initContainers"))
         _drop_named(spec, "volumes", status.get("volumes"))
         _put_back_probes(spec, status.get("probes"))
+        _put_back_values(meta, status.get("replaced"))
+        runtime = status.get("runtimeClassName")
+        if isinstance(runtime, str) and spec.get("runtimeClassName") == runtime:
+            del spec["runtimeClassName"]
 
 
 def _take_probes(spec: dict[str, Any], probes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -143,6 +155,18 @@ def _put_back_probes(spec: dict[str, Any], taken: object) -> None:
             old = taken.get(c.get("name")) if isinstance(c, dict) else None
             if isinstance(old, dict):
                 items[i] = {**c, **old}
+
+
+def _put_back_values(meta: dict[str, Any], replaced: object) -> None:
+    """The pod's own labels and annotations that an injection overwrote, back as they were."""
+    if not isinstance(replaced, dict):
+        return
+    for key in ("labels", "annotations"):
+        values = replaced.get(key)
+        if isinstance(values, dict):
+            for name, value in values.items():
+                if isinstance(name, str) and isinstance(value, str):
+                    _set(meta, key, name, value)
 
 
 def _names(value: object) -> tuple[str, ...]:
@@ -183,18 +207,27 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any
     spec["volumes"] = [*(spec.get("volumes") or []), *plane.volumes]
     taken = _take_probes(spec, plane.probes)
     added: dict[str, list[str]] = {"labels": [], "annotations": []}
+    replaced: dict[str, dict[str, str]] = {}
     for key, always, defaults in (
         ("labels", plane.labels, plane.default_labels),
-        ("annotations", plane.annotations, plane.default_annotations),
+        ("annotations", {**plane.annotations, **plan.annotations}, plane.default_annotations),
     ):
-        present = meta.get(key) if isinstance(meta.get(key), dict) else {}
+        present = dict(meta[key]) if isinstance(meta.get(key), dict) else {}
         for name, value in always.items():
+            own = present.get(name)
+            if own == value:
+                continue  # the pod's own value, left as the pod's
+            if isinstance(own, str):
+                replaced.setdefault(key, {})[name] = own
             _set(meta, key, name, value)
             added[key].append(name)
         for name, value in defaults.items():
             if name not in present:
                 _set(meta, key, name, value)
                 added[key].append(name)
+    runtime_class = plan.runtime_class if not spec.get("runtimeClassName") else None
+    if runtime_class:
+        spec["runtimeClassName"] = runtime_class
     status = {
         "version": __version__,
         "flavour": plan.flavour.name,
@@ -208,6 +241,10 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any
     }
     if taken:
         status["probes"] = taken
+    if replaced:
+        status["replaced"] = replaced
+    if runtime_class:
+        status["runtimeClassName"] = runtime_class
     _set(meta, "annotations", ANN_STATUS, orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode())
     _set(meta, "annotations", ANN_DECISION, plan.decision)
     _set(meta, "annotations", ANN_SOURCE, plan.build.resources.source.value)

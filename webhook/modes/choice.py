@@ -1,0 +1,135 @@
+"""Which interception mode a pod gets: the decision table.
+
+``auto`` (the first row that holds wins)::
+
+    pod already in a sandbox RuntimeClass                       -> microvm   sandboxed-pod
+    high-throughput gRPC, microvm present, namespace admits it  -> microvm   high-throughput-grpc
+    ebpf's mechanism missing for the pod (ebpf.missing):
+        kernel unknown                                          -> iptables  kernel-unknown
+        lowest kernel below ebpf.minKernel                      -> iptables  kernel-too-old
+        an eligible node without a Ready, matching Merbridge    -> iptables  no-redirector
+        a proxy or exclusions Merbridge cannot handle           -> iptables  redirector-unsupported
+    batch pod, native sidecars available, iptables admitted     -> iptables  batch-native-sidecar
+    otherwise                                                   -> ebpf      ebpf-capable
+
+(ebpf needs the legacy placement, which keeps a Job's pod running after its app exits; where
+the pod could have a native sidecar and iptables is admitted, a batch pod takes iptables.)
+
+An explicit annotation (``ebpf``, ``microvm``, ``iptables``) is honoured when its mechanism
+is present and the namespace admits what it adds, and otherwise falls back along
+microvm -> ebpf -> iptables, with a warning. Reaching iptables is refused when the pod says
+``iptables-fallback: "false"`` (skip), and so is iptables whose init container the
+namespace's Pod Security level rejects (``baseline``, ``restricted``) unless a CNI plugin
+installs the rules. A sandboxed pod can only be meshed inside its sandbox: any other
+annotation is overridden with a warning, and the pod is skipped where that cannot work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from webhook.modes import MODES
+from webhook.modes.base import Setting
+from webhook.reasons import Mode, ModeReason, Skip
+
+_CHAIN = (Mode.MICROVM, Mode.EBPF, Mode.IPTABLES)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodTraits:
+    requested: str  # "auto" or a Mode value
+    iptables_fallback: bool
+    high_throughput_grpc: bool
+    batch: bool
+    native_possible: bool  # the cluster and the pod allow a native sidecar
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    mode: Mode | None
+    reason: ModeReason | None
+    text: str
+    skip: Skip | None = None
+    warning: str | None = None
+
+
+def _skip(skip: Skip, text: str | None = None) -> Choice:
+    return Choice(None, None, text or skip.text, skip=skip)
+
+
+def _sandboxed(setting: Setting, traits: PodTraits) -> Choice:
+    assert setting.sandbox is not None
+    module = MODES[Mode.MICROVM]
+    gap = module.missing(setting)
+    if gap is not None:
+        return _skip(Skip.SANDBOX_UNSUPPORTED, f"{Skip.SANDBOX_UNSUPPORTED.text}: {gap.text}")
+    blocked = module.blocked(setting)
+    if blocked is not None:
+        return _skip(blocked)
+    warning = None
+    if traits.requested not in ("auto", Mode.MICROVM.value):
+        warning = (
+            f"mesh-injector: {traits.requested} was requested, but the pod runs in sandbox "
+            f"{setting.sandbox.describe()}, where only in-sandbox rules reach its traffic"
+        )
+    return Choice(Mode.MICROVM, ModeReason.SANDBOXED_POD, module.supported_text(setting), warning=warning)
+
+
+def _requested(setting: Setting, traits: PodTraits) -> Choice:
+    requested = Mode(traits.requested)
+    refusals: list[str] = []
+    for mode in _CHAIN[_CHAIN.index(requested) :]:
+        module = MODES[mode]
+        gap = module.missing(setting)
+        if gap is not None:
+            refusals.append(f"{mode.value}: {gap.text}")
+            continue
+        blocked = module.blocked(setting)
+        if mode is Mode.IPTABLES:
+            if requested is not Mode.IPTABLES and not traits.iptables_fallback:
+                text = f"requested {requested.value} is not supported ({'; '.join(refusals)})"
+                return _skip(Skip.FALLBACK_FORBIDDEN, text)
+            if blocked is not None:
+                return _skip(blocked, f"{'; '.join([*refusals, blocked.text])}" if refusals else None)
+        elif blocked is not None:
+            refusals.append(f"{mode.value}: {blocked.text}")
+            continue
+        if mode is requested:
+            return Choice(mode, ModeReason.ANNOTATION, f"{mode.value} requested by annotation and supported")
+        text = (
+            f"requested {requested.value} is not supported ({'; '.join(refusals)}); fell back to {mode.value}"
+        )
+        return Choice(mode, ModeReason.FALLBACK, text, warning=f"mesh-injector: {text}")
+    raise AssertionError("iptables is present wherever the pod is not sandboxed")
+
+
+def choose_mode(setting: Setting, traits: PodTraits) -> Choice:
+    if setting.sandbox is not None:
+        return _sandboxed(setting, traits)
+    if traits.requested in (m.value for m in Mode):
+        return _requested(setting, traits)
+
+    microvm = MODES[Mode.MICROVM]
+    if traits.high_throughput_grpc and microvm.missing(setting) is None and microvm.blocked(setting) is None:
+        return Choice(
+            Mode.MICROVM,
+            ModeReason.HIGH_THROUGHPUT_GRPC,
+            f"high-throughput gRPC workload; {microvm.supported_text(setting)}",
+        )
+    ebpf, iptables = MODES[Mode.EBPF], MODES[Mode.IPTABLES]
+    gap = ebpf.missing(setting)
+    blocked = iptables.blocked(setting)
+    if gap is not None:
+        if not traits.iptables_fallback:
+            return _skip(Skip.FALLBACK_FORBIDDEN, f"{gap.text}, and iptables is not allowed")
+        if blocked is not None:
+            return _skip(blocked, f"{gap.text}; {blocked.text}")
+        return Choice(Mode.IPTABLES, gap.reason, f"{gap.text}: iptables is the safe fallback")
+    if traits.batch and traits.native_possible and blocked is None and traits.iptables_fallback:
+        return Choice(
+            Mode.IPTABLES,
+            ModeReason.BATCH_NATIVE_SIDECAR,
+            "a batch pod: ebpf would need a regular-container proxy that keeps it running after its app "
+            "exits; iptables lets the proxy be a native sidecar",
+        )
+    return Choice(Mode.EBPF, ModeReason.EBPF_CAPABLE, ebpf.supported_text(setting))

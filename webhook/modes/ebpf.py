@@ -1,0 +1,217 @@
+"""``ebpf``: Merbridge's eBPF programs on the node redirect the pod's traffic to its proxy.
+
+Merbridge (github.com/merbridge/merbridge, Apache-2.0) attaches cgroup socket programs
+(connect4, sockops, getsockopt, sk_msg) on every node, and in CNI mode a tc program on each
+pod's interface. What it needs, read from its source (commit 561fc00, release 0.8.1):
+
+- **On the node**: its DaemonSet pod, Ready, started with ``--mode`` of the mesh whose proxy
+  the pod runs (``linkerd``: uid 2102, outbound 4140, inbound 4143; ``istio``: uid 1337,
+  15001, 15006), on a kernel that runs its programs. With ``--cni-mode`` its CNI plugin marks
+  each meshed pod's network namespace, so connect() knows the pod's IP (and applies the pod's
+  exclusions) and inbound connections from other nodes are redirected by tc; without it,
+  neither happens (``interception.ebpf.redirector.requireCniMode``).
+- **In the pod**: its controller (``internal/pods``) counts a pod as meshed only when a
+  container named after the mesh's proxy is among ``spec.containers`` beside another one: a
+  native sidecar (the proxy among ``initContainers``) is never redirected, so ebpf pods get
+  the legacy placement. Its CNI plugin (``pkg/cniplugin``) handles a pod only when it carries
+  ``sidecar.istio.io/status``, in every mode but Kuma's and OSM's; Linkerd's injector never
+  writes it, so we do, and a pod with ``sidecar.istio.io/inject: "false"`` is ignored.
+- **Exclusions**: only from ``traffic.sidecar.istio.io/exclude{Inbound,Outbound}Ports`` and
+  ``excludeOutboundIPRanges`` (``controller/pod.go``), in every mesh mode: single ports
+  (ranges are dropped), IPv4 ranges only, at most 20 entries each, and 7 inbound entries are
+  Merbridge's own (Istio's ports). Linkerd's control and admin ports (4190, 4191) are not
+  among them, so they are excluded here, or a meshed Prometheus's scrape of 4191 and
+  ``linkerd viz tap`` on 4190 would be sent to the inbound proxy.
+
+The fail-safe: Linkerd's ``linkerd-network-validator`` listens on 0.0.0.0:4140 and connects
+to 1.1.1.1:20001 as uid 65534; Merbridge sends that connect to the listener, so the pod
+starts only where the redirect really works. Istio's ``istio-validation`` connects as uid
+1337 (the proxy's, which Merbridge never redirects) to 127.0.0.6 (loopback, which it never
+redirects either): it would fail on every pod, so Istio pods get none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import orjson
+
+from webhook.cluster.snapshot import RedirectorState
+from webhook.dataplane.base import Ports
+from webhook.modes.base import Gap, Interception, Setting, ports_text
+from webhook.reasons import ModeReason
+
+NEEDS = (
+    "Merbridge's DaemonSet pod Ready on every node the pod may land on, in the flavour's mesh mode "
+    "(and with --cni-mode unless the policy says otherwise), on kernels at or above ebpf.minKernel"
+)
+
+EXCLUDE_INBOUND = "traffic.sidecar.istio.io/excludeInboundPorts"
+EXCLUDE_OUTBOUND = "traffic.sidecar.istio.io/excludeOutboundPorts"
+EXCLUDE_RANGES = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
+# the mark Merbridge's CNI plugin requires before it redirects a pod
+CNI_MARK = "sidecar.istio.io/status"
+ISTIO_INJECT = "sidecar.istio.io/inject"
+# controller/pod.go: MaxItemLen, and the inbound ports it always excludes
+MAX_ITEMS = 20
+OWN_INBOUND = (15006, 15001, 15008, 15090, 15021, 15020, 15000)
+LEGACY_ONLY = (
+    "Merbridge finds the proxy only among the pod's containers, never among its init containers, "
+    "so a native sidecar would not be redirected"
+)
+
+
+def _redirector_gap(setting: Setting) -> Gap | None:
+    """Why some eligible node lacks a redirector that serves this flavour's proxy."""
+    plane, policy = setting.plane, setting.policy
+    rules = policy.interception.ebpf.redirector
+    where = f"{setting.redirector_namespace} -l {rules.selector}"
+    assert plane.redirect is not None
+    want = plane.redirect.mode
+    problems: list[tuple[int, str]] = []
+    for state, count, node in setting.elig.redirectors:
+        others = f" (and {count - 1} more)" if count > 1 else ""
+        if state is None:
+            problems.append((0, f"node {node}{others} runs no Merbridge pod ({where})"))
+            continue
+        agent = _agent_name(setting, node)
+        if not state.ready:
+            problems.append((1, f"Merbridge on node {node}{others} ({agent}) is not Ready"))
+        elif state.mode != want:
+            problems.append(
+                (
+                    2,
+                    f"Merbridge on node {node}{others} runs --mode {state.mode}; "
+                    f"the {plane.name} proxy needs {want}",
+                )
+            )
+        elif rules.require_cni_mode and not state.cni_mode:
+            problems.append(
+                (
+                    3,
+                    f"Merbridge on node {node}{others} runs without --cni-mode, so connections from other "
+                    "nodes and the pod's exclusions would bypass the proxy",
+                )
+            )
+    if not problems:
+        return None
+    return Gap(ModeReason.NO_REDIRECTOR, min(problems)[1])
+
+
+def _agent_name(setting: Setting, node: str) -> str:
+    found = setting.snapshot.redirectors.get(node)
+    return found[1] if found is not None else "?"
+
+
+def serves(state: RedirectorState | None, mode: str, require_cni: bool) -> bool:
+    """Whether a node's redirector redirects a pod of the mesh ``mode``."""
+    return state is not None and state.ready and state.mode == mode and (state.cni_mode or not require_cni)
+
+
+def _width(ports: Ports) -> int:
+    return sum(hi - lo + 1 for lo, hi in ports)
+
+
+def _annotations(setting: Setting) -> tuple[dict[str, str], str | None]:
+    """Merbridge's exclusion annotations for the pod, or why they cannot say what it needs."""
+    never_in, never_out = setting.plane.never_redirected(setting.policy)
+    excl = setting.exclusions
+    inbound = sorted({p for p in (*_expand(never_in), *_expand(excl.inbound)) if p not in OWN_INBOUND})
+    outbound = sorted(set(_expand(never_out)) | set(_expand(excl.outbound)))
+    room_in = MAX_ITEMS - len(OWN_INBOUND)
+    if _width(excl.inbound) > MAX_ITEMS or len(inbound) > room_in:
+        return {}, (
+            f"the pod excludes inbound ports {ports_text(excl.inbound)}; with the proxy's own that is more "
+            f"than the {room_in} single ports Merbridge holds beside its {len(OWN_INBOUND)}"
+        )
+    if _width(excl.outbound) > MAX_ITEMS or len(outbound) > MAX_ITEMS:
+        return {}, (
+            f"the pod excludes outbound ports {ports_text(excl.outbound)}; Merbridge holds at most "
+            f"{MAX_ITEMS} single ports"
+        )
+    v6 = [c for c in excl.cidrs if ipaddress.ip_network(c, strict=False).version == 6]
+    if v6:
+        return {}, f"the pod excludes IPv6 range {v6[0]}; Merbridge applies exclusions to IPv4 only"
+    if len(excl.cidrs) > MAX_ITEMS:
+        return {}, f"the pod excludes {len(excl.cidrs)} IP ranges; Merbridge holds at most {MAX_ITEMS}"
+    out: dict[str, str] = {}
+    if inbound:
+        out[EXCLUDE_INBOUND] = ",".join(map(str, inbound))
+    if outbound:
+        out[EXCLUDE_OUTBOUND] = ",".join(map(str, outbound))
+    if excl.cidrs:
+        out[EXCLUDE_RANGES] = ",".join(excl.cidrs)
+    return out, None
+
+
+def _expand(ports: Ports) -> list[int]:
+    return [p for lo, hi in ports for p in range(lo, hi + 1)] if _width(ports) <= 65535 else []
+
+
+def missing(setting: Setting) -> Gap | None:
+    """Why ebpf cannot redirect this pod's traffic, or None when Merbridge is known to."""
+    kf, rules = setting.kernels, setting.policy.interception
+    if setting.sandbox is not None:
+        return Gap(
+            ModeReason.SANDBOXED_POD,
+            f"the pod runs in sandbox {setting.sandbox.describe()}, "
+            "whose sockets host eBPF programs cannot see",
+        )
+    if kf.unknown:
+        return Gap(ModeReason.KERNEL_UNKNOWN, kf.unknown)
+    if not kf.ebpf:
+        return Gap(
+            ModeReason.KERNEL_TOO_OLD,
+            f"lowest eligible kernel {kf.lowest_raw} is below {rules.ebpf.min_kernel}",
+        )
+    plane = setting.plane
+    if plane.redirect is None:
+        return Gap(
+            ModeReason.REDIRECTOR_UNSUPPORTED,
+            f"Merbridge does not recognise the {plane.name} proxy ({plane.proxy_name})",
+        )
+    gap = _redirector_gap(setting)
+    if gap is not None:
+        return gap
+    if str(setting.annotations.get(ISTIO_INJECT, "")).strip().lower() == "false":
+        return Gap(
+            ModeReason.REDIRECTOR_UNSUPPORTED,
+            f'Merbridge\'s CNI plugin ignores a pod annotated {ISTIO_INJECT}: "false"',
+        )
+    _, why = _annotations(setting)
+    if why is not None:
+        return Gap(ModeReason.REDIRECTOR_UNSUPPORTED, why)
+    return None
+
+
+def supported_text(setting: Setting) -> str:
+    kf = setting.kernels
+    plane = setting.plane
+    assert plane.redirect is not None
+    return (
+        f"Merbridge (--mode {plane.redirect.mode}) is Ready on all {setting.elig.count} eligible node(s), "
+        f"lowest kernel {kf.lowest_raw}"
+    )
+
+
+def blocked(setting: Setting) -> None:
+    """Nothing ebpf adds needs a privilege: the validator drops every capability."""
+    return None
+
+
+def interception(setting: Setting) -> Interception:
+    annotations, _ = _annotations(setting)
+    plane = setting.plane
+    if not plane.writes_sidecar_status:
+        annotations[CNI_MARK] = orjson.dumps({"containers": [plane.proxy_name]}).decode()
+    rules = setting.policy.interception.ebpf.redirector
+    validator = rules.network_validator and plane.validator_under_redirector
+    notes = [f"merbridge: {', '.join(f'{k}={v}' for k, v in annotations.items() if k != CNI_MARK)}"]
+    if validator:
+        notes.append("fail-safe: the network validator stops the pod starting where nothing redirects")
+    return Interception(
+        init="validator" if validator else None,
+        annotations=annotations,
+        legacy_only=LEGACY_ONLY,
+        notes=tuple(n for n in notes if not n.endswith(": ")),
+    )
