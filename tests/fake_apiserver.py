@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import re
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
