@@ -34,6 +34,7 @@ from webhook.loading import (
 )
 from webhook.manifests.process import DocResult, process
 from webhook.manifests.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
+from webhook.modes import describe as describe_modes
 from webhook.policy import Policy, PolicyError, load_policy
 from webhook.serve.options import add_commands as add_server_commands
 from webhook.serve.review import ReviewError, build_response, parse_review
@@ -327,7 +328,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         f"{args.file}: valid ({len(policy.profiles)} profiles, "
         f"injectByDefault={str(policy.inject_by_default).lower()})"
     )
-    for line in describe(policy):
+    for line in [*describe(policy), *describe_modes(policy)]:
         print(line)
     return 0
 

@@ -43,7 +43,6 @@ def describe(policy: Policy) -> list[str]:
                 if cni
                 else f"linkerd-init {s.init_image}"
             ),
-            "  ebpf and microvm modes: no init container (the node agent redirects)",
         ]
     if name == "istio":
         s = policy.proxy.istio
@@ -53,7 +52,6 @@ def describe(policy: Policy) -> list[str]:
             f"cluster id {s.cluster_id}, mesh id {s.mesh_id or s.trust_domain}",
             "  iptables mode: "
             + ("istio-validation (a CNI plugin installs the rules)" if cni else f"istio-init {s.image}"),
-            "  ebpf and microvm modes: no init container (the node agent redirects)",
         ]
     return [
         f"data plane: generic: mesh-proxy {policy.proxy.image}",
@@ -63,7 +61,6 @@ def describe(policy: Policy) -> list[str]:
             if cni
             else f"mesh-init {policy.proxy.init_image}"
         ),
-        "  ebpf and microvm modes: no init container (the node agent redirects)",
     ]
 
 

@@ -1,0 +1,205 @@
+"""What runs inside a test pod's network namespace (``ip netns exec NS python merbridge_pod.py
+ROLE PLAN``), as the kubelet and Merbridge's CNI server would set it up: the process joins the
+pod's cgroup, opens Merbridge's mark listener (0.0.0.0:39807 with the netns's SO_MARK), then
+plays the pod's containers with the uids the emitted pod gives them. Prints one JSON line.
+
+Roles:
+- ``target``: a pod on the same node with servers on ports (app, proxy inbound, admin), each
+  answering with its port and the SO_ORIGINAL_DST it sees; runs until killed.
+- ``caller``: the pod under test: the network validator (if any), then the proxy, then the
+  app's plain connects and the proxy's own connects to the target pod.
+"""
+
+from __future__ import annotations
+
+import encodings.idna  # noqa: F401  (imported before setuid: a pyenv Python cannot load it after)
+import json
+import os
+import secrets
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+SO_ORIGINAL_DST = 80
+
+
+def original_dst(conn: socket.socket) -> str | None:
+    try:
+        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    port, ip = struct.unpack("!2xH4s8x", raw)
+    return f"{socket.inet_ntoa(ip)}:{port}"
+
+
+def setup(plan: dict[str, Any]) -> socket.socket:
+    with open(os.path.join(plan["cgroup"], "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    mark = socket.socket()
+    mark.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("I", plan["mark"]))
+    mark.bind(("0.0.0.0", 39807))
+    mark.listen()
+    return mark
+
+
+def serve(ip: str, port: int, tag: str) -> socket.socket:
+    """A server answering each connection with what it is and what it saw."""
+    srv = socket.create_server((ip, port), reuse_port=True)
+
+    def loop() -> None:
+        while True:
+            conn, _ = srv.accept()
+            reply = {"tag": tag, "port": conn.getsockname()[1], "orig": original_dst(conn)}
+            conn.sendall(json.dumps(reply).encode())
+            conn.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv
+
+
+def as_uid(uid: int, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a child process running as ``uid`` (in the same cgroup and netns)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            out = fn(*args)
+        except Exception as exc:  # reported, as the container's exit would be
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def fetch(ip: str, port: int, source: str | None = None) -> Any:
+    s = socket.socket()
+    s.settimeout(3)
+    if source:
+        s.bind((source, 0))
+    s.connect((ip, port))
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    s.close()
+    return json.loads(data) if data.startswith(b"{") else data.decode()
+
+
+def validator(listen: str, connect: str) -> dict[str, Any]:
+    """linkerd-network-validator's check: listen, connect to an address nothing serves, and
+    expect its own token back (only a redirect can bring the connection to the listener)."""
+    host, port = listen.rsplit(":", 1)
+    token = secrets.token_hex(16).encode()
+    srv = socket.create_server((host, int(port)))
+
+    def answer() -> None:
+        conn, _ = srv.accept()
+        conn.sendall(token)
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    chost, cport = connect.rsplit(":", 1)
+    try:
+        s = socket.create_connection((chost, int(cport)), timeout=3)
+        got = s.recv(64)
+        s.close()
+        return {"ok": got == token}
+    except OSError as exc:
+        return {"ok": False, "error": str(exc)}
+    finally:
+        srv.close()
+
+
+def istio_validation() -> dict[str, Any]:
+    """istio-validation's check: listeners on 127.0.0.1:15001 and :15006, a client bound to
+    127.0.0.1 connecting to 127.0.0.6:15002 (which the rules must send to a listener)."""
+    servers = [socket.create_server(("127.0.0.1", p)) for p in (15001, 15006)]
+    try:
+        s = socket.socket()
+        s.settimeout(3)
+        s.bind(("127.0.0.1", 0))
+        s.connect(("127.0.0.6", 15002))
+        s.close()
+        return {"ok": True}
+    except OSError as exc:
+        return {"ok": False, "error": str(exc)}
+    finally:
+        for srv in servers:
+            srv.close()
+
+
+def proxy(bind: str, port: int, ready_w: int) -> None:
+    """The stand-in proxy: accept redirected connections, read SO_ORIGINAL_DST, connect there
+    (as the proxy's uid, which the redirect must leave alone) and relay the answer."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((bind, port))
+    srv.listen(16)
+    os.write(ready_w, b"r")
+    while True:
+        conn, _ = srv.accept()
+        orig = original_dst(conn)
+        try:
+            host, oport = (orig or "0.0.0.0:0").rsplit(":", 1)
+            upstream = fetch(host, int(oport))
+        except OSError as exc:
+            upstream = {"error": str(exc)}
+        conn.sendall(json.dumps({"tag": "proxy", "orig": orig, "upstream": upstream}).encode())
+        conn.close()
+
+
+def target(plan: dict[str, Any]) -> None:
+    mark = setup(plan)  # kept open for the pod's life, as the CNI server keeps it
+    servers = [serve("0.0.0.0", port, tag) for tag, port in plan["servers"].items()]
+    print(json.dumps({"ready": len(servers)}), flush=True)
+    while mark.fileno() >= 0:
+        time.sleep(3600)
+
+
+def caller(plan: dict[str, Any]) -> None:
+    mark = setup(plan)  # kept open for the pod's life, as the CNI server keeps it
+    for port in plan["upstream_ports"]:
+        serve(plan["upstream_ip"], port, f"upstream:{port}")
+    result: dict[str, Any] = {}
+    if plan.get("validator"):
+        v = plan["validator"]
+        result["validator"] = as_uid(v["uid"], validator, v["listen"], v["connect"])
+    if plan.get("istio_validation"):
+        result["istio_validation"] = as_uid(plan["istio_validation"], istio_validation)
+    p = plan["proxy"]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setgid(p["uid"])
+        os.setuid(p["uid"])
+        proxy(p["bind"], p["port"], w)
+        os._exit(0)
+    os.read(r, 1)
+    try:
+        result["app"] = {
+            str(port): as_uid(plan["app_uid"], fetch, plan["upstream_ip"], port)
+            for port in plan["upstream_ports"]
+        }
+        result["proxy_to_peer"] = {
+            str(port): as_uid(p["uid"], fetch, plan["peer_ip"], port) for port in plan["peer_ports"]
+        }
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    print(json.dumps(result), flush=True)
+    mark.close()
+
+
+if __name__ == "__main__":
+    role, raw = sys.argv[1], json.loads(sys.argv[2])
+    {"target": target, "caller": caller}[role](raw)

@@ -1,0 +1,113 @@
+"""What runs inside the gVisor sandbox of tests/test_sandbox.py, as the pod's containers would:
+the emitted init container's command with its environment (the rules, loaded by
+iptables-restore into gVisor's own netstack), then a stand-in proxy with the emitted proxy's
+uid and outbound port, then the app's plain connects. Prints one JSON line.
+
+Usage: sandbox_pod.py PLAN_JSON
+"""
+
+from __future__ import annotations
+
+import encodings.idna  # noqa: F401  (imported before setuid)
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def original_dst(conn: socket.socket) -> str | None:
+    try:
+        raw = conn.getsockopt(socket.SOL_IP, 80, 16)
+    except OSError:
+        return None
+    port, ip = struct.unpack("!2xH4s8x", raw)
+    return f"{socket.inet_ntoa(ip)}:{port}"
+
+
+def fetch(ip: str, port: int) -> Any:
+    try:
+        with socket.create_connection((ip, port), timeout=5) as s:
+            data = s.recv(4096)
+    except OSError as exc:
+        return {"error": str(exc)}
+    return json.loads(data) if data.startswith(b"{") else data.decode()
+
+
+def as_uid(uid: int, fn: Any, *args: Any) -> Any:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setgid(uid)
+        os.setuid(uid)
+        os.write(w, json.dumps(fn(*args)).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def proxy(uid: int, port: int) -> int:
+    pid = os.fork()
+    if pid:
+        time.sleep(0.5)
+        return pid
+    os.setgid(uid)
+    os.setuid(uid)
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(8)
+    while True:
+        conn, _ = srv.accept()
+        orig = original_dst(conn)
+        host, oport = (orig or "0.0.0.0:0").rsplit(":", 1)
+        conn.sendall(
+            json.dumps(
+                {"tag": "proxy", "uid": os.getuid(), "orig": orig, "upstream": fetch(host, int(oport))}
+            ).encode()
+        )
+        conn.close()
+
+
+def probe(features: list[list[str]]) -> dict[str, bool]:
+    """Which iptables features this netstack accepts, on a scratch chain."""
+    ipt = ["iptables-legacy", "-w", "-t", "nat"]
+    subprocess.run([*ipt, "-N", "MI_PROBE"], capture_output=True)
+    out = {}
+    for feature in features:
+        done = subprocess.run([*ipt, "-A", "MI_PROBE", *feature], capture_output=True)
+        out[" ".join(feature)] = done.returncode == 0
+    subprocess.run([*ipt, "-F", "MI_PROBE"], capture_output=True)
+    subprocess.run([*ipt, "-X", "MI_PROBE"], capture_output=True)
+    return out
+
+
+def main(plan: dict[str, Any]) -> None:
+    result: dict[str, Any] = {}
+    if plan.get("init"):
+        init = plan["init"]
+        env = {**os.environ, **init["env"], "PATH": f"{plan['shim']}:{os.environ.get('PATH', '')}"}
+        done = subprocess.run(init["command"], env=env, capture_output=True, text=True, timeout=30)
+        result["init"] = {"rc": done.returncode, "stderr": done.stderr.strip()[-300:]}
+    if plan.get("probe"):
+        result["probe"] = probe(plan["probe"])
+    pid = proxy(plan["proxy_uid"], plan["proxy_port"])
+    try:
+        result["app"] = {str(p): as_uid(plan["app_uid"], fetch, plan["upstream"], p) for p in plan["ports"]}
+        result["proxy_own"] = as_uid(plan["proxy_uid"], fetch, plan["upstream"], plan["ports"][0])
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

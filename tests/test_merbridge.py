@@ -1,0 +1,386 @@
+"""ebpf mode, proven with Merbridge's real programs (tests/merbridge/, built with Debian's
+clang, loaded with bpftool) on a pod that mesh-injector emitted, for Linkerd and Istio.
+
+Two pods on one node: network namespaces joined by a veth pair, each with its own child of
+the cgroup Merbridge's programs are attached to, its SO_MARK listener and its entries in
+Merbridge's maps (filled from the emitted pod as Merbridge's controller and CNI server
+would). In the pod under test, stand-ins run as the emitted containers say: the network
+validator with its uid and addresses, the proxy with its uid and outbound listener, the app
+as an ordinary uid. The proof: the app's plain connect() reaches the proxy, which reads the
+right SO_ORIGINAL_DST; a skipped port goes direct; a meshed peer's proxy reaches the app
+port through the inbound proxy but the ports the pod excludes (Linkerd's admin port among
+them) directly; Linkerd's validator passes. The negative control runs the same pods with
+nothing attached: every connection bypasses the proxy, and the validator fails.
+
+Needs root (bpf, mounts, network namespaces) and clang, bpftool, make and iproute2
+(.ci/run installs them); skipped with the reason where the kernel or the tools refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import merbridge_harness as mb
+from tests.support import TRUST_ANCHORS, anchored_policy
+from webhook.admission import admit
+from webhook.cluster.snapshot import redirector_selector, snapshot_from_objects
+from webhook.dataplane import flavour
+from webhook.versions import KubeVersion
+
+POD = Path(__file__).parent / "merbridge_pod.py"
+MESH_H = mb.SOURCE / "headers" / "mesh.h"
+A_IP, B_IP, UPSTREAM = "10.0.0.5", "10.0.0.6", "10.20.30.40"
+NS_A, NS_B = "mi-mb-a", "mi-mb-b"
+APP_UID = 1000
+
+
+def mesh_constants(mode: str) -> dict[str, int]:
+    """SIDECAR_USER_ID, OUT_REDIRECT_PORT and IN_REDIRECT_PORT Merbridge compiles for ``mode``."""
+    text = MESH_H.read_text()
+    block = text.split(f"MESH == {mode.upper()}", 1)[1].split("#elif", 1)[0]
+    return {k: int(v) for k, v in re.findall(r"#define (\w+) (\d+)", block)}
+
+
+def _sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
+    if os.geteuid() != 0:
+        pytest.skip("loading eBPF programs, mounting bpffs and creating network namespaces needs root")
+    missing = mb.missing_tools()
+    if missing:
+        pytest.skip(
+            f"missing {', '.join(missing)} (apt-get install clang llvm bpftool libbpf-dev make iproute2)"
+        )
+    work = tmp_path_factory.mktemp("merbridge")
+    bpffs, cg2 = work / "bpffs", work / "cg2"
+    bpffs.mkdir()
+    cg2.mkdir()
+    mounted: list[Path] = []
+    try:
+        for kind, where in (("bpf", bpffs), ("cgroup2", cg2)):
+            done = subprocess.run(["mount", "-t", kind, kind, str(where)], capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount {kind}: {done.stderr.strip()}")
+            mounted.append(where)
+        loaded = {}
+        for mode in ("linkerd", "istio"):
+            progs = mb.Programs(mode, bpffs, cg2)
+            try:
+                progs.build()
+                progs.load()
+            except (RuntimeError, subprocess.CalledProcessError) as exc:
+                detail = getattr(exc, "stderr", b"") or str(exc)
+                pytest.skip(f"Merbridge's {mode} programs do not build or load here: {str(detail)[-400:]}")
+            loaded[mode] = progs
+        yield loaded
+    finally:
+        for where in reversed(mounted):
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def emitted(flavour_name: str) -> dict[str, Any]:
+    """A pod meshed by mesh-injector in ebpf mode, on a node where Merbridge runs Ready in CNI
+    mode for the flavour's mesh; it skips outbound port 9090 and inbound port 9102."""
+    policy = anchored_policy(f"proxy: {{flavour: {flavour_name}}}")
+    selector = redirector_selector(policy)
+    mode = flavour(flavour_name).redirect.mode
+    objects = [
+        {
+            "kind": "Node",
+            "metadata": {"name": "node-1", "labels": {"kubernetes.io/hostname": "node-1"}},
+            "status": {"nodeInfo": {"kernelVersion": os.uname().release, "kubeletVersion": "v1.32.2"}},
+        },
+        {"kind": "Namespace", "metadata": {"name": "shop", "labels": {"mesh-injector.io/inject": "enabled"}}},
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": "merbridge-x",
+                "namespace": selector.namespace,
+                "labels": dict(selector.labels),
+            },
+            "spec": {
+                "nodeName": "node-1",
+                "containers": [{"name": "merbridge", "args": ["-m", mode, "--cni-mode"]}],
+            },
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        },
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "linkerd-identity-trust-roots", "namespace": "linkerd"},
+            "data": {"ca-bundle.crt": TRUST_ANCHORS},
+        },
+    ]
+    snapshot = snapshot_from_objects(objects, server_version=KubeVersion(1, 32), redirector=selector)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-0",
+            "namespace": "shop",
+            "annotations": {
+                "mesh-injector.io/skip-outbound-ports": "9090",
+                "mesh-injector.io/skip-inbound-ports": "9102",
+            },
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "registry.example.com/web:1",
+                    "ports": [{"containerPort": 8080}, {"containerPort": 9102}],
+                }
+            ]
+        },
+    }
+    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod}
+    out = admit(request, snapshot, policy)
+    assert out.injected and out.mode is not None and out.mode.value == "ebpf", out.explanation
+    assert out.pod is not None
+    return dict(out.pod)
+
+
+def _container(pod: dict[str, Any], name: str, key: str = "containers") -> dict[str, Any] | None:
+    return next((c for c in pod["spec"].get(key) or [] if c["name"] == name), None)
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+
+def _args(container: dict[str, Any], flag: str) -> str:
+    args = container["args"]
+    return args[args.index(flag) + 1]
+
+
+class Node:
+    """Two pods' network namespaces (veth-joined) and cgroups, torn down on exit."""
+
+    def __init__(self, cg2: Path) -> None:
+        self.parent = cg2 / "mi-pods"
+        self.cgroups = {NS_A: self.parent / "a", NS_B: self.parent / "b"}
+
+    def __enter__(self) -> Node:
+        self.__exit__()
+        for ns in (NS_A, NS_B):
+            _sh("ip", "netns", "add", ns)
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        _sh(
+            "ip",
+            "link",
+            "add",
+            "mi-mb-va",
+            "netns",
+            NS_A,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "mi-mb-vb",
+            "netns",
+            NS_B,
+        )
+        for ns, dev, ip in ((NS_A, "mi-mb-va", A_IP), (NS_B, "mi-mb-vb", B_IP)):
+            _sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            _sh("ip", "-n", ns, "link", "set", dev, "up")
+        _sh("ip", "-n", NS_A, "addr", "add", f"{UPSTREAM}/32", "dev", "lo")  # a service beyond the pod
+        for cg in self.cgroups.values():
+            cg.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in (NS_A, NS_B):
+            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for cg in (*self.cgroups.values(), self.parent):
+            if cg.is_dir():
+                for _ in range(50):
+                    try:
+                        cg.rmdir()
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+
+
+def run_pods(node: Node, progs: mb.Programs, pod: dict[str, Any], plane_name: str) -> dict[str, Any]:
+    """The target pod in B, the pod under test in A; what the caller saw."""
+    mode = progs.mode
+    consts = mesh_constants(mode)
+    proxy = _container(pod, flavour(plane_name).proxy_name)
+    assert proxy is not None
+    uid = proxy["securityContext"]["runAsUser"]
+    if plane_name == "linkerd":
+        bind, port = _env(proxy)["LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR"].rsplit(":", 1)
+        peer_ports = {
+            "app": 8080,
+            "metrics": 9102,
+            "admin": 4191,
+            "inbound-proxy": consts["IN_REDIRECT_PORT"],
+        }
+    else:
+        bind, port = "0.0.0.0", str(consts["OUT_REDIRECT_PORT"])  # Envoy's outbound listener
+        peer_ports = {
+            "app": 8080,
+            "metrics": 9102,
+            "agent": 15020,
+            "inbound-proxy": consts["IN_REDIRECT_PORT"],
+        }
+    plan_b = {
+        "cgroup": str(node.cgroups[NS_B]),
+        "mark": mb.mark_of(f"/var/run/netns/{NS_B}"),
+        "servers": peer_ports,
+    }
+    plan_a: dict[str, Any] = {
+        "cgroup": str(node.cgroups[NS_A]),
+        "mark": mb.mark_of(f"/var/run/netns/{NS_A}"),
+        "upstream_ip": UPSTREAM,
+        "upstream_ports": [8080, 9090],
+        "proxy": {"uid": uid, "bind": bind, "port": int(port)},
+        "app_uid": APP_UID,
+        "peer_ip": B_IP,
+        "peer_ports": [8080, 9102, peer_ports.get("admin", peer_ports.get("agent"))],
+    }
+    validator = _container(pod, "linkerd-network-validator", "initContainers")
+    if validator is not None:
+        plan_a["validator"] = {
+            "uid": validator["securityContext"]["runAsUser"],
+            "listen": _args(validator, "--listen-addr"),
+            "connect": _args(validator, "--connect-addr"),
+        }
+    if plane_name == "istio":
+        plan_a["istio_validation"] = uid
+    target = subprocess.Popen(
+        ["ip", "netns", "exec", NS_B, sys.executable, str(POD), "target", json.dumps(plan_b)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert target.stdout is not None and "ready" in target.stdout.readline()
+        done = subprocess.run(
+            ["ip", "netns", "exec", NS_A, sys.executable, str(POD), "caller", json.dumps(plan_a)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        target.kill()
+        target.wait()
+
+
+def register(progs: mb.Programs, pod: dict[str, Any]) -> None:
+    """What Merbridge's Go side writes for the two pods (both built from the emitted pod):
+    the CNI server's mark -> pod IP, and the controller's local_pod_ips entry."""
+    progs.forget()
+    annotations = pod["metadata"].get("annotations") or {}
+    for ns, ip in ((NS_A, A_IP), (NS_B, B_IP)):
+        if mb.cni_plugin_handles(pod):
+            progs.update(
+                "mark_pod_ips_map", mb.mark_of(f"/var/run/netns/{ns}").to_bytes(4, "little"), mb.ip_key(ip)
+            )
+        if mb.controller_counts(pod, progs.mode):
+            progs.update("local_pod_ips", mb.ip_key(ip), mb.pod_config(annotations))
+
+
+@pytest.mark.parametrize("plane_name", ["linkerd", "istio"])
+def test_an_emitted_ebpf_pod_is_redirected_by_merbridge(programs, plane_name):
+    progs = programs[flavour(plane_name).redirect.mode]
+    pod = emitted(plane_name)
+    consts = mesh_constants(progs.mode)
+    proxy = _container(pod, flavour(plane_name).proxy_name)
+    assert proxy is not None, "the proxy is a regular container: Merbridge's controller looks only there"
+    assert proxy["securityContext"]["runAsUser"] == consts["SIDECAR_USER_ID"]
+    assert mb.controller_counts(pod, progs.mode) and mb.cni_plugin_handles(pod)
+    if plane_name == "linkerd":
+        assert _env(proxy)["LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR"].endswith(f":{consts['OUT_REDIRECT_PORT']}")
+
+    cg2 = progs.cgroup_root
+    with Node(cg2) as node:
+        register(progs, pod)
+        progs.attach(node.parent)
+        try:
+            seen = run_pods(node, progs, pod, plane_name)
+        finally:
+            progs.detach(node.parent)
+    # the app's plain connect() lands on the proxy, which knows where it was going
+    via = seen["app"]["8080"]
+    assert via["tag"] == "proxy", seen
+    assert via["orig"] == f"{UPSTREAM}:8080" and via["upstream"]["tag"] == "upstream:8080", seen
+    # a skipped outbound port goes straight to its server
+    assert seen["app"]["9090"]["tag"] == "upstream:9090", seen
+    # a meshed peer's proxy: the app port through the inbound proxy, excluded ports directly
+    assert seen["proxy_to_peer"]["8080"]["tag"] == "inbound-proxy", seen
+    assert seen["proxy_to_peer"]["9102"]["tag"] == "metrics", seen
+    if plane_name == "linkerd":
+        assert seen["proxy_to_peer"]["4191"]["tag"] == "admin", seen  # Linkerd's admin port, excluded by us
+        assert seen["validator"] == {"ok": True}, seen
+    else:
+        assert seen["proxy_to_peer"]["15020"]["tag"] == "agent", seen  # in Merbridge's own list
+        # istio-validation connects as the proxy's uid to loopback: Merbridge redirects neither
+        assert seen["istio_validation"]["ok"] is False, seen
+        assert _container(pod, "istio-validation", "initContainers") is None
+
+    # negative control: the same pods with nothing attached bypass the proxy
+    with Node(cg2) as node:
+        register(progs, pod)
+        bare = run_pods(node, progs, pod, plane_name)
+    assert bare["app"]["8080"]["tag"] == "upstream:8080", bare
+    assert bare["proxy_to_peer"]["8080"]["tag"] == "app", bare
+    if plane_name == "linkerd":
+        assert bare["validator"]["ok"] is False, bare  # the fail-safe: the pod would not start
+
+
+def test_a_native_sidecar_is_not_what_merbridge_redirects():
+    """Why ebpf pods get the legacy placement: Merbridge's controller never counts a pod whose
+    proxy is an init container, and its CNI plugin needs the status annotation."""
+    pod = emitted("linkerd")
+    native = json.loads(json.dumps(pod))
+    proxy = native["spec"]["containers"].pop(0)
+    native["spec"]["initContainers"] = [{**proxy, "restartPolicy": "Always"}]
+    assert mb.controller_counts(pod, "linkerd") and not mb.controller_counts(native, "linkerd")
+    unmarked = json.loads(json.dumps(pod))
+    del unmarked["metadata"]["annotations"]["sidecar.istio.io/status"]
+    assert mb.cni_plugin_handles(pod) and not mb.cni_plugin_handles(unmarked)
+
+
+def test_merbridge_reads_the_exclusions_as_the_emitted_pod_writes_them():
+    """The controller's parse of the annotations, as bytes in its map: Linkerd's own ports and
+    the pod's skips, after Merbridge's seven."""
+    pod = emitted("linkerd")
+    config = mb.pod_config(pod["metadata"]["annotations"])
+    exclude_in = [int.from_bytes(config[404 + 2 * i : 406 + 2 * i], "little") for i in range(20)]
+    exclude_out = [int.from_bytes(config[444 + 2 * i : 446 + 2 * i], "little") for i in range(20)]
+    assert exclude_in[:12] == [15006, 15001, 15008, 15090, 15021, 15020, 15000, 4190, 4191, 4567, 4568, 9102]
+    assert exclude_out[:3] == [4567, 4568, 9090] and not any(exclude_out[3:])
+
+
+def test_without_linkerds_ports_excluded_merbridge_takes_its_admin_port(programs):
+    """Why the Linkerd flavour excludes 4190 and 4191: Merbridge's own list has only Istio's
+    ports, so a peer proxy's scrape of the admin port (a meshed Prometheus) would land on
+    the inbound proxy instead. The same pod with our exclusion annotation taken away shows it."""
+    progs = programs["linkerd"]
+    pod = emitted("linkerd")
+    bare = json.loads(json.dumps(pod))
+    del bare["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeInboundPorts"]
+    with Node(progs.cgroup_root) as node:
+        register(progs, bare)
+        progs.attach(node.parent)
+        try:
+            seen = run_pods(node, progs, bare, "linkerd")
+        finally:
+            progs.detach(node.parent)
+    assert seen["proxy_to_peer"]["4191"]["tag"] == "inbound-proxy", seen
+    assert seen["proxy_to_peer"]["4191"]["orig"] == f"{B_IP}:4191", seen
