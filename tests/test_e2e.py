@@ -112,6 +112,37 @@ def set_kernel(core: client.CoreV1Api, name: str, kernel: str) -> None:
     )
 
 
+def make_merbridge(core: client.CoreV1Api, ns: str, node: str, mode: str, ready: bool = True) -> None:
+    """Merbridge's DaemonSet pod on ``node`` (created as its DaemonSet would, bound to the node,
+    and Running and Ready through the status subresource, as a kubelet would report it)."""
+    name = f"merbridge-{node}"
+    try:
+        core.read_namespaced_pod(name, ns, _preload_content=False)
+    except client.ApiException:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "merbridge"}},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": "default",
+                "containers": [
+                    {
+                        "name": "merbridge",
+                        "image": "ghcr.io/merbridge/merbridge:0.8.1",
+                        "args": ["/app/mbctl", "-m", mode, "--use-reconnect=false", "--cni-mode=true"],
+                    }
+                ],
+            },
+        }
+        core.create_namespaced_pod(ns, body, _preload_content=False)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    condition = {"type": "Ready", "status": "True" if ready else "False", "lastTransitionTime": now}
+    core.patch_namespaced_pod_status(
+        name, ns, {"status": {"phase": "Running", "conditions": [condition]}}, _preload_content=False
+    )
+
+
 @pytest.fixture(scope="module")
 def world(api, tmp_path_factory):
     core = client.CoreV1Api(api)
@@ -120,6 +151,7 @@ def world(api, tmp_path_factory):
         (PLAIN, {}),
         (ISTIO, {"mesh-injector.io/inject": "enabled", "e2e-flavour": "istio"}),
         ("linkerd", {}),
+        ("istio-system", {}),
         (BASELINE, {"mesh-injector.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "baseline"}),
         (
             RESTRICTED,
@@ -149,6 +181,10 @@ def world(api, tmp_path_factory):
     # a GPU node with an old kernel and a taint our pods do not tolerate: it must not count
     gpu_taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
     make_node(core, "gpu-0", "4.14.355-275.570.amzn2.x86_64", {"kubernetes.io/hostname": "gpu-0"}, gpu_taint)
+    # Merbridge, ebpf mode's redirector, on every node for each mesh (as its DaemonSets would run)
+    for i in range(3):
+        make_merbridge(core, "linkerd", f"node-{i}", "linkerd")
+        make_merbridge(core, "istio-system", f"node-{i}", "istio")
     d = tmp_path_factory.mktemp("e2e-certs")
     certs_cli(d, "--days", "1")
     certs = Certs(d, d / "ca.crt", d / "tls.crt", d / "tls.key")
@@ -307,7 +343,13 @@ def test_real_api_server_stores_meshed_pods(world, webhook):
     ann = pod["metadata"]["annotations"]
     assert pod["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
     assert json.loads(ann["mesh-injector.io/status"])["nativeSidecar"] is False
-    assert "lowest eligible kernel 6.1.0-18-cloud-amd64" in ann["mesh-injector.io/decision"]
+    assert "Merbridge (--mode linkerd) is Ready on all 3 eligible node(s)" in ann["mesh-injector.io/decision"]
+    assert "lowest kernel 6.1.0-18-cloud-amd64" in ann["mesh-injector.io/decision"]
+    # what Merbridge reads: Linkerd's own ports excluded, the mark its CNI plugin requires,
+    # and Linkerd's network validator as the fail-safe
+    assert ann["traffic.sidecar.istio.io/excludeInboundPorts"] == "4190,4191,4567,4568"
+    assert "sidecar.istio.io/status" in ann
+    assert names(pod, "initContainers") == ["linkerd-network-validator"]
     assert ann["mesh-injector.io/proxy-resources-source"] == "profile"
     assert proxy["resources"]["requests"] == {"cpu": "100m", "memory": "96Mi"}  # http profile (port name)
     # a Deployment's pod (owned by its ReplicaSet) is sized from the Deployment's observed usage:
@@ -499,6 +541,95 @@ def test_kernel_change_is_followed_by_the_next_pod(world, webhook):
     eventually(
         lambda: create_pod(core, SHOP)["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
     )
+
+
+def test_the_redirector_is_watched_and_decides_the_next_pod(world, webhook):
+    """Merbridge's pod on one node stops being Ready: the next pod gets iptables, and the
+    decision names that node; once it is Ready again, ebpf."""
+    core = world["core"]
+    make_merbridge(core, "linkerd", "node-1", "linkerd", ready=False)
+
+    def iptables_pod():
+        pod = create_pod(core, SHOP)
+        return pod if pod["metadata"]["labels"].get("mesh-injector.io/interception") == "iptables" else None
+
+    try:
+        pod = eventually(iptables_pod, timeout=10, every=0.2)
+        decision = pod["metadata"]["annotations"]["mesh-injector.io/decision"]
+        assert "Merbridge on node node-1 (linkerd/merbridge-node-1) is not Ready" in decision
+        assert "traffic.sidecar.istio.io/excludeInboundPorts" not in pod["metadata"]["annotations"]
+    finally:
+        make_merbridge(core, "linkerd", "node-1", "linkerd")
+    eventually(
+        lambda: create_pod(core, SHOP)["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
+    )
+
+
+def test_microvm_pods_get_the_runtime_class_its_scheduling_and_overhead(world, webhook):
+    """A RuntimeClass with scheduling and overhead appears: a pod asking for microvm is stored
+    with our runtimeClassName, the class's node selector and tolerations merged in and its
+    overhead set (the API server's RuntimeClass admission, run again after our change), and
+    the flavour's init container that installs the rules inside the guest."""
+    core = world["core"]
+    node_api = client.NodeV1Api(world["api"])
+    body = {
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": "kata-qemu"},
+        "handler": "kata-qemu",
+        "scheduling": {
+            "nodeSelector": {"pool": "a"},
+            "tolerations": [{"key": "kata", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        "overhead": {"podFixed": {"cpu": "250m", "memory": "160Mi"}},
+    }
+    node_api.create_runtime_class(body, _preload_content=False)
+    ask = {"mesh-injector.io/interception": "microvm"}
+
+    def asked():
+        return raw(
+            core.create_namespaced_pod(
+                SHOP,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"vm-{uuid.uuid4().hex[:8]}", "annotations": ask},
+                    "spec": {
+                        "serviceAccountName": "default",
+                        "containers": [{"name": "app", "image": "registry.example.com/web:1"}],
+                    },
+                },
+                _preload_content=False,
+            )
+        )
+
+    def asked_in(mode: str):
+        try:
+            pod = asked()
+        except client.ApiException as exc:
+            # the moment between the class's deletion and our cache seeing it: the API server
+            # refuses the pod ("RuntimeClass not found"), and its controller would retry
+            assert exc.status == 403 and "RuntimeClass" in str(exc.body), exc
+            return None
+        return pod if pod["metadata"]["labels"].get("mesh-injector.io/interception") == mode else None
+
+    try:
+        pod = eventually(lambda: asked_in("microvm"), timeout=10, every=0.2)
+    finally:
+        node_api.delete_runtime_class("kata-qemu", _preload_content=False)
+    spec = pod["spec"]
+    assert spec["runtimeClassName"] == "kata-qemu"
+    assert spec["nodeSelector"] == {"pool": "a"}
+    assert {"key": "kata", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["overhead"] == {"cpu": "250m", "memory": "160Mi"}
+    assert names(pod, "initContainers")[-1] == "linkerd-init"  # the rules, inside the guest
+    status = json.loads(pod["metadata"]["annotations"]["mesh-injector.io/status"])
+    assert status["runtimeClassName"] == "kata-qemu" and status["mode"] == "microvm"
+    # once the class is gone, microvm falls back (to ebpf) instead of a pod the API server
+    # would refuse ("RuntimeClass not found")
+    fallback = eventually(lambda: asked_in("ebpf"), timeout=10, every=0.2)
+    assert "runtimeClassName" not in fallback["spec"]
+    assert "fell back to ebpf" in fallback["metadata"]["annotations"]["mesh-injector.io/decision"]
 
 
 def test_hostile_review_does_not_disturb_the_api_servers_calls(world, webhook):
