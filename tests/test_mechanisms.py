@@ -1,0 +1,279 @@
+"""No pod is ever emitted in a mode whose mechanism is not known to be present on every node
+it may land on: a property test over generated clusters (kernels, taints, Merbridge's pods
+Ready or not, in either mesh's mode, with or without --cni-mode, the RuntimeClass there or
+not) and pods (requested modes, exclusions, sandbox RuntimeClasses, placements).
+
+The judge is written here, independently of the product: the nodes a pod may land on are
+worked out from the generated cluster, and Merbridge's own rules (which pods its
+controller and CNI plugin take, tests/merbridge_harness.py) decide whether it redirects.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import jsonpatch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests import merbridge_harness as mb
+from tests.support import TRUST_ANCHORS, anchored_policy, validate_k8s
+from webhook.admission import admit
+from webhook.cluster.snapshot import redirector_selector, snapshot_from_objects
+from webhook.dataplane import flavour
+from webhook.versions import parse_kernel, parse_kube_version
+
+POLICIES = {
+    "linkerd": anchored_policy(),
+    "istio": anchored_policy("proxy: {flavour: istio}"),
+    "generic": anchored_policy("proxy: {flavour: generic, image: reg/proxy:1, initImage: reg/init:1}"),
+}
+KERNELS = [
+    "4.14.355-275.570.amzn2.x86_64",
+    "5.4.0-1103-aws",
+    "5.10.223-212.873.amzn2.x86_64",
+    "6.1.0-18-cloud-amd64",
+    "custom",
+]
+AGENTS = ["none", "ready", "not-ready", "other-mode", "no-cni", "unbound"]
+LEVELS = ["privileged", "baseline", "restricted"]
+
+node = st.fixed_dictionaries(
+    {
+        "kernel": st.sampled_from([*KERNELS, *KERNELS[2:4] * 3]),  # mostly eBPF-capable
+        "pool": st.sampled_from(["a", "b"]),
+        "tainted": st.booleans(),
+        "cordoned": st.sampled_from([False, False, False, True]),
+        "agent": st.sampled_from([*AGENTS, *["ready"] * 6]),  # mostly Merbridge Ready
+    }
+)
+cluster = st.fixed_dictionaries(
+    {
+        "nodes": st.lists(node, min_size=1, max_size=5),
+        "runtime_class": st.sampled_from([None, {}, {"pool": "a"}, {"pool": "b"}]),
+        "server": st.sampled_from(["1.27", "1.30", "1.32"]),
+        "level": st.sampled_from([*LEVELS, "privileged"]),
+        "flavour": st.sampled_from(sorted(POLICIES)),
+        # half the clusters run Merbridge Ready on modern kernels everywhere but one node,
+        # whose state is drawn: the cases where ebpf is right, and the ones a node breaks
+        "healthy": st.booleans(),
+    }
+)
+pod = st.fixed_dictionaries(
+    {
+        "request": st.sampled_from([None, None, "auto", "ebpf", "ebpf", "iptables", "microvm"]),
+        "fallback": st.sampled_from([None, "false"]),
+        "skip_out": st.sampled_from([None, None, "5432", "5432", "8000-8002", "8000-8100"]),
+        "ranges": st.sampled_from([None, None, None, "169.254.169.254/32", "fd00::/8"]),
+        "selector": st.sampled_from([None, "a", "b"]),
+        "tolerate": st.booleans(),
+        "pinned": st.sampled_from([None, 0, 1]),
+        "runtime": st.sampled_from([None, None, None, None, "kata-qemu", "gvisor"]),
+        "batch": st.sampled_from([False, False, True]),
+    }
+)
+
+
+def objects(c: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {
+            "kind": "Namespace",
+            "metadata": {
+                "name": "shop",
+                "labels": {
+                    "mesh-injector.io/inject": "enabled",
+                    "pod-security.kubernetes.io/enforce": c["level"],
+                },
+            },
+        },
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "linkerd-identity-trust-roots", "namespace": "linkerd"},
+            "data": {"ca-bundle.crt": TRUST_ANCHORS},
+        },
+        {"kind": "RuntimeClass", "metadata": {"name": "gvisor"}, "handler": "runsc"},
+    ]
+    if c["runtime_class"] is not None:
+        rc: dict[str, Any] = {
+            "kind": "RuntimeClass",
+            "metadata": {"name": "kata-qemu"},
+            "handler": "kata-qemu",
+        }
+        if c["runtime_class"]:
+            rc["scheduling"] = {"nodeSelector": c["runtime_class"]}
+        out.append(rc)
+    selector = redirector_selector(POLICIES[c["flavour"]])
+    for i, n in enumerate(c["nodes"]):
+        name = f"n{i}"
+        spec: dict[str, Any] = {"unschedulable": n["cordoned"]}
+        if n["tainted"]:
+            spec["taints"] = [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]
+        out.append(
+            {
+                "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "pool": n["pool"]}},
+                "spec": spec,
+                "status": {"nodeInfo": {"kernelVersion": n["kernel"], "kubeletVersion": f"v{c['server']}.1"}},
+            }
+        )
+        if n["agent"] == "none":
+            continue
+        args = [
+            "-m",
+            "istio"
+            if n["agent"] == "other-mode" and mode == "linkerd"
+            else ("linkerd" if n["agent"] == "other-mode" else mode),
+        ]
+        if n["agent"] != "no-cni":
+            args.append("--cni-mode")
+        ready = "False" if n["agent"] == "not-ready" else "True"
+        agent_spec: dict[str, Any] = {"containers": [{"name": "merbridge", "args": args}]}
+        if n["agent"] != "unbound":
+            agent_spec["nodeName"] = name
+        out.append(
+            {
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"mb-{name}",
+                    "namespace": selector.namespace,
+                    "labels": dict(selector.labels),
+                },
+                "spec": agent_spec,
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}]},
+            }
+        )
+    return out
+
+
+def eligible(c: dict[str, Any], p: dict[str, Any], rc_selector: dict[str, str] | None) -> list[int]:
+    """The nodes the pod may land on, from the generated cluster: a pinned node alone;
+    else schedulable nodes matching its (and its RuntimeClass's) pool and taints it tolerates."""
+    if p["pinned"] is not None:
+        return [p["pinned"]] if p["pinned"] < len(c["nodes"]) else []
+    out = []
+    for i, n in enumerate(c["nodes"]):
+        if n["cordoned"] or (n["tainted"] and not p["tolerate"]):
+            continue
+        if p["selector"] and n["pool"] != p["selector"]:
+            continue
+        if rc_selector and n["pool"] != rc_selector["pool"]:
+            continue
+        out.append(i)
+    return out
+
+
+def build_pod(p: dict[str, Any]) -> dict[str, Any]:
+    annotations = {}
+    if p["request"]:
+        annotations["mesh-injector.io/interception"] = p["request"]
+    if p["fallback"]:
+        annotations["mesh-injector.io/iptables-fallback"] = p["fallback"]
+    if p["skip_out"]:
+        annotations["mesh-injector.io/skip-outbound-ports"] = p["skip_out"]
+    if p["ranges"]:
+        annotations["traffic.sidecar.istio.io/excludeOutboundIPRanges"] = p["ranges"]
+    spec: dict[str, Any] = {
+        "containers": [
+            {"name": "app", "image": "registry.example.com/app:1", "ports": [{"containerPort": 8080}]}
+        ]
+    }
+    if p["selector"]:
+        spec["nodeSelector"] = {"pool": p["selector"]}
+    if p["tolerate"]:
+        spec["tolerations"] = [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+    if p["pinned"] is not None:
+        spec["nodeName"] = f"n{p['pinned']}"
+    if p["runtime"]:
+        spec["runtimeClassName"] = p["runtime"]
+    if p["batch"]:
+        spec["restartPolicy"] = "Never"
+    meta: dict[str, Any] = {"name": "p", "namespace": "shop"}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def _capable(kernel: str) -> bool:
+    k = parse_kernel(kernel)
+    return k is not None and k >= (5, 10)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=cluster, p=pod)
+def test_no_pod_is_emitted_in_a_mode_whose_mechanism_is_missing(c, p):
+    if c["healthy"]:
+        for n in c["nodes"][1:]:
+            n.update(agent="ready", kernel="6.1.0-18-cloud-amd64", tainted=False)
+    plane = flavour(c["flavour"])
+    policy = POLICIES[c["flavour"]]
+    mode = plane.redirect.mode if plane.redirect else "linkerd"
+    snapshot = snapshot_from_objects(
+        objects(c, mode),
+        server_version=parse_kube_version(c["server"]),
+        redirector=redirector_selector(policy),
+    )
+    obj = build_pod(p)
+    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": obj}
+    out = admit(copy.deepcopy(request), snapshot, policy)
+    event(f"{c['flavour']}: {out.mode.value if out.mode else out.skip}")
+    if not out.injected:
+        return
+    emitted = jsonpatch.apply_patch(obj, out.patch)
+    validate_k8s(emitted)
+    assert admit({**request, "object": emitted}, snapshot, policy).patch == []
+    spec = emitted["spec"]
+    inits = [x["name"] for x in spec.get("initContainers") or []]
+    containers = [x["name"] for x in spec["containers"]]
+    label = emitted["metadata"]["labels"]["mesh-injector.io/interception"]
+    assert label == out.mode.value
+    sandboxed = p["runtime"] is not None
+    privileged = c["level"] == "privileged"
+
+    if label == "ebpf":
+        nodes = eligible(c, p, None)
+        assert not sandboxed, "host eBPF cannot reach a sandbox"
+        assert plane.redirect is not None, "Merbridge must recognise the proxy"
+        assert nodes, "no eligible node: the redirector cannot be known to be there"
+        for i in nodes:
+            n = c["nodes"][i]
+            assert n["agent"] == "ready", (i, n)  # Ready, in the flavour's mode, with --cni-mode
+            assert _capable(n["kernel"]), (i, n)
+        assert plane.proxy_name in containers and plane.proxy_name not in inits
+        assert mb.controller_counts(emitted, plane.redirect.mode) and mb.cni_plugin_handles(emitted)
+        annotations = emitted["metadata"]["annotations"]
+        config = mb.pod_config(annotations)  # what Merbridge's controller reads back
+        wanted_out = annotations.get("traffic.sidecar.istio.io/excludeOutboundPorts", "")
+        assert len([x for x in wanted_out.split(",") if x]) <= mb.MAX_ITEMS
+        if p["skip_out"] == "5432":
+            excluded = [int.from_bytes(config[444 + 2 * i : 446 + 2 * i], "little") for i in range(20)]
+            assert 5432 in excluded
+        assert ":" not in annotations.get("traffic.sidecar.istio.io/excludeOutboundIPRanges", "")
+    elif label == "microvm":
+        assert privileged, "the in-guest init container is refused outside privileged"
+        assert plane.init_name in inits, "the rules are installed inside the sandbox"
+        runtime = spec.get("runtimeClassName")
+        if sandboxed:  # the pod's own class, as it named it (the API server judges that one)
+            assert runtime == p["runtime"]
+            assert not (runtime == "gvisor" and not plane.rules_in_gvisor)
+        else:
+            assert (
+                runtime == "kata-qemu"
+                and c["runtime_class"] is not None
+                and runtime in snapshot.runtime_classes
+            )
+            nodes = eligible(c, p, c["runtime_class"] or None)
+            assert nodes and all(_capable(c["nodes"][i]["kernel"]) for i in nodes)
+            if (p["request"] or "auto") == "auto":
+                assert parse_kube_version(c["server"]) >= (1, 32)
+    else:
+        assert label == "iptables"
+        assert not sandboxed, "host-side rules never reach a sandbox"
+        assert privileged, "the init container's NET_ADMIN is refused outside privileged"
+        assert plane.init_name in inits
+        assert "runtimeClassName" not in spec
+        if p["fallback"] == "false":
+            assert p["request"] == "iptables", "iptables reached although the pod forbids falling back to it"
+    # whatever the mode, nothing of the pod's own was dropped
+    assert json.dumps(obj["spec"]["containers"][0]) in json.dumps(spec["containers"])
