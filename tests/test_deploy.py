@@ -31,6 +31,7 @@ OVERLAYS = [
     # the README's combinations of components with either certificate overlay
     "examples/self-managed-auto-inject",
     "examples/cert-manager-prometheus-fail-closed",
+    "examples/self-managed-ebpf-linkerd",
 ]
 SYSTEM = {"kube-system", "kube-public", "kube-node-lease"}
 
@@ -345,6 +346,53 @@ def test_components_combine_with_either_certificate_overlay():
         hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "mesh-injector/mesh-injector-tls"
     )
     assert not any(o["kind"] == "Job" for o in objs)
+
+
+@pytest.mark.parametrize("component", ["merbridge-linkerd", "merbridge-istio"])
+def test_the_merbridge_components_run_what_ebpf_mode_counts(component, tmp_path):
+    """Each Merbridge component is a pinned DaemonSet in CNI mode for its mesh, where the
+    policy of that flavour looks for it: the pods it makes are the ones the decision counts."""
+    from webhook.cluster.snapshot import redirector_from_object, redirector_selector
+    from webhook.dataplane import flavour
+    from webhook.modes.ebpf import serves
+
+    work = tmp_path / "k"
+    shutil.copytree(DEPLOY / "components" / component, work / component)
+    (work / "kustomization.yaml").write_text(
+        f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\ncomponents:\n- {component}\n"
+    )
+    out = subprocess.run(
+        [_tool("kubectl"), "kustomize", str(work)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    for obj in objs:
+        validate_k8s(obj)
+    ds = one(objs, "DaemonSet")
+    container = ds["spec"]["template"]["spec"]["containers"][0]
+    image = container["image"]
+    assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
+    name = component.removeprefix("merbridge-")
+    policy = parse_policy(f"proxy: {{flavour: {name}}}")
+    selector = redirector_selector(policy)
+    assert ds["metadata"]["namespace"] == selector.namespace
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in selector.labels.items())
+    pod = {
+        "metadata": {"name": "merbridge-x", "namespace": ds["metadata"]["namespace"], "labels": labels},
+        "spec": {**ds["spec"]["template"]["spec"], "nodeName": "node-1"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    assert selector.matches(pod)
+    found = redirector_from_object(pod)
+    assert found is not None
+    plane = flavour(name)
+    assert plane.redirect is not None
+    assert serves(found[1], plane.redirect.mode, policy.interception.ebpf.redirector.require_cni_mode)
+    account = one(objs, "ServiceAccount")["metadata"]["name"]
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == account
+    (rule,) = one(objs, "ClusterRole")["rules"]
+    assert rule == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
 
 
 def test_a_regular_install_carries_every_subpackage(tmp_path):
