@@ -3,7 +3,8 @@
     python bench/core.py [--calls 10000]
 
 Prints admit() p50/p99 for one typical pod at 10, 500 and 5,000 nodes (a realistic mix
-of zones, pools, instance types, taints, kernels and cordons), the same for a pod whose
+of zones, pools, instance types, taints, kernels and cordons, with Merbridge Ready on every
+node, so the pod gets ebpf), the same for a pod whose
 affinity names single hosts (the per-node path), a bare baseline measured in the same
 run (orjson parse + dump of the same review: the least any webhook does), and the wall
 time of `mesh-injector inject` on a 1,000-document manifest.
@@ -27,7 +28,7 @@ import orjson
 import yaml
 
 from webhook.admission import admit
-from webhook.cluster.snapshot import Node, Taint, build_snapshot, trust_roots_from_object
+from webhook.cluster.snapshot import Node, RedirectorState, Taint, build_snapshot, trust_roots_from_object
 from webhook.policy import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,11 +206,15 @@ def main() -> None:
                 }
             }
         }
+        merbridge = RedirectorState(ready=True, mode="linkerd", cni_mode=True)
         for n, hetero in ((10, False), (500, False), (5000, False), (5000, True)):
+            nodes = make_nodes(n, rng, hetero)
             snap = build_snapshot(
-                nodes=make_nodes(n, rng, hetero),
+                nodes=nodes,
                 namespaces={"shop": {"mesh-injector.io/inject": "enabled"}},
                 trust_roots=TRUST_ROOTS,
+                # Merbridge Ready on every node (its DaemonSet), so pods get ebpf
+                redirectors={node.name: (merbridge, f"linkerd/merbridge-{node.name}") for node in nodes},
             )
             request = review["request"]
             out = admit(request, snap, policy)

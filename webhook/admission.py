@@ -270,6 +270,7 @@ def _admit(
     )
     levels = namespace_levels(ns_labels, policy.pod_security.default_level)
     ctx.lines.append(pod_security_line(levels))
+    requested = pod_option(annotations, "interception", ctx) or "auto"
     setting = Setting(
         elig=elig,
         kernels=kf,
@@ -280,12 +281,12 @@ def _admit(
         annotations=annotations,
         sandbox=sandbox_of(pod, snapshot, policy),
         level=levels.enforce,
-        auto=pod_option(annotations, "interception", ctx) in (None, "auto"),
+        auto=requested == "auto",
         exclusions=pod_exclusions(annotations, policy, ctx),
     )
     native_option = pod_option(annotations, "native-sidecar", ctx) or "auto"
     traits = PodTraits(
-        requested=pod_option(annotations, "interception", Notes()) or "auto",
+        requested=requested,
         iptables_fallback=pod_option(annotations, "iptables-fallback", ctx) != "false",
         high_throughput_grpc=protocol == "grpc" and throughput == "high",
         batch=lifecycle == "batch",
