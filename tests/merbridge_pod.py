@@ -12,7 +12,6 @@ Roles:
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401  (imported before setuid: a pyenv Python cannot load it after)
 import json
 import os
 import secrets
@@ -23,16 +22,7 @@ import threading
 import time
 from typing import Any
 
-SO_ORIGINAL_DST = 80
-
-
-def original_dst(conn: socket.socket) -> str | None:
-    try:
-        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    except OSError:
-        return None
-    port, ip = struct.unpack("!2xH4s8x", raw)
-    return f"{socket.inet_ntoa(ip)}:{port}"
+from podnet import as_uid, fetch, original_dst
 
 
 def setup(plan: dict[str, Any]) -> socket.socket:
@@ -58,41 +48,6 @@ def serve(ip: str, port: int, tag: str) -> socket.socket:
 
     threading.Thread(target=loop, daemon=True).start()
     return srv
-
-
-def as_uid(uid: int, fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` in a child process running as ``uid`` (in the same cgroup and netns)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            os.setgid(uid)
-            os.setuid(uid)
-            out = fn(*args)
-        except Exception as exc:  # reported, as the container's exit would be
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.waitpid(pid, 0)
-    return json.loads(data)
-
-
-def fetch(ip: str, port: int, source: str | None = None) -> Any:
-    s = socket.socket()
-    s.settimeout(3)
-    if source:
-        s.bind((source, 0))
-    s.connect((ip, port))
-    data = b""
-    while chunk := s.recv(4096):
-        data += chunk
-    s.close()
-    return json.loads(data) if data.startswith(b"{") else data.decode()
 
 
 def validator(listen: str, connect: str) -> dict[str, Any]:

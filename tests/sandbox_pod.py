@@ -3,55 +3,20 @@ the emitted init container's command with its environment (the rules, loaded by
 iptables-restore into gVisor's own netstack), then a stand-in proxy with the emitted proxy's
 uid and outbound port, then the app's plain connects. Prints one JSON line.
 
-Usage: sandbox_pod.py PLAN_JSON
+Usage: sandbox_pod.py PLAN.json
 """
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401  (imported before setuid)
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
 from typing import Any
 
-
-def original_dst(conn: socket.socket) -> str | None:
-    try:
-        raw = conn.getsockopt(socket.SOL_IP, 80, 16)
-    except OSError:
-        return None
-    port, ip = struct.unpack("!2xH4s8x", raw)
-    return f"{socket.inet_ntoa(ip)}:{port}"
-
-
-def fetch(ip: str, port: int) -> Any:
-    try:
-        with socket.create_connection((ip, port), timeout=5) as s:
-            data = s.recv(4096)
-    except OSError as exc:
-        return {"error": str(exc)}
-    return json.loads(data) if data.startswith(b"{") else data.decode()
-
-
-def as_uid(uid: int, fn: Any, *args: Any) -> Any:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        os.setgid(uid)
-        os.setuid(uid)
-        os.write(w, json.dumps(fn(*args)).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.waitpid(pid, 0)
-    return json.loads(data)
+from podnet import as_uid, fetch, original_dst
 
 
 def proxy(uid: int, port: int) -> int:
@@ -110,4 +75,5 @@ def main(plan: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
+    with open(sys.argv[1]) as plan:
+        main(json.load(plan))

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests import merbridge_harness as mb
+from tests.netns import fresh, join, sh
 from tests.support import TRUST_ANCHORS, anchored_policy
 from webhook.admission import admit
 from webhook.cluster.snapshot import redirector_selector, snapshot_from_objects
@@ -49,10 +50,6 @@ def mesh_constants(mode: str) -> dict[str, int]:
     text = MESH_H.read_text()
     block = text.split(f"MESH == {mode.upper()}", 1)[1].split("#elif", 1)[0]
     return {k: int(v) for k, v in re.findall(r"#define (\w+) (\d+)", block)}
-
-
-def _sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -174,28 +171,9 @@ class Node:
 
     def __enter__(self) -> Node:
         self.__exit__()
-        for ns in (NS_A, NS_B):
-            _sh("ip", "netns", "add", ns)
-            _sh("ip", "-n", ns, "link", "set", "lo", "up")
-        _sh(
-            "ip",
-            "link",
-            "add",
-            "mi-mb-va",
-            "netns",
-            NS_A,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "mi-mb-vb",
-            "netns",
-            NS_B,
-        )
-        for ns, dev, ip in ((NS_A, "mi-mb-va", A_IP), (NS_B, "mi-mb-vb", B_IP)):
-            _sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            _sh("ip", "-n", ns, "link", "set", dev, "up")
-        _sh("ip", "-n", NS_A, "addr", "add", f"{UPSTREAM}/32", "dev", "lo")  # a service beyond the pod
+        fresh(NS_A, NS_B)
+        join((NS_A, "mi-mb-va", f"{A_IP}/24"), (NS_B, "mi-mb-vb", f"{B_IP}/24"))
+        sh("ip", "-n", NS_A, "addr", "add", f"{UPSTREAM}/32", "dev", "lo")  # a service beyond the pod
         for cg in self.cgroups.values():
             cg.mkdir(parents=True, exist_ok=True)
         return self

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests.netns import fresh, join, sh
 from tests.support import load_case
 from webhook.admission import admit
 
@@ -50,10 +51,6 @@ print("ready", flush=True); threading.Event().wait()
 """
 
 
-def _sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> Iterator[Path]:
     if os.geteuid() != 0:
@@ -64,9 +61,9 @@ def sandbox(tmp_path_factory) -> Iterator[Path]:
     work = tmp_path_factory.mktemp("sandbox")
     for ns in (POD_NS, UP_NS):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        _sh("ip", "netns", "add", ns)
-        _sh("ip", "-n", ns, "link", "set", "lo", "up")
-    _sh(
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh(
         "ip",
         "link",
         "add",
@@ -82,8 +79,8 @@ def sandbox(tmp_path_factory) -> Iterator[Path]:
         UP_NS,
     )
     for ns, dev, ip in ((POD_NS, "mi-sbx-v0", POD_IP), (UP_NS, "mi-sbx-v1", UP_IP)):
-        _sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-        _sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
     upstream = subprocess.Popen(
         ["ip", "netns", "exec", UP_NS, sys.executable, "-c", UPSTREAM_SERVER, "8080", "5432"],
         stdout=subprocess.PIPE,
@@ -105,14 +102,8 @@ def sandbox(tmp_path_factory) -> Iterator[Path]:
 def pod_network() -> None:
     """A fresh pod network namespace, veth-joined to the upstream's: gVisor takes the
     interface's addresses into its own netstack and does not give them back."""
-    subprocess.run(["ip", "netns", "del", POD_NS], capture_output=True)
-    _sh("ip", "netns", "add", POD_NS)
-    _sh("ip", "-n", POD_NS, "link", "set", "lo", "up")
-    veth = ("mi-sbx-v0", "netns", POD_NS, "type", "veth", "peer", "name", "mi-sbx-v1", "netns", UP_NS)
-    _sh("ip", "link", "add", *veth)
-    for ns, dev, ip in ((POD_NS, "mi-sbx-v0", POD_IP), (UP_NS, "mi-sbx-v1", UP_IP)):
-        _sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-        _sh("ip", "-n", ns, "link", "set", dev, "up")
+    fresh(POD_NS)
+    join((POD_NS, "mi-sbx-v0", f"{POD_IP}/24"), (UP_NS, "mi-sbx-v1", f"{UP_IP}/24"))
 
 
 def run_in_gvisor(work: Path, name: str, plan: dict[str, Any]) -> dict[str, Any]:
@@ -125,13 +116,8 @@ def run_in_gvisor(work: Path, name: str, plan: dict[str, Any]) -> dict[str, Any]
     state.mkdir()
     (run / "plan.json").write_text(json.dumps({**plan, "shim": "/mnt/work/shim"}))
     runsc = ["runsc", "--root", str(state), "--platform=ptrace", "--network=sandbox", "--net-raw"]
-    inside = [
-        "/usr/bin/python3",
-        "-c",
-        "import json,sys; sys.argv=['x', open('/mnt/work/" + name + "/plan.json').read()];"
-        " exec(open('/mnt/tests/sandbox_pod.py').read())",
-    ]
-    _sh("runsc", "spec", "--bundle", str(bundle), "--", *inside)
+    inside = ["/usr/bin/python3", "/mnt/tests/sandbox_pod.py", f"/mnt/work/{name}/plan.json"]
+    sh("runsc", "spec", "--bundle", str(bundle), "--", *inside)
     config = json.loads((bundle / "config.json").read_text())
     caps = ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE"]
     config["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
