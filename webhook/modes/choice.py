@@ -33,6 +33,7 @@ from webhook.modes.base import Setting
 from webhook.reasons import Mode, ModeReason, Skip
 
 _CHAIN = (Mode.MICROVM, Mode.EBPF, Mode.IPTABLES)
+_KERNEL_GAPS = (ModeReason.KERNEL_UNKNOWN, ModeReason.KERNEL_TOO_OLD)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +125,11 @@ def choose_mode(setting: Setting, traits: PodTraits) -> Choice:
             return _skip(Skip.FALLBACK_FORBIDDEN, f"{gap.text}, and iptables is not allowed")
         if blocked is not None:
             return _skip(blocked, f"{gap.text}; {blocked.text}")
-        return Choice(Mode.IPTABLES, gap.reason, f"{gap.text}: iptables is the safe fallback")
+        text = f"{gap.text}: iptables is the safe fallback"
+        # kernels too old for eBPF are a fleet's known state; a redirector missing where the
+        # kernels could run it is something to fix, so it is said to whoever creates the pod
+        warning = None if gap.reason in _KERNEL_GAPS else f"mesh-injector: ebpf is not possible: {text}"
+        return Choice(Mode.IPTABLES, gap.reason, text, warning=warning)
     if traits.batch and traits.native_possible and blocked is None and traits.iptables_fallback:
         return Choice(
             Mode.IPTABLES,
