@@ -26,6 +26,7 @@ PATHS = {
     "/api/v1/pods": "pods",
     "/api/v1/configmaps": "configmaps",
     "/apis/node.k8s.io/v1/runtimeclasses": "runtimeclasses",
+    "/apis/autoscaling.k8s.io/v1/verticalpodautoscalers": "verticalpodautoscalers",
 }
 NAMESPACED = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|services|configmaps)$")
 KINDS = {
@@ -35,6 +36,7 @@ KINDS = {
     "pods": "Pod",
     "configmaps": "ConfigMap",
     "runtimeclasses": "RuntimeClass",
+    "verticalpodautoscalers": "VerticalPodAutoscaler",
 }
 METRICS_PATH = "/apis/metrics.k8s.io/v1beta1/pods"
 
@@ -92,6 +94,8 @@ class FakeAPIServer:
         self.metrics_down = False
         # an API server before 1.20 serves no node.k8s.io/v1 (404)
         self.serves_runtimeclasses = True
+        # without the VPA's CRD installed, autoscaling.k8s.io is not served (404)
+        self.serves_autoscalers = True
 
     # --- state changes (as the tests drive them) --------------------------------------
 
@@ -236,6 +240,8 @@ class FakeAPIServer:
                     ns_term = f"metadata.namespace={scoped.group(1)}"
                     query["fieldSelector"] = ",".join(filter(None, [query.get("fieldSelector"), ns_term]))
                 if resource == "runtimeclasses" and not server.serves_runtimeclasses:
+                    resource = None
+                if resource == "verticalpodautoscalers" and not server.serves_autoscalers:
                     resource = None
                 if resource is None:
                     return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})

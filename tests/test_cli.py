@@ -192,16 +192,43 @@ def test_check_table():
     )
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines()]
-    assert rows[0] == ["WORKLOAD", "MESHED", "MODE", "REASON"]
+    assert rows[0] == ["WORKLOAD", "MESHED", "MODE", "RESOURCES", "REASON"]
     table = {f"{r[0]} {r[1]}": r[2:] for r in rows[1:]}
     # check applies the real opt-in rules: shop and payments opted in by namespace label
-    assert table["Deployment shop/checkout"][:3] == ["yes", "ebpf", "ebpf-capable"]
-    assert table["StatefulSet payments/ledger"][:3] == ["yes", "ebpf", "ebpf-capable"]
-    assert table["Job shop/migrate"][:3] == ["yes", "iptables", "batch-native-sidecar"]
-    assert table["ReplicaSet shop/legacy-rs"][:2] == ["no", "-"]
-    assert table["ReplicaSet shop/legacy-rs"][2].startswith("host-network")
-    assert table["Deployment shop/web"][2].startswith("pod-disabled")
-    assert table["Service shop/checkout"][:2] == ["-", "-"]
+    assert table["Deployment shop/checkout"][:4] == ["yes", "ebpf", "profile", "ebpf-capable"]
+    assert table["StatefulSet payments/ledger"][:4] == ["yes", "ebpf", "profile", "ebpf-capable"]
+    assert table["Job shop/migrate"][:4] == ["yes", "iptables", "profile", "batch-native-sidecar"]
+    assert table["ReplicaSet shop/legacy-rs"][:3] == ["no", "-", "-"]
+    assert table["ReplicaSet shop/legacy-rs"][3].startswith("host-network")
+    assert table["Deployment shop/web"][3].startswith("pod-disabled")
+    assert table["Service shop/checkout"][:3] == ["-", "-", "-"]
+
+
+def test_check_names_the_vpa_that_sizes_a_proxy():
+    manifest = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: checkout, namespace: shop}
+spec:
+  selector: {matchLabels: {app: checkout}}
+  template:
+    metadata: {labels: {app: checkout}}
+    spec: {containers: [{name: app, image: registry.example.com/app:1}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: app, image: registry.example.com/app:1}]}
+"""
+    out = run("check", "-f", "-", "--cluster", str(GOLDEN / "clusters" / "vpa.yaml"), stdin=manifest)
+    assert out.returncode == 0, out.stderr
+    rows = {" ".join(r.split()[:2]): r.split()[2:] for r in out.stdout.splitlines()[1:]}
+    assert rows["Deployment shop/checkout"][:3] == ["yes", "ebpf", "vpa/checkout"]
+    assert rows["Deployment shop/web"][:3] == ["yes", "ebpf", "profile"]  # its VPA leaves the proxy alone
 
 
 def test_recommend(tmp_path):
@@ -218,6 +245,16 @@ def test_recommend(tmp_path):
     assert web[1:8] == ["24", "35h", "115m", "115Mi", "-", "150Mi", "observed"]
     db = next(line for line in lines if "StatefulSet/db" in line)
     assert "profile (too few samples)" in db
+    # with the cluster's VPAs: web's VPA leaves the proxy alone; checkout's sizes it
+    rows.append("shop,Deployment/checkout,2026-11-27T10:00:00Z,1,1Gi,false")
+    (tmp_path / "u.csv").write_text("\n".join(rows) + "\n")
+    vpas = str(GOLDEN / "clusters" / "vpa.yaml")
+    out = run("recommend", "--usage", str(tmp_path / "u.csv"), "--now", NOW, "--cluster", vpas)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert next(line.split() for line in lines if "Deployment/web" in line)[7] == "observed"
+    checkout = next(line.split() for line in lines if "Deployment/checkout" in line)
+    assert checkout[3:8] == ["-", "-", "-", "-", "vpa/checkout"]
 
 
 def test_policy_check_ok_and_bad(tmp_path):

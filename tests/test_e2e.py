@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import jsonpatch
 import orjson
 import pytest
 from cryptography import x509
@@ -143,6 +144,42 @@ def make_merbridge(core: client.CoreV1Api, ns: str, node: str, mode: str, ready:
     )
 
 
+VPA_CRD = Path(__file__).parent / "e2e" / "vpa" / "vpa-v1-crd-gen.yaml"
+
+
+def install_vpa_crd(api: client.ApiClient) -> None:
+    import yaml
+
+    ext = client.ApiextensionsV1Api(api)
+    for crd in yaml.safe_load_all(VPA_CRD.read_text()):
+        if crd:
+            try:
+                ext.create_custom_resource_definition(crd, _preload_content=False)
+            except client.ApiException as exc:
+                assert exc.status == 409, exc  # already there (a rerun on the same etcd)
+
+    def established() -> bool:
+        crd = raw(
+            ext.read_custom_resource_definition(
+                "verticalpodautoscalers.autoscaling.k8s.io", _preload_content=False
+            )
+        )
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (crd.get("status") or {}).get("conditions") or []
+        )
+
+    try:
+        eventually(established, timeout=30)
+    except AssertionError:
+        crd = raw(
+            ext.read_custom_resource_definition(
+                "verticalpodautoscalers.autoscaling.k8s.io", _preload_content=False
+            )
+        )
+        raise AssertionError(f"the VPA CRD is not established: {crd.get('status')}") from None
+
+
 @pytest.fixture(scope="module")
 def world(api, tmp_path_factory):
     core = client.CoreV1Api(api)
@@ -181,6 +218,8 @@ def world(api, tmp_path_factory):
     # a GPU node with an old kernel and a taint our pods do not tolerate: it must not count
     gpu_taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
     make_node(core, "gpu-0", "4.14.355-275.570.amzn2.x86_64", {"kubernetes.io/hostname": "gpu-0"}, gpu_taint)
+    # the Vertical Pod Autoscaler's CRD, as published (before serve starts, so it is watched)
+    install_vpa_crd(api)
     # Merbridge, ebpf mode's redirector, on every node for each mesh (as its DaemonSets would run)
     for i in range(3):
         make_merbridge(core, "linkerd", f"node-{i}", "linkerd")
@@ -630,6 +669,179 @@ def test_microvm_pods_get_the_runtime_class_its_scheduling_and_overhead(world, w
     fallback = eventually(lambda: asked_in("ebpf"), timeout=10, every=0.2)
     assert "runtimeClassName" not in fallback["spec"]
     assert "fell back to ebpf" in fallback["metadata"]["annotations"]["mesh-injector.io/decision"]
+
+
+def test_vpa_and_the_injector_compose_in_either_order(world, webhook):
+    """A webhook that does what VPA's admission controller does, registered to run after ours
+    (its configuration's name sorts after ours; VPA's own is vpa-webhook-config) and then
+    before: where VPA sizes the proxy, the stored proxy carries VPA's resources (our webhook,
+    invoked again after VPA's with reinvocationPolicy IfNeeded, keeps them); where its VPA
+    leaves the proxy alone, or where VPA ran before the proxy existed, ours. Our re-admission
+    of every stored pod changes nothing."""
+    from tests.vpa_admission import FakeVpaAdmission
+    from webhook.admission import admit
+    from webhook.loading import load_snapshot
+    from webhook.policy import load_policy
+
+    core, api = world["core"], world["api"]
+    custom = client.CustomObjectsApi(api)
+    proxy_rec = {"cpu": "37m", "memory": "51Mi"}
+    app_rec = {"cpu": "240m", "memory": "300Mi"}
+    policies = {
+        "cart": [{"containerName": "*", "controlledValues": "RequestsOnly"}],
+        "search": [
+            {"containerName": "*", "controlledValues": "RequestsOnly"},
+            {"containerName": PROXY, "mode": "Off"},
+        ],
+    }
+    for name, containers in policies.items():
+        body = {
+            "apiVersion": "autoscaling.k8s.io/v1",
+            "kind": "VerticalPodAutoscaler",
+            "metadata": {"name": name},
+            "spec": {
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "updatePolicy": {"updateMode": "Recreate"},
+                "resourcePolicy": {"containerPolicies": containers},
+            },
+        }
+        custom.create_namespaced_custom_object(
+            "autoscaling.k8s.io", "v1", SHOP, "verticalpodautoscalers", body
+        )
+        status = {
+            "status": {
+                "recommendation": {
+                    "containerRecommendations": [
+                        {"containerName": c, "target": rec, "lowerBound": rec, "upperBound": rec}
+                        for c, rec in (("app", app_rec), (PROXY, proxy_rec))
+                    ]
+                }
+            }
+        }
+        custom.patch_namespaced_custom_object_status(
+            "autoscaling.k8s.io", "v1", SHOP, "verticalpodautoscalers", name, status
+        )
+    fake = FakeVpaAdmission(api, world["certs"].cert, world["certs"].key)
+    reg = client.AdmissionregistrationV1Api(api)
+
+    def owned(deploy: str) -> dict:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": f"{deploy}-7c5d9f8b4-",
+                "labels": {"app": deploy, "pod-template-hash": "7c5d9f8b4"},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "name": f"{deploy}-7c5d9f8b4",
+                        "controller": True,
+                        "uid": "6a1f1a36-0000-4000-8000-00000000000" + str(len(deploy)),
+                    }
+                ],
+            },
+            "spec": {
+                "serviceAccountName": "default",
+                "containers": [{"name": "app", "image": "registry.example.com/a:1"}],
+            },
+        }
+        return raw(core.create_namespaced_pod(SHOP, body, _preload_content=False))
+
+    def proxy_of(pod: dict) -> dict:
+        return next(c for c in pod["spec"]["containers"] if c["name"] == PROXY)
+
+    stored: dict[str, dict] = {}
+    try:
+        for order, config in (("after", f"z-vpa-{RUN}"), ("before", f"a-vpa-{RUN}")):
+            hook = {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": config},
+                "webhooks": [
+                    {
+                        "name": "vpa.k8s.io",
+                        "admissionReviewVersions": ["v1"],
+                        "sideEffects": "None",
+                        "failurePolicy": "Ignore",
+                        "reinvocationPolicy": "Never",  # as VPA registers itself
+                        "clientConfig": {
+                            "url": f"{fake.url}/mutate",
+                            "caBundle": base64.b64encode(world["certs"].ca.read_bytes()).decode(),
+                        },
+                        "rules": [
+                            {
+                                "operations": ["CREATE"],
+                                "apiGroups": [""],
+                                "apiVersions": ["v1"],
+                                "resources": ["pods"],
+                                "scope": "Namespaced",
+                            }
+                        ],
+                        "objectSelector": {
+                            "matchExpressions": [{"key": "app", "operator": "In", "values": list(policies)}]
+                        },
+                    }
+                ],
+            }
+            reg.create_mutating_webhook_configuration(hook, _preload_content=False)
+            try:
+                time.sleep(1)  # the API server picks up the new configuration
+
+                def cart_settled(order: str = order) -> dict | None:
+                    pod = owned("cart")
+                    source = pod["metadata"]["annotations"].get("mesh-injector.io/proxy-resources-source")
+                    # our cache of VPAs may still be filling on the first try
+                    return pod if order == "before" or source == "vpa" else None
+
+                cart = eventually(cart_settled, timeout=15, every=0.3)
+                search = owned("search")
+            finally:
+                reg.delete_mutating_webhook_configuration(config, _preload_content=False)
+            stored[f"cart-{order}"], stored[f"search-{order}"] = cart, search
+            for pod in (cart, search):
+                assert pod["spec"]["containers"][1]["resources"]["requests"] == app_rec  # VPA sized the app
+            if order == "after":
+                observed = cart["metadata"]["annotations"]["vpaObservedContainers"]
+                assert observed == f"{PROXY}, app"
+                assert proxy_of(cart)["resources"]["requests"] == proxy_rec  # VPA's, kept on reinvocation
+                assert cart["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == "vpa"
+                assert "sized by VPA cart" in cart["metadata"]["annotations"]["mesh-injector.io/decision"]
+            else:
+                assert (
+                    cart["metadata"]["annotations"]["vpaObservedContainers"] == "app"
+                )  # VPA never saw the proxy
+                assert proxy_of(cart)["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}  # ours
+            # VPA leaves search's proxy alone: ours, whichever runs first
+            assert proxy_of(search)["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+            assert search["metadata"]["annotations"]["mesh-injector.io/proxy-resources-source"] == "profile"
+        assert fake.calls >= 4
+        # our re-admission of each stored pod, against the cluster as it is, changes no
+        # container's resources (the stored pod also carries the API server's defaults, which
+        # re-rendering our containers leaves out: that is not a resource someone else owns)
+        policy = load_policy()
+        snapshot = load_snapshot(policy=policy, now=time.time(), kubeconfig=str(WORKDIR / "kubeconfig"))
+        assert set(snapshot.autoscalers) >= {(SHOP, "Deployment", "cart"), (SHOP, "Deployment", "search")}
+        for name, pod in stored.items():
+            request = {
+                "uid": "u",
+                "operation": "CREATE",
+                "kind": {"kind": "Pod"},
+                "namespace": SHOP,
+                "object": pod,
+            }
+            out = admit(request, snapshot, policy)
+            again = jsonpatch.apply_patch(pod, out.patch)
+            assert [c["resources"] for c in again["spec"]["containers"]] == [
+                c["resources"] for c in pod["spec"]["containers"]
+            ], name
+            assert not [op for op in out.patch if "resources" in op["path"]], name
+    finally:
+        fake.stop()
+        for name in policies:
+            custom.delete_namespaced_custom_object(
+                "autoscaling.k8s.io", "v1", SHOP, "verticalpodautoscalers", name
+            )
 
 
 def test_hostile_review_does_not_disturb_the_api_servers_calls(world, webhook):

@@ -134,10 +134,45 @@ def test_the_redirector_and_runtime_classes_are_watched(cluster):
     assert fake.list_calls["pods"] == 1 and fake.list_calls["runtimeclasses"] == 1, "changes arrive by watch"
 
 
+def test_vertical_pod_autoscalers_are_watched(cluster):
+    """A VPA that covers the proxy makes the next pod's proxy VPA's to size; removing the
+    proxy from its policy gives it back to us."""
+    fake, view, _ = cluster
+    view.start()
+    assert view.wait_ready(10)
+    request = pod_request()
+    request["object"]["metadata"]["labels"]["pod-template-hash"] = "5d8f7c9b6"
+    request["object"]["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": "api-5d8f7c9b6",
+            "uid": "1",
+            "controller": True,
+        }
+    ]
+    assert admit(request, view.snapshot(), POLICY).resources.source.value == "profile"
+    vpa = {
+        "apiVersion": "autoscaling.k8s.io/v1",
+        "kind": "VerticalPodAutoscaler",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"}},
+    }
+    fake.put("verticalpodautoscalers", vpa)
+    eventually(lambda: view.snapshot().autoscalers)
+    out = admit(request, view.snapshot(), POLICY)
+    assert out.resources.source.value == "vpa" and "sized by VPA api" in "\n".join(out.explanation)
+    vpa["spec"]["resourcePolicy"] = {"containerPolicies": [{"containerName": "linkerd-proxy", "mode": "Off"}]}
+    fake.put("verticalpodautoscalers", vpa)
+    eventually(lambda: view.snapshot().autoscalers[("shop", "Deployment", "api")].policies)
+    assert admit(request, view.snapshot(), POLICY).resources.source.value == "profile"
+
+
 def test_an_api_server_without_runtime_classes_is_served(tmp_path):
     """Before 1.20 there is no node.k8s.io/v1: the view is ready, with no RuntimeClass."""
     fake = FakeAPIServer(version="v1.19.16")
     fake.serves_runtimeclasses = False
+    fake.serves_autoscalers = False
     fake.put("nodes", node("n1", "6.1.0"))
     fake.start()
     view = LiveClusterView(
@@ -147,6 +182,7 @@ def test_an_api_server_without_runtime_classes_is_served(tmp_path):
         view.start()
         assert view.wait_ready(10)
         assert view.snapshot().runtime_classes == {} and set(view.snapshot().nodes) == {"n1"}
+        assert view.snapshot().autoscalers == {}
         assert view.stale_seconds("runtimeclasses") == 0.0
     finally:
         view.stop()

@@ -380,3 +380,43 @@ def test_the_oracle_sees_what_an_iptables_init_container_adds():
     assert ("capabilities", "linkerd-init:NET_ADMIN") in pss.findings(patched, "baseline")
     assert ("capabilities", "linkerd-init:NET_RAW") in pss.findings(patched, "restricted")
     assert not pss.findings(request["object"], "baseline")
+
+
+def test_pods_of_one_template_under_different_vpas_are_decided_apart():
+    """The template memo serves pods of different workloads from one decision; a VPA that
+    sizes one workload's proxy and not the other's must keep them apart."""
+    snapshot = load_snapshot(policy=POLICY, now=1795780800.0, cluster=str(GOLDEN / "clusters" / "vpa.yaml"))
+
+    def owned(deploy: str) -> dict:
+        return {
+            "uid": "u",
+            "operation": "CREATE",
+            "kind": {"kind": "Pod"},
+            "namespace": "shop",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "generateName": f"{deploy}-5d8f7c9b6-",
+                    "labels": {"app": "same", "pod-template-hash": "5d8f7c9b6"},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "ReplicaSet",
+                            "name": f"{deploy}-5d8f7c9b6",
+                            "uid": "1",
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": {"containers": [{"name": "app", "image": "registry.example.com/app:1"}]},
+            },
+        }
+
+    shared = snapshot.derive()
+    served = {d: admit(owned(d), shared, POLICY) for d in ("checkout", "web", "checkout", "web")}
+    for deploy, out in served.items():
+        fresh = admit(owned(deploy), snapshot.derive(), POLICY)
+        assert out.patch == fresh.patch, deploy
+    assert served["checkout"].resources.source.value == "vpa"
+    assert served["web"].resources.source.value == "profile"

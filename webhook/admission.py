@@ -319,7 +319,18 @@ def _admit(
             f"({plane.admin})"
         )
 
-    resources = proxy_resources(annotations, key, snapshot, policy, protocol, throughput, lifecycle, ctx)
+    resources = proxy_resources(
+        annotations,
+        key,
+        snapshot,
+        policy,
+        protocol,
+        throughput,
+        lifecycle,
+        ctx,
+        native=native,
+        received=original,
+    )
     ctx.lines.append(f"resources: {resources.source.value}: {resources.detail} -> {resources.brief()}")
     if resources.source is not ResourceSource.OBSERVED and summary is None and snapshot.usage:
         ctx.lines.append(f"usage: no samples recorded for {key}")

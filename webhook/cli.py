@@ -21,7 +21,8 @@ import yaml
 from webhook import __version__
 from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.dataplane import describe
+from webhook.dataplane import describe, flavour
+from webhook.decide.autoscaler import autoscaler_for
 from webhook.decide.sizing import enough_samples, from_observed, human_duration
 from webhook.errors import CertError, ClusterAccessError, ListenError
 from webhook.loading import (
@@ -221,24 +222,25 @@ def _table(rows: list[Sequence[str]]) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     _, results = _manifest_results(args, assume_opt_in=not args.respect_opt_in)
-    rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "REASON")]
+    rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "RESOURCES", "REASON")]
     for r in results:
         o = r.outcome
         if o is None:
-            rows.append((r.ref, "-", "-", "no pod template"))
+            rows.append((r.ref, "-", "-", "-", "no pod template"))
         elif o.injected:
-            assert o.mode is not None
+            assert o.mode is not None and o.resources is not None
             rows.append(
                 (
                     r.ref,
                     "yes",
                     o.mode.value,
+                    o.resources.label,
                     o.reason + (f" ({len(o.warnings)} warning(s))" if o.warnings else ""),
                 )
             )
         else:
             assert o.skip is not None
-            rows.append((r.ref, "no", "-", f"{o.skip.value}: {o.skip.text}"))
+            rows.append((r.ref, "no", "-", "-", f"{o.skip.value}: {o.skip.text}"))
     print(_table(rows))
     for r in results:
         for note in r.notes:
@@ -287,9 +289,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         ("WORKLOAD", "SAMPLES", "SPAN", "CPU REQ", "MEM REQ", "CPU LIM", "MEM LIM", "SOURCE")
     ]
     window = human_duration(policy.sizing.window)
+    cluster = _autoscalers(args.cluster, policy, now) if args.cluster else None
+    proxy = flavour(policy.proxy.flavour).proxy_name
     for key in sorted(samples):
         summary = summaries.get(key)
-        if enough_samples(summary, policy):
+        vpa = autoscaler_for(cluster, key) if cluster is not None else None
+        if vpa is not None and vpa.update_mode != "Off" and vpa.mode_for(proxy) != "Off":
+            count = summary.count if summary else 0
+            span = human_duration(summary.span) if summary else "-"
+            # VPA sizes a proxy it sees: a regular container (a native sidecar is ours)
+            rows.append((str(key), str(count), span, "-", "-", "-", "-", f"vpa/{vpa.name}"))
+        elif enough_samples(summary, policy):
             assert summary is not None
             res = from_observed(summary, policy).as_k8s()
             lim = res.get("limits", {})
@@ -320,6 +330,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             if note is not None:
                 print(f"# {key}: {note}")
     return 0
+
+
+def _autoscalers(path: str, policy: Policy, now: float) -> ClusterSnapshot:
+    return load_snapshot(policy=policy, now=now, cluster=path)
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -453,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="the proxy resources each workload would get from observed usage")
     p.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
     p.add_argument("--prometheus", metavar="URL", help="read observed proxy usage from this Prometheus")
+    p.add_argument(
+        "--cluster",
+        metavar="FILE",
+        help="the cluster's VerticalPodAutoscalers (kubectl get verticalpodautoscalers -A -o yaml): "
+        "workloads whose VPA sizes the proxy are shown as such",
+    )
     p.add_argument("--policy", metavar="FILE")
     p.add_argument("--now", metavar="TIME")
     p.set_defaults(func=cmd_recommend)

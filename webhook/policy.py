@@ -204,6 +204,15 @@ class NativeSidecar:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VerticalPodAutoscaling:
+    """How proxy sizing composes with a VerticalPodAutoscaler that controls the proxy."""
+
+    # true: the pod's own resource annotations are written even where VPA sizes the proxy
+    # (VPA then sees a proxy it does not set, and its updater may evict the pod to fix it)
+    annotations_win: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Sizing:
     window: Duration
     half_life: Duration
@@ -219,6 +228,7 @@ class Sizing:
     oom_min_increase: Memory
     floor: Amounts
     cap: Amounts
+    vertical_pod_autoscaler: VerticalPodAutoscaling = field(default_factory=VerticalPodAutoscaling)
 
 
 @dataclass(frozen=True, kw_only=True)

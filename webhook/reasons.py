@@ -128,3 +128,4 @@ class ResourceSource(StrEnum):
     ANNOTATION = "annotation"
     OBSERVED = "observed"
     PROFILE = "profile"
+    VPA = "vpa"  # a VerticalPodAutoscaler sizes the proxy

@@ -1,7 +1,7 @@
 """Live cluster state: watched caches of Nodes, Namespaces, Services, Linkerd's trust roots
 (the ConfigMaps named linkerd-identity-trust-roots, by field selector), the eBPF
-redirector's pods (Merbridge's, in its namespace, by label selector) and RuntimeClasses,
-behind ClusterView.
+redirector's pods (Merbridge's, in its namespace, by label selector), RuntimeClasses and
+VerticalPodAutoscalers, behind ClusterView.
 
 One thread per resource lists it (paged, raw JSON, no model objects), then watches from
 the list's ``resourceVersion`` with bookmarks. A dropped watch resumes from the last
@@ -14,7 +14,8 @@ assignment. Admissions only ever read ``snapshot()``: they never wait on the net
 A resource that has lost its watch keeps serving its last state; ``stale_seconds`` says
 for how long (exported as a metric, and logged when it is lost and regained). The view is
 ready once every resource has been listed once. A resource the API server does not serve
-(``node.k8s.io`` RuntimeClasses before 1.20) counts as listed and empty, and is looked for
+(``node.k8s.io`` RuntimeClasses before 1.20, VerticalPodAutoscalers without their CRD)
+counts as listed and empty, and is looked for
 again every few minutes.
 """
 
@@ -37,6 +38,7 @@ from webhook.cluster.snapshot import (
     ClusterSnapshot,
     Node,
     PodSelector,
+    autoscaler_from_object,
     build_snapshot,
     node_from_object,
     redirector_from_object,
@@ -52,9 +54,19 @@ from webhook.versions import KubeVersion, kube_version_from_info
 from webhook.workload import Service
 
 log = logging.getLogger("mesh_injector.live")
-RESOURCES = ("nodes", "namespaces", "services", "trust-roots", "redirectors", "runtimeclasses")
+RESOURCES = (
+    "nodes",
+    "namespaces",
+    "services",
+    "trust-roots",
+    "redirectors",
+    "runtimeclasses",
+    "verticalpodautoscalers",
+)
 _TRUST_ROOTS = {"field_selector": f"metadata.name={TRUST_ROOTS_CONFIGMAP}"}
 RUNTIME_CLASSES = "/apis/node.k8s.io/v1/runtimeclasses"
+# served only where the VPA's CRD is installed
+AUTOSCALERS = "/apis/autoscaling.k8s.io/v1/verticalpodautoscalers"
 
 
 def redirector_pods(selector: PodSelector) -> tuple[str, dict[str, str]]:
@@ -136,6 +148,7 @@ def read_once(
         ("Service", lister(api, "/api/v1/services")),
         ("ConfigMap", lister(api, "/api/v1/configmaps", **_TRUST_ROOTS)),
         ("RuntimeClass", lister(api, RUNTIME_CLASSES)),
+        ("VerticalPodAutoscaler", lister(api, AUTOSCALERS)),
     ]
     if redirector is not None:
         path, query = redirector_pods(redirector)
@@ -145,8 +158,8 @@ def read_once(
             try:
                 items, _ = list_all(fn)
             except ApiException as exc:
-                if exc.status == 404 and kind == "RuntimeClass":
-                    continue  # an API server without node.k8s.io/v1: no RuntimeClasses
+                if exc.status == 404 and kind in ("RuntimeClass", "VerticalPodAutoscaler"):
+                    continue  # not served here (no node.k8s.io/v1, no VPA CRD): none of them
                 raise
             docs.extend({**item, "kind": kind} for item in items)
         return docs, server_version(api)
@@ -361,6 +374,13 @@ class LiveClusterView:
                 optional=True,
                 **common,
             ),
+            "verticalpodautoscalers": Informer(
+                "verticalpodautoscalers",
+                lister(api, AUTOSCALERS),
+                autoscaler_from_object,
+                optional=True,
+                **common,
+            ),
         }
         if redirector is not None:
             path, query = redirector_pods(redirector)
@@ -451,7 +471,10 @@ class LiveClusterView:
             self._dirty.clear()
             if not all(inf.synced for inf in self._informers.values()):
                 continue
-            self.rebuild()
+            try:
+                self.rebuild()
+            except Exception:  # a bug must not stop the view: admissions keep the last snapshot
+                log.exception("rebuilding the cluster snapshot failed; the last one is served")
 
     def rebuild(self) -> ClusterSnapshot:
         version_read = self._version_read
@@ -466,6 +489,7 @@ class LiveClusterView:
             trust_roots=dict(self._informers["trust-roots"].values()),
             redirectors=redirectors_by_node(agents.values()) if agents is not None else {},
             runtime_classes=self._informers["runtimeclasses"].values(),
+            autoscalers=self._informers["verticalpodautoscalers"].values(),
             server_version=self._version,
             usage=self.usage.summaries() if self.usage is not None else {},
             source=self._source,

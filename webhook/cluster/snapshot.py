@@ -134,6 +134,30 @@ class RuntimeClass:
 
 
 @dataclass(frozen=True, slots=True)
+class Autoscaler:
+    """A VerticalPodAutoscaler (``autoscaling.k8s.io/v1``), reduced to what decides whether it
+    sizes a container of the pods its target owns."""
+
+    namespace: str
+    name: str
+    target_kind: str
+    target_name: str
+    update_mode: str  # VPA's default when unset: Recreate
+    policies: tuple[tuple[str, str], ...] = ()  # (containerName or "*", mode: Auto | Off)
+
+    def mode_for(self, container: str) -> str:
+        """The container's scaling mode, as VPA resolves it: its own policy, else the ``*``
+        one, else Auto."""
+        fallback = "Auto"
+        for name, mode in self.policies:
+            if name == container:
+                return mode
+            if name == "*":
+                fallback = mode
+        return fallback
+
+
+@dataclass(frozen=True, slots=True)
 class NodeGroup:
     labels: Mapping[str, str]  # the labels every member has, identity labels left out
     taints: tuple[Taint, ...]
@@ -158,6 +182,8 @@ class ClusterSnapshot:
     # node name -> the redirector there (and its pod's name, for explanations)
     redirectors: Mapping[str, tuple[RedirectorState, str]] = field(default_factory=dict)
     runtime_classes: Mapping[str, RuntimeClass] = field(default_factory=dict)
+    # (namespace, target kind, target name) -> the VerticalPodAutoscaler of that workload
+    autoscalers: Mapping[tuple[str, str, str], Autoscaler] = field(default_factory=dict)
     source: str = "embedded defaults (no cluster)"
     built_at: float = 0.0
     # (identity label, value) -> nodes, for terms that name single hosts.
@@ -257,6 +283,7 @@ def build_snapshot(
     trust_roots: Mapping[str, str] | None = None,
     redirectors: Mapping[str, tuple[RedirectorState, str]] | None = None,
     runtime_classes: Iterable[RuntimeClass] = (),
+    autoscalers: Iterable[Autoscaler] = (),
     source: str = "cluster",
     built_at: float | None = None,
 ) -> ClusterSnapshot:
@@ -279,6 +306,7 @@ def build_snapshot(
         trust_roots=dict(trust_roots or {}),
         redirectors=dict(redirectors or {}),
         runtime_classes={rc.name: rc for rc in runtime_classes},
+        autoscalers=autoscalers_by_target(autoscalers),
         source=source,
         built_at=time.time() if built_at is None else built_at,
     )
@@ -444,6 +472,43 @@ def runtime_class_from_object(obj: Mapping[str, Any]) -> RuntimeClass | None:
     )
 
 
+def autoscaler_from_object(obj: Mapping[str, Any]) -> Autoscaler | None:
+    """A VerticalPodAutoscaler; None for one without a target."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    target = spec.get("targetRef") if isinstance(spec, dict) else None
+    if not isinstance(target, dict) or not target.get("kind") or not target.get("name"):
+        return None
+    update = (
+        (spec.get("updatePolicy") or {}).get("updateMode")
+        if isinstance(spec.get("updatePolicy"), dict)
+        else None
+    )
+    policies = (
+        (spec.get("resourcePolicy") or {}) if isinstance(spec.get("resourcePolicy"), dict) else {}
+    ).get("containerPolicies")
+    return Autoscaler(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name", "")),
+        target_kind=str(target["kind"]),
+        target_name=str(target["name"]),
+        update_mode=str(update or "Recreate"),
+        policies=tuple(
+            (str(p.get("containerName") or ""), str(p.get("mode") or "Auto"))
+            for p in policies or []
+            if isinstance(p, dict)
+        ),
+    )
+
+
+def autoscalers_by_target(found: Iterable[Autoscaler]) -> dict[tuple[str, str, str], Autoscaler]:
+    """One VerticalPodAutoscaler per target (the first by name where several name one)."""
+    out: dict[tuple[str, str, str], Autoscaler] = {}
+    for vpa in sorted(found, key=lambda v: (v.namespace, v.name)):
+        out.setdefault((vpa.namespace, vpa.target_kind, vpa.target_name), vpa)
+    return out
+
+
 def flatten_items(docs: Iterable[object]) -> list[dict[str, Any]]:
     """Objects from documents that may be single objects or ``kind: List``-style lists."""
     out: list[dict[str, Any]] = []
@@ -484,15 +549,22 @@ def snapshot_from_objects(
     built_at: float | None = None,
 ) -> ClusterSnapshot:
     """A snapshot from Kubernetes objects: Nodes, Namespaces, Services, Linkerd's trust-roots
-    ConfigMap, RuntimeClasses, and the redirector's Pods (those ``redirector`` selects)."""
+    ConfigMap, RuntimeClasses, VerticalPodAutoscalers, and the redirector's Pods (those
+    ``redirector`` selects)."""
     nodes: list[Node] = []
     namespaces: dict[str, dict[str, str]] = {}
     services: list[Service] = []
     roots: dict[str, str] = {}
     agents: list[tuple[str, RedirectorState, str]] = []
     classes: list[RuntimeClass] = []
+    vpas: list[Autoscaler] = []
     for obj in flatten_items(docs):
         kind = obj.get("kind")
+        if kind == "VerticalPodAutoscaler":
+            vpa = autoscaler_from_object(obj)
+            if vpa is not None:
+                vpas.append(vpa)
+            continue
         if kind == "Pod":
             if redirector is not None and redirector.matches(obj):
                 agent = redirector_from_object(obj)
@@ -525,6 +597,7 @@ def snapshot_from_objects(
         trust_roots=roots,
         redirectors=redirectors_by_node(agents),
         runtime_classes=classes,
+        autoscalers=vpas,
         source=source,
         built_at=built_at,
     )

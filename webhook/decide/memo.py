@@ -17,6 +17,7 @@ import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane import flavour, others
+from webhook.decide.autoscaler import autoscaler_for
 from webhook.decide.podfacts import INJECT
 from webhook.outcome import Detail, Outcome, clone
 from webhook.patch.diff import Patch
@@ -76,7 +77,8 @@ def template_key(
     Services that select the labels (the protocol), whether labels exist at all (the
     shape of the patch), and what the data-plane flavour renders from them (Linkerd and
     Istio name the workload and its kind on the pod: the kind is in the key and the name
-    is put into the shared patch per request; Istio reads the app and version labels).
+    is put into the shared patch per request; Istio reads the app and version labels), and
+    the VerticalPodAutoscaler that targets the workload (it may size the proxy).
     Those facts go into the key instead of the fields. Any new reading
     of a label or an owner must be added here; tests/test_properties.py checks that an
     outcome served under this key equals a fresh decision.
@@ -98,6 +100,7 @@ def template_key(
         return None
     owners = meta.get("ownerReferences")
     plane = flavour(policy.proxy.flavour)
+    vpa = autoscaler_for(snapshot, workload)
     facts = [
         "template",
         (workload.kind if aliasable(meta) else tuple(workload[1:])) if plane.reads_workload else None,
@@ -109,6 +112,7 @@ def template_key(
         labels.get(LABEL_MODE),
         [labels.get(name) for name in others.LABELS_READ],
         protocol_from_services(snapshot.services.get(namespace, ()), labels),
+        [vpa.name, vpa.update_mode, vpa.mode_for(plane.proxy_name)] if vpa is not None else None,
         [[o.get("kind"), o.get("controller")] for o in owners if isinstance(o, dict)]
         if isinstance(owners, list)
         else owners,

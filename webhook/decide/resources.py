@@ -1,5 +1,6 @@
-"""The proxy's CPU and memory for one pod: observed usage when there is enough of it, else
-the policy's profile, then the pod's own annotations (ours, or the flavour's own)."""
+"""The proxy's CPU and memory for one pod: a VerticalPodAutoscaler's where one sizes the
+proxy (``decide/autoscaler.py``); else observed usage when there is enough of it, else the
+policy's profile, then the pod's own annotations (ours, or the flavour's own)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane import flavour
+from webhook.decide.autoscaler import autoscaler_for, kept_resources, sizes_proxy
 from webhook.decide.sizing import (
     ProxyResources,
     annotation_overrides,
@@ -19,6 +21,7 @@ from webhook.decide.sizing import (
 from webhook.outcome import Notes
 from webhook.patch.inject import PREFIX
 from webhook.policy import Policy
+from webhook.reasons import ResourceSource
 from webhook.workload import WorkloadKey
 
 
@@ -31,7 +34,31 @@ def proxy_resources(
     throughput: str,
     lifecycle: str,
     ctx: Notes,
+    *,
+    native: bool = False,
+    received: Mapping[str, Any] | None = None,
 ) -> ProxyResources:
+    """``received``: the pod as the API server sent it (where a VPA already sized the proxy)."""
+    merged = _with_flavour_overrides(annotations, policy)
+    vpa = autoscaler_for(snapshot, key)
+    if vpa is not None:
+        proxy = flavour(policy.proxy.flavour).proxy_name
+        sized, why = sizes_proxy(vpa, proxy, native, annotations)
+        ctx.lines.append(f"vpa: {why}")
+        asked = [name for name in merged if name.startswith(PREFIX + "proxy-")]
+        if sized and not (asked and policy.sizing.vertical_pod_autoscaler.annotations_win):
+            for name in asked:
+                ctx.warn(f"annotation {name} is not used: VPA {vpa.name} sizes the proxy")
+            return ProxyResources(
+                cpu_request=0.0,
+                memory_request=0,
+                cpu_limit=None,
+                memory_limit=None,
+                source=ResourceSource.VPA,
+                detail=f"sized by VPA {vpa.name}",
+                kept=kept_resources(received or {}, proxy),
+                by=vpa.name,
+            )
     summary = snapshot.usage.get(key)
     if enough_samples(summary, policy):
         assert summary is not None
@@ -47,7 +74,7 @@ def proxy_resources(
         base = from_profile(
             (profile.requests, profile.limits), profile.name, f"{protocol}/{throughput}/{lifecycle}; {why}"
         )
-    overrides, problems = annotation_overrides(_with_flavour_overrides(annotations, policy))
+    overrides, problems = annotation_overrides(merged)
     for problem in problems:
         ctx.warn(problem)
     return apply_overrides(base, overrides)

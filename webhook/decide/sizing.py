@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import InvalidOperation
+from typing import Any
 
 from webhook.policy import Amounts, Policy
 from webhook.quantity import parse_quantity
@@ -71,8 +72,19 @@ class ProxyResources:
     memory_limit: int | None
     source: ResourceSource
     detail: str
+    # sized by someone else (a VerticalPodAutoscaler, named in ``by``): these resources are
+    # kept as they are
+    kept: Mapping[str, Any] | None = None
+    by: str = ""
 
-    def as_k8s(self) -> dict[str, dict[str, str]]:
+    @property
+    def label(self) -> str:
+        """Where the sizes come from, in a word: ``profile``, ``observed``, ``annotation``, ``vpa/NAME``."""
+        return f"{self.source.value}/{self.by}" if self.by else self.source.value
+
+    def as_k8s(self) -> dict[str, Any]:
+        if self.kept is not None:
+            return {k: dict(v) if isinstance(v, dict) else v for k, v in self.kept.items()}
         out: dict[str, dict[str, str]] = {
             "requests": {"cpu": cpu_str(self.cpu_request), "memory": memory_str(self.memory_request)}
         }
@@ -86,6 +98,10 @@ class ProxyResources:
         return out
 
     def brief(self) -> str:
+        if self.kept is not None:
+            return (
+                f"as VPA sets them ({self.kept})" if self.kept else "none from us: VPA's admission sets them"
+            )
         res = self.as_k8s()
         lim = res.get("limits", {})
         return (
