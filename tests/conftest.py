@@ -11,3 +11,11 @@ from tests.servers import Certs, make_certs
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A CA and a serving certificate for localhost/127.0.0.1, one set per module."""
     return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="deeper generated runs (the API server judges 4,000 generated pods per flavour)",
+    )

@@ -173,7 +173,9 @@ def test_istio_keeps_the_pods_own_prometheus_annotations():
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9102"
     status = read_status(pod)
     assert status is not None and "prometheus.io/port" not in status["annotations"]
-    assert "prometheus.io/path" in status["annotations"]  # the pod had none: ours, and stripped later
+    # the pod's own scraping is kept whole: none of the three is added (not even the path)
+    assert "prometheus.io/path" not in pod["metadata"]["annotations"]
+    assert not [k for k in status["annotations"] if k.startswith("prometheus.io/")]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot, outcome_cost
-from webhook.dataplane import Build, Flavour, flavour, others
+from webhook.dataplane import FLAVOURS, Build, Flavour, flavour, others
 from webhook.decide.explain import kernel_line, nodes_line, pod_security_line, redirector_line
 from webhook.decide.memo import (
     ALIAS,
@@ -33,6 +33,7 @@ from webhook.decide.memo import (
 from webhook.decide.placement import native_placement
 from webhook.decide.podfacts import (
     excluded,
+    invalid,
     opt_in,
     pod_exclusions,
     pod_option,
@@ -44,13 +45,16 @@ from webhook.decide.podfacts import (
 from webhook.decide.resources import proxy_resources
 from webhook.decide.scheduling import eligible_nodes
 from webhook.decide.sizing import cpu_str, enough_samples
-from webhook.modes import MODES
+from webhook.modes import MARKS, MODES
 from webhook.modes.base import Setting, kernel_facts, sandbox_of
 from webhook.modes.choice import Choice, PodTraits, choose_mode
 from webhook.modes.microvm import nodes_spec
 from webhook.outcome import Detail, Notes, Outcome, light
 from webhook.patch.diff import diff
 from webhook.patch.inject import (
+    ANN_STATUS,
+    NameCollision,
+    Ours,
     Plan,
     apply_plan,
     mark_skipped,
@@ -65,6 +69,14 @@ from webhook.reasons import OPTED_IN_SKIPS, ResourceSource, Skip
 from webhook.workload import WorkloadKey, is_batch, workload_key
 
 __all__ = ["Outcome", "admit"]
+
+# what any injection of ours may have added: re-injection takes off only that
+OURS = Ours(
+    containers=frozenset(name for f in FLAVOURS.values() for name in f.containers),
+    volumes=frozenset(v["name"] for f in FLAVOURS.values() for v in f.volumes),
+    marks=frozenset(mark for f in FLAVOURS.values() for mark in f.marks) | MARKS,
+    mark_prefixes=tuple(prefix for f in FLAVOURS.values() for prefix in f.mark_prefixes),
+)
 
 
 class _Redo:
@@ -118,7 +130,8 @@ def admit(
     if isinstance(hit, Entry) and hit.policy is policy:
         return hit.serve(_Redo(request, snapshot, policy, assume_opt_in), workload)
     names_workload = workload is not None and flavour(policy.proxy.flavour).reads_workload
-    if names_workload and ALIAS_JSON not in key and aliasable(request["object"].get("metadata")):
+    meta = request["object"].get("metadata")
+    if names_workload and ALIAS_JSON not in key and workload is not None and aliasable(meta, workload.name):
         # The flavour names the workload on the pod: decide once with a stand-in name, so
         # every workload of this template shares the entry, and put each one's name in.
         aliased = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in, alias=True)
@@ -141,14 +154,24 @@ def _skip(
     ctx: Notes,
     workload: WorkloadKey | None = None,
 ) -> Outcome:
-    annotate = opted_in and skip in OPTED_IN_SKIPS and pod is not None
-    if annotate:
-        assert pod is not None
-        mark_skipped(pod, text)
-        ctx.warn(f"pod not meshed: {text}")
-    patch = diff(original, pod) if pod is not None else []
+    """A pod that is not meshed is never changed, but for the skip-reason annotation on a pod
+    that asked to be meshed. One that carries an earlier injection of ours keeps it as it is
+    (the reason is a warning then)."""
+    patch: list[dict[str, Any]] = []
+    shown: Mapping[str, Any] = original
+    if opted_in and skip in OPTED_IN_SKIPS and pod is not None:
+        if read_status(original) is not None:
+            ctx.warn(f"the pod keeps the proxy of an earlier injection, which would not be added now: {text}")
+        else:
+            marked = dict(original)
+            marked["metadata"] = dict(original.get("metadata") or {})
+            if isinstance(marked["metadata"].get("annotations"), dict):
+                marked["metadata"]["annotations"] = dict(marked["metadata"]["annotations"])
+            mark_skipped(marked, text)
+            ctx.warn(f"pod not meshed: {text}")
+            patch, shown = diff(original, marked), marked
     ctx.lines.insert(0, f"decision: not meshed ({skip.value}): {text}")
-    detail = Detail(pod if pod is not None else original, tuple(ctx.lines))
+    detail = Detail(shown, tuple(ctx.lines))
     return Outcome(
         patch=patch,
         injected=False,
@@ -184,23 +207,34 @@ def _admit(
     meta = str_map(original.get("metadata"))
     namespace = namespace or str(meta.get("namespace") or "default")
     pod = shallow_pod(original)
-    strip(pod, read_status(original))
+    key = workload_key(pod, namespace)
+    strip(pod, read_status(original), OURS, key.name)
     meta = pod["metadata"]
     labels, annotations = str_map(meta.get("labels")), str_map(meta.get("annotations"))
     spec = pod["spec"]
     ns_labels = snapshot.namespaces.get(namespace, {})
-    key = workload_key(pod, namespace)
     ctx.lines.append(f"pod: {namespace}/{meta.get('name') or meta.get('generateName', '?')} (workload {key})")
 
     opted, opt_skip, opt_source = opt_in(labels, annotations, ns_labels, policy, assume_opt_in)
     ctx.lines.append(f"opt-in: {'yes' if opted else 'no'} ({opt_source})")
     args = dict(original=original, pod=pod, opted_in=opted, namespace=namespace, ctx=ctx, workload=key)
+    problem = invalid(spec) if isinstance(original.get("spec"), dict) else "spec is missing"
+    if problem is not None:
+        return _skip(skip=Skip.INVALID_POD, text=f"{Skip.INVALID_POD.text}: {problem}", **args)
     not_here = excluded(namespace, policy)
     if not_here is not None:
         return _skip(skip=not_here, text=f"{not_here.text} ({namespace})", **args)
     if spec.get("hostNetwork") is True:
         return _skip(skip=Skip.HOST_NETWORK, text=Skip.HOST_NETWORK.text, **args)
     plane: Flavour = flavour(policy.proxy.flavour)
+    present = present_proxy(pod)
+    if present is not None and read_status(original) is not None:
+        text = (
+            f"the pod already carries a {present} container, and {ANN_STATUS} does not show it to"
+            " be ours as it is (no fingerprints, or it was changed since): it is left as it is"
+        )
+        ctx.warn(f"pod not meshed again: {text}")
+        return _skip(skip=Skip.PROXY_PRESENT, text=text, **args)
     owner = others.owner(pod)
     if owner is not None:
         mesh, evidence = owner
@@ -367,7 +401,11 @@ def _admit(
         runtime_class=adds.runtime_class,
     )
     meshed = shallow_pod(pod)
-    added = apply_plan(meshed, plan, policy)
+    try:
+        added = apply_plan(meshed, plan, policy, received=original)
+    except NameCollision as clash:
+        text = f"{Skip.NAME_COLLISION.text}: the pod's own {clash} would be duplicated"
+        return _skip(skip=Skip.NAME_COLLISION, text=text, **args)
     if added.get("probes"):
         taken = "; ".join(f"{c}: {', '.join(fields)}" for c, fields in added["probes"].items())
         ctx.lines.append(f"probes: the {plane.name} agent runs them on the pod's behalf ({taken})")

@@ -40,6 +40,8 @@ class Skip(StrEnum):
     MICROVM_BASELINE = "microvm-in-baseline-namespace"
     MICROVM_RESTRICTED = "microvm-in-restricted-namespace"
     SANDBOX_UNSUPPORTED = "sandbox-unsupported"
+    INVALID_POD = "invalid-pod"
+    NAME_COLLISION = "name-collision"
 
     @property
     def text(self) -> str:
@@ -84,6 +86,8 @@ _SKIP_TEXT: dict[Skip, str] = {
     Skip.SANDBOX_UNSUPPORTED: (
         "the pod runs in a sandbox where the proxy's redirect rules cannot be installed"
     ),
+    Skip.INVALID_POD: "the pod is not one the API server accepts; it is left for the API server to refuse",
+    Skip.NAME_COLLISION: "the pod already has a container or volume named like one the proxy needs",
 }
 
 # Skips that concern pods that asked to be meshed: they get the skip-reason annotation
@@ -104,6 +108,7 @@ OPTED_IN_SKIPS = frozenset(
         Skip.MICROVM_BASELINE,
         Skip.MICROVM_RESTRICTED,
         Skip.SANDBOX_UNSUPPORTED,
+        Skip.NAME_COLLISION,
     }
 )
 

@@ -13,6 +13,8 @@ from webhook.policy import Policy
 FLAVOURS: dict[str, Flavour] = {f.name: f for f in (linkerd.FLAVOUR, istio.FLAVOUR, generic.FLAVOUR)}
 # Every proxy container we can inject: observed usage is read from any of them.
 PROXY_NAMES = frozenset(f.proxy_name for f in FLAVOURS.values())
+# Environment variables whose values name the workload (in any flavour's containers).
+NAMED_ENV = frozenset(name for f in FLAVOURS.values() for name in f.named_env)
 
 
 def flavour(name: str) -> Flavour:
@@ -64,4 +66,4 @@ def describe(policy: Policy) -> list[str]:
     ]
 
 
-__all__ = ["FLAVOURS", "PROXY_NAMES", "Build", "DataPlane", "Flavour", "describe", "flavour"]
+__all__ = ["FLAVOURS", "NAMED_ENV", "PROXY_NAMES", "Build", "DataPlane", "Flavour", "describe", "flavour"]

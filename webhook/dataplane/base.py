@@ -61,6 +61,8 @@ class DataPlane:
     default_labels: Mapping[str, str] = field(default_factory=dict)
     # the pod's own containers' probes the mesh takes over: container -> field -> new probe
     probes: Mapping[str, Mapping[str, dict[str, Any]]] = field(default_factory=dict)
+    # the labels and annotations whose values are the workload's name
+    named: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,27 @@ class Flavour:
     gvisor_gap: str = ""
     # the flavour writes sidecar.istio.io/status itself (Merbridge's CNI plugin needs it)
     writes_sidecar_status: bool = False
+    # what it may add, so that re-injection takes off only what is provably ours: the names
+    # of its containers, every volume it renders, the labels and annotations it writes (and
+    # name prefixes of those named after the workload's kind)
+    containers: tuple[str, ...] = ()
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    marks: tuple[str, ...] = ()
+    mark_prefixes: tuple[str, ...] = ()
+    # environment variables of its containers whose values name the workload
+    named_env: tuple[str, ...] = ()
+
+
+LABEL_VALUE_MAX = 63
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value the API server accepts: at most 63 characters, ending with
+    an alphanumeric one (a workload name may be a 253-character DNS subdomain; neither
+    mesh's injector shortens it, and the API server then refuses the pod)."""
+    if len(text) <= LABEL_VALUE_MAX:
+        return text
+    return text[:LABEL_VALUE_MAX].rstrip("-_.")
 
 
 def port_list(ports: Ports) -> str:

@@ -27,6 +27,10 @@ INIT = "mesh-init"
 PROXY_VOLUME = "mesh-proxy-run"
 
 
+def _volume() -> dict[str, Any]:
+    return {"name": PROXY_VOLUME, "emptyDir": {"medium": "Memory"}}
+
+
 def _security() -> dict[str, Any]:
     return {
         "runAsUser": PROXY_UID,
@@ -108,7 +112,7 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     return DataPlane(
         inits=inits,
         proxy=proxy_container(build, policy),
-        volumes=({"name": PROXY_VOLUME, "emptyDir": {"medium": "Memory"}},),
+        volumes=(_volume(),),
     )
 
 
@@ -129,4 +133,6 @@ FLAVOUR = Flavour(
     never_redirected=never_redirected,
     # our ruleset: -m owner, -o lo, -d, --dport and REDIRECT, which gVisor's netstack loads
     rules_in_gvisor=True,
+    containers=(PROXY, INIT),
+    volumes=(_volume(),),
 )

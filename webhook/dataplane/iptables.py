@@ -23,8 +23,25 @@ class PortListError(ValueError):
     pass
 
 
+# More separate ports and ranges than this are refused: each becomes a rule, or a piece of
+# an init container's argument (Linux allows 128 KiB per argument).
+MAX_PORT_RANGES = 256
+
+
+def merge_ranges(ranges: object) -> tuple[tuple[int, int], ...]:
+    """Sorted, with overlapping and adjacent ranges joined (the same ports, fewest items)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):  # type: ignore[call-overload]
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
 def parse_ports(raw: str) -> tuple[tuple[int, int], ...]:
-    """``"25,3306,8000-8100"`` -> ``((25, 25), (3306, 3306), (8000, 8100))``."""
+    """``"25,3306,8000-8100"`` -> ``((25, 25), (3306, 3306), (8000, 8100))``; adjacent and
+    overlapping items joined (``"1,2,3"`` -> ``((1, 3),)``)."""
     out: list[tuple[int, int]] = []
     for item in raw.split(","):
         item = item.strip()
@@ -38,7 +55,13 @@ def parse_ports(raw: str) -> tuple[tuple[int, int], ...]:
         if not 1 <= lo <= hi <= 65535:
             raise PortListError(f"{item!r} is outside 1-65535 or reversed")
         out.append((lo, hi))
-    return tuple(sorted(set(out)))
+    merged = merge_ranges(out)
+    if len(merged) > MAX_PORT_RANGES:
+        raise PortListError(
+            f"{len(merged)} separate ports and ranges, more than {MAX_PORT_RANGES} (each is a rule "
+            "or part of an init container's argument); give ranges"
+        )
+    return merged
 
 
 def _dport(lo: int, hi: int) -> str:

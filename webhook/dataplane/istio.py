@@ -22,7 +22,16 @@ from typing import Any
 
 import orjson
 
-from webhook.dataplane.base import Build, DataPlane, Flavour, Ports, Redirect, container_ports, field_env
+from webhook.dataplane.base import (
+    Build,
+    DataPlane,
+    Flavour,
+    Ports,
+    Redirect,
+    container_ports,
+    field_env,
+    label_value,
+)
 from webhook.policy import IstioSettings, Policy
 
 PROXY = "istio-proxy"
@@ -77,9 +86,10 @@ def _app_containers(pod: Mapping[str, Any]) -> list[str]:
     return [c["name"] for c in containers if isinstance(c, dict) and isinstance(c.get("name"), str)]
 
 
-def _expand(ports: tuple[tuple[int, int], ...]) -> list[str]:
-    """istio-iptables takes single ports: ranges are spelled out."""
-    return [str(p) for lo, hi in ports for p in range(lo, hi + 1)]
+def _ports(ports: tuple[tuple[int, int], ...]) -> list[str]:
+    """istio-iptables hands each item to ``--dport``: a range as iptables writes one, lo:hi
+    (spelled out, 1-65535 would be a 373 KiB argument, over Linux's 128 KiB limit)."""
+    return [str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in ports]
 
 
 def _resource_env(name: str, resource: str) -> dict[str, Any]:
@@ -165,11 +175,11 @@ def proxy_container(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> d
 
 def init_args(build: Build, validation: bool) -> list[str]:
     """istio-iptables' flags, the pod's skip ports added to Istio's own."""
-    inbound = ",".join([str(PROM_PORT), str(HEALTH_PORT), str(STATUS_PORT), *_expand(build.skip_inbound)])
+    inbound = ",".join([str(PROM_PORT), str(HEALTH_PORT), str(STATUS_PORT), *_ports(build.skip_inbound)])
     args = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", str(UID), "-m", "REDIRECT"]
     args += ["-i", "*", "-x", ",".join(build.skip_cidrs), "-b", "*", "-d", inbound]
     if build.skip_outbound:
-        args += ["-o", ",".join(_expand(build.skip_outbound))]
+        args += ["-o", ",".join(_ports(build.skip_outbound))]
     args.append("--log_output_level=default:info")
     if validation:
         args += ["--run-validation", "--skip-rule-apply"]
@@ -243,6 +253,11 @@ def _volumes() -> tuple[dict[str, Any], ...]:
 
 
 REWRITE_PROBES = "sidecar.istio.io/rewriteAppHTTPProbers"
+_PROMETHEUS = {
+    "prometheus.io/path": "/stats/prometheus",
+    "prometheus.io/port": str(STATUS_PORT),
+    "prometheus.io/scrape": "true",
+}
 _PROBES = (("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz"))
 _TRUE, _FALSE = ("1", "t", "true"), ("0", "f", "false")  # what Go's ParseBool takes, any case
 
@@ -257,7 +272,7 @@ def _port(value: object, named: Mapping[str, int]) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
-        return int(value) if value.isdigit() else named.get(value)
+        return int(value) if value.isascii() and value.isdigit() else named.get(value)
     return None
 
 
@@ -359,22 +374,26 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     defaults = {
         "kubectl.kubernetes.io/default-container": apps[0] if apps else PROXY,
         "kubectl.kubernetes.io/default-logs-container": apps[0] if apps else PROXY,
-        "prometheus.io/path": "/stats/prometheus",
-        "prometheus.io/port": str(STATUS_PORT),
-        "prometheus.io/scrape": "true",
     }
+    pod_annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if not any(key in pod_annotations for key in _PROMETHEUS):  # the pod's own scraping wins whole
+        defaults.update(_PROMETHEUS)
+    named = _first(labels, _CANONICAL_NAME, "") == ""
     return DataPlane(
         inits=inits,
         proxy=proxy,
         volumes=_volumes(),
         labels={
             "security.istio.io/tlsMode": "istio",
-            "service.istio.io/canonical-name": _first(labels, _CANONICAL_NAME, build.workload.name),
+            "service.istio.io/canonical-name": _first(
+                labels, _CANONICAL_NAME, label_value(build.workload.name)
+            ),
             "service.istio.io/canonical-revision": _first(labels, _CANONICAL_REVISION, "latest"),
         },
         annotations={"istio.io/rev": s.revision, STATUS_ANNOTATION: orjson.dumps(status).decode()},
         default_annotations=defaults,
         probes=probes,
+        named=frozenset({"service.istio.io/canonical-name"} if named else ()),
     )
 
 
@@ -403,4 +422,17 @@ FLAVOUR = Flavour(
     never_redirected=never_redirected,
     gvisor_gap="istio-iptables' rules are not shown to load in gVisor's netstack",
     writes_sidecar_status=True,
+    containers=(PROXY, INIT, VALIDATION),
+    named_env=("ISTIO_META_WORKLOAD_NAME", "ISTIO_META_OWNER"),
+    volumes=_volumes(),
+    marks=(
+        "security.istio.io/tlsMode",
+        "service.istio.io/canonical-name",
+        "service.istio.io/canonical-revision",
+        "istio.io/rev",
+        STATUS_ANNOTATION,
+        "kubectl.kubernetes.io/default-container",
+        "kubectl.kubernetes.io/default-logs-container",
+        *_PROMETHEUS,
+    ),
 )

@@ -31,6 +31,7 @@ from webhook.dataplane.base import (
     field_env,
     image_tag,
     join,
+    label_value,
     port_list,
 )
 from webhook.dataplane.iptables import PortListError, parse_ports
@@ -257,16 +258,12 @@ def validator_container(s: LinkerdSettings) -> dict[str, Any]:
     }
 
 
-def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
-    s = policy.proxy.linkerd
-    inits: tuple[dict[str, Any], ...] = ()
-    volumes: list[dict[str, Any]] = []
-    if build.init_rules:
-        inits = (init_container(build, s),)
-        volumes.append({"emptyDir": {}, "name": XTABLES})
-    elif build.validator:
-        inits = (validator_container(s),)
-    volumes += [
+def _xtables_volume() -> dict[str, Any]:
+    return {"emptyDir": {}, "name": XTABLES}
+
+
+def _identity_volumes() -> list[dict[str, Any]]:
+    return [
         {"emptyDir": {"medium": "Memory"}, "name": END_ENTITY},
         {
             "name": TOKEN,
@@ -283,10 +280,23 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
             },
         },
     ]
+
+
+def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
+    s = policy.proxy.linkerd
+    inits: tuple[dict[str, Any], ...] = ()
+    volumes: list[dict[str, Any]] = []
+    if build.init_rules:
+        inits = (init_container(build, s),)
+        volumes.append(_xtables_volume())
+    elif build.validator:
+        inits = (validator_container(s),)
+    volumes += _identity_volumes()
     labels = {"linkerd.io/control-plane-ns": s.namespace, "linkerd.io/workload-ns": build.workload.namespace}
     owner = _OWNER_LABEL.get(build.workload.kind)
+    named = frozenset({f"linkerd.io/proxy-{owner}"} if owner is not None else ())
     if owner is not None:
-        labels[f"linkerd.io/proxy-{owner}"] = build.workload.name
+        labels[f"linkerd.io/proxy-{owner}"] = label_value(build.workload.name)
     annotations = {
         "linkerd.io/created-by": f"mesh-injector/{__version__}",
         "linkerd.io/proxy-version": image_tag(s.image) or s.image,
@@ -298,6 +308,7 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
         volumes=tuple(volumes),
         labels=labels,
         annotations=annotations,
+        named=named,
     )
 
 
@@ -330,4 +341,14 @@ FLAVOUR = Flavour(
     never_redirected=never_redirected,
     validator_under_redirector=True,
     gvisor_gap="proxy-init writes -m comment and matches port lists with -m multiport",
+    containers=(PROXY, INIT, VALIDATOR),
+    volumes=(_xtables_volume(), *_identity_volumes()),
+    marks=(
+        "linkerd.io/control-plane-ns",
+        "linkerd.io/workload-ns",
+        "linkerd.io/created-by",
+        "linkerd.io/proxy-version",
+        "linkerd.io/trust-root-sha256",
+    ),
+    mark_prefixes=("linkerd.io/proxy-",),
 )

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.dataplane.iptables import PortListError, parse_ports
+from webhook.dataplane.iptables import PortListError, merge_ranges, parse_ports
 
 # mesh -> (its containers, the annotations its injector writes)
 OWNED_BY = {
@@ -109,8 +109,8 @@ def exclusions(annotations: Mapping[str, Any]) -> Exclusions:
                 continue
         used.append(key)
     return Exclusions(
-        inbound=tuple(sorted(set(ports["inbound"]))),
-        outbound=tuple(sorted(set(ports["outbound"]))),
+        inbound=merge_ranges(ports["inbound"]),
+        outbound=merge_ranges(ports["outbound"]),
         cidrs=tuple(dict.fromkeys(cidrs)),
         used=tuple(used),
         problems=tuple(problems),

@@ -17,6 +17,7 @@ import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane import flavour, others
+from webhook.dataplane.base import LABEL_VALUE_MAX
 from webhook.decide.autoscaler import autoscaler_for
 from webhook.decide.podfacts import INJECT
 from webhook.outcome import Detail, Outcome, clone
@@ -103,7 +104,9 @@ def template_key(
     vpa = autoscaler_for(snapshot, workload)
     facts = [
         "template",
-        (workload.kind if aliasable(meta) else tuple(workload[1:])) if plane.reads_workload else None,
+        (workload.kind if aliasable(meta, workload.name) else tuple(workload[1:]))
+        if plane.reads_workload
+        else None,
         [labels.get(name) for name in plane.labels_read],
         namespace,
         assume_opt_in,
@@ -132,9 +135,12 @@ ALIAS = "0-mesh-injector-workload-0"
 ALIAS_JSON = ALIAS.encode()
 
 
-def aliasable(meta: object) -> bool:
+def aliasable(meta: object, name: str) -> bool:
     """A first injection: the patch only adds, so putting the name into a shared patch is
-    exact. A re-injection is diffed against names already in the pod: decided per workload."""
+    exact. A re-injection is diffed against names already in the pod, and a name too long
+    for a label value is shortened where a flavour writes it: both decided per workload."""
+    if len(name) > LABEL_VALUE_MAX:
+        return False
     annotations = meta.get("annotations") if isinstance(meta, dict) else None
     return not (isinstance(annotations, dict) and ANN_STATUS in annotations)
 

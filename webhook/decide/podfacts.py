@@ -9,7 +9,7 @@ from typing import Any
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane import others
-from webhook.dataplane.iptables import PortListError, parse_ports
+from webhook.dataplane.iptables import PortListError, merge_ranges, parse_ports
 from webhook.modes.base import Exclusions
 from webhook.outcome import Notes
 from webhook.patch.inject import PREFIX
@@ -84,6 +84,38 @@ def opt_in(
     return False, Skip.NOT_OPTED_IN, "nothing opted in"
 
 
+def invalid(spec: Mapping[str, Any]) -> str | None:
+    """What makes the pod one the API server will refuse (mutating webhooks run before its
+    validation), where that would break what we read or add; None for a pod we can mesh."""
+    names: set[str] = set()
+    for key in ("containers", "initContainers"):
+        items = spec.get(key)
+        if items is None and key == "initContainers":
+            continue
+        if not isinstance(items, list) or (key == "containers" and not items):
+            return f"spec.{key} is {'missing' if items is None else 'empty' if items == [] else 'not a list'}"
+        for i, c in enumerate(items):
+            name = c.get("name") if isinstance(c, dict) else None
+            if not isinstance(name, str) or not name:
+                return f"spec.{key}[{i}] has no name"
+            if name in names:
+                return f"two containers are named {name}"
+            names.add(name)
+    volumes = spec.get("volumes")
+    if volumes is not None:
+        if not isinstance(volumes, list):
+            return "spec.volumes is not a list"
+        seen: set[str] = set()
+        for i, v in enumerate(volumes):
+            name = v.get("name") if isinstance(v, dict) else None
+            if not isinstance(name, str) or not name:
+                return f"spec.volumes[{i}] has no name"
+            if name in seen:
+                return f"two volumes are named {name}"
+            seen.add(name)
+    return None
+
+
 def excluded(namespace: str, policy: Policy) -> Skip | None:
     if namespace in SYSTEM_NAMESPACES:
         return Skip.SYSTEM_NAMESPACE
@@ -119,10 +151,7 @@ def pod_exclusions(annotations: Mapping[str, Any], policy: Policy, ctx: Notes) -
         for problem in found.problems:
             ctx.warn(problem)
         if found.used:
-            skips = [
-                tuple(sorted({*skips[0], *found.inbound})),
-                tuple(sorted({*skips[1], *found.outbound})),
-            ]
+            skips = [merge_ranges((*skips[0], *found.inbound)), merge_ranges((*skips[1], *found.outbound))]
             cidrs = found.cidrs
             ctx.lines.append(f"exclusions: translated {', '.join(found.used)}")
     return Exclusions(inbound=skips[0], outbound=skips[1], cidrs=cidrs)

@@ -18,6 +18,8 @@ from webhook.policy import Policy
 from webhook.reasons import Mode
 
 MODES: dict[Mode, ModuleType] = {Mode.EBPF: ebpf, Mode.IPTABLES: iptables, Mode.MICROVM: microvm}
+# the labels and annotations a mode writes beside the flavour's
+MARKS = frozenset(ebpf.MARKS)
 
 
 def describe(policy: Policy) -> list[str]:
@@ -52,4 +54,4 @@ def describe(policy: Policy) -> list[str]:
     ]
 
 
-__all__ = ["MODES", "describe"]
+__all__ = ["MARKS", "MODES", "describe"]

@@ -52,6 +52,8 @@ EXCLUDE_RANGES = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
 # the mark Merbridge's CNI plugin requires before it redirects a pod
 CNI_MARK = "sidecar.istio.io/status"
 ISTIO_INJECT = "sidecar.istio.io/inject"
+# what ebpf mode writes on a pod (taken off again on re-injection)
+MARKS = (EXCLUDE_INBOUND, EXCLUDE_OUTBOUND, EXCLUDE_RANGES, CNI_MARK)
 # controller/pod.go: MaxItemLen, and the inbound ports it always excludes
 MAX_ITEMS = 20
 OWN_INBOUND = (15006, 15001, 15008, 15090, 15021, 15020, 15000)

@@ -18,6 +18,7 @@ would write stays the pod's own.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,8 @@ from typing import Any
 import orjson
 
 from webhook import __version__
-from webhook.dataplane import PROXY_NAMES, Build, Flavour
+from webhook.dataplane import NAMED_ENV, PROXY_NAMES, Build, DataPlane, Flavour
+from webhook.dataplane.base import label_value
 from webhook.policy import Policy
 
 PREFIX = "mesh-injector.io/"
@@ -50,14 +52,109 @@ class Plan:
     runtime_class: str | None = None
 
 
+# Fields the API server fills in with defaults when it stores a pod: an item we rendered
+# without them is still ours when it comes back with them.
+DEFAULTED = frozenset(
+    {
+        "terminationMessagePath",
+        "terminationMessagePolicy",
+        "imagePullPolicy",
+        "protocol",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+        "scheme",
+        "apiVersion",
+        "defaultMode",
+        "divisor",
+    }
+)
+
+
+def covers(got: object, want: object) -> bool:
+    """``got`` is ``want`` as the API server stores it: equal, but for defaulted fields it
+    may have added."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return False
+        for key, value in want.items():
+            if key not in got or not covers(got[key], value):
+                return False
+        return all(key in DEFAULTED for key in got if key not in want)
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(map(covers, got, want))
+    return got == want
+
+
+@dataclass(frozen=True, slots=True)
+class Ours:
+    """What any of our injections may add: only such items, listed in the status and still
+    as the status's fingerprint says we wrote them, are taken off again. On a CREATE the
+    status annotation is user input; a forged or stale one never removes or changes the
+    user's own containers, volumes, labels, annotations or probes."""
+
+    containers: frozenset[str]
+    volumes: frozenset[str]
+    marks: frozenset[str]
+    mark_prefixes: tuple[str, ...]
+
+    def mark(self, name: str) -> bool:
+        return name in self.marks or name.startswith(self.mark_prefixes)
+
+
+# Not in a fingerprint: what the API server defaults, and the resources (a
+# VerticalPodAutoscaler's admission controller, run after us, may set the proxy's).
+UNPRINTED = DEFAULTED | {"resources"}
+
+
+def _canonical(node: object) -> object:
+    """``node`` without ``UNPRINTED`` fields and without the values of environment
+    variables that name the workload (a template's pods share one rendering, decided once
+    with a stand-in name)."""
+    if isinstance(node, dict):
+        if node.get("name") in NAMED_ENV and "value" in node:
+            return {k: v for k, v in node.items() if k != "value"}
+        return {k: _canonical(v) for k, v in node.items() if k not in UNPRINTED}
+    if isinstance(node, list):
+        return [_canonical(v) for v in node]
+    return node
+
+
+def fingerprint(item: object) -> str:
+    """What the status records of an added item, to know it again: the same after the API
+    server has filled in its defaults, and for every workload of a template."""
+    text = orjson.dumps(_canonical(item), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+WORKLOAD = "\x00workload"
+
+
+def value_sum(value: str, named: bool) -> str:
+    """The fingerprint of a label or annotation value we wrote; one that is the workload's
+    name (``named``) is recorded as naming the workload (a template's pods share it)."""
+    return fingerprint(WORKLOAD if named else value)
+
+
+def _is_value(recorded: object, value: object, workload: str) -> bool:
+    """Whether a label or annotation value is the one recorded: as written, or naming
+    this pod's workload where the recording names a workload (a template's)."""
+    if not isinstance(value, str) or not isinstance(recorded, str):
+        return False
+    return recorded == fingerprint(value) or (
+        value in (workload, label_value(workload)) and recorded == fingerprint(WORKLOAD)
+    )
+
+
 def shallow_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(pod)
-    meta = dict(out.get("metadata") or {})
+    meta = dict(out["metadata"]) if isinstance(out.get("metadata"), dict) else {}
     for key in ("labels", "annotations"):
         if isinstance(meta.get(key), dict):
             meta[key] = dict(meta[key])
     out["metadata"] = meta
-    spec = dict(out.get("spec") or {})
+    spec = dict(out["spec"]) if isinstance(out.get("spec"), dict) else {}
     for key in ("containers", "initContainers", "volumes"):
         if isinstance(spec.get(key), list):
             spec[key] = list(spec[key])
@@ -91,11 +188,25 @@ def read_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
-def _drop_named(spec: dict[str, Any], key: str, names: object) -> None:
-    if not isinstance(names, list) or not isinstance(spec.get(key), list):
+def _drop_ours(
+    spec: dict[str, Any],
+    key: str,
+    listed: tuple[str, ...],
+    sums: object,
+    known: frozenset[str],
+) -> None:
+    """Take off the items of ``spec[key]`` that the status lists, of a name we add, that are
+    still as we wrote them (their fingerprints)."""
+    items = spec.get(key)
+    if not listed or not isinstance(items, list) or not isinstance(sums, dict):
         return
-    kept = [c for c in spec[key] if not (isinstance(c, dict) and c.get("name") in names)]
-    if len(kept) == len(spec[key]):
+
+    def ours(c: object) -> bool:
+        name = c.get("name") if isinstance(c, dict) else None
+        return name in listed and name in known and sums.get(name) == fingerprint(c)
+
+    kept = [c for c in items if not ours(c)]
+    if len(kept) == len(items):
         return
     if kept:
         spec[key] = kept
@@ -103,35 +214,55 @@ def _drop_named(spec: dict[str, Any], key: str, names: object) -> None:
         del spec[key]
 
 
-def strip(pod: dict[str, Any], status: Mapping[str, Any] | None) -> None:
-    """Take off, in place on a shallow copy, everything a previous injection wrote."""
+def strip(pod: dict[str, Any], status: Mapping[str, Any] | None, ours: Ours, workload: str = "") -> None:
+    """Take off, in place on a shallow copy, what a previous injection wrote and is provably
+    ours (see ``Ours``); the pod's own values it replaced, and its probes, go back. Our own
+    annotations (``mesh-injector.io/...``) always go: they are written again."""
     meta = pod["metadata"]
     added = status or {}
-    for key, names in (
-        ("annotations", (*WRITTEN_ANNOTATIONS, *_names(added.get("annotations")))),
-        ("labels", (LABEL_MODE, *_names(added.get("labels")))),
-    ):
+    sums = added.get("sums") if isinstance(added.get("sums"), dict) else {}
+    removed: dict[str, set[str]] = {}
+    for key, always in (("annotations", WRITTEN_ANNOTATIONS), ("labels", (LABEL_MODE,))):
         values = meta.get(key)
-        if isinstance(values, dict) and any(n in values for n in names):
-            for n in names:
-                values.pop(n, None)
+        if not isinstance(values, dict):
+            continue
+        written = sums.get(key) if isinstance(sums.get(key), dict) else {}
+        names = [
+            n
+            for n in _names(added.get(key))
+            if ours.mark(n) and n in values and _is_value(written.get(n), values[n], workload)
+        ]
+        gone = {n for n in (*always, *names) if values.pop(n, None) is not None}
+        if gone:
+            removed[key] = gone
             if not values:
                 del meta[key]
-    if status is not None:
-        spec = pod["spec"]
-        _drop_named(spec, "containers", status.get("containers"))
-        _drop_named(spec, "initContainers", status.get("initContainers"))
-        _drop_named(spec, "volumes", status.get("volumes"))
-        _put_back_probes(spec, status.get("probes"))
-        _put_back_values(meta, status.get("replaced"))
-        runtime = status.get("runtimeClassName")
-        if isinstance(runtime, str) and spec.get("runtimeClassName") == runtime:
-            del spec["runtimeClassName"]
+    if status is None or not sums:
+        return
+    spec = pod["spec"]
+    for key, known in (
+        ("containers", ours.containers),
+        ("initContainers", ours.containers),
+        ("volumes", ours.volumes),
+    ):
+        _drop_ours(spec, key, _names(status.get(key)), sums.get(key), known)
+    _put_back_probes(spec, status.get("probes"), sums.get("probes"))
+    _put_back_values(meta, status.get("replaced"), removed)
+    runtime = status.get("runtimeClassName")
+    if (
+        isinstance(runtime, str)
+        and spec.get("runtimeClassName") == runtime
+        and sums.get("runtimeClassName") == fingerprint(runtime)
+    ):
+        del spec["runtimeClassName"]
 
 
-def _take_probes(spec: dict[str, Any], probes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _take_probes(
+    spec: dict[str, Any], probes: Mapping[str, Mapping[str, Any]], had: Mapping[str, Any]
+) -> dict[str, Any]:
     """Put the flavour's probes in the pod's own containers (copies of them); the probes
-    they replace, by container and field, for the status (so that they can be put back)."""
+    they replace, by container and field, for the status (so that they can be put back).
+    A probe the received pod already has as we write it (with defaults) is kept."""
     taken: dict[str, dict[str, Any]] = {}
     if not probes:
         return taken
@@ -140,32 +271,53 @@ def _take_probes(spec: dict[str, Any], probes: Mapping[str, Mapping[str, Any]]) 
         for i, c in enumerate(items if isinstance(items, list) else ()):
             new = probes.get(c.get("name")) if isinstance(c, dict) else None
             if new:
+                before = had.get(c["name"]) or {}
+                new = {f: before[f] if covers(before.get(f), p) else p for f, p in new.items()}
                 items[i] = {**c, **new}
                 taken[c["name"]] = {field: c[field] for field in new}
     return taken
 
 
-def _put_back_probes(spec: dict[str, Any], taken: object) -> None:
-    """The probes a previous injection replaced, back in their containers (copies)."""
-    if not isinstance(taken, dict):
+PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+
+
+def _rewritten(probe: object) -> bool:
+    """A probe an injection of ours handed to the mesh's agent (``/app-health/...``)."""
+    get = probe.get("httpGet") if isinstance(probe, dict) else None
+    return isinstance(get, dict) and str(get.get("path", "")).startswith("/app-health/")
+
+
+def _put_back_probes(spec: dict[str, Any], taken: object, sums: object) -> None:
+    """The probes a previous injection replaced, back in their containers (copies): probe
+    fields only, and only where the container still has the probe we wrote (one handed to
+    the mesh's agent, as its fingerprint says)."""
+    if not isinstance(taken, dict) or not isinstance(sums, dict):
         return
     for key in ("initContainers", "containers"):
         items = spec.get(key)
         for i, c in enumerate(items if isinstance(items, list) else ()):
-            old = taken.get(c.get("name")) if isinstance(c, dict) else None
-            if isinstance(old, dict):
-                items[i] = {**c, **old}
+            name = c.get("name") if isinstance(c, dict) else None
+            old, wrote = taken.get(name), sums.get(name)
+            if isinstance(old, dict) and isinstance(wrote, dict):
+                back = {
+                    f: p
+                    for f, p in old.items()
+                    if f in PROBES and _rewritten(c.get(f)) and wrote.get(f) == fingerprint(c[f])
+                }
+                if back:
+                    items[i] = {**c, **back}
 
 
-def _put_back_values(meta: dict[str, Any], replaced: object) -> None:
-    """The pod's own labels and annotations that an injection overwrote, back as they were."""
+def _put_back_values(meta: dict[str, Any], replaced: object, removed: Mapping[str, set[str]]) -> None:
+    """The pod's own labels and annotations that an injection overwrote, back as they were
+    (only where what it wrote over them was just taken off)."""
     if not isinstance(replaced, dict):
         return
     for key in ("labels", "annotations"):
         values = replaced.get(key)
         if isinstance(values, dict):
             for name, value in values.items():
-                if isinstance(name, str) and isinstance(value, str):
+                if isinstance(name, str) and isinstance(value, str) and name in removed.get(key, ()):
                     _set(meta, key, name, value)
 
 
@@ -184,14 +336,56 @@ def mark_skipped(pod: dict[str, Any], text: str) -> None:
     _set(pod["metadata"], "annotations", ANN_SKIP, text)
 
 
-def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any]:
+class NameCollision(ValueError):
+    """The pod already has a container or volume with a name the data plane adds."""
+
+
+def _collision(spec: Mapping[str, Any], plane: DataPlane) -> str | None:
+    have = set(container_names(spec, "containers")) | set(container_names(spec, "initContainers"))
+    for c in (*plane.inits, plane.proxy):
+        if c["name"] in have:
+            return f"container {c['name']}"
+    volumes = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    for v in plane.volumes:
+        if v["name"] in volumes:
+            return f"volume {v['name']}"
+    return None
+
+
+def _as_received(rendered: dict[str, Any], received: Mapping[str, Any]) -> dict[str, Any]:
+    """The received item of the same name where it is ``rendered`` as the API server stores
+    it (defaults filled in): a stored pod admitted again then changes nothing."""
+    got = received.get(rendered["name"])
+    return got if got is not None and covers(got, rendered) else rendered
+
+
+def _items(pod: Mapping[str, Any] | None, *keys: str) -> dict[str, Any]:
+    spec = (pod or {}).get("spec") or {}
+    return {
+        c["name"]: c
+        for key in keys
+        for c in (spec.get(key) if isinstance(spec.get(key), list) else ())
+        if isinstance(c, dict) and isinstance(c.get("name"), str)
+    }
+
+
+def apply_plan(
+    pod: dict[str, Any], plan: Plan, policy: Policy, received: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Add the flavour's data plane to a shallow copy, with the annotations that explain it;
-    the status it wrote (the names of everything added)."""
+    the status it wrote (the names of everything added). ``NameCollision`` where the pod
+    already has an item of a name it would add (the API server refuses duplicate names, and
+    the user's item must never be taken for ours). Where ``received`` (the pod as sent)
+    already holds an item as we render it, with the API server's defaults, that one is kept."""
     spec = pod["spec"]
     meta = pod["metadata"]
     plane = plan.flavour.render(plan.build, pod, policy)
-    proxy = plane.proxy
-    init = list(plane.inits)
+    clash = _collision(spec, plane)
+    if clash is not None:
+        raise NameCollision(clash)
+    had = _items(received, "containers", "initContainers")
+    proxy = _as_received(plane.proxy, had)
+    init = [_as_received(c, had) for c in plane.inits]
     inits = list(spec.get("initContainers") or [])
     containers = list(spec.get("containers") or [])
     if plan.build.native:
@@ -204,8 +398,9 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any
             spec["initContainers"] = [*inits, *init]
         added_containers = [proxy["name"]]
         added_inits = [c["name"] for c in init]
-    spec["volumes"] = [*(spec.get("volumes") or []), *plane.volumes]
-    taken = _take_probes(spec, plane.probes)
+    had_volumes = _items(received, "volumes")
+    spec["volumes"] = [*(spec.get("volumes") or []), *(_as_received(v, had_volumes) for v in plane.volumes)]
+    taken = _take_probes(spec, plane.probes, had)
     added: dict[str, list[str]] = {"labels": [], "annotations": []}
     replaced: dict[str, dict[str, str]] = {}
     for key, always, defaults in (
@@ -228,6 +423,24 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any
     runtime_class = plan.runtime_class if not spec.get("runtimeClassName") else None
     if runtime_class:
         spec["runtimeClassName"] = runtime_class
+    sums: dict[str, Any] = {
+        "containers": {} if plan.build.native else {proxy["name"]: fingerprint(proxy)},
+        "initContainers": {
+            c["name"]: fingerprint(c) for c in (*init, *((proxy,) if plan.build.native else ()))
+        },
+        "volumes": {v["name"]: fingerprint(v) for v in plane.volumes},
+        "labels": {n: value_sum(meta["labels"][n], n in plane.named) for n in added["labels"]},
+        "annotations": {n: value_sum(meta["annotations"][n], n in plane.named) for n in added["annotations"]},
+    }
+    if taken:
+        sums["probes"] = {
+            c["name"]: {f: fingerprint(c[f]) for f in taken[c["name"]]}
+            for key in ("initContainers", "containers")
+            for c in spec.get(key) or ()
+            if isinstance(c, dict) and c.get("name") in taken
+        }
+    if runtime_class:
+        sums["runtimeClassName"] = fingerprint(runtime_class)
     status = {
         "version": __version__,
         "flavour": plan.flavour.name,
@@ -245,6 +458,7 @@ def apply_plan(pod: dict[str, Any], plan: Plan, policy: Policy) -> dict[str, Any
         status["replaced"] = replaced
     if runtime_class:
         status["runtimeClassName"] = runtime_class
+    status["sums"] = {k: v for k, v in sums.items() if v}
     _set(meta, "annotations", ANN_STATUS, orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode())
     _set(meta, "annotations", ANN_DECISION, plan.decision)
     _set(meta, "annotations", ANN_SOURCE, plan.build.resources.source.value)
