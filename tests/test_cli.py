@@ -343,7 +343,7 @@ def test_bad_input_exits_2_with_one_line(stdin, args, needle):
             ["review", str(EXAMPLES / "review.json"), "--cluster", str(EXAMPLES / "review.json")],
             "no Node or Namespace",
         ),
-        (["inject", "-f", str(EXAMPLES)], None),
+        (["inject", "-f", str(EXAMPLES), "--cluster", str(EXAMPLES / "cluster.yaml")], None),
         (["recommend", "--usage", str(EXAMPLES / "cluster.yaml")], "header lacks"),
     ],
 )
@@ -427,7 +427,15 @@ def test_serve_with_an_unreachable_api_server_says_so_in_one_line(tmp_path):
         "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: x}}]\n"
     )
     before = set(Path("/tmp").iterdir())
-    out = run("serve", "--kubeconfig", str(kubeconfig), "--port", str(free_port()), "--metrics-port", "0")
+    out = run(
+        "serve",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+    )
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "cannot reach the API server https://127.0.0.1:" in out.stderr
     assert "Traceback" not in out.stderr

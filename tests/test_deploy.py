@@ -303,7 +303,15 @@ def test_dockerfile():
     stages = _stages(text)
     assert len(stages) >= 2, "multi-stage"
     final = stages[-1]
-    assert re.match(r"FROM python:3\.\d+-slim", final[0]), "a small official Python base"
+    pinned = r"FROM python:3\.\d+(\.\d+)?-slim-\w+@sha256:[0-9a-f]{64}"
+    assert re.match(pinned, final[0]), "a small official Python base, pinned by digest"
+    assert stages[0][0].split()[1] == final[0].split()[1], "both stages on the same base"
+    assert any(line.startswith("HEALTHCHECK ") for line in final)
+    build = stages[0]
+    installs = [i for i, line in enumerate(build) if "pip install" in line]
+    assert installs and all("--only-binary :all:" in build[i] for i in installs), "wheels only"
+    source = build.index("COPY webhook ./webhook")
+    assert installs[0] < source < installs[-1], "dependencies in a layer before the source"
     user = next(line for line in final if line.startswith("USER "))
     uid = user.split()[1].split(":")[0]
     assert uid.isdigit() and int(uid) > 0, "a numeric non-root user"

@@ -891,7 +891,7 @@ def test_certificate_rotation_while_pods_are_created(world, webhook):
         t.join()
     assert len(results) >= 30 and all(results), "every pod created and meshed across the rotation"
     metrics = httpx.get(webhook.metrics_url).text
-    assert "mesh_injector_certificate_reloads 1.0" in metrics
+    assert "mesh_injector_certificate_reloads_total 1.0" in metrics
 
 
 def test_webhook_down_fails_open_then_meshes_again(world, webhook):

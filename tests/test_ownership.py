@@ -22,6 +22,7 @@ from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.decide.podfacts import invalid
 from webhook.loading import load_snapshot
 from webhook.patch.inject import ANN_SKIP, ANN_STATUS, PREFIX, fingerprint, read_status
+from webhook.reasons import Mode
 
 POLICIES = {
     "linkerd": anchored_policy(),
@@ -204,6 +205,35 @@ def test_a_proxy_under_a_status_without_fingerprints_is_left_as_it_is():
     # the unchanged one is ours: stripped and redone, to no change
     out, got = mutated(meshed, "linkerd")
     assert out.injected and out.patch == [] and named(got["spec"]["containers"])["linkerd-proxy"] == proxy
+
+
+@pytest.mark.parametrize("flavour", sorted(POLICIES))
+def test_a_runtime_class_is_taken_back_only_where_the_decision_sets_it_again(flavour):
+    """runtimeClassName's value is what a user writes for the same sandbox, so a forged claim
+    on the user's own class is easy: it is kept, and the pod decided as the user wrote it. Our
+    own, from an earlier microvm decision, is taken back and set again: no patch."""
+    user = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web"},
+        "spec": {"runtimeClassName": "kata-qemu", "containers": [{"name": "app", "image": "a"}]},
+    }
+    clean, want = mutated(user, flavour)
+    forged = copy.deepcopy(user)
+    claim = {"runtimeClassName": "kata-qemu", "sums": {"runtimeClassName": fingerprint("kata-qemu")}}
+    forged["metadata"]["annotations"] = {ANN_STATUS: json.dumps(claim)}
+    out, got = mutated(forged, flavour)
+    assert out.mode == clean.mode == Mode.MICROVM and out.reason == clean.reason == "sandboxed-pod"
+    assert got["spec"]["runtimeClassName"] == "kata-qemu"
+    assert got["spec"]["containers"] == want["spec"]["containers"]
+    ours = copy.deepcopy(user)
+    del ours["spec"]["runtimeClassName"]
+    ours["metadata"]["annotations"] = {"mesh-injector.io/interception": "microvm"}
+    first, stored = mutated(ours, flavour)
+    assert first.mode == Mode.MICROVM and stored["spec"]["runtimeClassName"] == "kata-qemu"
+    assert read_status(stored)["runtimeClassName"] == "kata-qemu"
+    again, _ = mutated(stored, flavour)
+    assert again.injected and again.patch == [], again.patch
 
 
 def test_a_vpa_change_to_the_proxy_resources_keeps_it_ours():

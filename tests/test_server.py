@@ -421,7 +421,7 @@ def test_certificate_rotation_under_load(tmp_path):
             t.join()
         assert failures == [] and done["n"] > 20
         metrics = httpx.get(proc.metrics_url).text
-        assert "mesh_injector_certificate_reloads 1.0" in metrics
+        assert "mesh_injector_certificate_reloads_total 1.0" in metrics
         expiry = x509.load_pem_x509_certificate(second.cert).not_valid_after_utc.timestamp()
         line = next(ln for ln in metrics.splitlines() if ln.startswith("mesh_injector_certificate_expiry"))
         assert abs(float(line.split()[1]) - expiry) < 1
@@ -511,8 +511,19 @@ def test_serve_on_embedded_defaults_with_curl(tmp_path):
             "patchlevel",
             "generation",
         }
+        # counters are counters, nothing is exported for what is not there
+        assert "# TYPE mesh_injector_certificate_reloads_total counter" in metrics
+        assert "mesh_injector_certificate_reloads_total 0.0" in metrics
+        assert "_created" not in metrics
+        for absent in ("cluster_cache_stale_seconds", "usage_age_seconds", "usage_read_failures"):
+            assert absent not in metrics, f"{absent} without a watch or a usage source"
         assert proc.stop() == 0
         assert not Path(ca).exists(), "the in-memory CA is removed on exit"
+        lines = [json.loads(line) for line in proc.stderr.read_text().splitlines() if line.startswith("{")]
+        assert all({"level", "logger", "msg"} <= set(line) for line in lines), lines
+        admission = next(line for line in lines if line["msg"] == "admission")
+        assert admission["level"] == "info" and admission["outcome"] == "skipped"
+        assert lines[-1]["msg"].startswith("stopping after "), "a line at shutdown"
 
 
 def test_serve_runs_on_uvloop_and_httptools(certs):

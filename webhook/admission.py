@@ -57,6 +57,7 @@ from webhook.patch.inject import (
     Ours,
     Plan,
     apply_plan,
+    claimed_runtime,
     mark_skipped,
     present_proxy,
     read_status,
@@ -192,7 +193,33 @@ def _admit(
     alias: bool = False,
 ) -> Outcome:
     """The decision. ``alias``: render the data plane with a stand-in workload name (for a
-    template memo entry; see ``admit``)."""
+    template memo entry; see ``admit``).
+
+    A runtimeClassName the status claims as ours is taken back only where the decision sets
+    the same one again; otherwise (a forged claim on the user's own sandbox, or a pod that
+    would no longer get it) the pod is decided again with it kept as the pod's."""
+    outcome = _decide(request, snapshot, policy, assume_opt_in=assume_opt_in, alias=alias)
+    original = request.get("object")
+    if not isinstance(original, dict):
+        return outcome
+    claimed = claimed_runtime(original, read_status(original))
+    if claimed is None:
+        return outcome
+    spec = (outcome.pod or {}).get("spec") if outcome.injected else None
+    if isinstance(spec, dict) and spec.get("runtimeClassName") == claimed:
+        return outcome
+    return _decide(request, snapshot, policy, assume_opt_in=assume_opt_in, alias=alias, take_runtime=False)
+
+
+def _decide(
+    request: Mapping[str, Any],
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    *,
+    assume_opt_in: bool,
+    alias: bool = False,
+    take_runtime: bool = True,
+) -> Outcome:
     ctx = Notes()
     namespace = str(request.get("namespace") or "")
     operation = request.get("operation")
@@ -208,7 +235,7 @@ def _admit(
     namespace = namespace or str(meta.get("namespace") or "default")
     pod = shallow_pod(original)
     key = workload_key(pod, namespace)
-    strip(pod, read_status(original), OURS, key.name)
+    strip(pod, read_status(original), OURS, key.name, take_runtime=take_runtime)
     meta = pod["metadata"]
     labels, annotations = str_map(meta.get("labels")), str_map(meta.get("annotations"))
     spec = pod["spec"]
@@ -216,6 +243,11 @@ def _admit(
     ctx.lines.append(f"pod: {namespace}/{meta.get('name') or meta.get('generateName', '?')} (workload {key})")
 
     opted, opt_skip, opt_source = opt_in(labels, annotations, ns_labels, policy, assume_opt_in)
+    if opt_skip is Skip.NOT_OPTED_IN and namespace not in snapshot.namespaces:
+        opt_source = (
+            f"namespace {namespace} is not in the cluster state ({snapshot.source}), "
+            "so its labels are unknown"
+        )
     ctx.lines.append(f"opt-in: {'yes' if opted else 'no'} ({opt_source})")
     args = dict(original=original, pod=pod, opted_in=opted, namespace=namespace, ctx=ctx, workload=key)
     problem = invalid(spec) if isinstance(original.get("spec"), dict) else "spec is missing"
@@ -249,7 +281,10 @@ def _admit(
     if present is not None:
         return _skip(skip=Skip.PROXY_PRESENT, text=f"the pod already carries a {present} container", **args)
     if opt_skip is not None:
-        text = f"{opt_skip.text} ({opt_source})" if opt_skip is Skip.OTHER_MESH_OPT_OUT else opt_skip.text
+        told = opt_skip is Skip.OTHER_MESH_OPT_OUT or (
+            opt_skip is Skip.NOT_OPTED_IN and namespace not in snapshot.namespaces
+        )
+        text = f"{opt_skip.text} ({opt_source})" if told else opt_skip.text
         return _skip(skip=opt_skip, text=text, **args)
     used = proxy_port_used(spec, plane.ports)
     if used is not None:
@@ -365,7 +400,7 @@ def _admit(
         native=native,
         received=original,
     )
-    ctx.lines.append(f"resources: {resources.source.value}: {resources.detail} -> {resources.brief()}")
+    ctx.lines.append(f"resources: {resources.detail} -> {resources.brief()}")
     if resources.source is not ResourceSource.OBSERVED and summary is None and snapshot.usage:
         ctx.lines.append(f"usage: no samples recorded for {key}")
 
@@ -376,7 +411,7 @@ def _admit(
     )
     decision = (
         f"{plane.name} proxy; mode {choice.mode.value}: {choice.text}; "
-        f"{placement}: {native_why}{batch_note}; resources from {resources.source.value}: {resources.detail}"
+        f"{placement}: {native_why}{batch_note}; resources: {resources.detail}"
     )
     excl = setting.exclusions
     build = Build(

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from webhook import __version__
+from webhook import __version__, flagtypes
 from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane import describe, flavour
@@ -37,6 +37,7 @@ from webhook.manifests.process import DocResult, process
 from webhook.manifests.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
 from webhook.modes import describe as describe_modes
 from webhook.policy import Policy, PolicyError, load_policy
+from webhook.reasons import Skip
 from webhook.serve.options import add_commands as add_server_commands
 from webhook.serve.review import ReviewError, build_response, parse_review
 from webhook.usage.prometheus import PrometheusError, prometheus_summaries
@@ -112,12 +113,15 @@ def cmd_review(args: argparse.Namespace) -> int:
     except ReviewError as exc:
         raise CliError(f"{args.file}: {exc}") from None
     outcome = admit(request, snapshot, policy)
-    if args.show == "response":
-        print(json.dumps(build_response(review, outcome), indent=2))
-    elif args.show == "patch":
-        print(json.dumps(outcome.patch, indent=2))
-    elif args.show == "pod":
-        print(dump_yaml([outcome.pod]), end="")
+    shown = {"response": lambda: build_response(review, outcome), "patch": lambda: outcome.patch}
+    shown["pod"] = lambda: outcome.pod
+    if args.show in shown:
+        value = shown[args.show]()
+        output = args.output or ("yaml" if args.show == "pod" else "json")
+        print(
+            json.dumps(value, indent=2) if output == "json" else dump_yaml([value]),
+            end="\n" if output == "json" else "",
+        )
     else:
         print("\n".join(outcome.explanation))
         if outcome.warnings and not any(line.startswith("warnings:") for line in outcome.explanation):
@@ -140,23 +144,33 @@ def _batch_collections() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[list[Any], list[DocResult]]:
+def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[list[DocResult], int]:
+    """Every workload's result, and how many files could not be read (each reported on
+    stderr; as with ``inject``, a single input that cannot be used is an error of its own)."""
     _batch_collections()
     policy = _policy(args)
     snapshot = _snapshot(args, policy, _now(args.now))
-    docs_out: list[Any] = []
     results: list[DocResult] = []
-    for given in args.filename:
-        for source in manifest_sources(given):
+    failed = 0
+    sources = [source for given in args.filename for source in manifest_sources(given)]
+    for source in sources:
+        found: list[DocResult] = []
+        try:
             for doc in parse_documents(read_text(source), source):
                 if not isinstance(doc, dict):
                     raise CliError(f"{source}: a document is a {type(doc).__name__}, not a Kubernetes object")
-                new, res = process(
+                _, res = process(
                     doc, snapshot, policy, default_namespace=args.namespace, assume_opt_in=assume_opt_in
                 )
-                docs_out.append(new)
-                results.extend(res)
-    return docs_out, results
+                found.extend(res)
+        except (InputError, CliError) as exc:
+            if len(sources) == 1:
+                raise
+            print(f"mesh-injector: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        results.extend(found)
+    return results, failed
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
@@ -168,6 +182,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     policy = _policy(args)
     snapshot = _snapshot(args, policy, _now(args.now))
     failed = 0
+    blind = 0  # workloads a cluster's state would have meshed
     written = ""  # the last output that had content
     sources = [source for given in args.filename for source in manifest_sources(given)]
     for source in sources:
@@ -198,21 +213,32 @@ def cmd_inject(args: argparse.Namespace) -> int:
             print(f"mesh-injector: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        if written and out.strip() and not is_json(out):
-            if not written.endswith("\n"):
+        # the files' documents stay apart: `---` between them, and before a JSON file's
+        # when several files go out (kubectl reads a stream that starts with `{` as JSON
+        # throughout, and a JSON document after YAML without `---` as broken YAML)
+        apart = bool(written) or (len(sources) > 1 and is_json(out))
+        if apart and out.strip() and not out.lstrip().startswith("---"):
+            if written and not written.endswith("\n"):
                 sys.stdout.write("\n")
-            if not out.lstrip().startswith("---"):
-                sys.stdout.write("---\n")  # the files' documents stay apart
+            sys.stdout.write("---\n")
         sys.stdout.write(out)
         written = out if out.strip() else written
+        blind += sum(1 for r in results if r.outcome and r.outcome.skip is Skip.NO_TRUST_ANCHORS)
         for r in results:
             print(r.report(), file=sys.stderr)
             for note in (*r.notes, *(r.outcome.warnings if r.outcome else ())):
                 print(f"  warning: {note.removeprefix('mesh-injector: ')}", file=sys.stderr)
+    if blind:
+        print(
+            f"mesh-injector: error: {blind} workload(s) were left unmeshed because this dry run does "
+            "not know Linkerd's trust anchors; give --cluster with the output of `kubectl get configmap "
+            "-n linkerd linkerd-identity-trust-roots -o yaml`, or --kubeconfig, or set "
+            "proxy.linkerd.trustAnchorsPem in --policy",
+            file=sys.stderr,
+        )
     if failed:
         print(f"mesh-injector: {failed} file(s) could not be injected (see above)", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed or blind else 0
 
 
 def _table(rows: list[Sequence[str]]) -> str:
@@ -220,8 +246,36 @@ def _table(rows: list[Sequence[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+def _emit(records: list[dict[str, Any]], output: str) -> None:
+    """``-o json`` / ``-o yaml``: the rows as records, for scripts."""
+    if output == "json":
+        print(json.dumps(records, indent=2))
+    else:
+        print(dump_yaml([records]), end="")
+
+
+def _check_record(r: DocResult) -> dict[str, Any]:
+    o = r.outcome
+    record: dict[str, Any] = {"kind": r.kind, "namespace": r.namespace or None, "name": r.name}
+    if o is None:
+        return {**record, "meshed": None, "reason": "no pod template"}
+    record |= {"meshed": o.injected, "mode": o.mode.value if o.mode else None, "reason": o.reason}
+    if o.skip is not None:
+        record["skip"] = {"reason": o.skip.value, "text": o.skip.text}
+    if o.injected and o.resources is not None:
+        record["resources"] = {"source": o.resources.source.value, **o.resources.as_k8s()}
+    record["warnings"] = [*r.notes, *o.warnings]
+    record["explanation"] = list(o.explanation)
+    return record
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    _, results = _manifest_results(args, assume_opt_in=not args.respect_opt_in)
+    results, failed = _manifest_results(args, assume_opt_in=not args.respect_opt_in)
+    if args.output != "table":
+        _emit([_check_record(r) for r in results], args.output)
+        if failed:
+            print(f"mesh-injector: {failed} file(s) could not be checked (see above)", file=sys.stderr)
+        return 1 if failed else 0
     rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "RESOURCES", "REASON")]
     for r in results:
         o = r.outcome
@@ -250,6 +304,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             if r.outcome is not None:
                 print(f"\n# {r.ref}")
                 print("\n".join(r.outcome.explanation))
+    if failed:
+        print(f"mesh-injector: {failed} file(s) could not be checked (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -319,6 +376,26 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             count = summary.count if summary else 0
             span = human_duration(summary.span) if summary else "-"
             rows.append((str(key), str(count), span, "-", "-", "-", "-", "profile (too few samples)"))
+    if args.output != "table":
+        names = (
+            "workload",
+            "samples",
+            "span",
+            "cpuRequest",
+            "memoryRequest",
+            "cpuLimit",
+            "memoryLimit",
+            "source",
+        )
+        records = [
+            {
+                k: (None if v == "-" else int(v) if k == "samples" else v)
+                for k, v in zip(names, row, strict=True)
+            }
+            for row in rows[1:]
+        ]
+        _emit(records, args.output)
+        return 0
     print(
         f"# window {window}, half-life {human_duration(policy.sizing.half_life)}, "
         f"at least {policy.sizing.min_samples} samples over {human_duration(policy.sizing.min_span)}"
@@ -339,7 +416,7 @@ def _autoscalers(path: str, policy: Policy, now: float) -> ClusterSnapshot:
 def cmd_policy_check(args: argparse.Namespace) -> int:
     policy = load_policy(args.file)
     print(
-        f"{args.file}: valid ({len(policy.profiles)} profiles, "
+        f"{'<stdin>' if args.file == '-' else args.file}: valid ({len(policy.profiles)} profiles, "
         f"injectByDefault={str(policy.inject_by_default).lower()})"
     )
     for line in [*describe(policy), *describe_modes(policy)]:
@@ -370,10 +447,25 @@ def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
     g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
-    g.add_argument("--prometheus", metavar="URL", help="read observed proxy usage from this Prometheus, once")
+    g.add_argument(
+        "--prometheus",
+        type=flagtypes.http_url,
+        metavar="URL",
+        help="read observed proxy usage from this Prometheus, once",
+    )
     g.add_argument("--policy", metavar="FILE", help="policy file (default: the bundled policy)")
     g.add_argument("--kernel", metavar="VERSION", help="assume every node runs this kernel, e.g. 6.1.0")
     g.add_argument("--now", metavar="TIME", help="evaluation time, RFC 3339 (default: now)")
+
+
+def _output_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="table for people; json or yaml: one record per row, with every field, for scripts",
+    )
 
 
 # What the options without a help text of their own mean (their defaults are added).
@@ -436,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("review", help="AdmissionReview in, the webhook's AdmissionReview response out")
     p.add_argument("file", metavar="FILE|-", help="AdmissionReview as JSON or YAML, or - for stdin")
     p.add_argument("--show", choices=("response", "patch", "pod", "why"), default="response")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("json", "yaml"),
+        help="format of --show response, patch and pod (default: json, yaml for the pod)",
+    )
     _dry_run_flags(p)
     p.set_defaults(func=cmd_review)
 
@@ -463,10 +561,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "check":
             p.add_argument("--explain", action="store_true", help="print each workload's full explanation")
+            _output_flag(p)
 
     p = sub.add_parser("recommend", help="the proxy resources each workload would get from observed usage")
     p.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
-    p.add_argument("--prometheus", metavar="URL", help="read observed proxy usage from this Prometheus")
+    p.add_argument(
+        "--prometheus",
+        type=flagtypes.http_url,
+        metavar="URL",
+        help="read observed proxy usage from this Prometheus",
+    )
     p.add_argument(
         "--cluster",
         metavar="FILE",
@@ -475,12 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--policy", metavar="FILE")
     p.add_argument("--now", metavar="TIME")
+    _output_flag(p)
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("policy", help="policy file tools")
     psub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     pc = psub.add_parser("check", help="validate a policy file")
-    pc.add_argument("file")
+    pc.add_argument("file", metavar="FILE|-", help="policy file, or - for standard input")
     pc.set_defaults(func=cmd_policy_check)
 
     p = sub.add_parser("version", help="print the version")
@@ -496,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        flagtypes.resolve_environment(args)
         return int(args.func(args))
     except (
         CliError,
@@ -507,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ClusterAccessError,
         PrometheusError,
         ListenError,
+        flagtypes.EnvironmentValueError,
     ) as exc:
         print(f"mesh-injector: error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,10 +43,15 @@ class Memory(int):
     """Bytes, written as a Kubernetes quantity (``64Mi``, ``1Gi``, ``500M``)."""
 
 
+class PortList(str):
+    """Ports and ranges, written as ``25,3306,8000-8100`` (a single port may be a bare number)."""
+
+
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_PORT_LIST = re.compile(r"^\s*(\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*)?\s*$")
 
 Protocol = Literal["grpc", "http", "tcp"]
 Throughput = Literal["high", "normal"]
@@ -100,9 +106,9 @@ class LinkerdSettings:
     default_inbound_policy: Literal[
         "all-unauthenticated", "all-authenticated", "cluster-authenticated", "cluster-unauthenticated", "deny"
     ] = "all-unauthenticated"
-    opaque_ports: str = "25,587,3306,4444,5432,6379,9300,11211"
-    ignore_inbound_ports: str = "4567,4568"
-    ignore_outbound_ports: str = "4567,4568"
+    opaque_ports: PortList = "25,587,3306,4444,5432,6379,9300,11211"
+    ignore_inbound_ports: PortList = "4567,4568"
+    ignore_outbound_ports: PortList = "4567,4568"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,6 +310,7 @@ def _describe(tp: Any) -> str:
         Memory: "a memory quantity such as 64Mi or 1Gi",
         Kernel: "a kernel version such as 5.10",
         KubeVersion: "a Kubernetes version such as 1.32",
+        PortList: "ports and ranges such as 25,3306,8000-8100",
     }
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -318,6 +325,26 @@ def _quantity(value: Any, path: str, what: str) -> Decimal:
     if q < 0:
         raise PolicyError(f"{path}: {value!r} must not be negative")
     return q
+
+
+def _quote_hint(value: Any) -> str:
+    """What to write instead of a YAML number or boolean where text was meant."""
+    if isinstance(value, bool | int | float):
+        return " (YAML read an unquoted value as a number or boolean: put it in quotes)"
+    return ""
+
+
+def _version_text(value: Any, path: str, what: str) -> str:
+    """A version's text; a YAML float is refused, since it has lost its trailing zeros
+    (``5.10`` reads as 5.1, ``1.30`` as 1.3)."""
+    if isinstance(value, float):
+        raise PolicyError(
+            f"{path}: {value!r} is a YAML number, and numbers lose trailing zeros ({value}0 reads as "
+            f'{value}): write the version in quotes, e.g. "{value}0" or "{value}"'
+        )
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise PolicyError(f"{path}: expected {what}, got {value!r}")
+    return str(value)
 
 
 def _convert(tp: Any, value: Any, path: str) -> Any:
@@ -346,15 +373,29 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise PolicyError(f"{path}: expected an integer, got {value!r}")
+        if value < 0:
+            raise PolicyError(f"{path}: {value} must not be negative")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise PolicyError(f"{path}: expected a number, got {value!r}")
+        if value < 0 or value == float("inf"):
+            raise PolicyError(f"{path}: {value} must be a finite number, not negative")
         return float(value)
     if tp is str:
         if not isinstance(value, str) or not value:
-            raise PolicyError(f"{path}: expected a non-empty string, got {value!r}")
+            raise PolicyError(f"{path}: expected a non-empty string, got {value!r}{_quote_hint(value)}")
         return value
+    if tp is PortList:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not _PORT_LIST.match(value):
+            raise PolicyError(f"{path}: {value!r} is not {_describe(tp)}{_quote_hint(value)}")
+        for item in filter(None, (i.strip() for i in value.split(","))):
+            lo, _, hi = item.partition("-")
+            if not 1 <= int(lo) <= int(hi or lo) <= 65535:
+                raise PolicyError(f"{path}: {item!r} is outside 1-65535 or reversed")
+        return value  # a plain str: it is written into pods as it is
     if tp is Duration:
         m = _DURATION.match(str(value)) if not isinstance(value, bool) else None
         if m is None:
@@ -365,12 +406,12 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is Memory:
         return Memory(int(_quantity(value, path, _describe(tp))))
     if tp is Kernel:
-        kernel = parse_kernel(str(value))
+        kernel = parse_kernel(_version_text(value, path, _describe(tp)))
         if kernel is None:
             raise PolicyError(f"{path}: {value!r} is not {_describe(tp)}")
         return kernel
     if tp is KubeVersion:
-        version = parse_kube_version(str(value))
+        version = parse_kube_version(_version_text(value, path, _describe(tp)))
         if version is None:
             raise PolicyError(f"{path}: {value!r} is not {_describe(tp)}")
         return version
@@ -382,12 +423,6 @@ def _build(cls: Any, value: Any, path: str) -> Any:
         raise PolicyError(f"{path or 'policy'}: expected a mapping, got {type(value).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(map(str, value)) - set(fields))
-    if unknown:
-        where = f"{path}." if path else ""
-        raise PolicyError(
-            f"{where}{unknown[0]}: unknown field; allowed fields here are " + ", ".join(sorted(fields))
-        )
     kwargs = {}
     for key, f in fields.items():
         sub = f"{path}.{key}" if path else key
@@ -396,6 +431,35 @@ def _build(cls: Any, value: Any, path: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise PolicyError(f"{sub}: required field is missing")
     return cls(**kwargs)
+
+
+def _unknown_fields(cls: Any, value: Any, path: str) -> list[str]:
+    """Every field the file names that the policy does not have, each with what is allowed
+    there (all of them at once: fixing one typo per run is slow)."""
+    if not isinstance(value, dict):
+        return []
+    hints = typing.get_type_hints(cls)
+    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    where = f"{path}." if path else ""
+    out = [
+        f"{where}{key}: unknown field; allowed fields here are " + ", ".join(sorted(fields))
+        for key in sorted(set(map(str, value)) - set(fields))
+    ]
+    for key, f in fields.items():
+        if key not in value:
+            continue
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
+            tp = args[0]
+        if typing.get_origin(tp) is tuple and isinstance(value[key], list):
+            item = typing.get_args(tp)[0]
+            if dataclasses.is_dataclass(item):
+                for i, v in enumerate(value[key]):
+                    out += _unknown_fields(item, v, f"{where}{key}[{i}]")
+        elif dataclasses.is_dataclass(tp):
+            out += _unknown_fields(tp, value[key], f"{where}{key}")
+    return out
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -447,6 +511,12 @@ def _check(policy: Policy) -> Policy:
         raise PolicyError("sizing.halfLife: must be at least 1/300 of sizing.window")
     if s.limit_factor < 1:
         raise PolicyError(f"sizing.limitFactor: {s.limit_factor} must be at least 1")
+    if s.oom_factor < 1:
+        raise PolicyError(f"sizing.oomFactor: {s.oom_factor} must be at least 1")
+    if s.min_samples < 1:
+        raise PolicyError("sizing.minSamples: must be at least 1 (sizing from no samples is no sizing)")
+    if policy.proxy.connection_pool_size < 1:
+        raise PolicyError("proxy.connectionPoolSize: must be at least 1")
     for key in ("cpu", "memory"):
         lo, hi = getattr(s.floor, key), getattr(s.cap, key)
         if lo is None or hi is None:
@@ -458,7 +528,7 @@ def _check(policy: Policy) -> Policy:
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yamltext.load(text)
+        data = yamltext.load(text, unique_keys=True)
     except yaml.composer.ComposerError as exc:
         if "single document" not in str(exc):
             raise PolicyError(f"{source}: not valid YAML ({exc.problem})") from None
@@ -485,7 +555,11 @@ def default_policy_text() -> str:
 
 def parse_policy(text: str, source: str = "policy") -> Policy:
     base = _read_yaml(default_policy_text(), "default policy")
-    data = _merge(base, _read_yaml(text, source))
+    given = _read_yaml(text, source)
+    unknown = _unknown_fields(Policy, given, "")
+    if unknown:
+        raise PolicyError(f"{source}: " + f"\n{source}: ".join(unknown))
+    data = _merge(base, given)
     try:
         return _check(_build(Policy, data, ""))
     except PolicyError as exc:
@@ -493,11 +567,19 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    """The default policy, or the file at ``path`` layered over it."""
+    """The default policy, or the file at ``path`` (``-``: standard input) layered over it."""
     if path is None:
         return parse_policy("", "default policy")
+    source = "<stdin>" if str(path) == "-" else str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = sys.stdin.buffer.read() if source == "<stdin>" else Path(path).read_bytes()
     except OSError as exc:
-        raise PolicyError(f"{path}: cannot read policy file ({exc.strerror})") from None
-    return parse_policy(text, str(path))
+        raise PolicyError(f"{source}: cannot read policy file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save the policy as UTF-8"
+        ) from None
+    return parse_policy(text, source)

@@ -154,14 +154,51 @@ def load_all(text: str) -> list[Any]:
         loader.dispose()
 
 
-def load(text: str) -> Any:
-    """The single document in ``text``."""
+def load(text: str, unique_keys: bool = False) -> Any:
+    """The single document in ``text``. With ``unique_keys``, a mapping that names a key
+    twice raises ``DuplicateKeyError`` (PyYAML keeps the last silently)."""
     loader = Loader(text)
     try:
         node = loader.get_single_node()
-        return construct(loader, node) if node is not None else None
+        if node is None:
+            return None
+        if unique_keys:
+            _refuse_duplicates(node)
+        return construct(loader, node)
     finally:
         loader.dispose()
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names one key twice: which, and both lines."""
+
+    def __init__(self, key: str, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(
+            problem=f"key {key!r} appears twice (line {first.line + 1} and line {again.line + 1}); "
+            "the second would silently replace the first",
+            problem_mark=again,
+        )
+        self.key = key
+
+
+def _refuse_duplicates(node: Node) -> None:
+    todo = [node]
+    seen: set[int] = set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:  # an alias shares its anchor's node
+            continue
+        seen.add(id(current))
+        if isinstance(current, MappingNode):
+            keys: dict[tuple[str, str], yaml.Mark] = {}
+            for key, value in current.value:
+                if isinstance(key, ScalarNode):
+                    first = keys.setdefault((key.tag, key.value), key.start_mark)
+                    if first is not key.start_mark:
+                        raise DuplicateKeyError(key.value, first, key.start_mark)
+                todo.append(value)
+        elif isinstance(current, SequenceNode):
+            todo.extend(current.value)
 
 
 def pyyaml_dump(value: Any) -> str:

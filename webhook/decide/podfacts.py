@@ -73,7 +73,7 @@ def opt_in(
                 f"{foreign}: another mesh's opt-out, honoured by the policy",
             )
     if assume_opt_in:
-        return True, None, "inject command (manifests are opted in unless they say disabled)"
+        return True, None, "a dry run: manifests are opted in unless they say disabled"
     ns_value = ns_labels.get(INJECT)
     if ns_value == "enabled":
         return True, None, "namespace label"

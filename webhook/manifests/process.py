@@ -165,7 +165,9 @@ def process(
         "object": pod,
     }
     outcome = admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
-    if outcome.patch and outcome.pod is not None:
+    # a manifest changes only where its workload is meshed: a skip's annotation is for the
+    # pods the webhook admits, not a line in the user's source
+    if outcome.injected and outcome.patch and outcome.pod is not None:
         _write_back(doc, template, kind, dict(outcome.pod))
     return doc, [DocResult(kind, namespace, name, outcome, _api_notes(doc, kind, snapshot))]
 

@@ -214,7 +214,13 @@ def _drop_ours(
         del spec[key]
 
 
-def strip(pod: dict[str, Any], status: Mapping[str, Any] | None, ours: Ours, workload: str = "") -> None:
+def strip(
+    pod: dict[str, Any],
+    status: Mapping[str, Any] | None,
+    ours: Ours,
+    workload: str = "",
+    take_runtime: bool = True,
+) -> None:
     """Take off, in place on a shallow copy, what a previous injection wrote and is provably
     ours (see ``Ours``); the pod's own values it replaced, and its probes, go back. Our own
     annotations (``mesh-injector.io/...``) always go: they are written again."""
@@ -248,13 +254,26 @@ def strip(pod: dict[str, Any], status: Mapping[str, Any] | None, ours: Ours, wor
         _drop_ours(spec, key, _names(status.get(key)), sums.get(key), known)
     _put_back_probes(spec, status.get("probes"), sums.get("probes"))
     _put_back_values(meta, status.get("replaced"), removed)
-    runtime = status.get("runtimeClassName")
+    # runtimeClassName: its value is the one a user writes for the same sandbox
+    # ("kata-qemu"), so a claim is easy to forge; admission takes it back only where the
+    # decision then sets it again (see admission._admit), and keeps it otherwise
+    if take_runtime and claimed_runtime(pod, status) is not None:
+        del spec["runtimeClassName"]
+
+
+def claimed_runtime(pod: Mapping[str, Any], status: Mapping[str, Any] | None) -> str | None:
+    """The pod's runtimeClassName where ``status`` says we set it (name and fingerprint)."""
+    spec = pod.get("spec")
+    runtime = spec.get("runtimeClassName") if isinstance(spec, dict) else None
+    sums = (status or {}).get("sums")
     if (
         isinstance(runtime, str)
-        and spec.get("runtimeClassName") == runtime
+        and (status or {}).get("runtimeClassName") == runtime
+        and isinstance(sums, dict)
         and sums.get("runtimeClassName") == fingerprint(runtime)
     ):
-        del spec["runtimeClassName"]
+        return runtime
+    return None
 
 
 def _take_probes(
@@ -423,6 +442,9 @@ def apply_plan(
     runtime_class = plan.runtime_class if not spec.get("runtimeClassName") else None
     if runtime_class:
         spec["runtimeClassName"] = runtime_class
+    elif received is not None and spec.get("runtimeClassName"):
+        # set by an earlier injection and kept (see strip): recorded as it was
+        runtime_class = claimed_runtime(received, read_status(received))
     sums: dict[str, Any] = {
         "containers": {} if plan.build.native else {proxy["name"]: fingerprint(proxy)},
         "initContainers": {

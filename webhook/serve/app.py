@@ -170,6 +170,8 @@ def _log_line(review_request: dict[str, Any], outcome: Outcome | None, result: s
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     return orjson.dumps(
         {
+            "level": "error" if result == "error" else "info",
+            "logger": "mesh_injector.admission",
             "msg": "admission",
             "uid": review_request.get("uid"),
             "namespace": review_request.get("namespace") or meta.get("namespace"),

@@ -4,10 +4,12 @@ HTTP codes), never from namespaces, pod names or annotation values."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from webhook.reasons import Mode, Skip
 
@@ -29,6 +31,21 @@ BUCKETS = (
     0.25,
     1.0,
 )
+
+
+# A `_created` sample per label set doubles the series for no question an alert asks.
+disable_created_metrics()
+
+
+class CallbackCounter(Collector):
+    """A counter whose value is read from its owner when scraped (the owner counts; the
+    type stays a counter, so rate() and increase() apply)."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def collect(self) -> Any:
+        yield CounterMetricFamily(self.name, self.documentation, value=float(self.read()))
 
 
 class Metrics:
@@ -59,38 +76,17 @@ class Metrics:
             "notAfter of the serving certificate",
             registry=r,
         )
-        self.cert_reloads = Gauge(
-            "mesh_injector_certificate_reloads",
-            "Times the serving certificate was reloaded from disk",
-            registry=r,
-        )
         self.policy_age = Gauge(
             "mesh_injector_policy_age_seconds", "Seconds since the policy was loaded", registry=r
-        )
-        self.cache_stale = Gauge(
-            "mesh_injector_cluster_cache_stale_seconds",
-            "Seconds since a watched resource lost the API server (0 while its watch is healthy)",
-            ["resource"],
-            registry=r,
         )
         self.snapshot_age = Gauge(
             "mesh_injector_cluster_snapshot_age_seconds",
             "Seconds since the cluster snapshot was built",
             registry=r,
         )
-        self.usage_age = Gauge(
-            "mesh_injector_usage_age_seconds",
-            "Seconds since observed usage was last read successfully (0 for a samples file)",
-            registry=r,
-        )
         self.usage_workloads = Gauge(
             "mesh_injector_usage_workloads",
             "Workloads with observed proxy usage in the current snapshot",
-            registry=r,
-        )
-        self.usage_failures = Gauge(
-            "mesh_injector_usage_read_failures",
-            "Failed reads of observed usage since start",
             registry=r,
         )
         self._children: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
@@ -122,3 +118,37 @@ class Metrics:
     def track(self, *, policy_loaded: float, snapshot_built: Callable[[], float]) -> None:
         self.policy_age.set_function(lambda: time.time() - policy_loaded)
         self.snapshot_age.set_function(lambda: time.time() - snapshot_built())
+
+    def track_certificate(self, expiry: Callable[[], float], reloads: Callable[[], int]) -> None:
+        self.cert_expiry.set_function(expiry)
+        self.registry.register(
+            CallbackCounter(
+                "mesh_injector_certificate_reloads",
+                "Times the serving certificate was reloaded from disk",
+                reloads,
+            )
+        )
+
+    def track_watches(self, stale: Mapping[str, Callable[[], float]]) -> None:
+        """Exported only where resources are watched (a --cluster file has no watch)."""
+        gauge = Gauge(
+            "mesh_injector_cluster_cache_stale_seconds",
+            "Seconds since a watched resource lost the API server (0 while its watch is healthy)",
+            ["resource"],
+            registry=self.registry,
+        )
+        for resource, read in stale.items():
+            gauge.labels(resource).set_function(read)
+
+    def track_usage(self, age: Callable[[], float], failures: Callable[[], int]) -> None:
+        """Exported only where observed usage has a source."""
+        Gauge(
+            "mesh_injector_usage_age_seconds",
+            "Seconds since observed usage was last read successfully (0 for a samples file)",
+            registry=self.registry,
+        ).set_function(age)
+        self.registry.register(
+            CallbackCounter(
+                "mesh_injector_usage_read_failures", "Failed reads of observed usage since start", failures
+            )
+        )

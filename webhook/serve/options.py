@@ -8,25 +8,10 @@ imported only when one of these two verbs runs.
 from __future__ import annotations
 
 import argparse
-import os
+
+from webhook import flagtypes
 
 MAX_IN_FLIGHT = 24 * 1024 * 1024  # request bytes held at once (--body-budget-mib)
-
-ENV = {
-    "host": ("MESH_INJECTOR_HOST", "0.0.0.0"),
-    "port": ("MESH_INJECTOR_PORT", "8443"),
-    "metrics_host": ("MESH_INJECTOR_METRICS_HOST", "0.0.0.0"),
-    "metrics_port": ("MESH_INJECTOR_METRICS_PORT", "9090"),
-    "tls_cert": ("MESH_INJECTOR_TLS_CERT", None),
-    "tls_key": ("MESH_INJECTOR_TLS_KEY", None),
-    "policy": ("MESH_INJECTOR_POLICY", None),
-    "cluster": ("MESH_INJECTOR_CLUSTER", None),
-    "usage": ("MESH_INJECTOR_USAGE", None),
-    "prometheus": ("MESH_INJECTOR_PROMETHEUS", None),
-    "metrics_api": ("MESH_INJECTOR_METRICS_API", ""),
-    "server_version": ("MESH_INJECTOR_SERVER_VERSION", None),
-    "kubeconfig": ("MESH_INJECTOR_KUBECONFIG", None),
-}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -42,59 +27,60 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    env = {k: os.environ.get(name, default) for k, (name, default) in ENV.items()}
     p = sub.add_parser(
         "serve",
         help="run the HTTPS webhook (POST /mutate, GET /healthz, /readyz) and /metrics",
-        description="Flags also come from MESH_INJECTOR_* environment variables (see the README).",
+        description="Every flag also comes from its MESH_INJECTOR_* environment variable "
+        "(--metrics-port: MESH_INJECTOR_METRICS_PORT; true/false for switches); a flag given wins.",
     )
-    p.add_argument("--host", default=env["host"])
-    p.add_argument("--port", type=int, default=int(env["port"]))
-    p.add_argument("--metrics-host", default=env["metrics_host"])
-    p.add_argument("--metrics-port", type=int, default=int(env["metrics_port"]))
-    p.add_argument("--tls-cert", default=env["tls_cert"], metavar="FILE", help="serving certificate (PEM)")
-    p.add_argument("--tls-key", default=env["tls_key"], metavar="FILE", help="its private key (PEM)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=flagtypes.port, default=8443)
+    p.add_argument("--metrics-host", default="0.0.0.0")
+    p.add_argument("--metrics-port", type=flagtypes.port, default=9090)
+    p.add_argument("--tls-cert", metavar="FILE", help="serving certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     p.add_argument(
-        "--cert-poll", type=float, default=2.0, metavar="SECONDS", help="how often to look for a new cert"
+        "--cert-poll",
+        type=flagtypes.seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often to look for a new cert",
     )
-    p.add_argument("--policy", default=env["policy"], metavar="FILE")
+    p.add_argument("--policy", metavar="FILE")
     p.add_argument(
         "--cluster",
-        default=env["cluster"],
         metavar="FILE",
         help="static cluster state: kubectl get nodes,namespaces,services -A -o yaml",
     )
-    p.add_argument("--usage", default=env["usage"], metavar="FILE", help="observed proxy usage samples")
+    p.add_argument("--usage", metavar="FILE", help="observed proxy usage samples")
     p.add_argument(
         "--prometheus",
-        default=env["prometheus"],
+        type=flagtypes.http_url,
         metavar="URL",
         help="read observed proxy usage from this Prometheus (cAdvisor + kube-state-metrics)",
     )
     p.add_argument(
         "--metrics-api",
         action="store_true",
-        default=env["metrics_api"].lower() in ("1", "true", "yes"),
         help="poll observed proxy usage from the metrics.k8s.io API (metrics-server)",
     )
     p.add_argument(
         "--usage-interval",
-        type=float,
+        type=flagtypes.seconds,
         default=None,
         metavar="SECONDS",
         help="how often usage is read: metrics API poll (default 60), Prometheus step (default 300)",
     )
     p.add_argument(
         "--max-workloads",
-        type=int,
+        type=flagtypes.count,
         default=50_000,
         metavar="N",
         help="workloads whose usage history is kept at most (live usage sources)",
     )
-    p.add_argument("--server-version", default=env["server_version"], metavar="VERSION")
+    p.add_argument("--server-version", metavar="VERSION")
     p.add_argument(
         "--kubeconfig",
-        default=env["kubeconfig"],
         metavar="FILE",
         help="watch nodes, namespaces, Services here",
     )
@@ -113,25 +99,36 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--read-timeout",
-        type=float,
+        type=flagtypes.seconds,
         default=10.0,
         metavar="SECONDS",
         help="longest time a client may take to send its request body",
     )
     p.add_argument(
         "--body-budget-mib",
-        type=int,
+        type=flagtypes.count,
         default=MAX_IN_FLIGHT // (1024 * 1024),
         metavar="MIB",
         help="request bodies held at once over all connections; a large review over it gets 503 "
         "with Retry-After (bodies up to 64 KiB always pass) (default: %(default)s)",
     )
-    p.add_argument("--keep-alive", type=int, default=30, metavar="SECONDS", help="idle keep-alive timeout")
     p.add_argument(
-        "--grace", type=int, default=20, metavar="SECONDS", help="graceful shutdown limit on SIGTERM"
+        "--keep-alive",
+        type=flagtypes.whole_seconds,
+        default=30,
+        metavar="SECONDS",
+        help="idle keep-alive timeout",
+    )
+    p.add_argument(
+        "--grace",
+        type=flagtypes.whole_seconds,
+        default=20,
+        metavar="SECONDS",
+        help="graceful shutdown limit on SIGTERM",
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)
+    flagtypes.defaults_from_environment(p)
 
     p = sub.add_parser("certs", help="write a CA and serving certificate for the webhook Service")
     p.add_argument("--service", default="mesh-injector")
@@ -139,7 +136,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="certs", metavar="DIR")
     p.add_argument("--dns", action="append", default=[], metavar="NAME", help="extra DNS SAN (repeatable)")
     p.add_argument("--ip", action="append", default=[], metavar="ADDRESS", help="IP SAN (repeatable)")
-    p.add_argument("--days", type=int, default=365, help="validity of the serving certificate")
+    p.add_argument("--days", type=flagtypes.count, default=365, help="validity of the serving certificate")
     p.add_argument(
         "--force", action="store_true", help="replace existing files (the CA is kept unless --new-ca)"
     )

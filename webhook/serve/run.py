@@ -216,7 +216,18 @@ def _reach(api: client.ApiClient, where: str, attempts: int = 3) -> None:
         quiet.setLevel(level)
 
 
+def _check_ports(args: argparse.Namespace) -> None:
+    """The webhook and /metrics each need their own port (one would take the other's)."""
+    anywhere = ("0.0.0.0", "::", "")
+    shared = args.host == args.metrics_host or args.host in anywhere or args.metrics_host in anywhere
+    if args.port == args.metrics_port and shared:
+        raise ListenError(
+            f"--port and --metrics-port are both {args.port}: the webhook and /metrics need a port each"
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _check_ports(args)
     setup_logging(args.log_level)
     tune_allocator()
     log = logging.getLogger("mesh_injector.serve")
@@ -293,14 +304,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     metrics.track(policy_loaded=policy_loaded, snapshot_built=lambda: view.snapshot().built_at)
     metrics.usage_workloads.set_function(lambda: len(view.snapshot().usage))
     if usage is not None:
-        metrics.usage_age.set_function(usage.age_seconds)
-        metrics.usage_failures.set_function(lambda: getattr(usage, "failures", 0))
-    metrics.cert_expiry.set_function(lambda: tls.expiry)
-    metrics.cert_reloads.set_function(lambda: tls.reloads)
-    for resource in RESOURCES:
-        metrics.cache_stale.labels(resource).set_function(
-            (lambda r=resource: live.stale_seconds(r)) if live is not None else (lambda: 0.0)
-        )
+        metrics.track_usage(usage.age_seconds, lambda: getattr(usage, "failures", 0))
+    metrics.track_certificate(lambda: tls.expiry, lambda: tls.reloads)
+    if live is not None:
+        watched = live
+        metrics.track_watches({r: (lambda r=r: watched.stale_seconds(r)) for r in RESOURCES})
     budget = BodyBudget(args.body_budget_mib * 1024 * 1024)
     metrics.body_bytes.set_function(lambda: budget.used)
     trimmer = Trimmer()
@@ -353,9 +361,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if live is not None:
         # and the cluster state of the first sync, once it is in
         threading.Thread(target=_freeze_when_ready, args=(live,), name="gc-freeze", daemon=True).start()
+    started = time.monotonic()
     try:
         server.run(sockets=[https_socket])
     finally:
+        log.info(
+            f"stopping after {time.monotonic() - started:.0f}s: requests in flight finished, watches closed"
+        )
         tls.stop()
         trimmer.stop()
         if live is not None:
@@ -412,6 +424,8 @@ def _names_in(cert_file: Path) -> tuple[list[str], list[str]]:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
+    if args.new_ca and not args.force:
+        raise CertError("--new-ca replaces the CA of existing files, so it needs --force as well")
     if args.secret:
         return _certs_in_cluster(args)
     dns = [*service_names(args.service, args.namespace), *args.dns]
