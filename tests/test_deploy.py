@@ -4,6 +4,7 @@ injector from hurting its cluster asserted one by one."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -432,3 +433,48 @@ def test_a_regular_install_carries_every_subpackage(tmp_path):
     for package in packages:
         assert f"{package}/__init__.py" in names, package
     assert "webhook/data/default-policy.yaml" in names
+
+
+def _compose(tmp_path: Path, components: list[str]) -> subprocess.CompletedProcess[str]:
+    """kubectl kustomize of the self-managed overlay with ``components``, in that order."""
+    root = tmp_path / "install"
+    root.mkdir(exist_ok=True)
+    rel = Path(os.path.relpath(DEPLOY, root))
+    (root / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(rel / "overlays" / "self-managed")],
+                "components": [str(rel / "components" / c) for c in components],
+            }
+        )
+    )
+    return subprocess.run(
+        [_tool("kubectl"), "kustomize", str(root)], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("order", [["auto-inject", "fail-closed"], ["fail-closed", "auto-inject"]])
+def test_components_compose_in_any_order(tmp_path, order):
+    out = _compose(tmp_path, order)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    hook = one(objs, "MutatingWebhookConfiguration")
+    assert [w["failurePolicy"] for w in hook["webhooks"]] == ["Fail"]  # auto-inject: one webhook
+    assert not any(o.get("metadata", {}).get("name") == "mesh-injector-failure-policy" for o in objs)
+    out = _compose(tmp_path, ["fail-closed"])
+    hook = one([d for d in yaml.safe_load_all(out.stdout) if d], "MutatingWebhookConfiguration")
+    assert [w["failurePolicy"] for w in hook["webhooks"]] == ["Fail", "Fail"]
+
+
+def test_two_usage_sources_are_refused_when_rendered(tmp_path):
+    """serve takes one usage source: the render fails, naming why, instead of a Deployment
+    that cannot start."""
+    out = _compose(tmp_path, ["usage-metrics-api", "usage-prometheus"])
+    assert out.returncode != 0
+    assert "mesh-injector-usage-source" in out.stderr and "already registered" in out.stderr
+    for single in ("usage-metrics-api", "usage-prometheus"):
+        out = _compose(tmp_path, [single])
+        assert out.returncode == 0, out.stderr
+        assert "mesh-injector-usage-source" not in out.stdout, "build-local: never applied"

@@ -474,3 +474,23 @@ def test_check_recommend_and_review_write_records_for_scripts(tmp_path):
         run("review", review, "--cluster", cluster, "--show", "patch", "-o", "yaml").stdout
     )
     assert patch_yaml == patch_json and patch_json
+
+
+@pytest.mark.parametrize(
+    ("stdin", "argv", "needle"),
+    [
+        (
+            b"kind: Pod\nmetadata: {name: [x\n",
+            ["check", "-f", "-"],
+            "<stdin>: not valid JSON or YAML at line 3",
+        ),
+        (b"kind: Pod\xff\n", ["inject", "-f", "-"], "<stdin>: not UTF-8 text (byte 0xff at offset 9)"),
+        (b"- a\n", ["inject", "-f", "-"], "<stdin>: a document is a list"),
+        (b"", ["review", "-"], "<stdin>: empty input"),
+    ],
+)
+def test_standard_input_is_named_and_never_a_traceback(stdin, argv, needle):
+    out = run(*argv, stdin=stdin)
+    err = out.stderr.decode()
+    assert out.returncode == 2 and err == f"mesh-injector: error: {needle}" + err.split(needle, 1)[1], err
+    assert err.count("\n") == 1 and "Traceback" not in err

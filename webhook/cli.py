@@ -32,6 +32,7 @@ from webhook.loading import (
     parse_document,
     parse_documents,
     read_text,
+    shown,
 )
 from webhook.manifests.process import DocResult, process
 from webhook.manifests.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
@@ -111,12 +112,12 @@ def cmd_review(args: argparse.Namespace) -> int:
     try:
         request = parse_review(review)
     except ReviewError as exc:
-        raise CliError(f"{args.file}: {exc}") from None
+        raise CliError(f"{shown(args.file)}: {exc}") from None
     outcome = admit(request, snapshot, policy)
-    shown = {"response": lambda: build_response(review, outcome), "patch": lambda: outcome.patch}
-    shown["pod"] = lambda: outcome.pod
-    if args.show in shown:
-        value = shown[args.show]()
+    views = {"response": lambda: build_response(review, outcome), "patch": lambda: outcome.patch}
+    views["pod"] = lambda: outcome.pod
+    if args.show in views:
+        value = views[args.show]()
         output = args.output or ("yaml" if args.show == "pod" else "json")
         print(
             json.dumps(value, indent=2) if output == "json" else dump_yaml([value]),
@@ -158,7 +159,9 @@ def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[li
         try:
             for doc in parse_documents(read_text(source), source):
                 if not isinstance(doc, dict):
-                    raise CliError(f"{source}: a document is a {type(doc).__name__}, not a Kubernetes object")
+                    raise CliError(
+                        f"{shown(source)}: a document is a {type(doc).__name__}, not a Kubernetes object"
+                    )
                 _, res = process(
                     doc, snapshot, policy, default_namespace=args.namespace, assume_opt_in=assume_opt_in
                 )
@@ -190,7 +193,9 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
         def change(doc: Any, source: str = source, results: list[DocResult] = results) -> Any:
             if not isinstance(doc, dict):
-                raise CliError(f"{source}: a document is a {type(doc).__name__}, not a Kubernetes object")
+                raise CliError(
+                    f"{shown(source)}: a document is a {type(doc).__name__}, not a Kubernetes object"
+                )
             new, res = process(
                 doc,
                 snapshot,

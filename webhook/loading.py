@@ -36,9 +36,20 @@ class InputError(ValueError):
     """A file the user gave cannot be used; the message says which and why."""
 
 
+def shown(source: str) -> str:
+    """How an input is named in messages: standard input as ``<stdin>``."""
+    return "<stdin>" if source == "-" else source
+
+
 def read_text(source: str) -> str:
     if source == "-":
-        return sys.stdin.read()
+        raw = sys.stdin.buffer.read()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"<stdin>: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+            ) from None
     path = Path(source)
     try:
         return path.read_text(encoding="utf-8")
@@ -54,26 +65,26 @@ def _yaml_error(source: str, exc: yaml.YAMLError) -> InputError:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or "syntax error"
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return InputError(f"{source}: not valid JSON or YAML{where}: {problem}")
+    return InputError(f"{shown(source)}: not valid JSON or YAML{where}: {problem}")
 
 
 def parse_document(text: str, source: str) -> Any:
     """One JSON or YAML document."""
     stripped = text.lstrip()
     if not stripped:
-        raise InputError(f"{source}: empty input")
+        raise InputError(f"{shown(source)}: empty input")
     if stripped[0] in "{[":
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             if stripped[0] == "{" and source.endswith(".json"):
-                raise InputError(f"{source}: not valid JSON: {exc}") from None
+                raise InputError(f"{shown(source)}: not valid JSON: {exc}") from None
     try:
         docs = [d for d in yamltext.load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc) from None
     if len(docs) != 1:
-        raise InputError(f"{source}: expected one document, found {len(docs)}")
+        raise InputError(f"{shown(source)}: expected one document, found {len(docs)}")
     return docs[0]
 
 
