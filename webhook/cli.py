@@ -35,7 +35,14 @@ from webhook.loading import (
     shown,
 )
 from webhook.manifests.process import DocResult, process
-from webhook.manifests.roundtrip import is_json, parse_chunks, rewrite_json, rewrite_yaml
+from webhook.manifests.roundtrip import (
+    NOT_JSON,
+    is_json,
+    json_document,
+    parse_chunks,
+    rewrite_json,
+    rewrite_yaml,
+)
 from webhook.modes import describe as describe_modes
 from webhook.policy import Policy, PolicyError, load_policy
 from webhook.reasons import Skip
@@ -208,8 +215,9 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
         try:
             text = read_text(source)
-            if is_json(text):
-                out = rewrite_json(text, parse_document(text, source), change)
+            document = json_document(text)
+            if document is not NOT_JSON:
+                out = rewrite_json(text, document, change)
             else:
                 out = "".join(rewrite_yaml(parse_chunks(text, source), change))
         except (InputError, CliError) as exc:

@@ -5,9 +5,10 @@ injection and nothing more. The input is split into its documents at the ``---``
 every document that does not change is written back byte for byte (comments, separators,
 quoting, indentation, empty documents). In a document whose pod template changes, the
 fields added are written in as new lines where the composed nodes say their parents end
-(every original line stays as it is), and the result is read back with each added value
-as a placeholder before it is used. Where that cannot be done (a flow-style parent, an
-anchor, a change that is not only additions), the JSON Patch is applied with a round-trip
+(every original line stays as it is), or, inside a flow-style collection, as JSON before
+its closing bracket (every original character stays); the result is read back with each
+added value as a placeholder before it is used. Where that cannot be done (an anchor, a
+change that is not only additions), the JSON Patch is applied with a round-trip
 YAML library (``ruamel.yaml``), which keeps the document's comments, key order and
 quoting. JSON input is written back as JSON.
 """
@@ -45,7 +46,8 @@ Change = Callable[[Any], Any]  # a parsed document -> the document to write (the
 
 @dataclass(frozen=True)
 class Chunk:
-    head: str  # the separator line (with its newline), or "" for text before the first one
+    head: str  # the separator line (with its newline; only "--- " where the document starts
+    # on that line), or "" for text before the first one
     body: str
 
 
@@ -59,6 +61,10 @@ def split_documents(text: str) -> list[Chunk]:
         end = starts[i + 1] if i + 1 < len(starts) else len(text)
         line_end = text.find("\n", start, end)
         split = end if line_end < 0 else line_end + 1
+        rest = text[start + 3 : split]
+        if rest.strip() and not rest.strip().startswith("#"):
+            # "--- {kind: Pod, ...}": the document starts on the separator's line
+            split = start + 3 + (len(rest) - len(rest.lstrip(" \t")))
         chunks.append(Chunk(text[start:split], text[split:end]))
     return chunks
 
@@ -128,13 +134,19 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[s
         starts[-1] += 1
     # (offset, parent path) -> [indent, mapping or list of what is added there]
     groups: dict[tuple[int, str], list[Any]] = {}
+    # additions inside flow collections, in patch order: (offset, text, text with 0 values)
+    flows: list[tuple[int, str, str]] = []
+    flow_at: dict[str, int] = {}  # a flow sequence's insertion point, for consecutive adds
     for op in patch:
         parts = op["path"].split("/")[1:]
         tokens = [t.replace("~1", "/").replace("~0", "~") for t in parts]
         parent = _resolve(root, tokens[:-1])
         where = "/".join(parts[:-1])
-        if getattr(parent, "flow_style", False) or not getattr(parent, "value", None):
-            raise _Unsplicable("flow style or empty")
+        if getattr(parent, "flow_style", False):
+            flows.append(_in_flow(text, parent, tokens[-1], op["value"], flow_at, where))
+            continue
+        if not getattr(parent, "value", None):
+            raise _Unsplicable("empty block collection")
         if isinstance(parent, yaml.MappingNode):
             if any(isinstance(k, yaml.ScalarNode) and k.value == tokens[-1] for k, _ in parent.value):
                 raise _Unsplicable("the key is there already")
@@ -167,6 +179,8 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[s
         by_offset.setdefault(at, []).append(
             (-where.count("/"), yamltext.dump(value, indent), yamltext.dump(zeros, indent))
         )
+    for at, added_text, zeros_text in flows:
+        by_offset.setdefault(at, []).append((0, added_text, zeros_text))
     out, placeholders = [], []
     done = 0
     for at in sorted(by_offset):
@@ -177,6 +191,39 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[s
     out.append(text[done:])
     placeholders.append(text[done:])
     return "".join(out), "".join(placeholders)
+
+
+def _in_flow(
+    text: str, parent: yaml.Node, last: str, value: Any, flow_at: dict[str, int], where: str
+) -> tuple[int, str, str]:
+    """An addition inside a flow collection (``{a: 1}``, ``[x, y]``), written as JSON (which
+    YAML's flow style reads): before the closing bracket, or before the item it goes in
+    front of. Consecutive additions to one sequence go to the same place, in order."""
+    written = orjson.dumps(value).decode()
+    end = parent.end_mark.index - 1
+    if not 0 <= end < len(text) or text[end] not in "}]":
+        raise _Unsplicable("flow collection without its closing bracket where the marks say")
+    items = parent.value
+    if isinstance(parent, yaml.MappingNode):
+        if any(isinstance(k, yaml.ScalarNode) and k.value == last for k, _ in items):
+            raise _Unsplicable("the key is there already")
+        key = orjson.dumps(last).decode()
+        sep = ", " if items or flow_at.get(where + "#n") else ""
+        flow_at[where + "#n"] = 1
+        return end, f"{sep}{key}: {written}", f"{sep}{key}: 0"
+    if not isinstance(parent, yaml.SequenceNode):
+        raise _Unsplicable("scalar parent")
+    if where in flow_at:  # a later addition to this sequence: right after the earlier ones
+        at = flow_at[where]
+    else:
+        index = len(items) if last == "-" else int(last)
+        at = items[index].start_mark.index if index < len(items) else end
+        flow_at[where] = at
+    if at == end:
+        sep = ", " if items or flow_at.get(where + "#n") else ""
+        flow_at[where + "#n"] = 1
+        return at, f"{sep}{written}", f"{sep}0"
+    return at, f"{written}, ", "0, "
 
 
 def _with_zeros(doc: Any, patch: list[dict[str, Any]]) -> Any:
@@ -315,5 +362,20 @@ def rewrite_json(text: str, document: Any, change: Change) -> str:
 
 
 def is_json(text: str) -> bool:
+    """Whether ``text`` starts as JSON does (it may still be flow-style YAML)."""
     stripped = text.lstrip()
     return stripped[:1] in ("{", "[")
+
+
+NOT_JSON = object()
+
+
+def json_document(text: str) -> Any:
+    """The JSON document ``text`` is, or ``NOT_JSON`` (YAML, flow style included: a stream
+    of ``{...}`` documents apart by ``---`` starts like JSON but is not)."""
+    if not is_json(text):
+        return NOT_JSON
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return NOT_JSON
