@@ -198,23 +198,25 @@ def _admit(
     A runtimeClassName the status claims as ours is taken back only where the decision sets
     the same one again; otherwise (a forged claim on the user's own sandbox, or a pod that
     would no longer get it) the pod is decided again with it kept as the pod's."""
-    outcome = _decide(request, snapshot, policy, assume_opt_in=assume_opt_in, alias=alias)
     original = request.get("object")
-    if not isinstance(original, dict):
-        return outcome
-    claimed = claimed_runtime(original, read_status(original))
+    status = read_status(original) if isinstance(original, dict) else None
+    outcome = _decide(request, snapshot, policy, status, assume_opt_in=assume_opt_in, alias=alias)
+    claimed = claimed_runtime(original, status) if status is not None else None
     if claimed is None:
         return outcome
     spec = (outcome.pod or {}).get("spec") if outcome.injected else None
     if isinstance(spec, dict) and spec.get("runtimeClassName") == claimed:
         return outcome
-    return _decide(request, snapshot, policy, assume_opt_in=assume_opt_in, alias=alias, take_runtime=False)
+    return _decide(
+        request, snapshot, policy, status, assume_opt_in=assume_opt_in, alias=alias, take_runtime=False
+    )
 
 
 def _decide(
     request: Mapping[str, Any],
     snapshot: ClusterSnapshot,
     policy: Policy,
+    status: Mapping[str, Any] | None,
     *,
     assume_opt_in: bool,
     alias: bool = False,
@@ -235,7 +237,7 @@ def _decide(
     namespace = namespace or str(meta.get("namespace") or "default")
     pod = shallow_pod(original)
     key = workload_key(pod, namespace)
-    strip(pod, read_status(original), OURS, key.name, take_runtime=take_runtime)
+    strip(pod, status, OURS, key.name, take_runtime=take_runtime)
     meta = pod["metadata"]
     labels, annotations = str_map(meta.get("labels")), str_map(meta.get("annotations"))
     spec = pod["spec"]
@@ -260,7 +262,7 @@ def _decide(
         return _skip(skip=Skip.HOST_NETWORK, text=Skip.HOST_NETWORK.text, **args)
     plane: Flavour = flavour(policy.proxy.flavour)
     present = present_proxy(pod)
-    if present is not None and read_status(original) is not None:
+    if present is not None and status is not None:
         text = (
             f"the pod already carries a {present} container, and {ANN_STATUS} does not show it to"
             " be ours as it is (no fingerprints, or it was changed since): it is left as it is"

@@ -94,25 +94,26 @@ def invalid(spec: Mapping[str, Any]) -> str | None:
             continue
         if not isinstance(items, list) or (key == "containers" and not items):
             return f"spec.{key} is {'missing' if items is None else 'empty' if items == [] else 'not a list'}"
-        for i, c in enumerate(items):
-            name = c.get("name") if isinstance(c, dict) else None
-            if not isinstance(name, str) or not name:
-                return f"spec.{key}[{i}] has no name"
-            if name in names:
-                return f"two containers are named {name}"
-            names.add(name)
+        problem = _unnamed_or_twice(items, f"spec.{key}", "containers", names)
+        if problem is not None:
+            return problem
     volumes = spec.get("volumes")
-    if volumes is not None:
-        if not isinstance(volumes, list):
-            return "spec.volumes is not a list"
-        seen: set[str] = set()
-        for i, v in enumerate(volumes):
-            name = v.get("name") if isinstance(v, dict) else None
-            if not isinstance(name, str) or not name:
-                return f"spec.volumes[{i}] has no name"
-            if name in seen:
-                return f"two volumes are named {name}"
-            seen.add(name)
+    if volumes is None:
+        return None
+    if not isinstance(volumes, list):
+        return "spec.volumes is not a list"
+    return _unnamed_or_twice(volumes, "spec.volumes", "volumes", set())
+
+
+def _unnamed_or_twice(items: list[Any], where: str, what: str, names: set[str]) -> str | None:
+    """The first item without a name, or whose name is already in ``names`` (which grows)."""
+    for i, item in enumerate(items):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            return f"{where}[{i}] has no name"
+        if name in names:
+            return f"two {what} are named {name}"
+        names.add(name)
     return None
 
 
