@@ -152,7 +152,26 @@ def _batch_collections() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[list[DocResult], int]:
+def _processed(
+    doc: Any, source: str, snapshot: ClusterSnapshot, policy: Policy, args: argparse.Namespace
+) -> tuple[Any, list[DocResult]]:
+    """One manifest document through admission, as ``inject`` and ``check`` see it."""
+    if not isinstance(doc, dict):
+        raise CliError(f"{shown(source)}: a document is a {type(doc).__name__}, not a Kubernetes object")
+    return process(
+        doc, snapshot, policy, default_namespace=args.namespace, assume_opt_in=not args.respect_opt_in
+    )
+
+
+def _skip_file(exc: InputError | CliError, sources: list[str]) -> None:
+    """Of several files, one that cannot be read or parsed is reported and the others go on;
+    a single input that cannot be used is the command's error (one line, exit 2)."""
+    if len(sources) == 1:
+        raise exc
+    print(f"mesh-injector: error: {exc}", file=sys.stderr)
+
+
+def _manifest_results(args: argparse.Namespace) -> tuple[list[DocResult], int]:
     """Every workload's result, and how many files could not be read (each reported on
     stderr; as with ``inject``, a single input that cannot be used is an error of its own)."""
     _batch_collections()
@@ -165,18 +184,9 @@ def _manifest_results(args: argparse.Namespace, assume_opt_in: bool) -> tuple[li
         found: list[DocResult] = []
         try:
             for doc in parse_documents(read_text(source), source):
-                if not isinstance(doc, dict):
-                    raise CliError(
-                        f"{shown(source)}: a document is a {type(doc).__name__}, not a Kubernetes object"
-                    )
-                _, res = process(
-                    doc, snapshot, policy, default_namespace=args.namespace, assume_opt_in=assume_opt_in
-                )
-                found.extend(res)
+                found.extend(_processed(doc, source, snapshot, policy, args)[1])
         except (InputError, CliError) as exc:
-            if len(sources) == 1:
-                raise
-            print(f"mesh-injector: error: {exc}", file=sys.stderr)
+            _skip_file(exc, sources)
             failed += 1
             continue
         results.extend(found)
@@ -199,17 +209,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
         results: list[DocResult] = []
 
         def change(doc: Any, source: str = source, results: list[DocResult] = results) -> Any:
-            if not isinstance(doc, dict):
-                raise CliError(
-                    f"{shown(source)}: a document is a {type(doc).__name__}, not a Kubernetes object"
-                )
-            new, res = process(
-                doc,
-                snapshot,
-                policy,
-                default_namespace=args.namespace,
-                assume_opt_in=not args.respect_opt_in,
-            )
+            new, res = _processed(doc, source, snapshot, policy, args)
             results.extend(res)
             return new
 
@@ -221,9 +221,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
             else:
                 out = "".join(rewrite_yaml(parse_chunks(text, source), change))
         except (InputError, CliError) as exc:
-            if len(sources) == 1:
-                raise
-            print(f"mesh-injector: error: {exc}", file=sys.stderr)
+            _skip_file(exc, sources)
             failed += 1
             continue
         # the files' documents stay apart: `---` between them, and before a JSON file's
@@ -283,7 +281,7 @@ def _check_record(r: DocResult) -> dict[str, Any]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    results, failed = _manifest_results(args, assume_opt_in=not args.respect_opt_in)
+    results, failed = _manifest_results(args)
     if args.output != "table":
         _emit([_check_record(r) for r in results], args.output)
         if failed:
