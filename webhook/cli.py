@@ -34,6 +34,7 @@ from webhook.loading import (
     read_text,
     shown,
 )
+from webhook.manifests import schema
 from webhook.manifests.process import DocResult, process
 from webhook.manifests.roundtrip import (
     NOT_JSON,
@@ -120,6 +121,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         request = parse_review(review)
     except ReviewError as exc:
         raise CliError(f"{shown(args.file)}: {exc}") from None
+    _check_review_object(request, args.file)
     outcome = admit(request, snapshot, policy)
     views = {"response": lambda: build_response(review, outcome), "patch": lambda: outcome.patch}
     views["pod"] = lambda: outcome.pod
@@ -143,6 +145,22 @@ def cmd_review(args: argparse.Namespace) -> int:
             if note is not None:
                 print(f"usage: {note}")
     return 0
+
+
+def _check_review_object(request: Mapping[str, Any], source: str) -> None:
+    """A review written by hand has not been decoded by an API server: its pod is checked
+    against the Pod schema as a manifest is (wrong types are the error, unknown fields a
+    warning)."""
+    obj = request.get("object")
+    root = schema.root_for("v1", "Pod")
+    if not isinstance(obj, dict) or root is None:
+        return
+    findings = schema.check(obj, root, "request.object")
+    for warning in findings.warnings:
+        print(f"mesh-injector: warning: {shown(source)}: {warning}", file=sys.stderr)
+    if findings.errors:
+        more = f" (and {len(findings.errors) - 1} more)" if len(findings.errors) > 1 else ""
+        raise CliError(f"{shown(source)}: not a valid Pod: {findings.errors[0]}{more}")
 
 
 def _batch_collections() -> None:
@@ -203,6 +221,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     snapshot = _snapshot(args, policy, _now(args.now))
     failed = 0
     blind = 0  # workloads a cluster's state would have meshed
+    invalid = 0  # workloads the API server would refuse: left as they are
     written = ""  # the last output that had content
     sources = [source for given in args.filename for source in manifest_sources(given)]
     for source in sources:
@@ -235,8 +254,11 @@ def cmd_inject(args: argparse.Namespace) -> int:
         sys.stdout.write(out)
         written = out if out.strip() else written
         blind += sum(1 for r in results if r.outcome and r.outcome.skip is Skip.NO_TRUST_ANCHORS)
+        invalid += sum(1 for r in results if r.errors)
         for r in results:
             print(r.report(), file=sys.stderr)
+            for error in r.errors[1:]:
+                print(f"  error: {error}", file=sys.stderr)
             for note in (*r.notes, *(r.outcome.warnings if r.outcome else ())):
                 print(f"  warning: {note.removeprefix('mesh-injector: ')}", file=sys.stderr)
     if blind:
@@ -247,9 +269,15 @@ def cmd_inject(args: argparse.Namespace) -> int:
             "proxy.linkerd.trustAnchorsPem in --policy",
             file=sys.stderr,
         )
+    if invalid:
+        print(
+            f"mesh-injector: error: {invalid} workload(s) are not valid Kubernetes objects and were left "
+            "unchanged (see above)",
+            file=sys.stderr,
+        )
     if failed:
         print(f"mesh-injector: {failed} file(s) could not be injected (see above)", file=sys.stderr)
-    return 1 if failed or blind else 0
+    return 1 if failed or blind or invalid else 0
 
 
 def _table(rows: list[Sequence[str]]) -> str:
@@ -268,6 +296,14 @@ def _emit(records: list[dict[str, Any]], output: str) -> None:
 def _check_record(r: DocResult) -> dict[str, Any]:
     o = r.outcome
     record: dict[str, Any] = {"kind": r.kind, "namespace": r.namespace or None, "name": r.name}
+    if r.errors:
+        return {
+            **record,
+            "meshed": None,
+            "reason": "invalid",
+            "errors": list(r.errors),
+            "warnings": list(r.notes),
+        }
     if o is None:
         return {**record, "meshed": None, "reason": "no pod template"}
     record |= {"meshed": o.injected, "mode": o.mode.value if o.mode else None, "reason": o.reason}
@@ -280,17 +316,31 @@ def _check_record(r: DocResult) -> dict[str, Any]:
     return record
 
 
+def _check_failures(results: list[DocResult], failed: int) -> int:
+    """The exit status of ``check``: 1 when a file could not be read or a workload is not a
+    valid Kubernetes object (each said on stderr), else 0."""
+    invalid = sum(1 for r in results if r.errors)
+    if invalid:
+        print(
+            f"mesh-injector: error: {invalid} workload(s) are not valid Kubernetes objects", file=sys.stderr
+        )
+    if failed:
+        print(f"mesh-injector: {failed} file(s) could not be checked (see above)", file=sys.stderr)
+    return 1 if failed or invalid else 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     results, failed = _manifest_results(args)
     if args.output != "table":
         _emit([_check_record(r) for r in results], args.output)
-        if failed:
-            print(f"mesh-injector: {failed} file(s) could not be checked (see above)", file=sys.stderr)
-        return 1 if failed else 0
+        return _check_failures(results, failed)
     rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "RESOURCES", "REASON")]
     for r in results:
         o = r.outcome
-        if o is None:
+        if r.errors:
+            more = f" (+{len(r.errors) - 1} more)" if len(r.errors) > 1 else ""
+            rows.append((r.ref, "error", "-", "-", f"invalid: {r.errors[0]}{more}"))
+        elif o is None:
             rows.append((r.ref, "-", "-", "-", "no pod template"))
         elif o.injected:
             assert o.mode is not None and o.resources is not None
@@ -308,6 +358,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             rows.append((r.ref, "no", "-", "-", f"{o.skip.value}: {o.skip.text}"))
     print(_table(rows))
     for r in results:
+        for error in r.errors:
+            print(f"error: {r.ref}: {error}", file=sys.stderr)
         for note in r.notes:
             print(f"warning: {r.ref}: {note}", file=sys.stderr)
     if args.explain:
@@ -315,10 +367,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             if r.outcome is not None:
                 print(f"\n# {r.ref}")
                 print("\n".join(r.outcome.explanation))
-    if failed:
-        print(f"mesh-injector: {failed} file(s) could not be checked (see above)", file=sys.stderr)
-        return 1
-    return 0
+    return _check_failures(results, failed)
 
 
 def _outside_window(rows: object, sizing: Any, now: float) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.manifests import schema
 from webhook.outcome import Outcome
 from webhook.policy import Policy
 from webhook.versions import parse_kube_version
@@ -48,8 +49,9 @@ class DocResult:
     kind: str
     namespace: str
     name: str
-    outcome: Outcome | None  # None for kinds that carry no pod template
+    outcome: Outcome | None  # None for kinds that carry no pod template, and invalid documents
     notes: tuple[str, ...] = ()  # about the manifest itself (an API version no longer served)
+    errors: tuple[str, ...] = ()  # where the document breaks the Kubernetes schema; left as it is
 
     @property
     def ref(self) -> str:
@@ -57,6 +59,9 @@ class DocResult:
 
     def report(self) -> str:
         o = self.outcome
+        if self.errors:
+            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            return f"{self.ref}: unchanged, not a valid {self.kind}: {self.errors[0]}{more}"
         if o is None:
             return f"{self.ref}: unchanged (no pod template)"
         if o.injected:
@@ -147,10 +152,17 @@ def process(
                 items.append(item)
         out["items"] = items
         return out, results
-    meta = doc.get("metadata") or {}
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     namespace = str(meta.get("namespace") or default_namespace)
     name = str(meta.get("name") or meta.get("generateName") or "?")
     path = TEMPLATE_PATHS.get(kind)
+    if path is not None:
+        findings = _schema_findings(doc, kind, path)
+        if findings.errors:
+            notes = (*findings.warnings, *_api_notes(doc, kind, snapshot))
+            return doc, [DocResult(kind, namespace, name, None, notes, findings.errors)]
+    else:
+        findings = schema.Findings()
     template = _dig(doc, path) if path is not None else None
     if path is None or template is None:
         ns = namespace if path is not None or meta.get("namespace") else ""
@@ -169,7 +181,22 @@ def process(
     # pods the webhook admits, not a line in the user's source
     if outcome.injected and outcome.patch and outcome.pod is not None:
         _write_back(doc, template, kind, dict(outcome.pod))
-    return doc, [DocResult(kind, namespace, name, outcome, _api_notes(doc, kind, snapshot))]
+    notes = (*findings.warnings, *_api_notes(doc, kind, snapshot))
+    return doc, [DocResult(kind, namespace, name, outcome, notes)]
+
+
+def _schema_findings(doc: dict[str, Any], kind: str, path: tuple[str, ...]) -> schema.Findings:
+    """The document against its kind's schema; where the schema has no such API version
+    (``extensions/v1beta1``, OpenShift), its pod template, which is what admission reads."""
+    root = schema.root_for(str(doc.get("apiVersion", "")), kind)
+    if root is None and kind == "Pod":
+        root = schema.root_for("v1", "Pod")
+    if root is not None:
+        return schema.check(doc, root)
+    template = _dig(doc, path[:-1]) if path else None
+    if template is None or path[-1] not in template:
+        return schema.Findings()
+    return schema.check(template[path[-1]], schema.TEMPLATE, ".".join(path))
 
 
 def _api_notes(doc: dict[str, Any], kind: str, snapshot: ClusterSnapshot) -> tuple[str, ...]:
