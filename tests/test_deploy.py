@@ -4,11 +4,13 @@ injector from hurting its cluster asserted one by one."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,29 @@ from webhook.policy import parse_policy
 from webhook.serve.app import AppState, create_app
 
 REPO = Path(__file__).resolve().parent.parent
-DEPLOY = REPO / "deploy"
+SOURCE = REPO / "deploy"
+IMAGE = "registry.example.com/platform/mesh-injector"
+
+
+def _with_image(deploy: Path, **image: str) -> Path:
+    """``deploy`` with the base's image set as ``kustomize edit set image`` writes it."""
+    kustomization = deploy / "base" / "kustomization.yaml"
+    doc = yaml.safe_load(kustomization.read_text())
+    assert doc["images"] == [{"name": "mesh-injector"}], "the base ships with no image set"
+    doc["images"] = [{"name": "mesh-injector", **image}]
+    kustomization.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return deploy
+
+
+def _installable() -> Path:
+    """A copy of deploy/ as a user has it after setting the image they pushed."""
+    root = Path(tempfile.mkdtemp(prefix="mesh-injector-deploy-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    shutil.copytree(SOURCE, root / "deploy")
+    return _with_image(root / "deploy", newName=IMAGE, newTag="0.1.0")
+
+
+DEPLOY = _installable()
 OVERLAYS = [
     "base",
     "overlays/cert-manager",
@@ -433,6 +457,57 @@ def test_a_regular_install_carries_every_subpackage(tmp_path):
     for package in packages:
         assert f"{package}/__init__.py" in names, package
     assert "webhook/data/default-policy.yaml" in names
+
+
+def test_a_render_before_the_image_is_set_fails_loudly():
+    """No image is published: the shipped manifests name none, and rendering them as they
+    are fails, saying which value is missing its tag, instead of installing a pod that
+    can never pull."""
+    for overlay in (
+        "base",
+        "overlays/cert-manager",
+        "overlays/self-managed",
+        "examples/self-managed-auto-inject",
+    ):
+        out = subprocess.run(
+            [_tool("kubectl"), "kustomize", str(SOURCE / overlay)], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode != 0, overlay
+        assert "options.index 1 is out of bounds for value mesh-injector" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_image_set_in_the_base_runs_every_container_of_ours(overlay):
+    objs = render(overlay)
+    ours = [
+        c
+        for o in objs
+        if o["kind"] in ("Deployment", "Job")
+        for c in o["spec"]["template"]["spec"]["containers"]
+        if o["metadata"]["name"].startswith("mesh-injector")
+    ]
+    assert ours and {c["image"] for c in ours} == {f"{IMAGE}:0.1.0"}
+    assert not any(o["metadata"]["name"] == "mesh-injector-image-check" for o in objs), "build-local"
+
+
+def test_an_image_pinned_by_digest_renders(tmp_path):
+    shutil.copytree(SOURCE, tmp_path / "deploy")
+    digest = "sha256:" + "ab" * 32
+    _with_image(tmp_path / "deploy", newName=IMAGE, digest=digest)
+    out = subprocess.run(
+        [_tool("kubectl"), "kustomize", str(tmp_path / "deploy" / "overlays" / "self-managed")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    images = {
+        c["image"]
+        for o in yaml.safe_load_all(out.stdout)
+        if o and o["kind"] in ("Deployment", "Job")
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {f"{IMAGE}@{digest}"}
 
 
 def _compose(tmp_path: Path, components: list[str]) -> subprocess.CompletedProcess[str]:
