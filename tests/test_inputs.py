@@ -22,6 +22,7 @@ from tests.support import ANCHORS_POLICY, GOLDEN
 from webhook import flagtypes
 from webhook.cli import build_parser, main
 from webhook.policy import PolicyError, default_policy_text, load_policy, parse_policy
+from webhook.progress import Progress
 from webhook.serve.run import _check_ports
 from webhook.versions import parse_kernel, parse_kube_version
 from webhook.yamltext import DuplicateKeyError, load
@@ -494,3 +495,80 @@ def test_standard_input_is_named_and_never_a_traceback(stdin, argv, needle):
     err = out.stderr.decode()
     assert out.returncode == 2 and err == f"mesh-injector: error: {needle}" + err.split(needle, 1)[1], err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- progress on long runs -------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_only_on_a_terminal_after_a_while_and_is_erased():
+    clock = [0.0]
+    term = _Terminal()
+    progress = Progress(3, stream=term, after=1.0, every=0.5, clock=lambda: clock[0])
+    progress.next_file()
+    progress.document(1)
+    assert term.getvalue() == "", "nothing before a second has passed"
+    clock[0] = 1.2
+    progress.document(2)
+    assert term.getvalue() == "\rmesh-injector: 2 document(s), 3 workload(s), file 1/3, 1 s"
+    clock[0] = 1.3
+    progress.document(0)
+    assert term.getvalue().count("\r") == 1, "at most one update per half second"
+    clock[0] = 2.0
+    progress.next_file()
+    assert term.getvalue().endswith("\rmesh-injector: 3 document(s), 3 workload(s), file 2/3, 2 s")
+    progress.clear()
+    assert term.getvalue().endswith("\r" + " " * len(progress.line()) + "\r")
+    piped = io.StringIO()
+    quiet = Progress(1, stream=piped, after=0.0, every=0.0)
+    quiet.document(5)
+    quiet.clear()
+    assert piped.getvalue() == "", "never in a pipe or a log"
+
+
+@pytest.mark.parametrize("verb", ["inject", "check"])
+def test_long_inject_and_check_runs_show_progress_on_stderr(verb, tmp_path, monkeypatch, capsys):
+    """The verbs count every document and workload into the progress line, and erase it
+    before their own report, so stdout and the report lines are as without it."""
+    docs = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": f"web-{i}", "namespace": "shop"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "app", "image": "web:1"}]},
+                },
+            },
+        }
+        for i in range(4)
+    ] + [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}}]
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump_all(docs[:2]))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump_all(docs[2:]))
+    term = _Terminal()
+    lines: list[str] = []
+
+    def shown(*args, **kwargs):
+        p = Progress(*args, stream=term, after=0.0, every=0.0)
+        original = p._tick
+
+        def tick():
+            original()
+            lines.append(p.line())
+
+        p._tick = tick
+        return p
+
+    monkeypatch.setattr("webhook.cli.Progress", shown)
+    code = main([verb, "-f", str(tmp_path), "--cluster", str(EXAMPLES / "cluster.yaml")])
+    assert code == 0
+    last = [line for line in lines if "file 2/2" in line][-1]
+    assert last.startswith("mesh-injector: 5 document(s), 4 workload(s), file 2/2")
+    assert term.getvalue().endswith("\r"), "the line is erased at the end"
+    assert "mesh-injector: " not in capsys.readouterr().out

@@ -46,6 +46,7 @@ from webhook.manifests.roundtrip import (
 )
 from webhook.modes import describe as describe_modes
 from webhook.policy import Policy, PolicyError, load_policy
+from webhook.progress import Progress
 from webhook.reasons import Skip
 from webhook.serve.options import add_commands as add_server_commands
 from webhook.serve.review import ReviewError, build_response, parse_review
@@ -198,16 +199,22 @@ def _manifest_results(args: argparse.Namespace) -> tuple[list[DocResult], int]:
     results: list[DocResult] = []
     failed = 0
     sources = [source for given in args.filename for source in manifest_sources(given)]
+    progress = Progress(len(sources))
     for source in sources:
+        progress.next_file()
         found: list[DocResult] = []
         try:
             for doc in parse_documents(read_text(source), source):
-                found.extend(_processed(doc, source, snapshot, policy, args)[1])
+                res = _processed(doc, source, snapshot, policy, args)[1]
+                progress.document(sum(1 for r in res if r.outcome is not None or r.errors))
+                found.extend(res)
         except (InputError, CliError) as exc:
+            progress.clear()
             _skip_file(exc, sources)
             failed += 1
             continue
         results.extend(found)
+    progress.clear()
     return results, failed
 
 
@@ -224,12 +231,15 @@ def cmd_inject(args: argparse.Namespace) -> int:
     invalid = 0  # workloads the API server would refuse: left as they are
     written = ""  # the last output that had content
     sources = [source for given in args.filename for source in manifest_sources(given)]
+    progress = Progress(len(sources))
     for source in sources:
         results: list[DocResult] = []
+        progress.next_file()
 
         def change(doc: Any, source: str = source, results: list[DocResult] = results) -> Any:
             new, res = _processed(doc, source, snapshot, policy, args)
             results.extend(res)
+            progress.document(sum(1 for r in res if r.outcome is not None or r.errors))
             return new
 
         try:
@@ -240,9 +250,11 @@ def cmd_inject(args: argparse.Namespace) -> int:
             else:
                 out = "".join(rewrite_yaml(parse_chunks(text, source), change))
         except (InputError, CliError) as exc:
+            progress.clear()
             _skip_file(exc, sources)
             failed += 1
             continue
+        progress.clear()
         # the files' documents stay apart: `---` between them, and before a JSON file's
         # when several files go out (kubectl reads a stream that starts with `{` as JSON
         # throughout, and a JSON document after YAML without `---` as broken YAML)
