@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import K8S_SCHEMA_VERSION
-from webhook.manifests import schema
+from webhook import kubeschema as schema
 from webhook.serve.review import _SHAPE, ReviewError, parse_review
 
 REPO = Path(__file__).resolve().parent.parent

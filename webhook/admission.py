@@ -13,6 +13,7 @@ proxy is never added.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -237,7 +238,9 @@ def _decide(
     namespace = namespace or str(meta.get("namespace") or "default")
     pod = shallow_pod(original)
     key = workload_key(pod, namespace)
-    strip(pod, status, OURS, key.name, take_runtime=take_runtime)
+    asked = frozenset(name for f in FLAVOURS.values() for name in f.requested_volumes(pod))
+    ours = replace(OURS, volumes=OURS.volumes | asked) if asked else OURS
+    strip(pod, status, ours, key.name, take_runtime=take_runtime)
     meta = pod["metadata"]
     labels, annotations = str_map(meta.get("labels")), str_map(meta.get("annotations"))
     spec = pod["spec"]
@@ -439,7 +442,7 @@ def _decide(
     )
     meshed = shallow_pod(pod)
     try:
-        added = apply_plan(meshed, plan, policy, received=original)
+        added = apply_plan(meshed, plan, policy, received=original, ctx=ctx)
     except NameCollision as clash:
         text = f"{Skip.NAME_COLLISION.text}: the pod's own {clash} would be duplicated"
         return _skip(skip=Skip.NAME_COLLISION, text=text, **args)

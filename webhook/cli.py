@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from webhook import __version__, flagtypes
+from webhook import kubeschema as schema
 from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane import describe, flavour
@@ -34,7 +35,6 @@ from webhook.loading import (
     read_text,
     shown,
 )
-from webhook.manifests import schema
 from webhook.manifests.process import DocResult, process
 from webhook.manifests.roundtrip import (
     NOT_JSON,

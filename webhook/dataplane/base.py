@@ -56,13 +56,18 @@ class DataPlane:
     volumes: tuple[dict[str, Any], ...]
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
-    # set only where the pod has no value of its own (e.g. prometheus.io/scrape)
+    # set only where the pod has no value of its own (e.g. kubectl's default container)
     default_annotations: Mapping[str, str] = field(default_factory=dict)
+    # the pod's own annotations taken off while it is meshed (put back when it is stripped)
+    removed_annotations: tuple[str, ...] = ()
     default_labels: Mapping[str, str] = field(default_factory=dict)
     # the pod's own containers' probes the mesh takes over: container -> field -> new probe
     probes: Mapping[str, Mapping[str, dict[str, Any]]] = field(default_factory=dict)
     # the labels and annotations whose values are the workload's name
     named: frozenset[str] = frozenset()
+    # for the decision's explanation, and what the pod asked of the mesh that is not done
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,8 @@ class Flavour:
     mark_prefixes: tuple[str, ...] = ()
     # environment variables of its containers whose values name the workload
     named_env: tuple[str, ...] = ()
+    # volumes of names the pod itself asks the flavour to add (Istio's userVolume)
+    requested_volumes: Callable[[Mapping[str, Any]], frozenset[str]] = lambda pod: frozenset()
 
 
 LABEL_VALUE_MAX = 63

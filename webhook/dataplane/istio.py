@@ -17,11 +17,16 @@ seccomp, so the pod passes ``restricted`` in every mode but iptables.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 import orjson
 
+from webhook import kubeschema
 from webhook.dataplane.base import (
     Build,
     DataPlane,
@@ -32,6 +37,7 @@ from webhook.dataplane.base import (
     field_env,
     label_value,
 )
+from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.policy import IstioSettings, Policy
 
 PROXY = "istio-proxy"
@@ -41,6 +47,7 @@ UID = 1337
 STATUS_PORT, HEALTH_PORT, PROM_PORT = 15020, 15021, 15090
 RESERVED = (15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090)
 STATUS_ANNOTATION = "sidecar.istio.io/status"
+DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"  # pilot-agent's own default
 VOLUMES = (
     "workload-socket",
     "credential-socket",
@@ -62,6 +69,104 @@ _API_VERSION = {
     "DeploymentConfig": "apps.openshift.io/v1",
     "Pod": "v1",
 }
+INCLUDE_RANGES = "traffic.sidecar.istio.io/includeOutboundIPRanges"
+INCLUDE_INBOUND = "traffic.sidecar.istio.io/includeInboundPorts"
+USER_VOLUME = "sidecar.istio.io/userVolume"
+USER_MOUNT = "sidecar.istio.io/userVolumeMount"
+
+
+@dataclass
+class PodConfig:
+    """What the pod's Istio annotations ask of the proxy and its rules, checked; and the
+    warnings for what is not applied."""
+
+    include_ranges: str = "*"
+    include_inbound: str = "*"
+    volumes: list[dict[str, Any]] = dc_field(default_factory=list)
+    mounts: list[dict[str, Any]] = dc_field(default_factory=list)
+    warnings: list[str] = dc_field(default_factory=list)
+
+
+def _json_objects(annotations: Mapping[str, Any], key: str, conf: PodConfig) -> dict[str, dict[str, Any]]:
+    raw = annotations.get(key)
+    if raw is None:
+        return {}
+    try:
+        found = orjson.loads(str(raw))
+    except orjson.JSONDecodeError as exc:
+        conf.warnings.append(f"{key} is not applied: not JSON ({exc})")
+        return {}
+    if not isinstance(found, dict) or not all(isinstance(v, dict) for v in found.values()):
+        conf.warnings.append(
+            f'{key} is not applied: expected a JSON object of names to objects, as {{"name": {{...}}}}'
+        )
+        return {}
+    return found
+
+
+def requested_volumes(pod: Mapping[str, Any]) -> frozenset[str]:
+    """The names of the volumes the pod's userVolume annotation asks for."""
+    meta = pod.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    if not isinstance(annotations, Mapping) or USER_VOLUME not in annotations:
+        return frozenset()
+    try:
+        found = orjson.loads(str(annotations[USER_VOLUME]))
+    except orjson.JSONDecodeError:
+        return frozenset()
+    return frozenset(k for k in found if isinstance(k, str)) if isinstance(found, dict) else frozenset()
+
+
+def pod_config(pod: Mapping[str, Any]) -> PodConfig:
+    conf = PodConfig()
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    if not isinstance(annotations, Mapping):
+        return conf
+    ranges = annotations.get(INCLUDE_RANGES)
+    if ranges is not None:
+        text = ",".join(p.strip() for p in str(ranges).split(",") if p.strip())
+        try:
+            for part in text.split(",") if text and text != "*" else ():
+                ipaddress.ip_network(part, strict=False)
+        except ValueError as exc:
+            conf.warnings.append(f"{INCLUDE_RANGES} is not applied: {exc}; every range is redirected")
+        else:
+            conf.include_ranges = text
+    inbound = annotations.get(INCLUDE_INBOUND)
+    if inbound is not None:
+        text = ",".join(p.strip() for p in str(inbound).split(",") if p.strip())
+        try:
+            if text and text != "*":
+                parse_ports(text)
+        except PortListError as exc:
+            conf.warnings.append(f"{INCLUDE_INBOUND} is not applied: {exc}; every inbound port is redirected")
+        else:
+            conf.include_inbound = text
+    volumes = _json_objects(annotations, USER_VOLUME, conf)
+    for name, volume in volumes.items():
+        entry = {**volume, "name": name}
+        problems = kubeschema.check(entry, "io.k8s.api.core.v1.Volume").errors
+        if problems:
+            conf.warnings.append(f"{USER_VOLUME}: volume {name!r} is not added: {problems[0]}")
+        else:
+            conf.volumes.append(entry)
+    spec = pod.get("spec") or {}
+    own = spec.get("volumes") if isinstance(spec, Mapping) else None
+    known = {v.get("name") for v in own if isinstance(v, dict)} if isinstance(own, list) else set()
+    known |= {v["name"] for v in conf.volumes}
+    for name, mount in _json_objects(annotations, USER_MOUNT, conf).items():
+        entry = {**mount, "name": name}
+        problems = kubeschema.check(entry, "io.k8s.api.core.v1.VolumeMount").errors
+        if problems:
+            conf.warnings.append(f"{USER_MOUNT}: mount {name!r} is not added: {problems[0]}")
+        elif name not in known:
+            conf.warnings.append(f"{USER_MOUNT}: mount {name!r} is not added: the pod has no volume {name!r}")
+        else:
+            conf.mounts.append(entry)
+    return conf
+
+
 _CANONICAL_NAME = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 _CANONICAL_REVISION = ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
 
@@ -75,8 +180,10 @@ def _first(labels: Mapping[str, Any], keys: tuple[str, ...], default: str) -> st
 
 
 def _pod_ports(pod: Mapping[str, Any]) -> str:
+    """The app containers' ports laid out as Istio's template writes them: one a line, each
+    indented four spaces, a comma before every one but the first."""
     ports = [orjson.dumps(p).decode() for p in container_ports(pod)]
-    return "[\n" + ",".join(ports) + "\n]"
+    return "[" + "".join(f"\n    {',' if i else ''}{p}" for i, p in enumerate(ports)) + "\n]"
 
 
 def _app_containers(pod: Mapping[str, Any]) -> list[str]:
@@ -100,7 +207,16 @@ def proxy_env(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> list[di
     kind, workload = build.workload.kind, build.workload.name
     api = _API_VERSION.get(kind, "v1")
     owner = f"kubernetes://apis/{api}/namespaces/{build.workload.namespace}/{kind.lower()}s/{workload}"
-    config = {} if build.native else {"holdApplicationUntilProxyStarts": True}
+    # PROXY_CONFIG as Istio's injector writes it: only what differs from the agent's
+    # defaults; xDS goes to the revision's istiod (the default is istiod.istio-system)
+    config: dict[str, Any] = {}
+    if s.ca_address != DEFAULT_DISCOVERY:
+        config["discoveryAddress"] = s.ca_address
+    threads = build.resources.threads()
+    if threads is not None:
+        config["concurrency"] = threads[0]
+    if not build.native:
+        config["holdApplicationUntilProxyStarts"] = True
     return [
         {"name": "PILOT_CERT_PROVIDER", "value": "istiod"},
         {"name": "CA_ADDR", "value": s.ca_address},
@@ -125,7 +241,9 @@ def proxy_env(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> list[di
     ]
 
 
-def proxy_container(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> dict[str, Any]:
+def proxy_container(
+    build: Build, pod: Mapping[str, Any], s: IstioSettings, conf: PodConfig | None = None
+) -> dict[str, Any]:
     ready = {"httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT}}
     container: dict[str, Any] = {
         "args": [
@@ -166,18 +284,26 @@ def proxy_container(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> d
             {"mountPath": "/etc/istio/pod", "name": "istio-podinfo"},
         ],
     }
+    if conf is not None and conf.mounts:
+        container["volumeMounts"] += conf.mounts
     if build.native:
         container["restartPolicy"] = "Always"
+        # the pod is shutting down: the agent drains Envoy's listeners before its SIGTERM
+        drain = ["pilot-agent", "request", f"--debug-port={STATUS_PORT}", "POST", "drain"]
+        container["lifecycle"] = {"preStop": {"exec": {"command": drain}}}
     else:
         container["lifecycle"] = {"postStart": {"exec": {"command": ["pilot-agent", "wait"]}}}
     return container
 
 
-def init_args(build: Build, validation: bool) -> list[str]:
-    """istio-iptables' flags, the pod's skip ports added to Istio's own."""
+def init_args(build: Build, validation: bool, conf: PodConfig | None = None) -> list[str]:
+    """istio-iptables' flags, the pod's skip ports added to Istio's own, and what it
+    includes (every range and port unless its annotations narrow them)."""
+    conf = conf or PodConfig()
     inbound = ",".join([str(PROM_PORT), str(HEALTH_PORT), str(STATUS_PORT), *_ports(build.skip_inbound)])
     args = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", str(UID), "-m", "REDIRECT"]
-    args += ["-i", "*", "-x", ",".join(build.skip_cidrs), "-b", "*", "-d", inbound]
+    args += ["-i", conf.include_ranges, "-x", ",".join(build.skip_cidrs), "-b", conf.include_inbound]
+    args += ["-d", inbound]
     if build.skip_outbound:
         args += ["-o", ",".join(_ports(build.skip_outbound))]
     args.append("--log_output_level=default:info")
@@ -186,7 +312,9 @@ def init_args(build: Build, validation: bool) -> list[str]:
     return args
 
 
-def init_container(build: Build, s: IstioSettings, *, validation: bool) -> dict[str, Any]:
+def init_container(
+    build: Build, s: IstioSettings, *, validation: bool, conf: PodConfig | None = None
+) -> dict[str, Any]:
     if validation:
         security: dict[str, Any] = {
             "allowPrivilegeEscalation": False,
@@ -209,7 +337,7 @@ def init_container(build: Build, s: IstioSettings, *, validation: bool) -> dict[
         }
     security["seccompProfile"] = {"type": "RuntimeDefault"}
     return {
-        "args": init_args(build, validation),
+        "args": init_args(build, validation, conf),
         "image": s.image,
         "imagePullPolicy": "IfNotPresent",
         "name": VALIDATION if validation else INIT,
@@ -260,6 +388,51 @@ _PROMETHEUS = {
 }
 _PROBES = (("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz"))
 _TRUE, _FALSE = ("1", "t", "true"), ("0", "f", "false")  # what Go's ParseBool takes, any case
+
+
+MERGE_METRICS = "prometheus.istio.io/merge-metrics"
+PROMETHEUS_ENV = "ISTIO_PROMETHEUS_ANNOTATIONS"
+_SCRAPE_FIELDS = {
+    "prometheus_io_scrape": "scrape",
+    "prometheus_io_path": "path",
+    "prometheus_io_port": "port",
+}
+
+
+def _bool(value: object) -> bool | None:
+    text = str(value).strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+@dataclass(frozen=True)
+class Scraping:
+    """Istio's metrics merge: the agent serves the app's metrics with Envoy's on 15020, so
+    Prometheus scrapes one port that STRICT mTLS leaves open. The app's own
+    ``prometheus.io/*`` annotations (any spelling Prometheus reads as the same label, e.g.
+    ``prometheus.io.scrape``) go to the agent in ``ISTIO_PROMETHEUS_ANNOTATIONS``."""
+
+    annotations: Mapping[str, str]  # ours, over the pod's
+    removed: tuple[str, ...] = ()  # the pod's other spellings, taken off (and put back on strip)
+    app: str | None = None  # the app's scrape configuration, for the agent
+
+
+def scraping(annotations: Mapping[str, Any]) -> Scraping:
+    found: dict[str, str] = {}
+    spelled: list[str] = []
+    for key in sorted(k for k in annotations if isinstance(k, str)):
+        field_name = _SCRAPE_FIELDS.get(re.sub(r"[^a-zA-Z0-9_]", "_", key))
+        if field_name is not None:
+            found[field_name] = str(annotations[key])
+            spelled.append(key)
+    merge = _bool(annotations.get(MERGE_METRICS, "true"))
+    if merge is False or _bool(found.get("scrape", "true")) is False:
+        return Scraping({})  # the pod is not scraped, or not through the agent: as it is
+    if found.get("port") == str(STATUS_PORT):
+        return Scraping({})  # the pod already points Prometheus at the agent
+    app = None
+    if found:
+        app = orjson.dumps({f: found.get(f, "") for f in ("scrape", "path", "port")}).decode()
+    return Scraping(dict(_PROMETHEUS), tuple(k for k in spelled if k not in _PROMETHEUS), app)
 
 
 def _rewrite_wanted(pod: Mapping[str, Any], s: IstioSettings) -> bool:
@@ -354,18 +527,19 @@ def app_probes(pod: Mapping[str, Any], s: IstioSettings) -> tuple[str | None, di
 
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     s = policy.proxy.istio
+    conf = pod_config(pod)
     inits: tuple[dict[str, Any], ...] = ()
     if build.init_rules or build.validator:
-        inits = (init_container(build, s, validation=build.validator),)
-    proxy = proxy_container(build, pod, s)
+        inits = (init_container(build, s, validation=build.validator, conf=conf),)
+    proxy = proxy_container(build, pod, s, conf)
     probers, probes = app_probes(pod, s)
     if probers is not None:
         proxy["env"].append({"name": "ISTIO_KUBE_APP_PROBERS", "value": probers})
     names = [c["name"] for c in inits]
     status = {
         "initContainers": [*names, PROXY] if build.native else names,
-        "containers": [] if build.native else [PROXY],
-        "volumes": list(VOLUMES),
+        "containers": None if build.native else [PROXY],  # Istio writes null for none
+        "volumes": [*VOLUMES, *(v["name"] for v in conf.volumes)],
         "imagePullSecrets": None,
         "revision": s.revision,
     }
@@ -376,13 +550,15 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
         "kubectl.kubernetes.io/default-logs-container": apps[0] if apps else PROXY,
     }
     pod_annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if not any(key in pod_annotations for key in _PROMETHEUS):  # the pod's own scraping wins whole
-        defaults.update(_PROMETHEUS)
+    scrape = scraping(pod_annotations if isinstance(pod_annotations, Mapping) else {})
+    if scrape.app is not None:
+        proxy["env"].append({"name": PROMETHEUS_ENV, "value": scrape.app})
     named = _first(labels, _CANONICAL_NAME, "") == ""
+    threads = build.resources.threads()
     return DataPlane(
         inits=inits,
         proxy=proxy,
-        volumes=_volumes(),
+        volumes=(*_volumes(), *conf.volumes),
         labels={
             "security.istio.io/tlsMode": "istio",
             "service.istio.io/canonical-name": _first(
@@ -390,10 +566,17 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
             ),
             "service.istio.io/canonical-revision": _first(labels, _CANONICAL_REVISION, "latest"),
         },
-        annotations={"istio.io/rev": s.revision, STATUS_ANNOTATION: orjson.dumps(status).decode()},
+        annotations={
+            "istio.io/rev": s.revision,
+            STATUS_ANNOTATION: orjson.dumps(status).decode(),
+            **scrape.annotations,
+        },
+        removed_annotations=scrape.removed,
         default_annotations=defaults,
         probes=probes,
         named=frozenset({"service.istio.io/canonical-name"} if named else ()),
+        notes=(f"threads: {threads[0]} Envoy worker(s) (concurrency), from {threads[1]}",) if threads else (),
+        warnings=tuple(conf.warnings),
     )
 
 
@@ -425,6 +608,7 @@ FLAVOUR = Flavour(
     containers=(PROXY, INIT, VALIDATION),
     named_env=("ISTIO_META_WORKLOAD_NAME", "ISTIO_META_OWNER"),
     volumes=_volumes(),
+    requested_volumes=requested_volumes,
     marks=(
         "security.istio.io/tlsMode",
         "service.istio.io/canonical-name",

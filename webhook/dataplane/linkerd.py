@@ -17,7 +17,9 @@ also drops ALL capabilities and runs with RuntimeDefault seccomp, so the pod pas
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import __version__
@@ -59,6 +61,151 @@ _OWNER_LABEL = {
 }
 
 
+# config.linkerd.io/* annotations of the pod: each is applied as Linkerd's injector applies
+# it, or named in a warning saying why not. Nothing the user wrote for the mesh is ignored
+# without a word.
+CONFIG = "config.linkerd.io/"
+CONFIG_ALPHA = "config.alpha.linkerd.io/"
+# applied elsewhere: the proxy's resources (sizing) and the skip ports (the exclusions)
+_APPLIED_ELSEWHERE = frozenset(
+    {
+        "proxy-cpu-request",
+        "proxy-cpu-limit",
+        "proxy-memory-request",
+        "proxy-memory-limit",
+        "skip-inbound-ports",
+        "skip-outbound-ports",
+        "skip-subnets",
+    }
+)
+_NOT_APPLIED = {
+    **dict.fromkeys(
+        ("proxy-image", "proxy-version", "init-image", "init-image-version", "image-pull-policy"),
+        "the images are the policy's proxy.linkerd.image and initImage",
+    ),
+    **dict.fromkeys(
+        ("debug-image", "debug-image-version", "debug-image-pull-policy", "enable-debug-sidecar"),
+        "no debug sidecar is injected",
+    ),
+    **dict.fromkeys(
+        ("admin-port", "control-port", "inbound-port", "outbound-port", "proxy-uid", "proxy-gid"),
+        "the proxy's ports and user are fixed (the redirect rules and Merbridge are built for them)",
+    ),
+    "pod-inbound-ports": "the inbound ports are read from the pod's containers and probes",
+    **dict.fromkeys(
+        ("proxy-ephemeral-storage-request", "proxy-ephemeral-storage-limit"),
+        "the proxy's resources are sized by mesh-injector (CPU and memory)",
+    ),
+    "proxy-enable-native-sidecar": "the placement is decided by the policy's nativeSidecar",
+}
+_DURATIONS = {
+    "proxy-inbound-connect-timeout": "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT",
+    "proxy-outbound-connect-timeout": "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT",
+    "proxy-outbound-discovery-cache-unused-timeout": "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT",
+    "proxy-inbound-discovery-cache-unused-timeout": "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT",
+}
+_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+_INBOUND_POLICIES = (
+    "all-unauthenticated",
+    "all-authenticated",
+    "cluster-authenticated",
+    "cluster-unauthenticated",
+    "deny",
+    "audit",
+)
+HEADERS_OFF = ",[{headers}]=off,[{request}]=off"  # the chart's default: no headers or tokens in logs
+LINKERD_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211"  # the control plane's default
+
+
+@dataclass
+class PodConfig:
+    """What the pod's config.linkerd.io annotations set, checked; and the warnings."""
+
+    log_level: str
+    log_format: str
+    log_headers: bool = False
+    opaque_ports: str = ""
+    opaque_from_pod: bool = False
+    inbound_policy: str = ""
+    durations: dict[str, str] = field(default_factory=dict)
+    detect_timeouts_off: tuple[str, ...] = ()
+    require_identity: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def pod_config(pod: Mapping[str, Any], s: LinkerdSettings) -> PodConfig:
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    conf = PodConfig(
+        log_level=s.log_level,
+        log_format=s.log_format,
+        opaque_ports=s.opaque_ports,
+        inbound_policy=s.default_inbound_policy,
+    )
+    if not isinstance(annotations, Mapping):
+        return conf
+    off: list[str] = []
+    for key, value in sorted(annotations.items()):
+        if not isinstance(key, str) or not key.startswith((CONFIG, CONFIG_ALPHA)):
+            continue
+        name = key.split("/", 1)[1]
+        text = str(value).strip()
+
+        def refuse(why: str, key: str = key, text: str = text) -> None:
+            conf.warnings.append(f"{key}: {text!r} is not applied: {why}")
+
+        if name in _APPLIED_ELSEWHERE:
+            continue
+        if name == "proxy-log-level":
+            conf.log_level = text if text else conf.log_level
+        elif name == "proxy-log-format":
+            if text in ("plain", "json"):
+                conf.log_format = text
+            else:
+                refuse("Linkerd takes plain or json")
+        elif name == "proxy-log-http-headers":
+            if text in ("insecure", "off"):
+                conf.log_headers = text == "insecure"
+            else:
+                refuse("Linkerd takes insecure or off")
+        elif name == "opaque-ports":
+            try:
+                parse_ports(text)
+            except PortListError as exc:
+                refuse(f"{exc} (named ports are not resolved here: give numbers)")
+            else:
+                conf.opaque_ports, conf.opaque_from_pod = text, True
+        elif name == "default-inbound-policy":
+            if text in _INBOUND_POLICIES:
+                conf.inbound_policy = text
+            else:
+                refuse("Linkerd takes " + ", ".join(_INBOUND_POLICIES))
+        elif name in _DURATIONS:
+            if _DURATION.match(text):
+                conf.durations[_DURATIONS[name]] = text
+            else:
+                refuse("not a duration such as 100ms, 5s or 1m")
+        elif name in (
+            "proxy-disable-inbound-protocol-detect-timeout",
+            "proxy-disable-outbound-protocol-detect-timeout",
+        ):
+            if text.lower() == "true":
+                off.append("INBOUND" if "inbound" in name else "OUTBOUND")
+            elif text.lower() != "false":
+                refuse("Linkerd takes true or false")
+        elif name == "proxy-require-identity-inbound-ports":
+            try:
+                parse_ports(text)
+            except PortListError as exc:
+                refuse(str(exc))
+            else:
+                conf.require_identity = text
+        else:
+            refuse(_NOT_APPLIED.get(name, "mesh-injector does not support it"))
+    conf.detect_timeouts_off = tuple(off)
+    return conf
+
+
 def trust_root_sha256(pem: str) -> str:
     return hashlib.sha256(pem.strip().encode()).hexdigest()
 
@@ -68,36 +215,62 @@ def _identity(s: LinkerdSettings, account: str) -> str:
 
 
 def _inbound_ports(pod: Mapping[str, Any]) -> str:
-    return ",".join(str(p) for p in sorted({p["containerPort"] for p in container_ports(pod)}))
+    """The app containers' ports and their readiness and liveness HTTP probes' numbered
+    ports, in the order Linkerd's injector writes them (sorted as text)."""
+    ports = {p["containerPort"] for p in container_ports(pod)}
+    containers = (pod.get("spec") or {}).get("containers")
+    for c in containers if isinstance(containers, list) else ():
+        for probe in ("readinessProbe", "livenessProbe"):
+            action = (c.get(probe) or {}).get("httpGet") if isinstance(c, dict) else None
+            port = action.get("port") if isinstance(action, dict) else None
+            if type(port) is int:
+                ports.add(port)
+    return ",".join(sorted(str(p) for p in ports))
 
 
-def proxy_env(build: Build, pod: Mapping[str, Any], s: LinkerdSettings) -> list[dict[str, Any]]:
+def proxy_env(
+    build: Build, pod: Mapping[str, Any], s: LinkerdSettings, conf: PodConfig
+) -> list[dict[str, Any]]:
     svc = f"{s.namespace}.svc.{s.cluster_domain}."
     env: list[dict[str, Any]] = [
         field_env("_pod_name", "metadata.name"),
         field_env("_pod_ns", "metadata.namespace"),
         field_env("_pod_nodeName", "spec.nodeName"),
     ]
-    if build.batch and not build.native:
-        # a Job's app can stop a regular-container proxy: linkerd-await --shutdown, or
-        # POST /shutdown on the admin port (README: "Jobs on clusters without native sidecars")
-        env.append({"name": "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "value": "true"})
+    threads = build.resources.threads()
+    if threads is not None:
+        env.append({"name": "LINKERD2_PROXY_CORES", "value": str(threads[0])})
+    if conf.require_identity:
+        env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY", "value": conf.require_identity})
+    # a Job's app can stop a regular-container proxy: linkerd-await --shutdown, or POST
+    # /shutdown on the admin port (README: "Jobs on clusters without native sidecars")
+    shutdown = "true" if build.batch and not build.native else "false"
+    env.append({"name": "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "value": shutdown})
     env += [
-        {"name": "LINKERD2_PROXY_LOG", "value": s.log_level},
-        {"name": "LINKERD2_PROXY_LOG_FORMAT", "value": s.log_format},
+        {"name": "LINKERD2_PROXY_LOG", "value": conf.log_level + ("" if conf.log_headers else HEADERS_OFF)},
+        {"name": "LINKERD2_PROXY_LOG_FORMAT", "value": conf.log_format},
         {"name": "LINKERD2_PROXY_DESTINATION_SVC_ADDR", "value": f"linkerd-dst-headless.{svc}:8086"},
         {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS", "value": s.cluster_networks},
         {"name": "LINKERD2_PROXY_POLICY_SVC_ADDR", "value": f"linkerd-policy.{svc}:8090"},
         {"name": "LINKERD2_PROXY_POLICY_WORKLOAD", "value": '{"ns":"$(_pod_ns)", "pod":"$(_pod_name)"}\n'},
-        {"name": "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "value": s.default_inbound_policy},
+        {"name": "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "value": conf.inbound_policy},
         {"name": "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "value": s.cluster_networks},
         {"name": "LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT", "value": "3s"},
         {"name": "LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "value": "5m"},
         {"name": "LINKERD2_PROXY_CONTROL_STREAM_LIFETIME", "value": "1h"},
-        {"name": "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "value": "100ms"},
-        {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "value": "1000ms"},
-        {"name": "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "value": "5s"},
-        {"name": "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT", "value": "90s"},
+        *(
+            {"name": name, "value": conf.durations.get(name, default)}
+            for name, default in (
+                ("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "100ms"),
+                ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "1000ms"),
+                ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "5s"),
+                ("LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT", "90s"),
+            )
+        ),
+        *(
+            {"name": f"LINKERD2_PROXY_{way}_DETECT_TIMEOUT", "value": "365d"}
+            for way in conf.detect_timeouts_off
+        ),
         {"name": "LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "value": f"0.0.0.0:{CONTROL}"},
         {"name": "LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "value": f"0.0.0.0:{ADMIN}"},
         {"name": "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "value": f"127.0.0.1:{OUTBOUND}"},
@@ -112,13 +285,11 @@ def proxy_env(build: Build, pod: Mapping[str, Any], s: LinkerdSettings) -> list[
         {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES", "value": f"svc.{s.cluster_domain}."},
         {"name": "LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE", "value": "10000ms"},
         {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_KEEPALIVE", "value": "10000ms"},
-        {"name": "LINKERD2_PROXY_INBOUND_ACCEPT_USER_TIMEOUT", "value": "30s"},
-        {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_USER_TIMEOUT", "value": "30s"},
         {"name": "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "value": "10s"},
         {"name": "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "value": "3s"},
         {"name": "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "value": "10s"},
         {"name": "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "value": "3s"},
-        {"name": "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "value": s.opaque_ports},
+        {"name": "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "value": conf.opaque_ports},
         {
             "name": "LINKERD2_PROXY_DESTINATION_CONTEXT",
             "value": '{"ns":"$(_pod_ns)", "nodeName":"$(_pod_nodeName)", "pod":"$(_pod_name)"}\n',
@@ -144,13 +315,15 @@ def proxy_env(build: Build, pod: Mapping[str, Any], s: LinkerdSettings) -> list[
     return env
 
 
-def proxy_container(build: Build, pod: Mapping[str, Any], s: LinkerdSettings) -> dict[str, Any]:
+def proxy_container(
+    build: Build, pod: Mapping[str, Any], s: LinkerdSettings, conf: PodConfig
+) -> dict[str, Any]:
     ready = {"httpGet": {"path": "/ready", "port": ADMIN}}
     container: dict[str, Any] = {
         "name": PROXY,
         "image": s.image,
         "imagePullPolicy": "IfNotPresent",
-        "env": proxy_env(build, pod, s),
+        "env": proxy_env(build, pod, s, conf),
         "livenessProbe": {
             "httpGet": {"path": "/live", "port": ADMIN},
             "initialDelaySeconds": 10,
@@ -182,7 +355,9 @@ def proxy_container(build: Build, pod: Mapping[str, Any], s: LinkerdSettings) ->
     else:
         # the app starts once the proxy is ready (the proxy is the first container)
         container["lifecycle"] = {
-            "postStart": {"exec": {"command": ["/usr/lib/linkerd/linkerd-await", "--timeout=2m"]}}
+            "postStart": {
+                "exec": {"command": ["/usr/lib/linkerd/linkerd-await", "--timeout=2m", f"--port={ADMIN}"]}
+            }
         }
     return container
 
@@ -302,13 +477,27 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
         "linkerd.io/proxy-version": image_tag(s.image) or s.image,
         "linkerd.io/trust-root-sha256": trust_root_sha256(build.trust_anchors or ""),
     }
+    conf = pod_config(pod, s)
+    # what Linkerd's destination service reads from the pod: the ports its proxy does not
+    # front (no mTLS or HTTP/2 hints for them) and, where ours differ from the control
+    # plane's default, the opaque ports
+    told: dict[str, str] = {}
+    if build.skip_inbound:
+        told[CONFIG + "skip-inbound-ports"] = port_list(build.skip_inbound)
+    if not conf.opaque_from_pod and conf.opaque_ports != LINKERD_OPAQUE_PORTS:
+        told[CONFIG + "opaque-ports"] = conf.opaque_ports
+    threads = build.resources.threads()
+    notes = (f"threads: {threads[0]} proxy worker(s), from {threads[1]}",) if threads else ()
     return DataPlane(
         inits=inits,
-        proxy=proxy_container(build, pod, s),
+        proxy=proxy_container(build, pod, s, conf),
         volumes=tuple(volumes),
         labels=labels,
         annotations=annotations,
+        default_annotations=told,
         named=named,
+        notes=notes,
+        warnings=tuple(conf.warnings),
     )
 
 
@@ -349,6 +538,8 @@ FLAVOUR = Flavour(
         "linkerd.io/created-by",
         "linkerd.io/proxy-version",
         "linkerd.io/trust-root-sha256",
+        CONFIG + "skip-inbound-ports",
+        CONFIG + "opaque-ports",
     ),
     mark_prefixes=("linkerd.io/proxy-",),
 )

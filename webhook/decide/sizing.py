@@ -97,6 +97,19 @@ class ProxyResources:
             out["limits"] = limits
         return out
 
+    def threads(self) -> tuple[int, str] | None:
+        """The worker threads the proxy's CPU pays for, and which CPU figure that is: its
+        limit, else its request, in whole cores rounded up (at least one). None where a
+        VerticalPodAutoscaler sizes the proxy: it may change the CPU on any later pod, and a
+        thread count fixed now would not follow (the proxy then picks its own)."""
+        if self.kept is not None:
+            return None
+        if self.cpu_limit is not None:
+            cores, which = self.cpu_limit, "limit"
+        else:
+            cores, which = self.cpu_request, "request"
+        return max(1, math.ceil(round(cores, 6))), f"its CPU {which} {cpu_str(cores)}"
+
     def brief(self) -> str:
         if self.kept is not None:
             return (

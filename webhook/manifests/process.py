@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from webhook import kubeschema as schema
 from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.manifests import schema
 from webhook.outcome import Outcome
 from webhook.policy import Policy
 from webhook.versions import parse_kube_version

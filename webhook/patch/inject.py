@@ -28,6 +28,7 @@ import orjson
 from webhook import __version__
 from webhook.dataplane import NAMED_ENV, PROXY_NAMES, Build, DataPlane, Flavour
 from webhook.dataplane.base import label_value
+from webhook.outcome import Notes
 from webhook.policy import Policy
 
 PREFIX = "mesh-injector.io/"
@@ -254,6 +255,7 @@ def strip(
         _drop_ours(spec, key, _names(status.get(key)), sums.get(key), known)
     _put_back_probes(spec, status.get("probes"), sums.get("probes"))
     _put_back_values(meta, status.get("replaced"), removed)
+    _put_back_removed(meta, status.get("removed"))
     # runtimeClassName: its value is the one a user writes for the same sandbox
     # ("kata-qemu"), so a claim is easy to forge; admission takes it back only where the
     # decision then sets it again (see admission._admit), and keeps it otherwise
@@ -340,6 +342,22 @@ def _put_back_values(meta: dict[str, Any], replaced: object, removed: Mapping[st
                     _set(meta, key, name, value)
 
 
+def _put_back_removed(meta: dict[str, Any], removed: object) -> None:
+    """The pod's own annotations an injection took off (another spelling of one it set),
+    back as they were, where the pod has no such annotation now."""
+    values = removed.get("annotations") if isinstance(removed, dict) else None
+    if not isinstance(values, dict):
+        return
+    for name, value in values.items():
+        present = meta.get("annotations")
+        if (
+            isinstance(name, str)
+            and isinstance(value, str)
+            and not (isinstance(present, dict) and name in present)
+        ):
+            _set(meta, "annotations", name, value)
+
+
 def _names(value: object) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
@@ -389,7 +407,11 @@ def _items(pod: Mapping[str, Any] | None, *keys: str) -> dict[str, Any]:
 
 
 def apply_plan(
-    pod: dict[str, Any], plan: Plan, policy: Policy, received: Mapping[str, Any] | None = None
+    pod: dict[str, Any],
+    plan: Plan,
+    policy: Policy,
+    received: Mapping[str, Any] | None = None,
+    ctx: Notes | None = None,
 ) -> dict[str, Any]:
     """Add the flavour's data plane to a shallow copy, with the annotations that explain it;
     the status it wrote (the names of everything added). ``NameCollision`` where the pod
@@ -439,6 +461,12 @@ def apply_plan(
             if name not in present:
                 _set(meta, key, name, value)
                 added[key].append(name)
+    removed: dict[str, str] = {}
+    for name in plane.removed_annotations:
+        value = meta.get("annotations", {}).get(name)
+        if isinstance(value, str):
+            removed[name] = value
+            del meta["annotations"][name]
     runtime_class = plan.runtime_class if not spec.get("runtimeClassName") else None
     if runtime_class:
         spec["runtimeClassName"] = runtime_class
@@ -478,6 +506,8 @@ def apply_plan(
         status["probes"] = taken
     if replaced:
         status["replaced"] = replaced
+    if removed:
+        status["removed"] = {"annotations": removed}
     if runtime_class:
         status["runtimeClassName"] = runtime_class
     status["sums"] = {k: v for k, v in sums.items() if v}
@@ -485,4 +515,8 @@ def apply_plan(
     _set(meta, "annotations", ANN_DECISION, plan.decision)
     _set(meta, "annotations", ANN_SOURCE, plan.build.resources.source.value)
     _set(meta, "labels", LABEL_MODE, plan.build.mode.value)
+    if ctx is not None:
+        ctx.lines.extend(plane.notes)
+        for warning in plane.warnings:
+            ctx.warn(warning)
     return status

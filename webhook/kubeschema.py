@@ -15,7 +15,7 @@ reads it.
 
 The schema is ``webhook/data/workload-schema.json``: the definitions reachable from those
 kinds, compacted from the Kubernetes OpenAPI (JSON Schema) definitions of the release it
-names. ``python -m webhook.manifests.schema DEFINITIONS.json RELEASE`` writes it again from
+names. ``python -m webhook.kubeschema DEFINITIONS.json RELEASE`` writes it again from
 a ``_definitions.json`` of the ``kubernetes-validate`` package (a test checks it is current).
 
 Manifests of an API version the schema does not have (``extensions/v1beta1``, OpenShift's
@@ -233,7 +233,7 @@ def build(definitions: dict[str, Any], release: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m webhook.manifests.schema DEFINITIONS.json RELEASE", file=sys.stderr)
+        print("usage: python -m webhook.kubeschema DEFINITIONS.json RELEASE", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as f:
         definitions = json.load(f)
