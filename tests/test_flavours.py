@@ -166,16 +166,52 @@ def test_istio_revision_and_address():
     assert pod["metadata"]["annotations"]["istio.io/rev"] == "canary"
 
 
-def test_istio_keeps_the_pods_own_prometheus_annotations():
+def test_istio_merges_the_pods_own_prometheus_scraping_into_the_agent():
+    """As Istio does: Prometheus is pointed at the agent (one port under STRICT mTLS), the
+    app's own settings (any spelling Prometheus reads as the same label) go to the agent,
+    and a re-injection starts from the pod's own values again."""
     obj = BASE.review["request"]["object"]
-    mine = {"prometheus.io/scrape": "true", "prometheus.io/port": "9102"}
+    mine = {"prometheus.io/scrape": "true", "prometheus.io/port": "9102", "prometheus.io.path": "/stats"}
     _, pod = mutated(request(obj, mine), POLICIES["istio"])
-    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9102"
+    annotations = pod["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (
+        "15020",
+        "/stats/prometheus",
+    )
+    assert "prometheus.io.path" not in annotations, "the other spelling would compete for the same label"
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "istio-proxy")
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert json.loads(env["ISTIO_PROMETHEUS_ANNOTATIONS"]) == {
+        "scrape": "true",
+        "path": "/stats",
+        "port": "9102",
+    }
     status = read_status(pod)
-    assert status is not None and "prometheus.io/port" not in status["annotations"]
-    # the pod's own scraping is kept whole: none of the three is added (not even the path)
-    assert "prometheus.io/path" not in pod["metadata"]["annotations"]
-    assert not [k for k in status["annotations"] if k.startswith("prometheus.io/")]
+    assert status is not None
+    assert status["replaced"] == {"annotations": {"prometheus.io/port": "9102"}}
+    assert status["removed"] == {"annotations": {"prometheus.io.path": "/stats"}}
+    # injected again with the linkerd flavour: the pod's own scraping comes back as it was
+    _, again = mutated(request(pod), POLICIES["linkerd"])
+    back = again["metadata"]["annotations"]
+    assert {k: back.get(k) for k in (*mine, "prometheus.io/path")} == {**mine, "prometheus.io/path": None}
+
+
+@pytest.mark.parametrize(
+    "mine",
+    [
+        {"prometheus.io/scrape": "false"},
+        {"prometheus.io.scrape": "false"},
+        {"prometheus.istio.io/merge-metrics": "false"},
+    ],
+)
+def test_istio_leaves_scraping_alone_where_the_pod_turns_it_or_the_merge_off(mine):
+    obj = BASE.review["request"]["object"]
+    _, pod = mutated(request(obj, mine), POLICIES["istio"])
+    annotations = pod["metadata"]["annotations"]
+    assert {k: annotations.get(k) for k in mine} == mine, "the pod's own settings stay"
+    assert "prometheus.io/port" not in annotations and "prometheus.io/path" not in annotations
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "istio-proxy")
+    assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in {e["name"] for e in proxy["env"]}
 
 
 @pytest.mark.parametrize(
