@@ -440,19 +440,23 @@ def test_too_many_separate_ports_are_refused_with_a_reason_and_every_argument_st
         assert max(map(len, strings), default=0) < 16 * 1024, c["name"]
 
 
-def test_istio_leaves_the_pods_own_scraping_whole():
+def test_istio_gives_back_the_pods_own_scraping_exactly():
+    """The metrics merge overwrites the pod's prometheus.io/port and takes off another
+    spelling of the path; both are the user's, so a change of flavour gives them back as
+    they were, and nothing of ours is left."""
+    own = {"prometheus.io/scrape": "true", "prometheus.io/port": "9102", "prometheus_io_path": "/m"}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": "web",
-            "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9102"},
-        },
+        "metadata": {"name": "web", "annotations": dict(own)},
         "spec": {"containers": [{"name": "app", "image": "a"}]},
     }
     _, got = mutated(pod, "istio")
     annotations = got["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == "9102" and "prometheus.io/path" not in annotations
+    assert annotations["prometheus.io/port"] == "15020" and "prometheus_io_path" not in annotations
+    _, back = mutated(got, "linkerd")
+    again = back["metadata"]["annotations"]
+    assert {k: v for k, v in again.items() if k.startswith("prometheus")} == own
 
 
 def test_a_probe_port_that_is_a_digit_only_to_unicode_is_not_a_port():
