@@ -18,7 +18,8 @@ pod's interface. What it needs, read from its source (commit 561fc00, release 0.
   writes it, so we do, and a pod with ``sidecar.istio.io/inject: "false"`` is ignored.
 - **Exclusions**: only from ``traffic.sidecar.istio.io/exclude{Inbound,Outbound}Ports`` and
   ``excludeOutboundIPRanges`` (``controller/pod.go``), in every mesh mode: single ports
-  (ranges are dropped), IPv4 ranges only, at most 20 entries each, and 7 inbound entries are
+  (ranges are dropped), IPv4 ranges only, at most 20 entries each (the same for the pod's own
+  ``include*`` lists, which it reads too: a longer one rules ebpf out), and 7 inbound entries are
   Merbridge's own (Istio's ports). Linkerd's control and admin ports (4190, 4191) are not
   among them, so they are excluded here, or a meshed Prometheus's scrape of 4191 and
   ``linkerd viz tap`` on 4190 would be sent to the inbound proxy.
@@ -33,6 +34,8 @@ redirects either): it would fail on every pod, so Istio pods get none.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -181,8 +184,31 @@ def missing(setting: Setting) -> Gap | None:
             f'Merbridge\'s CNI plugin ignores a pod annotated {ISTIO_INJECT}: "false"',
         )
     _, why = _annotations(setting)
+    if why is None:
+        why = _too_many_includes(setting.annotations)
     if why is not None:
         return Gap(ModeReason.REDIRECTOR_UNSUPPORTED, why)
+    return None
+
+
+INCLUDES = (
+    "traffic.sidecar.istio.io/includeInboundPorts",
+    "traffic.sidecar.istio.io/includeOutboundPorts",
+    "traffic.sidecar.istio.io/includeOutboundIPRanges",
+)
+
+
+def _too_many_includes(annotations: Mapping[str, Any]) -> str | None:
+    """Merbridge reads the pod's include lists itself and keeps the first 20 items of each:
+    with more, the rest would silently not be redirected."""
+    for key in INCLUDES:
+        raw = annotations.get(key)
+        items = [p for p in str(raw).split(",") if p.strip()] if raw is not None else []
+        if len(items) > MAX_ITEMS:
+            return (
+                f"the pod's {key} lists {len(items)} items; Merbridge keeps the first {MAX_ITEMS} "
+                "and would not redirect the rest"
+            )
     return None
 
 
