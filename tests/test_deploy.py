@@ -18,6 +18,7 @@ import yaml
 
 from tests.support import validate_k8s
 from webhook.cli import build_parser
+from webhook.dataplane import FLAVOURS, config_maps
 from webhook.policy import parse_policy
 from webhook.serve.app import AppState, create_app
 
@@ -153,9 +154,12 @@ def test_rbac_is_least_privilege(rendered):
             if "mutatingwebhookconfigurations" in rule["resources"]:
                 assert rule["resourceNames"] == ["mesh-injector"] and verbs <= {"get", "patch"}
             elif "configmaps" in rule["resources"]:
-                # Linkerd's trust anchors, by name; no other ConfigMap is readable
+                # the flavours' control-plane ConfigMaps, by name; no other ConfigMap is readable
                 assert rule["resources"] == ["configmaps"]
-                assert rule["resourceNames"] == ["linkerd-identity-trust-roots"], rule
+                assert rule["resourceNames"] == ["linkerd-identity-trust-roots", "istio"], rule
+                for name in FLAVOURS:
+                    policy = parse_policy(f"proxy: {{flavour: {name}, image: x, initImage: y}}", "test")
+                    assert {n for _, n in config_maps(policy)} <= set(rule["resourceNames"]), name
                 assert verbs <= {"get", "list", "watch"}
             elif rule["resources"] == ["secrets"]:
                 # only the certificate Job, only in its namespace, only its own Secrets

@@ -34,6 +34,7 @@ from tests.servers import Certs, serve_process
 from tests.support import TRUST_ANCHORS, eventually
 
 HARNESS = Path(__file__).parent / "e2e" / "run-apiserver.sh"
+REPO = Path(__file__).parent.parent
 WORKDIR = Path(os.environ.get("K8S_WORKDIR", Path.home() / ".cache" / "k8s-apiserver"))
 ENV = {
     **os.environ,
@@ -453,6 +454,16 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
     policy = tmp_path / "istio.yaml"
     policy.write_text("proxy: {flavour: istio}\n")
     reg = client.AdmissionregistrationV1Api(world["api"])
+    # istiod's mesh config (what an Istio install creates): watched by the injector
+    mesh = (
+        "defaultConfig:\n  tracing: {zipkin: {address: 'zipkin.istio-system:9411'}}\n"
+        "trustDomain: e2e.example\n"
+    )
+    core.create_namespaced_config_map(
+        "istio-system",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio"}, "data": {"mesh": mesh}},
+        _preload_content=False,
+    )
     with serve_process(
         world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig"), "--policy", str(policy)
     ) as istio:
@@ -482,6 +493,9 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
     assert proxy["args"][:2] == ["proxy", "sidecar"]
     env = {e["name"]: e.get("value") for e in proxy["env"]}
     assert env["CA_ADDR"] == "istiod.istio-system.svc:15012"
+    # the mesh config: its defaultConfig in PROXY_CONFIG, its trust domain the proxy's
+    assert json.loads(env["PROXY_CONFIG"])["tracing"] == {"zipkin": {"address": "zipkin.istio-system:9411"}}
+    assert env["TRUST_DOMAIN"] == "e2e.example"
     # the ports as the API server sent them: defaulted (protocol TCP) before webhooks run
     ports = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert json.loads(env["ISTIO_META_POD_PORTS"]) == ports
@@ -507,6 +521,67 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
     token = next(v for v in spec["volumes"] if v["name"] == "istio-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "istio-ca"
     assert not any(k.startswith("linkerd.io/") for k in meta["annotations"])
+
+
+def test_the_deployed_role_reads_what_each_flavour_reads_and_no_other_configmap(world, tmp_path):
+    """The ClusterRole in deploy/, bound to a user, is enough for what the injector lists for
+    each flavour (as the dry-run verbs and serve's informers list it), and no more."""
+    import yaml
+
+    from webhook.cluster.live import read_once
+    from webhook.cluster.snapshot import redirector_selector
+    from webhook.dataplane import config_maps
+    from webhook.policy import parse_policy
+
+    api = world["api"]
+    rbac = client.RbacAuthorizationV1Api(api)
+    role = next(
+        d
+        for d in yaml.safe_load_all((REPO / "deploy" / "base" / "rbac.yaml").read_text())
+        if d["kind"] == "ClusterRole"
+    )
+    user = f"e2e-injector-{RUN}"
+    role["metadata"] = {"name": user}
+    rbac.create_cluster_role(role, _preload_content=False)
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    rbac.create_cluster_role_binding(binding, _preload_content=False)
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(WORKDIR / "kubeconfig"), client_configuration=cfg)
+    # the admin client certificate's identity is replaced by the user's (impersonation)
+    limited = client.ApiClient(cfg, header_name="Impersonate-User", header_value=user)
+
+    def read(flavour: str) -> list[dict]:
+        policy = parse_policy(f"proxy: {{flavour: {flavour}, image: x, initImage: y}}", "e2e")
+        return eventually(lambda: _read_or_none(read_once, limited, policy, redirector_selector, config_maps))
+
+    docs = read("linkerd")
+    maps = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert [(m["metadata"]["namespace"], m["metadata"]["name"]) for m in maps] == [
+        ("linkerd", "linkerd-identity-trust-roots")
+    ]
+    assert any(d["kind"] == "Node" for d in docs)
+    read("istio")  # ConfigMap istio-system/istio: granted by name (present or not)
+    with pytest.raises(client.ApiException) as refused:
+        client.CoreV1Api(limited).list_namespaced_config_map("linkerd", _preload_content=False)
+    assert refused.value.status == 403
+
+
+def _read_or_none(read_once, api, policy, selector, config_maps):
+    """What ``read_once`` lists as the limited user, or None while RBAC is not in effect yet."""
+    from webhook.errors import ClusterAccessError
+
+    try:
+        return read_once(api, selector(policy), config_maps(policy))[0]
+    except ClusterAccessError as exc:
+        if "403" in str(exc) or "Forbidden" in str(exc):
+            return None
+        raise
 
 
 def test_pod_security_namespaces_get_pods_their_level_accepts(world, webhook):

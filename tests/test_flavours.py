@@ -118,7 +118,7 @@ def test_our_resource_annotations_win_over_the_meshes_own():
 
 
 def test_linkerd_without_trust_anchors_is_skipped_with_the_reason():
-    snapshot = BASE.snapshot.derive(trust_roots={})
+    snapshot = BASE.snapshot.derive(config_maps={})
     out, pod = mutated(request(BASE.review["request"]["object"]), parse_policy(""), snapshot)
     assert not out.injected and out.skip is not None and out.skip.value == "no-trust-anchors"
     assert "ConfigMap linkerd/linkerd-identity-trust-roots" in pod["metadata"]["annotations"][ANN_SKIP]
@@ -267,6 +267,10 @@ def test_policy_check_explains_the_flavour(tmp_path):
     assert "linkerd-init cr.l5d.io/linkerd/proxy-init:v2.4.1" in text
     text = check("proxy: {flavour: istio, istio: {revision: canary}}")
     assert "istiod: istiod-canary.istio-system.svc:15012 (revision canary)" in text
+    assert (
+        "mesh config: defaultConfig and trustDomain from ConfigMap istio-system/istio-canary, key mesh"
+        in text
+    )
     text = check(ANCHORS_POLICY.read_text() + "interception: {iptables: {cniInstallsRules: true}}\n")
     assert "trust anchors from the policy" in text and "linkerd-network-validator" in text
     text = check("proxy: {flavour: generic, image: reg/p:1, initImage: reg/i:1}")
@@ -347,3 +351,25 @@ def test_a_probe_on_a_port_name_the_container_lacks_is_left_alone():
     assert app["readinessProbe"] == original["spec"]["containers"][0]["readinessProbe"]
     assert app["livenessProbe"]["httpGet"]["port"] == 15020
     assert set(read_status(pod)["probes"]["app"]) == {"livenessProbe", "startupProbe"}
+
+
+@pytest.mark.parametrize("key", ["includeOutboundIPRanges", "includeInboundPorts", "includeOutboundPorts"])
+def test_an_include_list_merbridge_would_cut_rules_ebpf_out(key):
+    """Merbridge reads the pod's include lists itself and keeps 20 items of each: with 21,
+    ebpf is not chosen (the 21st would silently not be redirected)."""
+    many = (
+        ",".join(f"10.{i}.0.0/16" for i in range(21))
+        if "Ranges" in key
+        else ",".join(map(str, range(8000, 8021)))
+    )
+    obj = copy.deepcopy(EBPF.review["request"]["object"])
+    obj["metadata"]["annotations"].pop("mesh-injector.io/interception", None)
+    out = admit(request(obj), EBPF.snapshot, POLICIES["linkerd"])
+    assert out.injected and out.pod["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
+    out = admit(request(obj, {f"traffic.sidecar.istio.io/{key}": many}), EBPF.snapshot, POLICIES["linkerd"])
+    assert out.injected and out.pod["metadata"]["labels"]["mesh-injector.io/interception"] == "iptables"
+    why = "\n".join(out.detail().explanation)
+    assert f"traffic.sidecar.istio.io/{key} lists 21 items; Merbridge keeps the first 20" in why
+    few = ",".join(many.split(",")[:20])
+    out = admit(request(obj, {f"traffic.sidecar.istio.io/{key}": few}), EBPF.snapshot, POLICIES["linkerd"])
+    assert out.pod["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"

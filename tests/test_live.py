@@ -26,6 +26,7 @@ from tests.support import EXAMPLE, TRUST_ANCHORS, eventually
 from webhook.admission import admit
 from webhook.cluster.live import LiveClusterView, api_client
 from webhook.cluster.snapshot import redirector_selector
+from webhook.dataplane import config_maps
 from webhook.policy import load_policy
 from webhook.versions import KubeVersion
 
@@ -61,7 +62,11 @@ def cluster(tmp_path):
     fake.start()
     kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
     view = LiveClusterView(
-        api_client(str(kubeconfig)), rebuild_interval=0.02, watch_timeout=5, redirector=MERBRIDGE
+        api_client(str(kubeconfig)),
+        rebuild_interval=0.02,
+        watch_timeout=5,
+        redirector=MERBRIDGE,
+        config_maps=config_maps(POLICY),
     )
     yield fake, view, kubeconfig
     view.stop()
@@ -189,27 +194,106 @@ def test_an_api_server_without_runtime_classes_is_served(tmp_path):
         fake.stop()
 
 
+ROOTS = ("linkerd", "linkerd-identity-trust-roots")
+
+
 def test_linkerd_trust_roots_are_watched(cluster):
     """The trust anchors come from the watched ConfigMap: a rotation reaches the next pod,
     and a deleted ConfigMap stops meshing (with the reason) instead of an identity-less proxy."""
     fake, view, _ = cluster
     other = {**trust_roots(TRUST_ANCHORS), "metadata": {"name": "other", "namespace": "linkerd"}}
+    elsewhere = {
+        **trust_roots(TRUST_ANCHORS),
+        "metadata": {**trust_roots("")["metadata"], "namespace": "shop"},
+    }
     fake.put("configmaps", other)
+    fake.put("configmaps", elsewhere)
     view.start()
     assert view.wait_ready(10)
-    assert view.snapshot().trust_roots == {"linkerd": TRUST_ANCHORS}  # by field selector: only ours
+    # by namespace and field selector: only the one the flavour reads
+    assert view.snapshot().config_maps == {ROOTS: {"ca-bundle.crt": TRUST_ANCHORS}}
     rotated = TRUST_ANCHORS + TRUST_ANCHORS  # a bundle of old and new roots during a rotation
     fake.put("configmaps", trust_roots(rotated))
-    eventually(lambda: view.snapshot().trust_roots.get("linkerd") == rotated)
+    eventually(lambda: view.snapshot().config_maps.get(ROOTS) == {"ca-bundle.crt": rotated})
     out = admit(pod_request(), view.snapshot(), POLICY)
     proxy = next(c for c in out.pod["spec"]["containers"] if c["name"] == "linkerd-proxy")
     anchors = next(e["value"] for e in proxy["env"] if e["name"] == "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS")
     assert anchors.count("BEGIN CERTIFICATE") == 2
     fake.delete("configmaps", "linkerd-identity-trust-roots", "linkerd")
-    eventually(lambda: not view.snapshot().trust_roots)
+    eventually(lambda: not view.snapshot().config_maps)
     out = admit(pod_request(), view.snapshot(), POLICY)
     assert not out.injected and out.skip is not None and out.skip.value == "no-trust-anchors"
     assert fake.list_calls["configmaps"] == 1, "changes arrive by watch"
+
+
+def test_namespace_config_annotations_are_watched(cluster):
+    """A namespace's config.linkerd.io annotation reaches the next pod of that namespace: it
+    is written on the pod (as Linkerd's injector copies it) and applied; kubectl's
+    last-applied copy of the namespace is not kept."""
+    fake, view, _ = cluster
+    view.start()
+    assert view.wait_ready(10)
+    shop = namespace("shop", {"mesh-injector.io/inject": "enabled"})
+    shop["metadata"]["annotations"] = {
+        "config.linkerd.io/proxy-log-level": "debug",
+        "kubectl.kubernetes.io/last-applied-configuration": "{" + "x" * 10_000 + "}",
+    }
+    fake.put("namespaces", shop)
+    eventually(lambda: "shop" in view.snapshot().namespace_annotations)
+    assert view.snapshot().namespace_annotations["shop"] == {"config.linkerd.io/proxy-log-level": "debug"}
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    assert out.injected
+    assert out.pod["metadata"]["annotations"]["config.linkerd.io/proxy-log-level"] == "debug"
+    proxy = next(c for c in out.pod["spec"]["containers"] if c["name"] == "linkerd-proxy")
+    log = next(e["value"] for e in proxy["env"] if e["name"] == "LINKERD2_PROXY_LOG")
+    assert log.startswith("debug,")
+
+
+def test_istio_mesh_config_is_watched(tmp_path):
+    """With the istio flavour the revision's mesh ConfigMap is watched, and its defaultConfig
+    reaches the next pod's PROXY_CONFIG."""
+    import dataclasses
+
+    fake = FakeAPIServer()
+    fake.put("nodes", node("n1", "6.1.0-18-cloud-amd64"))
+    fake.put("namespaces", namespace("shop", {"mesh-injector.io/inject": "enabled"}))
+    mesh = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio-canary", "namespace": "istio-system"},
+        "data": {"mesh": "defaultConfig:\n  discoveryAddress: istiod-canary.mesh-control.svc:15012\n"},
+    }
+    fake.put("configmaps", mesh)
+    fake.start()
+    proxy = dataclasses.replace(
+        POLICY.proxy, flavour="istio", istio=dataclasses.replace(POLICY.proxy.istio, revision="canary")
+    )
+    policy = dataclasses.replace(POLICY, proxy=proxy)
+    view = LiveClusterView(
+        api_client(str(fake.kubeconfig(tmp_path / "kubeconfig"))),
+        rebuild_interval=0.02,
+        watch_timeout=5,
+        config_maps=config_maps(policy),
+    )
+    try:
+        view.start()
+        assert view.wait_ready(10)
+
+        def proxy_config() -> dict:
+            out = admit(pod_request(), view.snapshot(), policy)
+            spec = out.pod["spec"]
+            containers = [*spec.get("initContainers", []), *spec["containers"]]
+            container = next(c for c in containers if c["name"] == "istio-proxy")
+            return json.loads(next(e["value"] for e in container["env"] if e["name"] == "PROXY_CONFIG"))
+
+        assert proxy_config()["discoveryAddress"] == "istiod-canary.mesh-control.svc:15012"
+        mesh["data"] = {"mesh": "defaultConfig:\n  tracing: {sampling: 5}\ntrustDomain: example.org\n"}
+        fake.put("configmaps", mesh)
+        eventually(lambda: proxy_config().get("tracing") == {"sampling": 5})
+        assert view.stale_seconds("configmaps") == 0.0
+    finally:
+        view.stop()
+        fake.stop()
 
 
 def test_dropped_watch_resumes_from_resource_version(cluster):
@@ -296,7 +380,11 @@ def test_two_instances_give_the_same_answer(cluster):
 
     fake, first, kubeconfig = cluster
     second = LiveClusterView(
-        api_client(str(kubeconfig)), rebuild_interval=0.05, watch_timeout=5, redirector=MERBRIDGE
+        api_client(str(kubeconfig)),
+        rebuild_interval=0.05,
+        watch_timeout=5,
+        redirector=MERBRIDGE,
+        config_maps=config_maps(POLICY),
     )
     reviews = [load_case(p).review["request"] for p in CASES]
     for request in reviews:

@@ -34,6 +34,7 @@ from webhook.decide.memo import (
 from webhook.decide.placement import native_placement
 from webhook.decide.podfacts import (
     excluded,
+    inherit,
     invalid,
     opt_in,
     pod_exclusions,
@@ -41,7 +42,6 @@ from webhook.decide.podfacts import (
     protocol_of,
     proxy_port_used,
     str_map,
-    trust_anchors,
 )
 from webhook.decide.resources import proxy_resources
 from webhook.decide.scheduling import eligible_nodes
@@ -298,22 +298,16 @@ def _decide(
             f"({', '.join(map(str, plane.ports))})"
         )
         return _skip(skip=Skip.PORT_CONFLICT, text=text, **args)
-    anchors: str | None = None
-    if plane.name == "linkerd":
-        anchors, anchors_from = trust_anchors(snapshot, policy)
-        if anchors is None:
-            text = (
-                f"no Linkerd trust anchors: {anchors_from} was not found and the policy sets no "
-                "proxy.linkerd.trustAnchorsPem; a proxy without them cannot get an identity"
-            )
-            return _skip(skip=Skip.NO_TRUST_ANCHORS, text=text, **args)
-        image = policy.proxy.linkerd.image
-        ctx.lines.append(f"data plane: linkerd ({image}; trust anchors from {anchors_from})")
-    elif plane.name == "istio":
-        s = policy.proxy.istio
-        ctx.lines.append(f"data plane: istio ({s.image}; istiod {s.ca_address}, revision {s.revision})")
-    else:
-        ctx.lines.append(f"data plane: generic ({policy.proxy.image})")
+    control = plane.control_plane(snapshot.config_maps, policy)
+    if control.missing is not None:
+        return _skip(skip=control.missing[0], text=control.missing[1], **args)
+    ctx.lines.append(control.line)
+    for warning in control.warnings:
+        ctx.warn(warning)
+    inherited = inherit(pod, snapshot.namespace_annotations.get(namespace), plane.inherits)
+    if inherited:
+        annotations = str_map(pod["metadata"].get("annotations"))
+        ctx.lines.append(f"namespace {namespace}: the pod inherits {', '.join(inherited)}")
 
     server = snapshot.server_version
     elig = eligible_nodes(snapshot, nodes_spec(spec, snapshot))
@@ -431,7 +425,7 @@ def _decide(
         skip_cidrs=excl.cidrs,
         workload=WorkloadKey(key.namespace, key.kind, ALIAS) if alias else key,
         batch=lifecycle == "batch",
-        trust_anchors=anchors,
+        control=control.config,
     )
     plan = Plan(
         flavour=plane,
@@ -439,6 +433,7 @@ def _decide(
         decision=decision,
         annotations=adds.annotations,
         runtime_class=adds.runtime_class,
+        inherited=inherited,
     )
     meshed = shallow_pod(pod)
     try:

@@ -23,6 +23,7 @@ from webhook.cluster.snapshot import (
     snapshot_from_objects,
     with_kernel,
 )
+from webhook.dataplane import config_maps
 from webhook.errors import ClusterAccessError
 from webhook.policy import Policy
 from webhook.usage.samples import UsageError, load_samples, summarize_all
@@ -142,7 +143,9 @@ def load_snapshot(
         from webhook.cluster.live import api_client, read_once  # the Kubernetes client: only here
 
         try:
-            docs, live_version = read_once(api_client(kubeconfig), redirector_selector(policy))
+            docs, live_version = read_once(
+                api_client(kubeconfig), redirector_selector(policy), config_maps(policy)
+            )
         except ClusterAccessError as exc:
             raise InputError(str(exc)) from None
         snapshot = snapshot_from_objects(

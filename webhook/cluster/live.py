@@ -1,5 +1,5 @@
-"""Live cluster state: watched caches of Nodes, Namespaces, Services, Linkerd's trust roots
-(the ConfigMaps named linkerd-identity-trust-roots, by field selector), the eBPF
+"""Live cluster state: watched caches of Nodes, Namespaces, Services, the ConfigMaps the
+data-plane flavour reads (each by namespace and field selector on its name), the eBPF
 redirector's pods (Merbridge's, in its namespace, by label selector), RuntimeClasses and
 VerticalPodAutoscalers, behind ClusterView.
 
@@ -34,18 +34,18 @@ from kubernetes.client.rest import ApiException
 
 from webhook.cluster.kubeapi import lister, request
 from webhook.cluster.snapshot import (
-    TRUST_ROOTS_CONFIGMAP,
     ClusterSnapshot,
     Node,
     PodSelector,
     autoscaler_from_object,
     build_snapshot,
+    config_map_from_object,
+    namespace_from_object,
     node_from_object,
     redirector_from_object,
     redirectors_by_node,
     runtime_class_from_object,
     service_from_object,
-    trust_roots_from_object,
 )
 from webhook.errors import ClusterAccessError, describe_error
 from webhook.serve.memory import release_free_memory
@@ -58,12 +58,12 @@ RESOURCES = (
     "nodes",
     "namespaces",
     "services",
-    "trust-roots",
+    "configmaps",
     "redirectors",
     "runtimeclasses",
     "verticalpodautoscalers",
 )
-_TRUST_ROOTS = {"field_selector": f"metadata.name={TRUST_ROOTS_CONFIGMAP}"}
+ConfigMapNames = tuple[tuple[str, str], ...]  # (namespace, name)
 RUNTIME_CLASSES = "/apis/node.k8s.io/v1/runtimeclasses"
 # served only where the VPA's CRD is installed
 AUTOSCALERS = "/apis/autoscaling.k8s.io/v1/verticalpodautoscalers"
@@ -93,10 +93,10 @@ def _meta_key(obj: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def _namespace(obj: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-    meta = obj.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    return str(meta.get("name", "")), {str(k): str(v) for k, v in labels.items()}
+def config_map_lister(api: client.ApiClient, namespace: str, name: str) -> Callable[..., Any]:
+    """Lists (and watches) one ConfigMap: in its namespace, by field selector on its name, so
+    RBAC can grant exactly it (``resourceNames``)."""
+    return lister(api, f"/api/v1/namespaces/{namespace}/configmaps", field_selector=f"metadata.name={name}")
 
 
 class _Gone(Exception):
@@ -137,16 +137,16 @@ def server_version(api: client.ApiClient) -> KubeVersion | None:
 
 
 def read_once(
-    api: client.ApiClient, redirector: PodSelector | None = None
+    api: client.ApiClient, redirector: PodSelector | None = None, config_maps: ConfigMapNames = ()
 ) -> tuple[list[dict[str, Any]], KubeVersion | None]:
-    """Nodes, namespaces, Services, trust roots, the redirector's pods and RuntimeClasses
-    listed once, for the dry-run tools (``--kubeconfig``)."""
+    """Nodes, namespaces, Services, the flavour's ConfigMaps, the redirector's pods and
+    RuntimeClasses listed once, for the dry-run tools (``--kubeconfig``)."""
     docs: list[dict[str, Any]] = []
     sources = [
         ("Node", lister(api, "/api/v1/nodes")),
         ("Namespace", lister(api, "/api/v1/namespaces")),
         ("Service", lister(api, "/api/v1/services")),
-        ("ConfigMap", lister(api, "/api/v1/configmaps", **_TRUST_ROOTS)),
+        *(("ConfigMap", config_map_lister(api, ns, name)) for ns, name in config_maps),
         ("RuntimeClass", lister(api, RUNTIME_CLASSES)),
         ("VerticalPodAutoscaler", lister(api, AUTOSCALERS)),
     ]
@@ -348,6 +348,7 @@ class LiveClusterView:
         watch_timeout: int = 240,
         source: str | None = None,
         redirector: PodSelector | None = None,
+        config_maps: ConfigMapNames = (),
     ) -> None:
         self._api = api
         self._stop = threading.Event()
@@ -359,14 +360,19 @@ class LiveClusterView:
         }
         self._informers = {
             "nodes": Informer("nodes", lister(api, "/api/v1/nodes"), node_from_object, **common),
-            "namespaces": Informer("namespaces", lister(api, "/api/v1/namespaces"), _namespace, **common),
-            "services": Informer("services", lister(api, "/api/v1/services"), service_from_object, **common),
-            "trust-roots": Informer(
-                "trust-roots",
-                lister(api, "/api/v1/configmaps", **_TRUST_ROOTS),
-                trust_roots_from_object,
-                **common,
+            "namespaces": Informer(
+                "namespaces", lister(api, "/api/v1/namespaces"), namespace_from_object, **common
             ),
+            "services": Informer("services", lister(api, "/api/v1/services"), service_from_object, **common),
+            **{
+                f"configmaps:{ns}/{name}": Informer(
+                    f"configmap {ns}/{name}",
+                    config_map_lister(api, ns, name),
+                    config_map_from_object,
+                    **common,
+                )
+                for ns, name in config_maps
+            },
             "runtimeclasses": Informer(
                 "runtimeclasses",
                 lister(api, RUNTIME_CLASSES),
@@ -414,6 +420,13 @@ class LiveClusterView:
         return cluster and (self.usage is None or self.usage.ready())
 
     def stale_seconds(self, resource: str) -> float:
+        """How long ``resource`` (one of ``RESOURCES``) has been without its watch; for
+        ``configmaps``, the longest of the flavour's ConfigMaps."""
+        if resource == "configmaps":
+            found = [
+                inf.stale_seconds() for key, inf in self._informers.items() if key.startswith("configmaps:")
+            ]
+            return max(found, default=0.0)
         informer = self._informers.get(resource)
         return informer.stale_seconds() if informer is not None else 0.0
 
@@ -480,13 +493,15 @@ class LiveClusterView:
         version_read = self._version_read
         nodes: list[Node] = self._informers["nodes"].values()
         namespaces = dict(self._informers["namespaces"].values())
+        maps = [inf for key, inf in self._informers.items() if key.startswith("configmaps:")]
         services: list[Service] = self._informers["services"].values()
         agents = self._informers.get("redirectors")
         snapshot = build_snapshot(
             nodes=nodes,
-            namespaces=namespaces,
+            namespaces={name: labels for name, (labels, _) in namespaces.items()},
+            namespace_annotations={name: annotations for name, (_, annotations) in namespaces.items()},
             services=services,
-            trust_roots=dict(self._informers["trust-roots"].values()),
+            config_maps=dict(found for inf in maps for found in inf.values()),
             redirectors=redirectors_by_node(agents.values()) if agents is not None else {},
             runtime_classes=self._informers["runtimeclasses"].values(),
             autoscalers=self._informers["verticalpodautoscalers"].values(),

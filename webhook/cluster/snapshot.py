@@ -1,8 +1,9 @@
 """The cluster as the admission core sees it: one frozen snapshot.
 
-A ``ClusterSnapshot`` holds nodes, namespaces' labels, Services, the API server version,
-per-workload usage summaries, the interception mechanisms the cluster runs (the eBPF
-redirector's pod on each node, the RuntimeClasses) and Linkerd's trust anchors. It is
+A ``ClusterSnapshot`` holds nodes, namespaces' labels and annotations, Services, the API
+server version, per-workload usage summaries, the interception mechanisms the cluster runs
+(the eBPF redirector's pod on each node, the RuntimeClasses) and the ConfigMaps the data-plane
+flavour reads (its control plane's configuration). It is
 built once (from ``kubectl get nodes,namespaces,services -A -o yaml`` output, or by a live
 cache in the background) and then only read, so admissions never touch the network.
 
@@ -177,8 +178,12 @@ class ClusterSnapshot:
     services: Mapping[str, tuple[Service, ...]] = field(default_factory=dict)
     server_version: KubeVersion | None = None
     usage: Mapping[WorkloadKey, UsageSummary] = field(default_factory=dict)
-    # namespace -> Linkerd's identity trust anchors (ConfigMap linkerd-identity-trust-roots)
-    trust_roots: Mapping[str, str] = field(default_factory=dict)
+    # namespace -> its annotations (but kubectl's last-applied copy): what a flavour's pods
+    # inherit from their namespace
+    namespace_annotations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # (namespace, name) -> data of the ConfigMaps the flavour reads (its control plane's
+    # configuration: Linkerd's trust roots, Istio's mesh config)
+    config_maps: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
     # node name -> the redirector there (and its pod's name, for explanations)
     redirectors: Mapping[str, tuple[RedirectorState, str]] = field(default_factory=dict)
     runtime_classes: Mapping[str, RuntimeClass] = field(default_factory=dict)
@@ -280,7 +285,8 @@ def build_snapshot(
     services: Iterable[Service] = (),
     server_version: KubeVersion | None = None,
     usage: Mapping[WorkloadKey, UsageSummary] | None = None,
-    trust_roots: Mapping[str, str] | None = None,
+    namespace_annotations: Mapping[str, Mapping[str, str]] | None = None,
+    config_maps: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
     redirectors: Mapping[str, tuple[RedirectorState, str]] | None = None,
     runtime_classes: Iterable[RuntimeClass] = (),
     autoscalers: Iterable[Autoscaler] = (),
@@ -303,7 +309,8 @@ def build_snapshot(
         services={ns: tuple(items) for ns, items in by_ns.items()},
         server_version=server_version,
         usage=dict(usage or {}),
-        trust_roots=dict(trust_roots or {}),
+        namespace_annotations={ns: a for ns, a in (namespace_annotations or {}).items() if a},
+        config_maps=dict(config_maps or {}),
         redirectors=dict(redirectors or {}),
         runtime_classes={rc.name: rc for rc in runtime_classes},
         autoscalers=autoscalers_by_target(autoscalers),
@@ -524,19 +531,28 @@ def flatten_items(docs: Iterable[object]) -> list[dict[str, Any]]:
     return out
 
 
-TRUST_ROOTS_CONFIGMAP = "linkerd-identity-trust-roots"
-TRUST_ROOTS_KEY = "ca-bundle.crt"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-def trust_roots_from_object(obj: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(namespace, PEM bundle) of Linkerd's trust-roots ConfigMap; None for any other."""
+def namespace_from_object(obj: Mapping[str, Any]) -> tuple[str, tuple[dict[str, str], dict[str, str]]]:
+    """(name, (labels, annotations)) of a Namespace; kubectl's last-applied copy of the object
+    is not kept."""
     meta = obj.get("metadata") or {}
-    if meta.get("name") != TRUST_ROOTS_CONFIGMAP:
+    annotations = _str_map(meta.get("annotations"))
+    annotations.pop(LAST_APPLIED, None)
+    return str(meta.get("name", "")), (_str_map(meta.get("labels")), annotations)
+
+
+def config_map_from_object(obj: Mapping[str, Any]) -> tuple[tuple[str, str], dict[str, str]] | None:
+    """((namespace, name), data) of a ConfigMap."""
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if not isinstance(name, str):
         return None
-    bundle = (obj.get("data") or {}).get(TRUST_ROOTS_KEY)
-    if not isinstance(bundle, str) or "-----BEGIN CERTIFICATE-----" not in bundle:
-        return None
-    return str(meta.get("namespace") or "default"), bundle
+    data = obj.get("data")
+    return (str(meta.get("namespace") or "default"), name), _str_map(data) if isinstance(
+        data, Mapping
+    ) else {}
 
 
 def snapshot_from_objects(
@@ -548,13 +564,14 @@ def snapshot_from_objects(
     source: str = "cluster file",
     built_at: float | None = None,
 ) -> ClusterSnapshot:
-    """A snapshot from Kubernetes objects: Nodes, Namespaces, Services, Linkerd's trust-roots
-    ConfigMap, RuntimeClasses, VerticalPodAutoscalers, and the redirector's Pods (those
-    ``redirector`` selects)."""
+    """A snapshot from Kubernetes objects: Nodes, Namespaces, Services, ConfigMaps,
+    RuntimeClasses, VerticalPodAutoscalers, and the redirector's Pods (those ``redirector``
+    selects)."""
     nodes: list[Node] = []
     namespaces: dict[str, dict[str, str]] = {}
+    ns_annotations: dict[str, dict[str, str]] = {}
     services: list[Service] = []
-    roots: dict[str, str] = {}
+    config_maps: dict[tuple[str, str], dict[str, str]] = {}
     agents: list[tuple[str, RedirectorState, str]] = []
     classes: list[RuntimeClass] = []
     vpas: list[Autoscaler] = []
@@ -577,15 +594,15 @@ def snapshot_from_objects(
                 classes.append(rc)
             continue
         if kind == "ConfigMap":
-            found = trust_roots_from_object(obj)
+            found = config_map_from_object(obj)
             if found is not None:
-                roots[found[0]] = found[1]
+                config_maps[found[0]] = found[1]
             continue
         if kind == "Node":
             nodes.append(node_from_object(obj))
         elif kind == "Namespace":
-            meta = obj.get("metadata") or {}
-            namespaces[str(meta.get("name", ""))] = _str_map(meta.get("labels"))
+            name, (labels, annotations) = namespace_from_object(obj)
+            namespaces[name], ns_annotations[name] = labels, annotations
         elif kind == "Service":
             services.append(service_from_object(obj))
     return build_snapshot(
@@ -594,7 +611,8 @@ def snapshot_from_objects(
         services=services,
         server_version=server_version,
         usage=usage,
-        trust_roots=roots,
+        namespace_annotations=ns_annotations,
+        config_maps=config_maps,
         redirectors=redirectors_by_node(agents),
         runtime_classes=classes,
         autoscalers=vpas,

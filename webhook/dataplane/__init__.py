@@ -21,6 +21,11 @@ def flavour(name: str) -> Flavour:
     return FLAVOURS[name]
 
 
+def config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
+    """The ConfigMaps, as (namespace, name), the policy's flavour reads from the cluster."""
+    return FLAVOURS[policy.proxy.flavour].config_maps(policy)
+
+
 def describe(policy: Policy) -> list[str]:
     """What the policy's flavour puts in a pod and what it needs, for ``policy check``."""
     name = policy.proxy.flavour
@@ -48,10 +53,13 @@ def describe(policy: Policy) -> list[str]:
         ]
     if name == "istio":
         s = policy.proxy.istio
+        ((ns, mesh),) = istio.config_maps(policy)
         return [
             f"data plane: istio: istio-proxy {s.image}",
             f"  istiod: {s.ca_address} (revision {s.revision}); trust domain {s.trust_domain}, "
             f"cluster id {s.cluster_id}, mesh id {s.mesh_id or s.trust_domain}",
+            f"  mesh config: defaultConfig and trustDomain from ConfigMap {ns}/{mesh}, key mesh, over "
+            "these (watched by serve; read from --cluster or --kubeconfig by the dry-run verbs)",
             "  iptables mode: "
             + ("istio-validation (a CNI plugin installs the rules)" if cni else f"istio-init {s.image}"),
         ]
@@ -66,4 +74,14 @@ def describe(policy: Policy) -> list[str]:
     ]
 
 
-__all__ = ["FLAVOURS", "NAMED_ENV", "PROXY_NAMES", "Build", "DataPlane", "Flavour", "describe", "flavour"]
+__all__ = [
+    "FLAVOURS",
+    "NAMED_ENV",
+    "PROXY_NAMES",
+    "Build",
+    "DataPlane",
+    "Flavour",
+    "config_maps",
+    "describe",
+    "flavour",
+]

@@ -13,10 +13,25 @@ from typing import Any, Literal
 
 from webhook.decide.sizing import ProxyResources
 from webhook.policy import Policy
-from webhook.reasons import Mode
+from webhook.reasons import Mode, Skip
 from webhook.workload import WorkloadKey
 
 Ports = tuple[tuple[int, int], ...]
+# (namespace, name) -> data: the ConfigMaps in the cluster snapshot
+ConfigMaps = Mapping[tuple[str, str], Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlPlane:
+    """What a flavour read of its control plane's configuration in the cluster (or took from
+    the policy), for one decision: handed to its renderer as ``Build.control``."""
+
+    config: Any = None
+    # the decision's "data plane:" line: the proxy, and where its configuration came from
+    line: str
+    # why no pod can be meshed without it (Linkerd without trust anchors)
+    missing: tuple[Skip, str] | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +50,7 @@ class Build:
     skip_cidrs: tuple[str, ...] = ()  # outbound destinations left alone
     workload: WorkloadKey
     batch: bool = False
-    trust_anchors: str | None = None  # linkerd: the PEM bundle
+    control: Any = None  # ControlPlane.config: what the flavour read of its control plane
 
     @property
     def init_rules(self) -> bool:
@@ -85,6 +100,10 @@ def _no_ports(policy: Policy) -> tuple[Ports, Ports]:
     return (), ()
 
 
+def _no_config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
+    return ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Flavour:
     name: str
@@ -100,6 +119,13 @@ class Flavour:
     # workloads never share a rendering)
     reads_workload: bool
     render: Callable[[Build, Mapping[str, Any], Policy], DataPlane]
+    # what it reads of its control plane: the ConfigMaps, as (namespace, name), that serve
+    # watches and the dry-run verbs read; and what it makes of them for a decision
+    config_maps: Callable[[Policy], tuple[tuple[str, str], ...]] = _no_config_maps
+    control_plane: Callable[[ConfigMaps, Policy], ControlPlane]
+    # name prefixes of the namespace annotations its pods inherit (written on the pod, as
+    # the mesh's own injector does, where the pod has none of its own)
+    inherits: tuple[str, ...] = ()
     # Merbridge's mode for this proxy; None: Merbridge does not recognise it (no ebpf)
     redirect: Redirect | None = None
     # (inbound, outbound) ports the mesh's own rules never redirect: the proxy's admin and

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webhook.dataplane.base import Build, DataPlane, Flavour, Ports, field_env
+from webhook.dataplane.base import Build, ConfigMaps, ControlPlane, DataPlane, Flavour, Ports, field_env
 from webhook.dataplane.iptables import (
     ADMIN_PORT,
     INBOUND_PORT,
@@ -120,8 +120,13 @@ def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
     return ((ADMIN_PORT, ADMIN_PORT),), ()
 
 
+def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
+    return ControlPlane(line=f"data plane: generic ({policy.proxy.image})")
+
+
 FLAVOUR = Flavour(
     name="generic",
+    control_plane=control_plane,
     proxy_name=PROXY,
     init_name=INIT,
     ports=PROXY_PORTS,

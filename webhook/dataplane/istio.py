@@ -29,6 +29,8 @@ import orjson
 from webhook import kubeschema
 from webhook.dataplane.base import (
     Build,
+    ConfigMaps,
+    ControlPlane,
     DataPlane,
     Flavour,
     Ports,
@@ -38,6 +40,15 @@ from webhook.dataplane.base import (
     label_value,
 )
 from webhook.dataplane.iptables import PortListError, parse_ports
+from webhook.dataplane.istiomesh import (
+    MESH_KEY,
+    MeshConfig,
+    cleaned,
+    config_map_name,
+    merged,
+    parse_mesh,
+    pod_fields,
+)
 from webhook.policy import IstioSettings, Policy
 
 PROXY = "istio-proxy"
@@ -47,7 +58,6 @@ UID = 1337
 STATUS_PORT, HEALTH_PORT, PROM_PORT = 15020, 15021, 15090
 RESERVED = (15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090)
 STATUS_ANNOTATION = "sidecar.istio.io/status"
-DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"  # pilot-agent's own default
 VOLUMES = (
     "workload-socket",
     "credential-socket",
@@ -203,20 +213,93 @@ def _resource_env(name: str, resource: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"resourceFieldRef": {"resource": resource}}}
 
 
-def proxy_env(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class ProxySetup:
+    """What the mesh config and the pod's proxy.istio.io/config give the proxy: PROXY_CONFIG
+    (as istiod writes it), the trust domain and mesh id, and the proxy's metadata (its
+    environment); with the decision's notes and the warnings for what is not applied."""
+
+    config: Mapping[str, Any]
+    trust_domain: str
+    mesh_id: str
+    metadata: Mapping[str, str]
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def proxy_setup(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> ProxySetup:
+    """The mesh's defaultConfig (the policy's values where the cluster has no mesh config),
+    the pod's proxy.istio.io/config over it; xDS goes to the revision's istiod unless either
+    names another; the proxy's threads follow the CPU we size unless the pod sets them."""
+    mesh = build.control if isinstance(build.control, MeshConfig) else None
+    base = dict(mesh.proxy) if mesh is not None else {}
+    meta = pod.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    own, warnings = pod_fields(annotations if isinstance(annotations, Mapping) else {})
+    config = merged(base, own)
+    config.setdefault("discoveryAddress", s.ca_address)
+    notes: list[str] = []
+    threads = build.resources.threads()
+    if "concurrency" in own:
+        notes.append(
+            f"threads: {own['concurrency']} Envoy worker(s) (concurrency), from proxy.istio.io/config"
+        )
+    elif threads is not None:
+        config["concurrency"] = threads[0]
+        instead = (
+            f" (instead of the mesh's defaultConfig {base['concurrency']})" if "concurrency" in base else ""
+        )
+        notes.append(f"threads: {threads[0]} Envoy worker(s) (concurrency), from {threads[1]}{instead}")
+    if not build.native:
+        if config.get("holdApplicationUntilProxyStarts") is False:
+            warnings.append(
+                "holdApplicationUntilProxyStarts false is not applied: on legacy placement the proxy "
+                "is the first container and holds the app until it is ready"
+            )
+        config["holdApplicationUntilProxyStarts"] = True
+    trust = (mesh.trust_domain if mesh is not None else None) or s.trust_domain
+    mesh_id = s.mesh_id or config.get("meshId") or trust
+    metadata = dict(sorted((config.get("proxyMetadata") or {}).items()))
+    for name in [n for n in metadata if n in _OWN_ENV]:
+        warnings.append(f"proxyMetadata {name} is not applied: the injector writes {name} itself")
+        del metadata[name]
+    return ProxySetup(cleaned(config), trust, mesh_id, metadata, tuple(notes), tuple(warnings))
+
+
+_OWN_ENV = frozenset(
+    {
+        "PILOT_CERT_PROVIDER",
+        "CA_ADDR",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "INSTANCE_IP",
+        "SERVICE_ACCOUNT",
+        "HOST_IP",
+        "ISTIO_CPU_LIMIT",
+        "PROXY_CONFIG",
+        "ISTIO_META_POD_PORTS",
+        "ISTIO_META_APP_CONTAINERS",
+        "GOMEMLIMIT",
+        "GOMAXPROCS",
+        "ISTIO_META_CLUSTER_ID",
+        "ISTIO_META_NODE_NAME",
+        "ISTIO_META_INTERCEPTION_MODE",
+        "ISTIO_META_WORKLOAD_NAME",
+        "ISTIO_META_OWNER",
+        "ISTIO_META_MESH_ID",
+        "TRUST_DOMAIN",
+        "ISTIO_KUBE_APP_PROBERS",
+        "ISTIO_PROMETHEUS_ANNOTATIONS",
+    }
+)
+
+
+def proxy_env(
+    build: Build, pod: Mapping[str, Any], s: IstioSettings, setup: ProxySetup
+) -> list[dict[str, Any]]:
     kind, workload = build.workload.kind, build.workload.name
     api = _API_VERSION.get(kind, "v1")
     owner = f"kubernetes://apis/{api}/namespaces/{build.workload.namespace}/{kind.lower()}s/{workload}"
-    # PROXY_CONFIG as Istio's injector writes it: only what differs from the agent's
-    # defaults; xDS goes to the revision's istiod (the default is istiod.istio-system)
-    config: dict[str, Any] = {}
-    if s.ca_address != DEFAULT_DISCOVERY:
-        config["discoveryAddress"] = s.ca_address
-    threads = build.resources.threads()
-    if threads is not None:
-        config["concurrency"] = threads[0]
-    if not build.native:
-        config["holdApplicationUntilProxyStarts"] = True
     return [
         {"name": "PILOT_CERT_PROVIDER", "value": "istiod"},
         {"name": "CA_ADDR", "value": s.ca_address},
@@ -226,7 +309,7 @@ def proxy_env(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> list[di
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         field_env("HOST_IP", "status.hostIP"),
         _resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
-        {"name": "PROXY_CONFIG", "value": orjson.dumps(config).decode() + "\n"},
+        {"name": "PROXY_CONFIG", "value": orjson.dumps(setup.config).decode() + "\n"},
         {"name": "ISTIO_META_POD_PORTS", "value": _pod_ports(pod)},
         {"name": "ISTIO_META_APP_CONTAINERS", "value": ",".join(_app_containers(pod))},
         _resource_env("GOMEMLIMIT", "limits.memory"),
@@ -236,13 +319,14 @@ def proxy_env(build: Build, pod: Mapping[str, Any], s: IstioSettings) -> list[di
         {"name": "ISTIO_META_INTERCEPTION_MODE", "value": "REDIRECT"},
         {"name": "ISTIO_META_WORKLOAD_NAME", "value": workload},
         {"name": "ISTIO_META_OWNER", "value": owner},
-        {"name": "ISTIO_META_MESH_ID", "value": s.mesh_id or s.trust_domain},
-        {"name": "TRUST_DOMAIN", "value": s.trust_domain},
+        {"name": "ISTIO_META_MESH_ID", "value": setup.mesh_id},
+        {"name": "TRUST_DOMAIN", "value": setup.trust_domain},
+        *({"name": k, "value": v} for k, v in setup.metadata.items()),
     ]
 
 
 def proxy_container(
-    build: Build, pod: Mapping[str, Any], s: IstioSettings, conf: PodConfig | None = None
+    build: Build, pod: Mapping[str, Any], s: IstioSettings, setup: ProxySetup, conf: PodConfig | None = None
 ) -> dict[str, Any]:
     ready = {"httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT}}
     container: dict[str, Any] = {
@@ -255,7 +339,7 @@ def proxy_container(
             f"--proxyComponentLogLevel={s.component_log_level}",
             "--log_output_level=default:info",
         ],
-        "env": proxy_env(build, pod, s),
+        "env": proxy_env(build, pod, s, setup),
         "image": s.image,
         "imagePullPolicy": "IfNotPresent",
         "name": PROXY,
@@ -313,7 +397,12 @@ def init_args(build: Build, validation: bool, conf: PodConfig | None = None) -> 
 
 
 def init_container(
-    build: Build, s: IstioSettings, *, validation: bool, conf: PodConfig | None = None
+    build: Build,
+    s: IstioSettings,
+    *,
+    validation: bool,
+    conf: PodConfig | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     if validation:
         security: dict[str, Any] = {
@@ -336,7 +425,7 @@ def init_container(
             "runAsUser": 0,
         }
     security["seccompProfile"] = {"type": "RuntimeDefault"}
-    return {
+    container: dict[str, Any] = {
         "args": init_args(build, validation, conf),
         "image": s.image,
         "imagePullPolicy": "IfNotPresent",
@@ -344,6 +433,9 @@ def init_container(
         "resources": {"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "10m", "memory": "40Mi"}},
         "securityContext": security,
     }
+    if metadata:  # the proxy's metadata, as Istio's template gives istio-init too
+        container["env"] = [{"name": k, "value": v} for k, v in metadata.items()]
+    return container
 
 
 def _volumes() -> tuple[dict[str, Any], ...]:
@@ -528,10 +620,11 @@ def app_probes(pod: Mapping[str, Any], s: IstioSettings) -> tuple[str | None, di
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     s = policy.proxy.istio
     conf = pod_config(pod)
+    setup = proxy_setup(build, pod, s)
     inits: tuple[dict[str, Any], ...] = ()
     if build.init_rules or build.validator:
-        inits = (init_container(build, s, validation=build.validator, conf=conf),)
-    proxy = proxy_container(build, pod, s, conf)
+        inits = (init_container(build, s, validation=build.validator, conf=conf, metadata=setup.metadata),)
+    proxy = proxy_container(build, pod, s, setup, conf)
     probers, probes = app_probes(pod, s)
     if probers is not None:
         proxy["env"].append({"name": "ISTIO_KUBE_APP_PROBERS", "value": probers})
@@ -554,7 +647,6 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     if scrape.app is not None:
         proxy["env"].append({"name": PROMETHEUS_ENV, "value": scrape.app})
     named = _first(labels, _CANONICAL_NAME, "") == ""
-    threads = build.resources.threads()
     return DataPlane(
         inits=inits,
         proxy=proxy,
@@ -575,9 +667,29 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
         default_annotations=defaults,
         probes=probes,
         named=frozenset({"service.istio.io/canonical-name"} if named else ()),
-        notes=(f"threads: {threads[0]} Envoy worker(s) (concurrency), from {threads[1]}",) if threads else (),
-        warnings=tuple(conf.warnings),
+        notes=setup.notes,
+        warnings=(*conf.warnings, *setup.warnings),
     )
+
+
+def config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
+    """The revision's mesh config: ConfigMap istio (or istio-<revision>) in istiod's namespace."""
+    s = policy.proxy.istio
+    return ((s.namespace, config_map_name(s.revision)),)
+
+
+def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
+    """The revision's mesh config, parsed (once per distinct text); without it, the policy's
+    values (and Istio's defaults) are used."""
+    s = policy.proxy.istio
+    ((namespace, name),) = config_maps(policy)
+    where = f"ConfigMap {namespace}/{name}"
+    line = f"data plane: istio ({s.image}; istiod {s.ca_address}, revision {s.revision}"
+    data = maps.get((namespace, name))
+    if data is None or MESH_KEY not in data:
+        return ControlPlane(line=f"{line}; no mesh config: {where} not found, the policy's values)")
+    mesh = parse_mesh(data[MESH_KEY], f"{where} key {MESH_KEY}")
+    return ControlPlane(config=mesh, line=f"{line}; mesh config from {where})", warnings=mesh.warnings)
 
 
 def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
@@ -601,6 +713,8 @@ FLAVOUR = Flavour(
     },
     reads_workload=True,
     render=render,
+    config_maps=config_maps,
+    control_plane=control_plane,
     redirect=Redirect(mode="istio", uid=UID, outbound=15001, inbound=15006),
     never_redirected=never_redirected,
     gvisor_gap="istio-iptables' rules are not shown to load in gVisor's netstack",

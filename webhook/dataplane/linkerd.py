@@ -25,6 +25,8 @@ from typing import Any
 from webhook import __version__
 from webhook.dataplane.base import (
     Build,
+    ConfigMaps,
+    ControlPlane,
     DataPlane,
     Flavour,
     Ports,
@@ -38,6 +40,7 @@ from webhook.dataplane.base import (
 )
 from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.policy import LinkerdSettings, Policy
+from webhook.reasons import Skip
 
 PROXY = "linkerd-proxy"
 INIT = "linkerd-init"
@@ -206,6 +209,36 @@ def pod_config(pod: Mapping[str, Any], s: LinkerdSettings) -> PodConfig:
     return conf
 
 
+TRUST_ROOTS = "linkerd-identity-trust-roots"
+TRUST_ROOTS_KEY = "ca-bundle.crt"
+
+
+def config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
+    """The identity trust roots Linkerd publishes in its control plane's namespace; not read
+    where the policy gives the anchors."""
+    s = policy.proxy.linkerd
+    return () if s.trust_anchors_pem else ((s.namespace, TRUST_ROOTS),)
+
+
+def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
+    """The trust anchors (the policy's, else the ConfigMap's PEM bundle); without them no
+    pod is meshed."""
+    s = policy.proxy.linkerd
+    if s.trust_anchors_pem:
+        anchors, where = s.trust_anchors_pem, "policy proxy.linkerd.trustAnchorsPem"
+    else:
+        bundle = (maps.get((s.namespace, TRUST_ROOTS)) or {}).get(TRUST_ROOTS_KEY)
+        anchors = bundle if bundle is not None and "-----BEGIN CERTIFICATE-----" in bundle else None
+        where = f"ConfigMap {s.namespace}/{TRUST_ROOTS}"
+    if anchors is None:
+        text = (
+            f"no Linkerd trust anchors: {where} was not found and the policy sets no "
+            "proxy.linkerd.trustAnchorsPem; a proxy without them cannot get an identity"
+        )
+        return ControlPlane(line="", missing=(Skip.NO_TRUST_ANCHORS, text))
+    return ControlPlane(config=anchors, line=f"data plane: linkerd ({s.image}; trust anchors from {where})")
+
+
 def trust_root_sha256(pem: str) -> str:
     return hashlib.sha256(pem.strip().encode()).hexdigest()
 
@@ -300,7 +333,7 @@ def proxy_env(
         {"name": "LINKERD2_PROXY_IDENTITY_DIR", "value": "/var/run/linkerd/identity/end-entity"},
         {
             "name": "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
-            "value": (build.trust_anchors or "").strip() + "\n",
+            "value": (build.control or "").strip() + "\n",
         },
         {"name": "LINKERD2_PROXY_IDENTITY_TOKEN_FILE", "value": f"/var/run/secrets/tokens/{TOKEN}"},
         {"name": "LINKERD2_PROXY_IDENTITY_SVC_ADDR", "value": f"linkerd-identity-headless.{svc}:8080"},
@@ -475,7 +508,7 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     annotations = {
         "linkerd.io/created-by": f"mesh-injector/{__version__}",
         "linkerd.io/proxy-version": image_tag(s.image) or s.image,
-        "linkerd.io/trust-root-sha256": trust_root_sha256(build.trust_anchors or ""),
+        "linkerd.io/trust-root-sha256": trust_root_sha256(build.control or ""),
     }
     conf = pod_config(pod, s)
     # what Linkerd's destination service reads from the pod: the ports its proxy does not
@@ -526,6 +559,9 @@ FLAVOUR = Flavour(
     },
     reads_workload=True,
     render=render,
+    config_maps=config_maps,
+    control_plane=control_plane,
+    inherits=(CONFIG, CONFIG_ALPHA),
     redirect=Redirect(mode="linkerd", uid=UID, outbound=OUTBOUND, inbound=INBOUND),
     never_redirected=never_redirected,
     validator_under_redirector=True,
@@ -541,5 +577,6 @@ FLAVOUR = Flavour(
         CONFIG + "skip-inbound-ports",
         CONFIG + "opaque-ports",
     ),
-    mark_prefixes=("linkerd.io/proxy-",),
+    # linkerd.io/proxy-<kind>; and the config annotations a pod inherits from its namespace
+    mark_prefixes=("linkerd.io/proxy-", CONFIG, CONFIG_ALPHA),
 )

@@ -1,6 +1,6 @@
 """What a pod, its namespace and the policy say before any node is looked at: the pod's
 options (annotations), whether it opted in, whether its namespace is excluded, its
-protocol, a port the proxy needs, and Linkerd's trust anchors."""
+protocol, a port the proxy needs, and what the pod inherits from its namespace."""
 
 from __future__ import annotations
 
@@ -158,14 +158,23 @@ def pod_exclusions(annotations: Mapping[str, Any], policy: Policy, ctx: Notes) -
     return Exclusions(inbound=skips[0], outbound=skips[1], cidrs=cidrs)
 
 
-def trust_anchors(snapshot: ClusterSnapshot, policy: Policy) -> tuple[str | None, str]:
-    """Linkerd's trust anchors and where they came from."""
-    settings = policy.proxy.linkerd
-    if settings.trust_anchors_pem:
-        return settings.trust_anchors_pem, "policy proxy.linkerd.trustAnchorsPem"
-    found = snapshot.trust_roots.get(settings.namespace)
-    where = f"ConfigMap {settings.namespace}/linkerd-identity-trust-roots"
-    return found, where
+def inherit(
+    pod: dict[str, Any], namespace: Mapping[str, str] | None, prefixes: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Put on ``pod`` (whose metadata is its own copy) the namespace's annotations under
+    ``prefixes`` that the pod has no value of its own for, as Linkerd's injector copies its
+    config annotations; their names."""
+    if not prefixes or not namespace:
+        return ()
+    meta = pod["metadata"]
+    own = meta.get("annotations")
+    if own is not None and not isinstance(own, dict):
+        return ()
+    found = {k: v for k, v in namespace.items() if k.startswith(prefixes) and k not in (own or {})}
+    if not found:
+        return ()
+    meta["annotations"] = {**(own or {}), **found}
+    return tuple(sorted(found))
 
 
 def protocol_of(

@@ -51,6 +51,9 @@ class Plan:
     decision: str
     annotations: Mapping[str, str] = field(default_factory=dict)
     runtime_class: str | None = None
+    # annotations the pod inherited from its namespace (already on the pod as decided):
+    # recorded as added, so that re-injection takes them back
+    inherited: tuple[str, ...] = ()
 
 
 # Fields the API server fills in with defaults when it stores a pod: an item we rendered
@@ -461,6 +464,7 @@ def apply_plan(
             if name not in present:
                 _set(meta, key, name, value)
                 added[key].append(name)
+    added["annotations"] += [n for n in plan.inherited if n not in added["annotations"]]
     removed: dict[str, str] = {}
     for name in plane.removed_annotations:
         value = meta.get("annotations", {}).get(name)

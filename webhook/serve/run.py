@@ -28,6 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from webhook.cluster.live import RESOURCES, LiveClusterView, api_client, server_version
 from webhook.cluster.snapshot import ClusterView, StaticClusterView, redirector_selector
+from webhook.dataplane import config_maps
 from webhook.errors import CertError, ClusterAccessError, ListenError, describe_error
 from webhook.loading import load_snapshot
 from webhook.policy import Policy, load_policy
@@ -256,7 +257,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ClusterAccessError(
                 "--cluster and a live cluster (--kubeconfig/--in-cluster) exclude each other"
             )
-        live = LiveClusterView(api, usage=usage, redirector=redirector_selector(policy))
+        live = LiveClusterView(
+            api, usage=usage, redirector=redirector_selector(policy), config_maps=config_maps(policy)
+        )
         view = live
         if args.webhook_config:
             ca_file = (
