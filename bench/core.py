@@ -28,7 +28,7 @@ import orjson
 import yaml
 
 from webhook.admission import admit
-from webhook.cluster.snapshot import Node, RedirectorState, Taint, build_snapshot, trust_roots_from_object
+from webhook.cluster.snapshot import Node, RedirectorState, Taint, build_snapshot, config_map_from_object
 from webhook.policy import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,11 +103,14 @@ def make_nodes(n: int, rng: random.Random, heterogeneous: bool = False) -> list[
     return nodes
 
 
-# Linkerd's trust anchors as the example cluster publishes them (the default flavour needs them)
-TRUST_ROOTS = dict(
+# The control planes' ConfigMaps as the example cluster publishes them (the default flavour
+# needs Linkerd's trust anchors)
+CONFIG_MAPS = dict(
     found
-    for found in map(
-        trust_roots_from_object, yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text())["items"]
+    for found in (
+        config_map_from_object(item)
+        for item in yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text())["items"]
+        if item.get("kind") == "ConfigMap"
     )
     if found is not None
 )
@@ -212,7 +215,7 @@ def main() -> None:
             snap = build_snapshot(
                 nodes=nodes,
                 namespaces={"shop": {"mesh-injector.io/inject": "enabled"}},
-                trust_roots=TRUST_ROOTS,
+                config_maps=CONFIG_MAPS,
                 # Merbridge Ready on every node (its DaemonSet), so pods get ebpf
                 redirectors={node.name: (merbridge, f"linkerd/merbridge-{node.name}") for node in nodes},
             )
@@ -324,7 +327,17 @@ def main() -> None:
         # the default (Linkerd) flavour needs trust anchors: without a cluster file, in the policy
         anchors = Path(tmp) / "anchors.yaml"
         anchors.write_text(
-            yaml.safe_dump({"proxy": {"linkerd": {"trustAnchorsPem": TRUST_ROOTS["linkerd"]}}})
+            yaml.safe_dump(
+                {
+                    "proxy": {
+                        "linkerd": {
+                            "trustAnchorsPem": CONFIG_MAPS[("linkerd", "linkerd-identity-trust-roots")][
+                                "ca-bundle.crt"
+                            ]
+                        }
+                    }
+                }
+            )
         )
         for label, docs in mixes.items():
             manifest = Path(tmp) / "big.yaml"
@@ -396,7 +409,7 @@ def stages(review: dict, policy, calls: int) -> None:
     snap = build_snapshot(
         nodes=make_nodes(500, random.Random(3)),
         namespaces={"shop": {"mesh-injector.io/inject": "enabled"}},
-        trust_roots=TRUST_ROOTS,
+        config_maps=CONFIG_MAPS,
     )
     raw = orjson.dumps(distinct_workload(review))
     metrics = Metrics()
