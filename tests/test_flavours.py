@@ -15,9 +15,10 @@ import pytest
 
 from tests.support import ANCHORS_POLICY, CASES, TRUST_ANCHORS, anchored_policy, load_case, validate_k8s
 from webhook.admission import admit
+from webhook.core import ANN_SKIP
 from webhook.dataplane import PROXY_NAMES
 from webhook.dataplane.linkerd import trust_root_sha256
-from webhook.patch.inject import ANN_SKIP, read_status
+from webhook.patch.inject import read_status
 from webhook.policy import PolicyError, parse_policy
 
 REPO = Path(__file__).parent.parent

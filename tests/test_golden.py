@@ -15,9 +15,9 @@ import pytest
 
 from tests.support import CASES, compare_golden, load_case, validate_k8s, with_object
 from webhook.admission import admit
+from webhook.core import ANN_SKIP, ANN_STATUS
 from webhook.dataplane import flavour
 from webhook.dataplane.generic import INIT as GENERIC_INIT
-from webhook.patch.inject import ANN_SKIP, ANN_STATUS
 
 # what each flavour's proxy runs as
 UID = {"generic": 2102, "linkerd": 2102, "istio": 1337}

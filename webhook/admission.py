@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot, outcome_cost
+from webhook.core import ANN_STATUS, Notes, cpu_str
 from webhook.dataplane import FLAVOURS, Build, Flavour, flavour, others
 from webhook.decide.explain import kernel_line, nodes_line, pod_security_line, redirector_line
 from webhook.decide.memo import (
@@ -45,15 +46,14 @@ from webhook.decide.podfacts import (
 )
 from webhook.decide.resources import proxy_resources
 from webhook.decide.scheduling import eligible_nodes
-from webhook.decide.sizing import cpu_str, enough_samples
+from webhook.decide.sizing import enough_samples
 from webhook.modes import MARKS, MODES
 from webhook.modes.base import Setting, kernel_facts, sandbox_of
 from webhook.modes.choice import Choice, PodTraits, choose_mode
 from webhook.modes.microvm import nodes_spec
-from webhook.outcome import Detail, Notes, Outcome, light
+from webhook.outcome import Detail, Outcome, light
 from webhook.patch.diff import diff
 from webhook.patch.inject import (
-    ANN_STATUS,
     NameCollision,
     Ours,
     Plan,

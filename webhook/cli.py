@@ -496,6 +496,18 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from webhook.serve import run  # the web server and its clients load only for this verb
+
+    return run.cmd_serve(args)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from webhook.serve import run
+
+    return run.cmd_certs(args)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(__version__)
     return 0
@@ -663,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
 
-    add_server_commands(sub)
+    add_server_commands(sub, serve=cmd_serve, certs=cmd_certs)
 
     _describe(parser)
     return parser

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.decide.sizing import ProxyResources
+from webhook.core import ProxyResources
 from webhook.patch.diff import Patch
 from webhook.reasons import Mode, ModeReason, Skip
 from webhook.workload import WorkloadKey
@@ -76,14 +76,3 @@ def light(outcome: Outcome) -> Outcome:
 
 def _no_detail() -> Detail:
     raise RuntimeError("a memoised outcome is served with its own detail")
-
-
-@dataclass
-class Notes:
-    """What is learnt while deciding, for the explanation and the warnings."""
-
-    lines: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def warn(self, text: str) -> None:
-        self.warnings.append(text if text.startswith("mesh-injector:") else f"mesh-injector: {text}")

@@ -48,7 +48,7 @@ from webhook.cluster.snapshot import (
     service_from_object,
 )
 from webhook.errors import ClusterAccessError, describe_error
-from webhook.serve.memory import release_free_memory
+from webhook.memory import release_free_memory
 from webhook.usage.sources import UsageSource
 from webhook.versions import KubeVersion, kube_version_from_info
 from webhook.workload import Service

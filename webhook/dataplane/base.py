@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from webhook.decide.sizing import ProxyResources
+from webhook.core import ProxyResources
 from webhook.policy import Policy
 from webhook.reasons import Mode, Skip
 from webhook.workload import WorkloadKey

@@ -16,13 +16,13 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.core import ANN_STATUS, LABEL_MODE
 from webhook.dataplane import flavour, others
 from webhook.dataplane.base import LABEL_VALUE_MAX
 from webhook.decide.autoscaler import autoscaler_for
 from webhook.decide.podfacts import INJECT
 from webhook.outcome import Detail, Outcome, clone
 from webhook.patch.diff import Patch
-from webhook.patch.inject import ANN_STATUS, LABEL_MODE
 from webhook.policy import Policy
 from webhook.workload import WorkloadKey, protocol_from_services, workload_key
 

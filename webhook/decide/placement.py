@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from webhook.core import Notes
 from webhook.decide.scheduling import Eligibility
-from webhook.outcome import Notes
 from webhook.policy import Policy
 from webhook.versions import KubeVersion, parse_kube_version
 

@@ -8,11 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.core import PREFIX, Notes
 from webhook.dataplane import others
 from webhook.dataplane.iptables import PortListError, merge_ranges, parse_ports
 from webhook.modes.base import Exclusions
-from webhook.outcome import Notes
-from webhook.patch.inject import PREFIX
 from webhook.policy import Policy
 from webhook.reasons import Skip
 from webhook.workload import protocol_from_container_ports, protocol_from_services

@@ -8,18 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.core import PREFIX, Notes, ProxyResources
 from webhook.dataplane import flavour
 from webhook.decide.autoscaler import autoscaler_for, kept_resources, sizes_proxy
 from webhook.decide.sizing import (
-    ProxyResources,
     annotation_overrides,
     apply_overrides,
     enough_samples,
     from_observed,
     from_profile,
 )
-from webhook.outcome import Notes
-from webhook.patch.inject import PREFIX
 from webhook.policy import Policy
 from webhook.reasons import ResourceSource
 from webhook.workload import WorkloadKey

@@ -17,35 +17,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import InvalidOperation
-from typing import Any
 
+from webhook.core import MI, PREFIX, ProxyResources, cpu_str, memory_str
 from webhook.policy import Amounts, Policy
 from webhook.quantity import parse_quantity
 from webhook.reasons import ResourceSource
 from webhook.usage.samples import UsageSummary
 
-MI = 1024 * 1024
 _ABSURD = 1e15  # no proxy needs 10^15 cores or bytes; also keeps inf/overflow out
 GI = 1024 * MI
-ANNOTATION_PREFIX = "mesh-injector.io/"
 _FIELDS = {
     "proxy-cpu-request": ("cpu_request", "cpu"),
     "proxy-cpu-limit": ("cpu_limit", "cpu"),
     "proxy-memory-request": ("memory_request", "memory"),
     "proxy-memory-limit": ("memory_limit", "memory"),
 }
-
-
-def cpu_str(cores: float) -> str:
-    milli = math.ceil(round(cores * 1000, 6))
-    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
-
-
-def memory_str(nbytes: float) -> str:
-    mib = math.ceil(round(nbytes / MI, 6))
-    return f"{mib // 1024}Gi" if mib % 1024 == 0 and mib else f"{mib}Mi"
 
 
 def round_cpu(cores: float) -> float:
@@ -62,65 +49,6 @@ def human_duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.0f}h"
     return f"{seconds / 60:.0f}m"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProxyResources:
-    cpu_request: float
-    memory_request: int
-    cpu_limit: float | None
-    memory_limit: int | None
-    source: ResourceSource
-    detail: str
-    # sized by someone else (a VerticalPodAutoscaler, named in ``by``): these resources are
-    # kept as they are
-    kept: Mapping[str, Any] | None = None
-    by: str = ""
-
-    @property
-    def label(self) -> str:
-        """Where the sizes come from, in a word: ``profile``, ``observed``, ``annotation``, ``vpa/NAME``."""
-        return f"{self.source.value}/{self.by}" if self.by else self.source.value
-
-    def as_k8s(self) -> dict[str, Any]:
-        if self.kept is not None:
-            return {k: dict(v) if isinstance(v, dict) else v for k, v in self.kept.items()}
-        out: dict[str, dict[str, str]] = {
-            "requests": {"cpu": cpu_str(self.cpu_request), "memory": memory_str(self.memory_request)}
-        }
-        limits = {}
-        if self.cpu_limit is not None:
-            limits["cpu"] = cpu_str(self.cpu_limit)
-        if self.memory_limit is not None:
-            limits["memory"] = memory_str(self.memory_limit)
-        if limits:
-            out["limits"] = limits
-        return out
-
-    def threads(self) -> tuple[int, str] | None:
-        """The worker threads the proxy's CPU pays for, and which CPU figure that is: its
-        limit, else its request, in whole cores rounded up (at least one). None where a
-        VerticalPodAutoscaler sizes the proxy: it may change the CPU on any later pod, and a
-        thread count fixed now would not follow (the proxy then picks its own)."""
-        if self.kept is not None:
-            return None
-        if self.cpu_limit is not None:
-            cores, which = self.cpu_limit, "limit"
-        else:
-            cores, which = self.cpu_request, "request"
-        return max(1, math.ceil(round(cores, 6))), f"its CPU {which} {cpu_str(cores)}"
-
-    def brief(self) -> str:
-        if self.kept is not None:
-            return (
-                f"as VPA sets them ({self.kept})" if self.kept else "none from us: VPA's admission sets them"
-            )
-        res = self.as_k8s()
-        lim = res.get("limits", {})
-        return (
-            f"requests cpu={res['requests']['cpu']} memory={res['requests']['memory']}, "
-            f"limits cpu={lim.get('cpu', 'none')} memory={lim.get('memory', 'none')}"
-        )
 
 
 def enough_samples(summary: UsageSummary | None, policy: Policy) -> bool:
@@ -185,7 +113,7 @@ def annotation_overrides(annotations: Mapping[str, object]) -> tuple[dict[str, f
     values: dict[str, float] = {}
     problems: list[str] = []
     for suffix, (attr, kind) in _FIELDS.items():
-        raw = annotations.get(ANNOTATION_PREFIX + suffix)
+        raw = annotations.get(PREFIX + suffix)
         if raw is None:
             continue
         try:
@@ -194,7 +122,7 @@ def annotation_overrides(annotations: Mapping[str, object]) -> tuple[dict[str, f
                 raise ValueError
         except (ValueError, InvalidOperation, TypeError):
             problems.append(
-                f"annotation {ANNOTATION_PREFIX}{suffix}: {raw!r} is not a positive {kind} quantity; ignored"
+                f"annotation {PREFIX}{suffix}: {raw!r} is not a positive {kind} quantity; ignored"
             )
             continue
         values[attr] = value

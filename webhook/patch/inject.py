@@ -26,17 +26,11 @@ from typing import Any
 import orjson
 
 from webhook import __version__
+from webhook.core import ANN_DECISION, ANN_SKIP, ANN_SOURCE, ANN_STATUS, LABEL_MODE, Notes
 from webhook.dataplane import NAMED_ENV, PROXY_NAMES, Build, DataPlane, Flavour
 from webhook.dataplane.base import label_value
-from webhook.outcome import Notes
 from webhook.policy import Policy
 
-PREFIX = "mesh-injector.io/"
-ANN_STATUS = PREFIX + "status"
-ANN_DECISION = PREFIX + "decision"
-ANN_SOURCE = PREFIX + "proxy-resources-source"
-ANN_SKIP = PREFIX + "skip-reason"
-LABEL_MODE = PREFIX + "interception"
 WRITTEN_ANNOTATIONS = (ANN_STATUS, ANN_DECISION, ANN_SOURCE, ANN_SKIP)
 
 

@@ -1,32 +1,26 @@
 """The options of ``mesh-injector serve`` and ``mesh-injector certs``.
 
 Kept apart from the wiring (webhook/serve/run.py) so that ``--help`` and the dry-run verbs do
-not load the web server, the Kubernetes client or the crypto library: the wiring is
-imported only when one of these two verbs runs.
+not load the web server, the Kubernetes client or the crypto library: the command line
+imports the wiring only when one of these two verbs runs.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from webhook import flagtypes
 
 MAX_IN_FLIGHT = 24 * 1024 * 1024  # request bytes held at once (--body-budget-mib)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from webhook.serve import run
-
-    return run.cmd_serve(args)
+Command = Callable[[argparse.Namespace], int]
 
 
-def cmd_certs(args: argparse.Namespace) -> int:
-    from webhook.serve import run
-
-    return run.cmd_certs(args)
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction, *, serve: Command, certs: Command) -> None:
+    """Add the two verbs; ``serve`` and ``certs`` run them (the caller imports the wiring
+    only when one of them runs)."""
     p = sub.add_parser(
         "serve",
         help="run the HTTPS webhook (POST /mutate, GET /healthz, /readyz) and /metrics",
@@ -127,7 +121,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="graceful shutdown limit on SIGTERM",
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=serve)
     flagtypes.defaults_from_environment(p)
 
     p = sub.add_parser("certs", help="write a CA and serving certificate for the webhook Service")
@@ -147,4 +141,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kubeconfig", metavar="FILE", help="with --secret: the cluster (default: in-cluster)")
     p.add_argument("--in-cluster", action="store_true", help="with --secret: the cluster this pod runs in")
     p.add_argument("--webhook-config", metavar="NAME", help="with --secret: also put the CA in its caBundle")
-    p.set_defaults(func=cmd_certs)
+    p.set_defaults(func=certs)

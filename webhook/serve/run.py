@@ -31,11 +31,11 @@ from webhook.cluster.snapshot import ClusterView, StaticClusterView, redirector_
 from webhook.dataplane import config_maps
 from webhook.errors import CertError, ClusterAccessError, ListenError, describe_error
 from webhook.loading import load_snapshot
+from webhook.memory import Trimmer, tune_allocator
 from webhook.policy import Policy, load_policy
 from webhook.serve.app import AppState, BodyBudget, create_app
 from webhook.serve.cabundle import CABundleSync, ensure_secrets
 from webhook.serve.certs import generate, service_names, write_bundle
-from webhook.serve.memory import Trimmer, tune_allocator
 from webhook.serve.metrics import Metrics
 from webhook.serve.tls import MemoryFiles, ReloadingTLS
 from webhook.usage.history import UsageHistory

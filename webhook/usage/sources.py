@@ -20,8 +20,8 @@ from pathlib import Path
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.errors import describe_error
+from webhook.memory import release_free_memory
 from webhook.policy import Sizing
-from webhook.serve.memory import release_free_memory
 from webhook.usage.history import UsageHistory
 from webhook.usage.samples import UsageSummary, load_samples, summarize_all
 from webhook.workload import WorkloadKey
