@@ -19,9 +19,10 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot, outcome_cost
-from webhook.core import ANN_STATUS, Notes, cpu_str
-from webhook.dataplane import FLAVOURS, Build, Flavour, flavour, others
+from webhook.core import Notes
+from webhook.dataplane import FLAVOURS, Build, Flavour, flavour
 from webhook.decide.explain import kernel_line, nodes_line, pod_security_line, redirector_line
+from webhook.decide.gates import gate
 from webhook.decide.memo import (
     ALIAS,
     ALIAS_JSON,
@@ -32,21 +33,17 @@ from webhook.decide.memo import (
     outcome_key,
     template_key,
 )
-from webhook.decide.placement import native_placement
+from webhook.decide.placement import native_placement, place
 from webhook.decide.podfacts import (
-    excluded,
     inherit,
-    invalid,
     opt_in,
     pod_exclusions,
     pod_option,
-    protocol_of,
-    proxy_port_used,
     str_map,
 )
 from webhook.decide.resources import proxy_resources
 from webhook.decide.scheduling import eligible_nodes
-from webhook.decide.sizing import enough_samples
+from webhook.decide.traits import workload_traits
 from webhook.modes import MARKS, MODES
 from webhook.modes.base import Setting, kernel_facts, sandbox_of
 from webhook.modes.choice import Choice, PodTraits, choose_mode
@@ -65,10 +62,10 @@ from webhook.patch.inject import (
     shallow_pod,
     strip,
 )
-from webhook.podsecurity import check_added, namespace_levels
+from webhook.podsecurity import namespace_levels, refusal
 from webhook.policy import Policy
 from webhook.reasons import OPTED_IN_SKIPS, ResourceSource, Skip
-from webhook.workload import WorkloadKey, is_batch, workload_key
+from webhook.workload import WorkloadKey, workload_key
 
 __all__ = ["Outcome", "admit"]
 
@@ -223,6 +220,8 @@ def _decide(
     alias: bool = False,
     take_runtime: bool = True,
 ) -> Outcome:
+    """The decision table, step by step: each step either ends in a skip or adds what it
+    learnt to the explanation and hands it on."""
     ctx = Notes()
     namespace = str(request.get("namespace") or "")
     operation = request.get("operation")
@@ -234,70 +233,51 @@ def _decide(
     if kind != "Pod" or not isinstance(original, dict):
         return _skip(received, None, Skip.NOT_POD, f"object is a {kind}", False, namespace, ctx)
 
-    meta = str_map(original.get("metadata"))
-    namespace = namespace or str(meta.get("namespace") or "default")
+    # the pod as the user wrote it: whatever an earlier injection of ours added taken off
+    namespace = namespace or str(str_map(original.get("metadata")).get("namespace") or "default")
     pod = shallow_pod(original)
     key = workload_key(pod, namespace)
     asked = frozenset(name for f in FLAVOURS.values() for name in f.requested_volumes(pod))
-    ours = replace(OURS, volumes=OURS.volumes | asked) if asked else OURS
-    strip(pod, status, ours, key.name, take_runtime=take_runtime)
+    strip(
+        pod,
+        status,
+        replace(OURS, volumes=OURS.volumes | asked) if asked else OURS,
+        key.name,
+        take_runtime=take_runtime,
+    )
     meta = pod["metadata"]
-    labels, annotations = str_map(meta.get("labels")), str_map(meta.get("annotations"))
-    spec = pod["spec"]
-    ns_labels = snapshot.namespaces.get(namespace, {})
     ctx.lines.append(f"pod: {namespace}/{meta.get('name') or meta.get('generateName', '?')} (workload {key})")
 
+    # whether it is meshed at all
+    labels, annotations = str_map(meta.get("labels")), str_map(meta.get("annotations"))
+    ns_labels = snapshot.namespaces.get(namespace, {})
     opted, opt_skip, opt_source = opt_in(labels, annotations, ns_labels, policy, assume_opt_in)
-    if opt_skip is Skip.NOT_OPTED_IN and namespace not in snapshot.namespaces:
+    unknown_ns = opt_skip is Skip.NOT_OPTED_IN and namespace not in snapshot.namespaces
+    if unknown_ns:
         opt_source = (
             f"namespace {namespace} is not in the cluster state ({snapshot.source}), "
             "so its labels are unknown"
         )
     ctx.lines.append(f"opt-in: {'yes' if opted else 'no'} ({opt_source})")
     args = dict(original=original, pod=pod, opted_in=opted, namespace=namespace, ctx=ctx, workload=key)
-    problem = invalid(spec) if isinstance(original.get("spec"), dict) else "spec is missing"
-    if problem is not None:
-        return _skip(skip=Skip.INVALID_POD, text=f"{Skip.INVALID_POD.text}: {problem}", **args)
-    not_here = excluded(namespace, policy)
-    if not_here is not None:
-        return _skip(skip=not_here, text=f"{not_here.text} ({namespace})", **args)
-    if spec.get("hostNetwork") is True:
-        return _skip(skip=Skip.HOST_NETWORK, text=Skip.HOST_NETWORK.text, **args)
     plane: Flavour = flavour(policy.proxy.flavour)
-    present = present_proxy(pod)
-    if present is not None and status is not None:
-        text = (
-            f"the pod already carries a {present} container, and {ANN_STATUS} does not show it to"
-            " be ours as it is (no fingerprints, or it was changed since): it is left as it is"
-        )
-        ctx.warn(f"pod not meshed again: {text}")
-        return _skip(skip=Skip.PROXY_PRESENT, text=text, **args)
-    owner = others.owner(pod)
-    if owner is not None:
-        mesh, evidence = owner
-        same = mesh.lower() == plane.name
-        text = (
-            f"the pod is already meshed by {mesh}'s own injector ({evidence}); it is left as it is"
-            if same
-            else f"{mesh} already owns the pod ({evidence}); a second proxy would fight over its traffic"
-        )
-        return _skip(skip=Skip.OTHER_MESH, text=text, **args)
-    present = present_proxy(pod)
-    if present is not None:
-        return _skip(skip=Skip.PROXY_PRESENT, text=f"the pod already carries a {present} container", **args)
-    if opt_skip is not None:
-        told = opt_skip is Skip.OTHER_MESH_OPT_OUT or (
-            opt_skip is Skip.NOT_OPTED_IN and namespace not in snapshot.namespaces
-        )
-        text = f"{opt_skip.text} ({opt_source})" if told else opt_skip.text
-        return _skip(skip=opt_skip, text=text, **args)
-    used = proxy_port_used(spec, plane.ports)
-    if used is not None:
-        text = (
-            f"a container of the pod already uses port {used}, which the {plane.name} proxy needs "
-            f"({', '.join(map(str, plane.ports))})"
-        )
-        return _skip(skip=Skip.PORT_CONFLICT, text=text, **args)
+    told = opt_skip is Skip.OTHER_MESH_OPT_OUT or unknown_ns
+    stop = gate(
+        original,
+        pod,
+        namespace,
+        policy,
+        plane,
+        present=present_proxy(pod),
+        earlier=status is not None,
+        opt_skip=opt_skip,
+        opt_told=f"{opt_skip.text} ({opt_source})" if opt_skip is not None and told else None,
+        ctx=ctx,
+    )
+    if stop is not None:
+        return _skip(skip=stop[0], text=stop[1], **args)
+
+    # what the mesh's control plane gives the flavour
     control = plane.control_plane(snapshot.config_maps, policy)
     if control.missing is not None:
         return _skip(skip=control.missing[0], text=control.missing[1], **args)
@@ -309,6 +289,8 @@ def _decide(
         annotations = str_map(pod["metadata"].get("annotations"))
         ctx.lines.append(f"namespace {namespace}: the pod inherits {', '.join(inherited)}")
 
+    # where it may run, and what its workload is like
+    spec = pod["spec"]
     server = snapshot.server_version
     elig = eligible_nodes(snapshot, nodes_spec(spec, snapshot))
     kf = kernel_facts(elig, policy.interception)
@@ -316,28 +298,11 @@ def _decide(
     ctx.lines.append(kernel_line(elig, kf))
     ctx.lines.append(redirector_line(elig, snapshot, policy))
     ctx.lines.append(f"cluster: {server if server else 'version unknown'} ({snapshot.source})")
-
-    protocol, proto_source = protocol_of(pod, annotations, snapshot, namespace, ctx)
-    summary = snapshot.usage.get(key)
-    throughput = pod_option(annotations, "throughput", ctx)
-    if throughput is not None:
-        tp_source = "annotation"
-    elif enough_samples(summary, policy) and summary is not None:
-        high = summary.cpu_p >= policy.interception.high_throughput_cpu
-        throughput = "high" if high else "normal"
-        tp_source = (
-            f"observed cpu p{policy.sizing.cpu_percentile:g} {cpu_str(summary.cpu_p)} vs threshold "
-            + cpu_str(policy.interception.high_throughput_cpu)
-        )
-    else:
-        throughput, tp_source = "normal", "no annotation or observed usage"
-    lifecycle = "batch" if is_batch(pod) else "service"
-    ctx.lines.append(
-        f"workload: protocol {protocol} ({proto_source}), throughput {throughput} ({tp_source}), "
-        f"lifecycle {lifecycle}"
-    )
+    traits = workload_traits(pod, annotations, snapshot, namespace, key, policy, ctx)
     levels = namespace_levels(ns_labels, policy.pod_security.default_level)
     ctx.lines.append(pod_security_line(levels))
+
+    # the interception mode
     requested = pod_option(annotations, "interception", ctx) or "auto"
     setting = Setting(
         elig=elig,
@@ -353,14 +318,16 @@ def _decide(
         exclusions=pod_exclusions(annotations, policy, ctx),
     )
     native_option = pod_option(annotations, "native-sidecar", ctx) or "auto"
-    traits = PodTraits(
-        requested=requested,
-        iptables_fallback=pod_option(annotations, "iptables-fallback", ctx) != "false",
-        high_throughput_grpc=protocol == "grpc" and throughput == "high",
-        batch=lifecycle == "batch",
-        native_possible=native_placement(native_option, server, elig, policy, Notes())[0],
+    choice: Choice = choose_mode(
+        setting,
+        PodTraits(
+            requested=requested,
+            iptables_fallback=pod_option(annotations, "iptables-fallback", ctx) != "false",
+            high_throughput_grpc=traits.protocol == "grpc" and traits.throughput == "high",
+            batch=traits.batch,
+            native_possible=native_placement(native_option, server, elig, policy, Notes())[0],
+        ),
     )
-    choice: Choice = choose_mode(setting, traits)
     if choice.mode is None:
         assert choice.skip is not None
         return _skip(skip=choice.skip, text=choice.text, **args)
@@ -372,51 +339,44 @@ def _decide(
     adds = MODES[choice.mode].interception(setting)
     ctx.lines.extend(adds.notes)
 
-    if adds.legacy_only is not None and native_option != "false":
-        native, native_why = False, f"{choice.mode.value} mode: {adds.legacy_only}"
-        if native_option == "true":
-            ctx.warn(f"native sidecar requested, but {native_why}; legacy placement used")
-    else:
-        native, native_why = native_placement(native_option, server, elig, policy, ctx)
-    placement = "native sidecar" if native else "legacy sidecar"
-    ctx.lines.append(f"placement: {placement} ({native_why})")
-    if not native and lifecycle == "batch":
-        ctx.warn(
-            "this pod runs to completion but the proxy is a regular container (no native sidecars here), "
-            "so it keeps the pod running after the app exits unless the app stops the proxy "
-            f"({plane.admin})"
-        )
-
+    # the placement and the proxy's resources
+    placed = place(
+        native_option,
+        adds.legacy_only,
+        choice.mode,
+        server,
+        elig,
+        policy,
+        ctx,
+        batch=traits.batch,
+        stop_hint=plane.admin,
+    )
     resources = proxy_resources(
         annotations,
         key,
         snapshot,
         policy,
-        protocol,
-        throughput,
-        lifecycle,
+        traits.protocol,
+        traits.throughput,
+        traits.lifecycle,
         ctx,
-        native=native,
+        native=placed.native,
         received=original,
     )
     ctx.lines.append(f"resources: {resources.detail} -> {resources.brief()}")
-    if resources.source is not ResourceSource.OBSERVED and summary is None and snapshot.usage:
+    if resources.source is not ResourceSource.OBSERVED and traits.usage is None and snapshot.usage:
         ctx.lines.append(f"usage: no samples recorded for {key}")
 
-    batch_note = (
-        "; batch pod on legacy placement keeps running after the app exits"
-        if (not native and lifecycle == "batch")
-        else ""
-    )
+    # the flavour renders it onto the pod, which must pass the namespace's Pod Security
     decision = (
         f"{plane.name} proxy; mode {choice.mode.value}: {choice.text}; "
-        f"{placement}: {native_why}{batch_note}; resources: {resources.detail}"
+        f"{placed.text}: {placed.why}{placed.batch_note}; resources: {resources.detail}"
     )
     excl = setting.exclusions
     build = Build(
         mode=choice.mode,
-        native=native,
-        protocol=protocol,
+        native=placed.native,
+        protocol=traits.protocol,
         resources=resources,
         init=adds.init,
         runtime_class=adds.runtime_class or (setting.sandbox.name if setting.sandbox else None),
@@ -424,7 +384,7 @@ def _decide(
         skip_outbound=excl.outbound,
         skip_cidrs=excl.cidrs,
         workload=WorkloadKey(key.namespace, key.kind, ALIAS) if alias else key,
-        batch=lifecycle == "batch",
+        batch=traits.batch,
         control=control.config,
     )
     plan = Plan(
@@ -444,27 +404,16 @@ def _decide(
     if added.get("probes"):
         taken = "; ".join(f"{c}: {', '.join(fields)}" for c, fields in added["probes"].items())
         ctx.lines.append(f"probes: the {plane.name} agent runs them on the pod's behalf ({taken})")
-    parts = ([*added["containers"], *added["initContainers"]], added["volumes"])
-    violations = check_added(meshed, *parts, levels.enforce)
-    if violations:
-        text = f"{Skip.POD_SECURITY.text} ({levels.enforce}, {levels.source}): " + "; ".join(
-            map(str, violations[:3])
-        )
-        return _skip(skip=Skip.POD_SECURITY, text=text, **args)
-    for label, level in (("warn", levels.warn), ("audit", levels.audit)):
-        flagged = check_added(meshed, *parts, level) if level else []
-        if flagged:
-            ctx.warn(
-                f"what is injected would violate the namespace's {label} level {level}: "
-                + "; ".join(map(str, flagged[:3]))
-            )
-    pod = meshed
-    ctx.lines.insert(0, f"decision: meshed, {plane.name} proxy, mode {choice.mode.value}, {placement}")
+    refused = refusal(meshed, [*added["containers"], *added["initContainers"]], added["volumes"], levels, ctx)
+    if refused is not None:
+        return _skip(skip=Skip.POD_SECURITY, text=refused, **args)
+
+    ctx.lines.insert(0, f"decision: meshed, {plane.name} proxy, mode {choice.mode.value}, {placed.text}")
     if ctx.warnings:
         ctx.lines.append("warnings: " + " | ".join(ctx.warnings))
-    detail = Detail(pod, tuple(ctx.lines))
+    detail = Detail(meshed, tuple(ctx.lines))
     return Outcome(
-        patch=diff(original, pod),
+        patch=diff(original, meshed),
         injected=True,
         mode=choice.mode,
         mode_reason=choice.reason,

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from webhook.core import Notes
 from webhook.decide.scheduling import Eligibility
 from webhook.policy import Policy
+from webhook.reasons import Mode
 from webhook.versions import KubeVersion, parse_kube_version
 
 
@@ -35,3 +38,53 @@ def native_placement(
     if lowest < floor:
         return False, f"an eligible node's kubelet is {lowest}, below {floor}"
     return True, f"cluster {server} and every eligible kubelet (lowest {lowest}) are at least {floor}"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    native: bool
+    why: str
+    batch: bool
+
+    @property
+    def text(self) -> str:
+        return "native sidecar" if self.native else "legacy sidecar"
+
+    @property
+    def batch_note(self) -> str:
+        """What the decision adds for a pod that runs to completion beside a regular proxy."""
+        legacy_batch = not self.native and self.batch
+        return "; batch pod on legacy placement keeps running after the app exits" if legacy_batch else ""
+
+
+def place(
+    option: str,
+    legacy_only: str | None,
+    mode: Mode,
+    server: KubeVersion | None,
+    elig: Eligibility,
+    policy: Policy,
+    ctx: Notes,
+    *,
+    batch: bool,
+    stop_hint: str,
+) -> Placement:
+    """Native or legacy sidecar for a pod: the mode may rule native out (``legacy_only``
+    says why), else the annotation, the cluster's and the eligible kubelets' versions
+    decide. ``stop_hint`` tells how the app stops the proxy (for a batch pod on legacy
+    placement)."""
+    if legacy_only is not None and option != "false":
+        native, why = False, f"{mode.value} mode: {legacy_only}"
+        if option == "true":
+            ctx.warn(f"native sidecar requested, but {why}; legacy placement used")
+    else:
+        native, why = native_placement(option, server, elig, policy, ctx)
+    placed = Placement(native, why, batch)
+    ctx.lines.append(f"placement: {placed.text} ({why})")
+    if not native and batch:
+        ctx.warn(
+            "this pod runs to completion but the proxy is a regular container (no native sidecars here), "
+            "so it keeps the pod running after the app exits unless the app stops the proxy "
+            f"({stop_hint})"
+        )
+    return placed

@@ -12,5 +12,6 @@ from __future__ import annotations
 
 from webhook.podsecurity.controls import Violation, check_added
 from webhook.podsecurity.levels import LEVELS, Levels, namespace_levels
+from webhook.podsecurity.verdict import refusal
 
-__all__ = ["LEVELS", "Levels", "Violation", "check_added", "namespace_levels"]
+__all__ = ["LEVELS", "Levels", "Violation", "check_added", "namespace_levels", "refusal"]
