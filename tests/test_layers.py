@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the decision: admission orchestrates, patch applies it
     ("webhook.patch", "webhook.admission"),
     # the front ends
-    ("webhook.loading", "webhook.manifests", "webhook.serve"),
+    ("webhook.loading", "webhook.manifests", "webhook.fleet", "webhook.serve"),
     ("webhook.cli", "webhook.__main__"),
 )
 

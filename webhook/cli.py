@@ -21,11 +21,13 @@ import yaml
 from webhook import __version__, flagtypes
 from webhook import kubeschema as schema
 from webhook.admission import admit
-from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.cluster.snapshot import ClusterSnapshot, flatten_items
 from webhook.dataplane import describe, flavour
 from webhook.decide.autoscaler import autoscaler_for
 from webhook.decide.sizing import enough_samples, from_observed, human_duration
 from webhook.errors import CertError, ClusterAccessError, ListenError
+from webhook.fleet.audit import Report, State, audit
+from webhook.fleet.rollout import budgets_of, plan, run
 from webhook.loading import (
     InputError,
     load_snapshot,
@@ -496,6 +498,106 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_pods(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The pods to audit: from the cluster file, or listed from the cluster."""
+    if args.kubeconfig:
+        from webhook.cluster.live import api_client
+        from webhook.fleet.kube import pods
+
+        found = list(pods(api_client(args.kubeconfig), args.namespace))
+    else:
+        docs = parse_documents(read_text(args.cluster), args.cluster)
+        found = [o for o in flatten_items(docs) if o.get("kind") == "Pod"]
+        if args.namespace:
+            found = [o for o in found if (o.get("metadata") or {}).get("namespace") == args.namespace]
+    return found
+
+
+def _fleet_report(args: argparse.Namespace) -> Report:
+    if not args.cluster and not args.kubeconfig:
+        raise CliError(
+            f"{args.command}: give the cluster: --kubeconfig FILE, or --cluster FILE holding its pods"
+        )
+    policy = _policy(args)
+    snapshot = _snapshot(args, policy, _now(args.now))
+    return audit(_fleet_pods(args), snapshot, policy, tolerance=args.tolerance / 100)
+
+
+def _totals_line(report: Report) -> str:
+    totals = report.totals()
+    shown_states = ", ".join(f"{n} {s.value}" for s, n in totals.items() if n)
+    return f"{sum(totals.values())} pod(s) in {len(report.workloads)} workload(s): {shown_states or 'none'}"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    report = _fleet_report(args)
+    rows = [w for w in report.workloads if args.all or w.state is not State.OUT_OF_SCOPE]
+    if args.output != "table":
+        _emit([w.record() for w in rows], args.output)
+    else:
+        table: list[Sequence[str]] = [("NAMESPACE", "KIND", "NAME", "STATE", "PODS", "WHY")]
+        for w in rows:
+            pods = " ".join(f"{n} {s.value}" for s in State if (n := w.count(s)))
+            worst = next(p for p in w.pods if p.state is w.state)
+            table.append(
+                (w.workload.namespace, w.workload.kind, w.workload.name, w.state.value, pods, worst.detail)
+            )
+        print(_table(table) if len(table) > 1 else "no pods in scope")
+        print(_totals_line(report))
+    failing = {State(s) for s in args.fail_on}
+    return 1 if any(p.state in failing for p in report.pods()) else 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    if args.yes and not args.kubeconfig:
+        raise CliError("rollout --yes: restarting needs the cluster itself: give --kubeconfig")
+    report = _fleet_report(args)
+    steps = plan(report.needing_restart())
+    print(_totals_line(report))
+    if not steps:
+        print("nothing to restart: every meshed workload is current")
+        return 0
+    if not args.yes:
+        fleet = None
+        if args.kubeconfig:
+            from webhook.cluster.live import api_client
+            from webhook.fleet.kube import ApiFleet
+
+            fleet = ApiFleet(api_client(args.kubeconfig))
+        table: list[Sequence[str]] = [("NAMESPACE", "KIND", "NAME", "ACTION", "WHY")]
+        for step in steps:
+            action = "leave alone" if step.left_alone else "restart"
+            why = step.left_alone or step.why
+            if fleet is not None and not step.left_alone:
+                obj = fleet.workload(step.workload)
+                budgets = budgets_of(obj, fleet.budgets(step.workload.namespace)) if obj else []
+                if budgets:
+                    why += "; within " + ", ".join(str(b["metadata"]["name"]) for b in budgets)
+            w = step.workload
+            table.append((w.namespace, w.kind, w.name, action, why))
+        print(_table(table))
+        print(
+            f"dry run: nothing was restarted; run again with --yes to restart, {args.max_in_flight} at a time"
+        )
+        return 0
+    from webhook.cluster.live import api_client
+    from webhook.fleet.kube import ApiFleet
+
+    result = run(
+        ApiFleet(api_client(args.kubeconfig)),
+        steps,
+        max_in_flight=args.max_in_flight,
+        timeout=args.timeout,
+        poll=args.poll,
+        say=lambda line: print(line, flush=True),
+    )
+    print(
+        f"restarted {len(result.restarted)}, waited on {len(result.waited)}, "
+        f"left alone {len(result.left_alone)}, failed {len(result.failed)}"
+    )
+    return 0 if result.ok else 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from webhook.serve import run  # the web server and its clients load only for this verb
 
@@ -665,6 +767,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--now", metavar="TIME")
     _output_flag(p)
     p.set_defaults(func=cmd_recommend)
+
+    for name, helptext, func in (
+        ("audit", "classify running pods: current, missed, stale (and which fields), other mesh", cmd_audit),
+        ("rollout", "restart the workloads audit finds missed or stale, at a safe pace", cmd_rollout),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("-n", "--namespace", help="only this namespace (default: every namespace)")
+        p.add_argument(
+            "--tolerance",
+            type=flagtypes.percent,
+            default=20,
+            metavar="PCT",
+            help="proxy requests and limits within this percentage of what admission would set are current",
+        )
+        _dry_run_flags(p)
+        p.set_defaults(func=func)
+        if name == "audit":
+            p.add_argument("--all", action="store_true", help="also list workloads out of scope")
+            p.add_argument(
+                "--fail-on",
+                type=flagtypes.comma_list(tuple(s.value for s in State)),
+                default=[],
+                metavar="STATES",
+                help="exit 1 when a pod is in one of these states (comma list, e.g. missed,stale)",
+            )
+            _output_flag(p)
+        else:
+            p.add_argument(
+                "--yes", action="store_true", help="restart (without it: print the plan, change nothing)"
+            )
+            p.add_argument(
+                "--dry-run", action="store_false", dest="yes", help="print the plan only (the default)"
+            )
+            p.add_argument(
+                "--max-in-flight",
+                type=flagtypes.count,
+                default=1,
+                metavar="N",
+                help="workloads rolling out at once",
+            )
+            p.add_argument(
+                "--timeout",
+                type=flagtypes.seconds,
+                default=600.0,
+                metavar="SECONDS",
+                help="how long a workload may take to be available again before the run stops",
+            )
+            p.add_argument(
+                "--poll", type=flagtypes.seconds, default=2.0, metavar="SECONDS", help="status poll interval"
+            )
 
     p = sub.add_parser("policy", help="policy file tools")
     psub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")

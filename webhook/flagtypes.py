@@ -62,6 +62,29 @@ def count(raw: str) -> int:
     return int(value)
 
 
+def percent(raw: str) -> float:
+    """A percentage, 0 to 100 (a trailing ``%`` is allowed)."""
+    value = _number(float, raw.strip().removesuffix("%"), "a percentage")
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{raw} is not a percentage from 0 to 100")
+    return float(value)
+
+
+def comma_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """A comma list of some of ``allowed``."""
+
+    def parse(raw: str) -> list[str]:
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        unknown = [v for v in values if v not in allowed]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(unknown) or repr(raw)}: choose from {', '.join(allowed)} (comma separated)"
+            )
+        return values
+
+    return parse
+
+
 def http_url(raw: str) -> str:
     """An http(s) URL with a host: ``localhost:9090`` would otherwise read as scheme
     ``localhost`` and fail on every request."""

@@ -1,0 +1,306 @@
+"""`audit` and `rollout` against a real API server with the real controllers.
+
+kube-controller-manager (built from the same Debian source as kube-apiserver, see
+tests/e2e/run-apiserver.sh) runs the deployment, replicaset and disruption controllers, so a
+Deployment really makes ReplicaSets and pods (through the webhook), and a
+PodDisruptionBudget's status is the disruption controller's. There is no scheduler and no
+kubelet: a stand-in binds each new pod to a node (the binding subresource), reports it
+Running and Ready (the status subresource) and removes pods being deleted, so rollouts
+complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from kubernetes import client, config
+
+from tests.servers import Certs, serve_process
+from tests.support import TRUST_ANCHORS, eventually
+from tests.test_e2e import HARNESS, certs_cli, make_node, register_webhook
+from webhook.cluster.kubeapi import request
+
+WORKDIR = Path(os.environ.get("K8S_WORKDIR", Path.home() / ".cache" / "k8s-apiserver"))
+KUBECONFIG = str(WORKDIR / "kubeconfig")
+ENV = {
+    **os.environ,
+    "API_PORT": "17443",
+    "ETCD_PORT": "13379",
+    "ETCD_PEER_PORT": "13380",
+    "K8S_WORKDIR": str(WORKDIR),
+    "CONTROLLERS": "deployment,replicaset,disruption,garbagecollector",
+}
+NS = "fleet"
+PROXY = "linkerd-proxy"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Kubelet:
+    """What a scheduler and kubelets would do for the pods of one namespace."""
+
+    def __init__(self, core: client.CoreV1Api, node: str) -> None:
+        self.core, self.node = core, node
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.tick()
+            except client.ApiException:
+                pass  # a pod went away between the list and the write
+            self.stop.wait(0.2)
+
+    def tick(self) -> None:
+        pods = orjson.loads(self.core.list_namespaced_pod(NS, _preload_content=False).data)["items"]
+        for pod in pods:
+            meta, spec = pod["metadata"], pod["spec"]
+            if meta.get("deletionTimestamp"):
+                self.core.delete_namespaced_pod(
+                    meta["name"], NS, grace_period_seconds=0, _preload_content=False
+                )
+            elif not spec.get("nodeName"):
+                binding = {
+                    "apiVersion": "v1",
+                    "kind": "Binding",
+                    "metadata": {"name": meta["name"]},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+                }
+                request(
+                    self.core.api_client,
+                    "POST",
+                    f"/api/v1/namespaces/{NS}/pods/{meta['name']}/binding",
+                    body=binding,
+                    content_type="application/json",
+                )
+            elif (pod.get("status") or {}).get("phase") != "Running":
+                now = _now()
+                statuses = [
+                    {
+                        "name": c["name"],
+                        "ready": True,
+                        "restartCount": 0,
+                        "image": c["image"],
+                        "imageID": "",
+                        "state": {"running": {"startedAt": now}},
+                    }
+                    for c in spec["containers"]
+                ]
+                status = {
+                    "phase": "Running",
+                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+                    "containerStatuses": statuses,
+                    "startTime": now,
+                }
+                self.core.patch_namespaced_pod_status(
+                    meta["name"], NS, {"status": status}, _preload_content=False
+                )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the API server harness installs Debian packages and needs root")
+    subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
+    shutil.rmtree(WORKDIR / "etcd-data", ignore_errors=True)
+    started = subprocess.run(["bash", str(HARNESS)], env=ENV, capture_output=True, text=True, timeout=1800)
+    if started.returncode != 0:
+        pytest.skip(f"could not build or start kube-apiserver: {(started.stdout + started.stderr)[-1500:]}")
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=KUBECONFIG, client_configuration=cfg)
+    api = client.ApiClient(cfg)
+    core = client.CoreV1Api(api)
+    for ns, labels in ((NS, {"mesh-injector.io/inject": "enabled"}), ("linkerd", {})):
+        core.create_namespace({"metadata": {"name": ns, "labels": labels}}, _preload_content=False)
+    core.create_namespaced_config_map(
+        "linkerd",
+        {"metadata": {"name": "linkerd-identity-trust-roots"}, "data": {"ca-bundle.crt": TRUST_ANCHORS}},
+        _preload_content=False,
+    )
+    make_node(core, "node-0", "6.1.0-18-cloud-amd64", {"kubernetes.io/hostname": "node-0"})
+    d = tmp_path_factory.mktemp("fleet-certs")
+    certs_cli(d, "--days", "1")
+    kubelet = Kubelet(core, "node-0")
+    kubelet.thread.start()
+    yield {
+        "api": api,
+        "core": core,
+        "apps": client.AppsV1Api(api),
+        "certs": Certs(d, d / "ca.crt", d / "tls.crt", d / "tls.key"),
+        "dir": d,
+    }
+    kubelet.stop.set()
+    kubelet.thread.join(5)
+    subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args, "--kubeconfig", KUBECONFIG],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def deployment(name: str, replicas: int) -> dict:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": "default",
+                    "containers": [{"name": "app", "image": f"registry.example.com/{name}:1"}],
+                },
+            },
+        },
+    }
+
+
+def live_pods(core: client.CoreV1Api, app: str) -> list[dict]:
+    items = orjson.loads(
+        core.list_namespaced_pod(NS, label_selector=f"app={app}", _preload_content=False).data
+    )
+    return [p for p in items["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def proxies(pods: list[dict]) -> list[str | None]:
+    return [next((c["image"] for c in p["spec"]["containers"] if c["name"] == PROXY), None) for p in pods]
+
+
+def available(apps: client.AppsV1Api, name: str, replicas: int) -> bool:
+    status = orjson.loads(apps.read_namespaced_deployment(name, NS, _preload_content=False).data)["status"]
+    return status.get("availableReplicas") == replicas and status.get("updatedReplicas") == replicas
+
+
+def audit(*args: str) -> dict[str, dict]:
+    done = cli("audit", "-n", NS, "-o", "json", *args)
+    assert done.returncode in (0, 1), done.stderr
+    return {w["name"]: w for w in orjson.loads(done.stdout)}
+
+
+def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path):
+    core, apps = cluster["core"], cluster["apps"]
+    # the webhook is down (not registered): the Deployment's pods are created unmeshed
+    apps.create_namespaced_deployment(NS, deployment("web", 2), _preload_content=False)
+    eventually(lambda: available(apps, "web", 2), timeout=60)
+    assert proxies(live_pods(core, "web")) == [None, None]
+
+    with serve_process(cluster["certs"], "--kubeconfig", KUBECONFIG) as proc:
+        ctx = cluster["certs"].client_context()
+        eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
+        register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)
+        time.sleep(1)
+
+        found = audit()
+        assert found["web"]["state"] == "missed" and found["web"]["pods"] == {"missed": 2}
+        assert found["web"]["kind"] == "Deployment"
+        failing = cli("audit", "-n", NS, "--fail-on", "missed,stale")
+        assert failing.returncode == 1 and "missed" in failing.stdout
+
+        dry = cli("rollout", "-n", NS)
+        assert dry.returncode == 0, dry.stderr
+        assert "restart" in dry.stdout and "nothing was restarted" in dry.stdout
+        assert proxies(live_pods(core, "web")) == [None, None]  # the dry run changed nothing
+
+        done = cli("rollout", "-n", NS, "--yes", "--poll", "0.5", "--timeout", "120")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"restarting  {NS}/Deployment/web: 2 missed" in done.stdout
+        assert "[1/1] available" in done.stdout
+        images = proxies(live_pods(core, "web"))
+        assert len(images) == 2 and all(i and i.startswith("cr.l5d.io/linkerd/proxy:") for i in images)
+        assert audit()["web"]["state"] == "current"
+
+        # a second workload, meshed at creation, and a budget that allows one disruption
+        apps.create_namespaced_deployment(NS, deployment("api", 2), _preload_content=False)
+        eventually(lambda: available(apps, "api", 2), timeout=60)
+        budget = {
+            "apiVersion": "policy/v1beta1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "all-apps"},
+            "spec": {
+                "minAvailable": 3,
+                "selector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
+            },
+        }
+        budgets = f"/apis/policy/v1beta1/namespaces/{NS}/poddisruptionbudgets"  # a 1.20 API server
+        request(cluster["api"], "POST", budgets, body=budget, content_type="application/json")
+
+        def allowed() -> int:
+            pdb = orjson.loads(request(cluster["api"], "GET", f"{budgets}/all-apps").data)
+            return pdb.get("status", {}).get("disruptionsAllowed", -1)
+
+        eventually(lambda: allowed() == 1, timeout=60)
+        assert proc.stop() == 0
+
+    # the policy changes (the proxy image): every meshed pod is stale
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "apiVersion: mesh-injector.io/v1\nkind: InjectionPolicy\n"
+        "proxy:\n  linkerd:\n    image: cr.l5d.io/linkerd/proxy:edge-24.9.1\n"
+    )
+    with serve_process(cluster["certs"], "--kubeconfig", KUBECONFIG, "--policy", str(policy)) as proc:
+        ctx = cluster["certs"].client_context()
+        eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
+        register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)
+        time.sleep(1)
+        found = audit("--policy", str(policy))
+        for name in ("web", "api"):
+            assert found[name]["state"] == "stale", found[name]
+            assert "proxy-image" in found[name]["fields"]
+            change = found[name]["podDetails"][0]["changes"][0]
+            assert (
+                change["field"] == "proxy-image" and change["wants"] == "cr.l5d.io/linkerd/proxy:edge-24.9.1"
+            )
+
+        done = cli(
+            "rollout",
+            "-n",
+            NS,
+            "--policy",
+            str(policy),
+            "--yes",
+            "--max-in-flight",
+            "1",
+            "--poll",
+            "0.5",
+            "--timeout",
+            "120",
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = [line for line in done.stdout.splitlines() if line.startswith(("restarting", "[", "holding"))]
+        # pace 1: each is available again before the next starts, within the budget
+        assert [line.split()[0] for line in lines if not line.startswith("holding")] == [
+            "restarting",
+            "[1/2]",
+            "restarting",
+            "[2/2]",
+        ], done.stdout
+        assert "within all-apps" in done.stdout
+        for name in ("web", "api"):
+            assert proxies(live_pods(core, name)) == ["cr.l5d.io/linkerd/proxy:edge-24.9.1"] * 2
+        after = audit("--policy", str(policy))
+        assert {after[n]["state"] for n in ("web", "api")} == {"current"}
+        # run again: nothing to do
+        again = cli("rollout", "-n", NS, "--policy", str(policy), "--yes")
+        assert again.returncode == 0 and "nothing to restart" in again.stdout
+        assert proc.stop() == 0
