@@ -287,6 +287,7 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
             "120",
         )
         assert done.returncode == 0, done.stdout + done.stderr
+        print(done.stdout)
         lines = [line for line in done.stdout.splitlines() if line.startswith(("restarting", "[", "holding"))]
         # pace 1: each is available again before the next starts, within the budget
         assert [line.split()[0] for line in lines if not line.startswith("holding")] == [
