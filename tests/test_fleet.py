@@ -326,3 +326,45 @@ def test_what_is_left_alone_and_how_much_an_update_takes_down():
     assert (
         unavailable_at_once({"kind": "StatefulSet", "spec": {"updateStrategy": {"type": "OnDelete"}}}) is None
     )
+
+
+# --- serve's watch ------------------------------------------------------------------------
+
+
+def test_the_watch_keeps_what_admission_reads_once_per_template_and_counts_as_audit_does(fleet):
+    from webhook.fleet.watch import FleetWatch, PodStore, expand
+
+    policy, snapshot, pods, *_ = fleet
+    stored = []
+    for i in range(12):  # three pods per shape, on two nodes, as the API server hands them over
+        pod = copy.deepcopy(list(pods.values())[i % 3])
+        pod["metadata"]["name"] += f"-{i}"
+        pod["metadata"]["managedFields"] = [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]
+        pod["spec"]["nodeName"] = ("ip-10-0-1-11", "ip-10-0-2-12")[i % 2]
+        pod["status"] = {"phase": "Running", "podIP": f"10.1.0.{i}"}
+        stored.append(pod)
+    finished = {**copy.deepcopy(stored[0]), "status": {"phase": "Succeeded"}}
+    store = PodStore()
+    assert store.slim(finished) is None
+    slim = [store.slim(p) for p in stored]
+    assert len({id(s.shared) for s in slim}) == 3, "one copy of what each template's pods share"
+    for original, back in zip(stored, expand(slim), strict=True):
+        assert "managedFields" not in back["metadata"] and back["status"] == {"phase": "Running"}
+        assert back["spec"] == original["spec"] and back["metadata"]["name"] == original["metadata"]["name"]
+    expected: dict[tuple[str, str, str], int] = {}
+    for p in audit(stored, snapshot, policy).pods():
+        if p.state in (State.MISSED, State.STALE):
+            expected[(p.namespace, p.state.value, p.reason)] = (
+                expected.get((p.namespace, p.state.value, p.reason), 0) + 1
+            )
+    watch = FleetWatch.__new__(FleetWatch)
+    watch.pods = type("Cache", (), {"values": lambda self: list(slim)})()
+    watch.store, watch._policy, watch._tolerance, watch._snapshot = store, policy, 0.2, lambda: snapshot
+    watch.refresh()
+    assert (
+        watch.counts
+        == expected
+        == {("shop", "missed", "not-injected"): 4, ("shop", "stale", "proxy-image"): 4}
+    )
+    text = "".join(f"{m.name}{s.labels}{s.value}" for m in watch.collect() for s in m.samples)
+    assert "'state': 'missed'" in text and "'reason': 'proxy-image'" in text

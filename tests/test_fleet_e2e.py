@@ -205,7 +205,7 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
     eventually(lambda: available(apps, "web", 2), timeout=60)
     assert proxies(live_pods(core, "web")) == [None, None]
 
-    with serve_process(cluster["certs"], "--kubeconfig", KUBECONFIG) as proc:
+    with serve_process(cluster["certs"], "--kubeconfig", KUBECONFIG, "--fleet-interval", "1") as proc:
         ctx = cluster["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
         register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)
@@ -213,6 +213,9 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
 
         found = audit()
         assert found["web"]["state"] == "missed" and found["web"]["pods"] == {"missed": 2}
+        # serve's gauges say the same, from its own watch of the pods
+        missed = f'mesh_injector_fleet_pods{{namespace="{NS}",reason="not-injected",state="missed"}} 2.0'
+        eventually(lambda: missed in httpx.get(proc.metrics_url).text, timeout=30)
         assert found["web"]["kind"] == "Deployment"
         failing = cli("audit", "-n", NS, "--fail-on", "missed,stale")
         assert failing.returncode == 1 and "missed" in failing.stdout
@@ -229,6 +232,7 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
         images = proxies(live_pods(core, "web"))
         assert len(images) == 2 and all(i and i.startswith("cr.l5d.io/linkerd/proxy:") for i in images)
         assert audit()["web"]["state"] == "current"
+        eventually(lambda: "mesh_injector_fleet_pods{" not in httpx.get(proc.metrics_url).text, timeout=30)
 
         # a second workload, meshed at creation, and a budget that allows one disruption
         apps.create_namespaced_deployment(NS, deployment("api", 2), _preload_content=False)
@@ -258,7 +262,9 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
         "apiVersion: mesh-injector.io/v1\nkind: InjectionPolicy\n"
         "proxy:\n  linkerd:\n    image: cr.l5d.io/linkerd/proxy:edge-24.9.1\n"
     )
-    with serve_process(cluster["certs"], "--kubeconfig", KUBECONFIG, "--policy", str(policy)) as proc:
+    with serve_process(
+        cluster["certs"], "--kubeconfig", KUBECONFIG, "--policy", str(policy), "--fleet-interval", "1"
+    ) as proc:
         ctx = cluster["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
         register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)

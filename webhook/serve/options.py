@@ -59,6 +59,14 @@ def add_commands(sub: argparse._SubParsersAction, *, serve: Command, certs: Comm
         help="poll observed proxy usage from the metrics.k8s.io API (metrics-server)",
     )
     p.add_argument(
+        "--fleet-interval",
+        type=flagtypes.whole_seconds,
+        default=300,
+        metavar="SECONDS",
+        help="with a live cluster: how often every watched pod is audited for the "
+        "mesh_injector_fleet_pods gauges (0: no pod watch, no gauges)",
+    )
+    p.add_argument(
         "--usage-interval",
         type=flagtypes.seconds,
         default=None,

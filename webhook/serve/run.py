@@ -30,6 +30,7 @@ from webhook.cluster.live import RESOURCES, LiveClusterView, api_client, server_
 from webhook.cluster.snapshot import ClusterView, StaticClusterView, redirector_selector
 from webhook.dataplane import config_maps
 from webhook.errors import CertError, ClusterAccessError, ListenError, describe_error
+from webhook.fleet.watch import FleetWatch
 from webhook.loading import load_snapshot
 from webhook.memory import Trimmer, tune_allocator
 from webhook.policy import Policy, load_policy
@@ -309,9 +310,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if usage is not None:
         metrics.track_usage(usage.age_seconds, lambda: getattr(usage, "failures", 0))
     metrics.track_certificate(lambda: tls.expiry, lambda: tls.reloads)
+    fleet: FleetWatch | None = None
     if live is not None:
         watched = live
         metrics.track_watches({r: (lambda r=r: watched.stale_seconds(r)) for r in RESOURCES})
+        if api is not None and args.fleet_interval:
+            fleet = FleetWatch(api, live.snapshot, policy, interval=float(args.fleet_interval))
+            metrics.registry.register(fleet)
     budget = BodyBudget(args.body_budget_mib * 1024 * 1024)
     metrics.body_bytes.set_function(lambda: budget.used)
     trimmer = Trimmer()
@@ -348,6 +353,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refreshing.start()  # /readyz answers 503 until usage was read once
     if sync is not None:
         sync.start()
+    if fleet is not None:
+        fleet.start()
     log.info(
         f"serving https://{args.host}:{args.port}/mutate, metrics on http://{args.metrics_host}:{args.metrics_port}"
         f"/metrics; cluster: {source}"
@@ -379,6 +386,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             refreshing.stop()
         if sync is not None:
             sync.stop()
+        if fleet is not None:
+            fleet.stop()
         if isinstance(metrics_server, tuple):
             metrics_server[0].shutdown()
         if scratch is not None:
