@@ -102,7 +102,9 @@ def test_resources_beyond_the_tolerance_are_stale_within_it_current(fleet, tmp_p
         assert found.state is state, (cpu, tolerance, found)
         if state is State.STALE:
             assert found.changes[0].field == "resources"
-            assert found.changes[0].wants == f"requests.cpu {cpu} -> 150m"
+            assert found.changes[0].has == f"requests.cpu {cpu}"
+            assert found.changes[0].wants == "requests.cpu 150m"
+            assert found.changes[0].text() == f"resources: requests.cpu {cpu} -> requests.cpu 150m"
 
 
 def test_finished_and_terminating_pods_are_not_audited_and_a_skipped_pod_is_out_of_scope(fleet):

@@ -174,9 +174,12 @@ def _quantity(value: object) -> Decimal | None:
         return None
 
 
-def _resource_changes(has: Mapping[str, Any], wants: Mapping[str, Any], tolerance: float) -> list[str]:
-    """``requests.cpu 100m -> 230m`` for every request and limit further apart than the
-    tolerance (relative to what admission would set), or set on one side only."""
+def _resource_changes(
+    has: Mapping[str, Any], wants: Mapping[str, Any], tolerance: float
+) -> list[tuple[str, str, str]]:
+    """(``requests.cpu``, what the pod has, what admission would set) for every request and
+    limit further apart than the tolerance (relative to what admission would set), or set
+    on one side only."""
     out = []
     for kind in ("requests", "limits"):
         a, b = has.get(kind) or {}, wants.get(kind) or {}
@@ -185,7 +188,7 @@ def _resource_changes(has: Mapping[str, Any], wants: Mapping[str, Any], toleranc
             if qa is None and qb is None:
                 continue
             if qa is None or qb is None or abs(qa - qb) > Decimal(str(tolerance)) * qb:
-                out.append(f"{kind}.{name} {a.get(name, 'unset')} -> {b.get(name, 'unset')}")
+                out.append((f"{kind}.{name}", str(a.get(name, "unset")), str(b.get(name, "unset"))))
     return out
 
 
@@ -209,7 +212,10 @@ def changes(live: Mapping[str, Any], wanted: Mapping[str, Any], tolerance: float
     if has.get("flavour") == wants.get("flavour"):
         moved = _resource_changes(pa.get("resources") or {}, pb.get("resources") or {}, tolerance)
         if moved:
-            out.append(Change("resources", "; ".join(m.split(" -> ")[0] for m in moved), "; ".join(moved)))
+            has_text = ", ".join(f"{field} {value}" for field, value, _ in moved)
+            out.append(
+                Change("resources", has_text, ", ".join(f"{field} {value}" for field, _, value in moved))
+            )
     compare(
         "runtime-class",
         (live.get("spec") or {}).get("runtimeClassName"),
