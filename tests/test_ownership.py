@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 
 from tests.corpus import pod as corpus_pod
 from tests.support import GOLDEN, anchored_policy, validate_k8s
-from webhook.admission import OURS, admit
+from webhook.admission import admit
 from webhook.core import ANN_SKIP, ANN_STATUS, PREFIX
 from webhook.dataplane import FLAVOURS
 from webhook.dataplane.base import LABEL_VALUE_MAX, label_value
 from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.decide.podfacts import invalid
 from webhook.loading import load_snapshot
-from webhook.patch.inject import fingerprint, read_status
+from webhook.patch.inject import OURS, fingerprint, read_status
 from webhook.reasons import Mode
 
 POLICIES = {

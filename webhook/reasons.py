@@ -7,6 +7,7 @@ the decision annotation, the skip-reason annotation and AdmissionResponse warnin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -134,3 +135,11 @@ class ResourceSource(StrEnum):
     OBSERVED = "observed"
     PROFILE = "profile"
     VPA = "vpa"  # a VerticalPodAutoscaler sizes the proxy
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Where a step of the decision ends it: the pod is not meshed, for this reason."""
+
+    skip: Skip
+    text: str

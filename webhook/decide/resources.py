@@ -18,6 +18,7 @@ from webhook.decide.sizing import (
     from_observed,
     from_profile,
 )
+from webhook.decide.traits import WorkloadTraits
 from webhook.policy import Policy
 from webhook.reasons import ResourceSource
 from webhook.workload import WorkloadKey
@@ -28,15 +29,32 @@ def proxy_resources(
     key: WorkloadKey,
     snapshot: ClusterSnapshot,
     policy: Policy,
-    protocol: str,
-    throughput: str,
-    lifecycle: str,
+    traits: WorkloadTraits,
     ctx: Notes,
     *,
-    native: bool = False,
-    received: Mapping[str, Any] | None = None,
+    native: bool,
+    received: Mapping[str, Any],
 ) -> ProxyResources:
-    """``received``: the pod as the API server sent it (where a VPA already sized the proxy)."""
+    """The proxy's requests and limits, said in the explanation. ``received``: the pod as
+    the API server sent it (where a VPA already sized the proxy)."""
+    resources = _sized(annotations, key, snapshot, policy, traits, ctx, native, received)
+    ctx.lines.append(f"resources: {resources.detail} -> {resources.brief()}")
+    if resources.source is not ResourceSource.OBSERVED and traits.usage is None and snapshot.usage:
+        ctx.lines.append(f"usage: no samples recorded for {key}")
+    return resources
+
+
+def _sized(
+    annotations: Mapping[str, Any],
+    key: WorkloadKey,
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    traits: WorkloadTraits,
+    ctx: Notes,
+    native: bool,
+    received: Mapping[str, Any],
+) -> ProxyResources:
+    protocol, throughput, lifecycle = traits.protocol, traits.throughput, traits.lifecycle
     merged = _with_flavour_overrides(annotations, policy)
     vpa = autoscaler_for(snapshot, key)
     if vpa is not None:
@@ -54,7 +72,7 @@ def proxy_resources(
                 memory_limit=None,
                 source=ResourceSource.VPA,
                 detail=f"sized by VPA {vpa.name}",
-                kept=kept_resources(received or {}, proxy),
+                kept=kept_resources(received, proxy),
                 by=vpa.name,
             )
     summary = snapshot.usage.get(key)

@@ -26,11 +26,20 @@ annotation is overridden with a warning, and the pod is skipped where that canno
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.core import Notes
+from webhook.dataplane.base import Flavour
+from webhook.decide.placement import native_placement
+from webhook.decide.podfacts import pod_exclusions, pod_option
+from webhook.decide.survey import Survey
 from webhook.modes import MODES
-from webhook.modes.base import Setting
-from webhook.reasons import Mode, ModeReason, Skip
+from webhook.modes.base import Interception, Setting, sandbox_of
+from webhook.policy import Policy
+from webhook.reasons import Mode, ModeReason, Skip, Stop
 
 _CHAIN = (Mode.MICROVM, Mode.EBPF, Mode.IPTABLES)
 _KERNEL_GAPS = (ModeReason.KERNEL_UNKNOWN, ModeReason.KERNEL_TOO_OLD)
@@ -138,3 +147,64 @@ def choose_mode(setting: Setting, traits: PodTraits) -> Choice:
             "exits; iptables lets the proxy be a native sidecar",
         )
     return Choice(Mode.EBPF, ModeReason.EBPF_CAPABLE, ebpf.supported_text(setting))
+
+
+@dataclass(frozen=True, slots=True)
+class Picked:
+    """The chosen mode, what it was judged on and what it adds to the pod."""
+
+    mode: Mode
+    choice: Choice
+    setting: Setting
+    adds: Interception
+    native_option: str  # the pod's native-sidecar annotation ("auto" where it has none)
+
+
+def pick(
+    pod: Mapping[str, Any],
+    annotations: Mapping[str, str],
+    found: Survey,
+    plane: Flavour,
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    ctx: Notes,
+) -> Picked | Stop:
+    """The pod's annotations read, the table applied, the choice and what the mode adds
+    said in the explanation."""
+    requested = pod_option(annotations, "interception", ctx) or "auto"
+    setting = Setting(
+        elig=found.elig,
+        kernels=found.kernels,
+        snapshot=snapshot,
+        policy=policy,
+        plane=plane,
+        pod=pod,
+        annotations=annotations,
+        sandbox=sandbox_of(pod, snapshot, policy),
+        level=found.levels.enforce,
+        auto=requested == "auto",
+        exclusions=pod_exclusions(annotations, policy, ctx),
+    )
+    native_option = pod_option(annotations, "native-sidecar", ctx) or "auto"
+    traits = found.traits
+    choice = choose_mode(
+        setting,
+        PodTraits(
+            requested=requested,
+            iptables_fallback=pod_option(annotations, "iptables-fallback", ctx) != "false",
+            high_throughput_grpc=traits.protocol == "grpc" and traits.throughput == "high",
+            batch=traits.batch,
+            native_possible=native_placement(native_option, found.server, found.elig, policy, Notes())[0],
+        ),
+    )
+    if choice.mode is None:
+        assert choice.skip is not None
+        return Stop(choice.skip, choice.text)
+    if choice.warning:
+        ctx.warn(choice.warning)
+    ctx.lines.append(
+        f"mode: {choice.mode.value} ({choice.reason.value if choice.reason else ''}): {choice.text}"
+    )
+    adds = MODES[choice.mode].interception(setting)
+    ctx.lines.extend(adds.notes)
+    return Picked(choice.mode, choice, setting, adds, native_option)

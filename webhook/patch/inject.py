@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from webhook import __version__
 from webhook.core import ANN_DECISION, ANN_SKIP, ANN_SOURCE, ANN_STATUS, LABEL_MODE, Notes
-from webhook.dataplane import NAMED_ENV, PROXY_NAMES, Build, DataPlane, Flavour
+from webhook.dataplane import FLAVOURS, NAMED_ENV, Build, DataPlane, Flavour
 from webhook.dataplane.base import label_value
+from webhook.modes import MARKS
 from webhook.policy import Policy
+from webhook.workload import WorkloadKey, workload_key
 
 WRITTEN_ANNOTATIONS = (ANN_STATUS, ANN_DECISION, ANN_SOURCE, ANN_SKIP)
 
@@ -101,6 +103,15 @@ class Ours:
         return name in self.marks or name.startswith(self.mark_prefixes)
 
 
+# what any injection of ours may have added: re-injection takes off only that
+OURS = Ours(
+    containers=frozenset(name for f in FLAVOURS.values() for name in f.containers),
+    volumes=frozenset(v["name"] for f in FLAVOURS.values() for v in f.volumes),
+    marks=frozenset(mark for f in FLAVOURS.values() for mark in f.marks) | MARKS,
+    mark_prefixes=tuple(prefix for f in FLAVOURS.values() for prefix in f.mark_prefixes),
+)
+
+
 # Not in a fingerprint: what the API server defaults, and the resources (a
 # VerticalPodAutoscaler's admission controller, run after us, may set the proxy's).
 UNPRINTED = DEFAULTED | {"resources"}
@@ -163,16 +174,6 @@ def shallow_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 def container_names(spec: Mapping[str, Any], key: str) -> list[str]:
     items = spec.get(key)
     return [c.get("name") for c in items if isinstance(c, dict)] if isinstance(items, list) else []
-
-
-def present_proxy(pod: Mapping[str, Any]) -> str | None:
-    """The name of a proxy container the pod already carries (any flavour's), if any."""
-    spec = pod.get("spec") or {}
-    for key in ("containers", "initContainers"):
-        for name in container_names(spec, key):
-            if name in PROXY_NAMES:
-                return name
-    return None
 
 
 def read_status(pod: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -258,6 +259,19 @@ def strip(
     # decision then sets it again (see admission._admit), and keeps it otherwise
     if take_runtime and claimed_runtime(pod, status) is not None:
         del spec["runtimeClassName"]
+
+
+def taken_off(
+    original: Mapping[str, Any], status: Mapping[str, Any] | None, namespace: str, take_runtime: bool
+) -> tuple[dict[str, Any], WorkloadKey]:
+    """The pod as the user wrote it, a shallow copy of ``original`` with whatever an earlier
+    injection of ours added taken off (see ``strip``), and its workload."""
+    pod = shallow_pod(original)
+    key = workload_key(pod, namespace)
+    asked = frozenset(name for f in FLAVOURS.values() for name in f.requested_volumes(pod))
+    ours = replace(OURS, volumes=OURS.volumes | asked) if asked else OURS
+    strip(pod, status, ours, key.name, take_runtime=take_runtime)
+    return pod, key
 
 
 def claimed_runtime(pod: Mapping[str, Any], status: Mapping[str, Any] | None) -> str | None:

@@ -1,0 +1,47 @@
+"""The mesh's control plane, as a pod of the policy's flavour needs it: what the flavour
+reads of it in the cluster (or takes from the policy), and the namespace's annotations
+the pod inherits, as the mesh's own injector copies them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.core import Notes
+from webhook.dataplane.base import ControlPlane, Flavour
+from webhook.decide.podfacts import inherit, str_map
+from webhook.policy import Policy
+from webhook.reasons import Stop
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    control: ControlPlane
+    inherited: tuple[str, ...]  # the namespace annotations the pod inherited
+    annotations: Mapping[str, str]  # the pod's, with those
+
+
+def connect(
+    plane: Flavour,
+    pod: dict[str, Any],
+    namespace: str,
+    annotations: Mapping[str, str],
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    ctx: Notes,
+) -> Connected | Stop:
+    """The control plane's configuration, said in the explanation (a ``Stop`` where no pod
+    can be meshed without what is missing); the inherited annotations are put on ``pod``."""
+    control = plane.control_plane(snapshot.config_maps, policy)
+    if control.missing is not None:
+        return Stop(*control.missing)
+    ctx.lines.append(control.line)
+    for warning in control.warnings:
+        ctx.warn(warning)
+    inherited = inherit(pod, snapshot.namespace_annotations.get(namespace), plane.inherits)
+    if inherited:
+        annotations = str_map(pod["metadata"].get("annotations"))
+        ctx.lines.append(f"namespace {namespace}: the pod inherits {', '.join(inherited)}")
+    return Connected(control, inherited, annotations)
