@@ -29,7 +29,7 @@ import yaml
 
 from webhook.admission import admit
 from webhook.cluster.snapshot import Node, RedirectorState, Taint, build_snapshot, config_map_from_object
-from webhook.policy import load_policy
+from webhook.loading import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = [

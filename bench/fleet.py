@@ -27,8 +27,7 @@ import orjson
 from webhook.admission import admit
 from webhook.fleet.audit import State, audit
 from webhook.fleet.watch import FleetWatch, PodStore, expand
-from webhook.loading import load_snapshot
-from webhook.policy import load_policy
+from webhook.loading import load_policy, load_snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -37,7 +37,7 @@ from tests.servers import Certs, make_certs, serve_process  # noqa: E402
 from tests.support import eventually  # noqa: E402
 from webhook.admission import admit  # noqa: E402
 from webhook.cluster.live import LiveClusterView, api_client  # noqa: E402
-from webhook.policy import load_policy  # noqa: E402
+from webhook.loading import load_policy  # noqa: E402
 from webhook.usage.history import UsageHistory  # noqa: E402
 from webhook.workload import WorkloadKey  # noqa: E402
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests import promdata  # noqa: E402
-from webhook.policy import load_policy  # noqa: E402
+from webhook.loading import load_policy  # noqa: E402
 from webhook.usage.history import UsageHistory  # noqa: E402
 from webhook.usage.prometheus import CPU_QUERY, MEMORY_QUERY, PrometheusUsage  # noqa: E402
 from webhook.usage.samples import Sample, SampleColumns  # noqa: E402

@@ -14,8 +14,8 @@ import kubernetes_validate
 import yaml
 
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.loading import load_snapshot
-from webhook.policy import Policy, load_policy, parse_policy
+from webhook.loading import load_policy, load_snapshot, parse_policy
+from webhook.policy import Policy
 
 ROOT = Path(__file__).parent
 GOLDEN = ROOT / "golden"

@@ -19,7 +19,7 @@ import yaml
 from tests.support import validate_k8s
 from webhook.cli import build_parser
 from webhook.dataplane import FLAVOURS, config_maps
-from webhook.policy import parse_policy
+from webhook.loading import parse_policy
 from webhook.serve.app import AppState, create_app
 
 REPO = Path(__file__).resolve().parent.parent

@@ -531,7 +531,7 @@ def test_the_deployed_role_reads_what_each_flavour_reads_and_no_other_configmap(
     from webhook.cluster.live import read_once
     from webhook.cluster.snapshot import redirector_selector
     from webhook.dataplane import config_maps
-    from webhook.policy import parse_policy
+    from webhook.loading import parse_policy
 
     api = world["api"]
     rbac = client.RbacAuthorizationV1Api(api)
@@ -755,8 +755,7 @@ def test_vpa_and_the_injector_compose_in_either_order(world, webhook):
     of every stored pod changes nothing."""
     from tests.vpa_admission import FakeVpaAdmission
     from webhook.admission import admit
-    from webhook.loading import load_snapshot
-    from webhook.policy import load_policy
+    from webhook.loading import load_policy, load_snapshot
 
     core, api = world["core"], world["api"]
     custom = client.CustomObjectsApi(api)
@@ -1055,7 +1054,7 @@ def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
         pytest.skip("Debian's prometheus package is not installed")
     from tests import promdata
     from webhook.decide.sizing import from_observed
-    from webhook.policy import load_policy
+    from webhook.loading import load_policy
     from webhook.usage.prometheus import prometheus_summaries
     from webhook.workload import WorkloadKey
 
@@ -1157,7 +1156,7 @@ def test_meshed_pods_are_watched_for_workloads_and_oom_kills(world, tmp_path):
     OOM kill of its proxy written to the pod's status reaches the history. The PodMetrics
     poll itself gets the API server's answer that metrics.k8s.io is not served here."""
     from webhook.cluster.live import api_client
-    from webhook.policy import load_policy
+    from webhook.loading import load_policy
     from webhook.usage.history import UsageHistory
     from webhook.usage.metricsapi import MetricsApiUsage
     from webhook.workload import WorkloadKey

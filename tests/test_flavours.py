@@ -16,20 +16,21 @@ import pytest
 from tests.support import ANCHORS_POLICY, CASES, TRUST_ANCHORS, anchored_policy, load_case, validate_k8s
 from webhook.admission import admit
 from webhook.core import ANN_SKIP
-from webhook.dataplane import PROXY_NAMES
+from webhook.dataplane import FLAVOURS, PROXY_NAMES
 from webhook.dataplane.linkerd import trust_root_sha256
+from webhook.loading import parse_policy
 from webhook.patch.inject import read_status
-from webhook.policy import PolicyError, parse_policy
+from webhook.policy import PolicyError
 
 REPO = Path(__file__).parent.parent
 EBPF = load_case(next(p for p in CASES if p.name == "62-linkerd-ebpf-native-requested"))
 # the same pod in iptables mode, where the proxy is a native sidecar (ebpf needs a regular container)
 BASE = copy.deepcopy(EBPF)
 BASE.review["request"]["object"]["metadata"]["annotations"]["mesh-injector.io/interception"] = "iptables"
+# every registered flavour (the contract proxy's images are named; the others ignore them)
 POLICIES = {
-    "linkerd": anchored_policy(),
-    "istio": anchored_policy("proxy: {flavour: istio}"),
-    "generic": anchored_policy("proxy: {flavour: generic, image: reg/proxy:1, initImage: reg/init:1}"),
+    name: anchored_policy(f"proxy: {{flavour: {name}, image: reg/proxy:1, initImage: reg/init:1}}")
+    for name in FLAVOURS
 }
 
 
@@ -74,8 +75,8 @@ def with_probes(pod):
 
 @pytest.mark.parametrize("base", [BASE, EBPF], ids=["iptables", "ebpf"])
 @pytest.mark.parametrize("probes", [False, True], ids=["no-probes", "probes"])
-@pytest.mark.parametrize("before", ["linkerd", "istio", "generic"])
-@pytest.mark.parametrize("after", ["linkerd", "istio", "generic"])
+@pytest.mark.parametrize("before", list(FLAVOURS))
+@pytest.mark.parametrize("after", list(FLAVOURS))
 def test_switching_flavour_replaces_the_data_plane_cleanly(before, after, probes, base):
     original = base.review["request"]["object"]
     if probes:  # Istio takes them over: another flavour must get the pod's own back
@@ -227,7 +228,7 @@ def test_a_port_the_flavours_proxy_needs_is_a_conflict(flavour, port, needle):
     assert f"uses port {needle}, which the {flavour} proxy needs" in out.explanation[0]
 
 
-@pytest.mark.parametrize("flavour", ["linkerd", "istio", "generic"])
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
 def test_a_job_on_legacy_placement_is_told_how_to_stop_the_proxy(flavour):
     obj = copy.deepcopy(BASE.review["request"]["object"])
     obj["spec"]["restartPolicy"] = "Never"

@@ -22,8 +22,7 @@ import yaml
 from webhook.admission import admit
 from webhook.fleet.audit import State, audit
 from webhook.fleet.rollout import Step, plan, rolled_out, run, unavailable_at_once
-from webhook.loading import load_snapshot
-from webhook.policy import load_policy
+from webhook.loading import load_policy, load_snapshot
 from webhook.workload import WorkloadKey
 
 ROOT = Path(__file__).parent.parent

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhook.decide.sizing import from_observed
-from webhook.policy import PolicyError, parse_policy
+from webhook.loading import parse_policy
+from webhook.policy import PolicyError
 from webhook.usage.history import CPU_FLOOR, MEMORY_FLOOR, RATIO, SLOTS, UsageHistory, bucket, upper_edge
 from webhook.usage.samples import Sample, summarize
 from webhook.workload import WorkloadKey

@@ -22,8 +22,7 @@ from tests.support import EXAMPLE, JSON, anchored_policy, load_case
 from webhook.admission import admit
 from webhook.cluster.snapshot import Memo, StaticClusterView, build_snapshot, outcome_cost
 from webhook.decide.memo import template_key
-from webhook.loading import load_snapshot
-from webhook.policy import load_policy
+from webhook.loading import load_policy, load_snapshot
 from webhook.serve.app import AppState, BodyBudget
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from tests.support import ANCHORS_POLICY, GOLDEN
 from webhook import flagtypes
 from webhook.cli import build_parser, main
-from webhook.policy import PolicyError, default_policy_text, load_policy, parse_policy
+from webhook.loading import load_policy, parse_policy
+from webhook.policy import PolicyError, default_policy_text
 from webhook.progress import Progress
 from webhook.serve.run import _check_ports
 from webhook.versions import parse_kernel, parse_kube_version
@@ -84,7 +85,7 @@ def test_numbers_that_are_read_back_exactly_are_taken():
         "sizing: {floor: {cpu: 0.01}}\n",
         "p.yaml",
     )
-    assert p.proxy.linkerd.opaque_ports == "3306"
+    assert p.proxy.settings("linkerd").opaque_ports == "3306"
     assert p.sizing.floor.cpu == pytest.approx(0.01)
 
 

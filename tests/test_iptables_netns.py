@@ -19,7 +19,7 @@ import pytest
 
 from webhook.admission import admit
 from webhook.cluster.snapshot import build_snapshot
-from webhook.policy import parse_policy
+from webhook.loading import parse_policy
 
 # the generic flavour: mesh-init carries the ruleset we render (the meshes' init images
 # render their own; tests/test_flavours.py checks the flags they are given)

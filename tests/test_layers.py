@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from webhook.dataplane import FLAVOURS
 
 ROOT = Path(__file__).resolve().parent.parent / "webhook"
 
@@ -125,3 +128,81 @@ def test_the_checks_see_an_upward_import_and_a_cycle() -> None:
     assert layer("webhook.decide.sizing") > layer("webhook.core")
     with pytest.raises(graphlib.CycleError):
         graphlib.TopologicalSorter({"a": {"b"}, "b": {"a"}}).prepare()
+
+
+# --- flavours are named only in webhook/dataplane/ ------------------------------------
+
+FLAVOUR_NAMES = frozenset(FLAVOURS)
+# a literal that is a flavour's name but means something else
+NOT_A_FLAVOUR = {("cluster/snapshot.py", "istio"): "Merbridge's own default for its --mode flag"}
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _identifiers(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        return [node.attr]
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, ast.keyword) and node.arg:
+        return [node.arg]
+    if isinstance(node, ast.alias):
+        return [node.name.rsplit(".", 1)[-1], *([node.asname] if node.asname else [])]
+    return []
+
+
+def flavour_mentions(source: str, where: str = "") -> list[str]:
+    """Code (not comments or docstrings) that names a flavour: a string that is a flavour's
+    name, or an identifier with a flavour's name as one of its words."""
+    tree = ast.parse(source)
+    docs = _docstrings(tree)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            name = node.value.strip().lower()
+            if name in FLAVOUR_NAMES and (where, name) not in NOT_A_FLAVOUR:
+                out.append(f"{where}:{node.lineno}: the string {node.value!r}")
+        for ident in _identifiers(node):
+            named = {w.lower() for part in ident.split("_") for w in _WORD.findall(part)} & FLAVOUR_NAMES
+            if named:
+                out.append(f"{where}:{getattr(node, 'lineno', '?')}: the name {ident}")
+    return out
+
+
+def test_no_flavour_is_named_outside_the_data_plane_package() -> None:
+    # a flavour is one module in webhook/dataplane/ and its entry in FLAVOURS: what it
+    # renders, reads of its control plane, leaves on a pod and keeps in the policy file.
+    # Everything else asks the registry, so a new flavour touches nothing outside.
+    found = [
+        mention
+        for path in sorted(ROOT.rglob("*.py"))
+        if "dataplane" not in path.relative_to(ROOT).parts
+        for mention in flavour_mentions(path.read_text(), str(path.relative_to(ROOT)))
+    ]
+    assert found == []
+
+
+def test_the_flavour_check_sees_a_name_in_code_and_not_in_text() -> None:
+    code = (
+        '"""Linkerd and Istio are described here."""\n'
+        "# istio in a comment\n"
+        'if plane.name == "istio":\n'
+        "    s = policy.proxy.linkerd\n"
+        "    LinkerdSettings = 1\n"
+        'text = "sidecar.istio.io/status"\n'
+    )
+    found = flavour_mentions(code)
+    assert found == [":3: the string 'istio'", ":4: the name linkerd", ":5: the name LinkerdSettings"], found

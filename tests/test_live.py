@@ -27,7 +27,7 @@ from webhook.admission import admit
 from webhook.cluster.live import LiveClusterView, api_client
 from webhook.cluster.snapshot import redirector_selector
 from webhook.dataplane import config_maps
-from webhook.policy import load_policy
+from webhook.loading import load_policy
 from webhook.versions import KubeVersion
 
 POLICY = load_policy()
@@ -266,7 +266,12 @@ def test_istio_mesh_config_is_watched(tmp_path):
     fake.put("configmaps", mesh)
     fake.start()
     proxy = dataclasses.replace(
-        POLICY.proxy, flavour="istio", istio=dataclasses.replace(POLICY.proxy.istio, revision="canary")
+        POLICY.proxy,
+        flavour="istio",
+        sections={
+            **POLICY.proxy.sections,
+            "istio": dataclasses.replace(POLICY.proxy.settings("istio"), revision="canary"),
+        },
     )
     policy = dataclasses.replace(POLICY, proxy=proxy)
     view = LiveClusterView(

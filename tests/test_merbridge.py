@@ -35,7 +35,7 @@ from tests.netns import fresh, join, sh
 from tests.support import TRUST_ANCHORS, anchored_policy
 from webhook.admission import admit
 from webhook.cluster.snapshot import redirector_selector, snapshot_from_objects
-from webhook.dataplane import flavour
+from webhook.dataplane import FLAVOURS, flavour
 from webhook.versions import KubeVersion
 
 POD = Path(__file__).parent / "merbridge_pod.py"
@@ -73,7 +73,7 @@ def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
                 pytest.skip(f"cannot mount {kind}: {done.stderr.strip()}")
             mounted.append(where)
         loaded = {}
-        for mode in ("linkerd", "istio"):
+        for mode in sorted({f.redirect.mode for f in FLAVOURS.values() if f.redirect is not None}):
             progs = mb.Programs(mode, bpffs, cg2)
             try:
                 progs.build()
@@ -273,7 +273,7 @@ def register(progs: mb.Programs, pod: dict[str, Any]) -> None:
             progs.update("local_pod_ips", mb.ip_key(ip), mb.pod_config(annotations))
 
 
-@pytest.mark.parametrize("plane_name", ["linkerd", "istio"])
+@pytest.mark.parametrize("plane_name", [name for name, f in FLAVOURS.items() if f.redirect is not None])
 def test_an_emitted_ebpf_pod_is_redirected_by_merbridge(programs, plane_name):
     progs = programs[flavour(plane_name).redirect.mode]
     pod = emitted(plane_name)

@@ -340,7 +340,7 @@ def test_label_values_are_cut_to_what_the_api_server_accepts(name, want):
 
 
 @pytest.mark.parametrize("length", [63, 64, 67, 200])
-@pytest.mark.parametrize("flavour", ["linkerd", "istio"])
+@pytest.mark.parametrize("flavour", [name for name, f in FLAVOURS.items() if f.reads_workload])
 def test_a_long_workload_name_gives_a_valid_pod(flavour, length):
     """A Deployment name of any legal length: the labels that carry it are valid values, and
     re-admission (the pod as stored) changes nothing."""

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests import pss
 from tests.support import GOLDEN, anchored_policy, load_case, validate_k8s
 from webhook.admission import admit
+from webhook.dataplane import FLAVOURS
 from webhook.loading import load_snapshot
 from webhook.patch.diff import diff
 from webhook.patch.inject import fingerprint, read_status
@@ -279,7 +280,7 @@ def test_an_outcome_shared_by_template_equals_a_fresh_decision(
     assert served.pod == fresh.pod
 
 
-@pytest.mark.parametrize("flavour", ["generic", "linkerd", "istio"])
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
 def test_a_sibling_workload_is_served_from_the_template_memo(flavour):
     """Siblings share one decided template; where the flavour names the workload on the pod
     (Linkerd, Istio) each gets its own name put into the shared patch."""
@@ -335,7 +336,7 @@ FLAVOURED = {
         f"proxy: {{flavour: {name}, image: reg/p:1, initImage: reg/i:1}}\n"
         f"interception: {{iptables: {{cniInstallsRules: {str(cni).lower()}}}}}"
     )
-    for name in ("linkerd", "istio", "generic")
+    for name in FLAVOURS
     for cni in (False, True)
 }
 pod_security_annotations = st.dictionaries(
@@ -350,7 +351,7 @@ pod_security_annotations = st.dictionaries(
     pod=pods(),
     annotations=pod_security_annotations,
     ns=st.sampled_from(sorted(LEVEL_OF)),
-    flavour=st.sampled_from(["linkerd", "istio", "generic"]),
+    flavour=st.sampled_from(list(FLAVOURS)),
     cni=st.booleans(),
     server=st.sampled_from([None, "1.27", "1.32"]),
 )

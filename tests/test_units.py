@@ -8,9 +8,10 @@ from tests.support import anchored_policy
 from webhook.cluster.snapshot import Node, Taint, build_snapshot
 from webhook.decide.scheduling import eligible_nodes
 from webhook.decide.sizing import from_observed
+from webhook.loading import parse_policy
 from webhook.modes.base import kernel_facts
 from webhook.patch.diff import diff, escape
-from webhook.policy import PolicyError, parse_policy
+from webhook.policy import PolicyError
 from webhook.usage.samples import Sample, parse_samples, summarize, weighted_percentile
 from webhook.versions import Kernel, KubeVersion, kube_version_from_info, parse_kernel, parse_kube_version
 from webhook.workload import WorkloadKey, workload_key

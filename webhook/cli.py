@@ -30,6 +30,7 @@ from webhook.fleet.audit import Report, State, audit
 from webhook.fleet.rollout import budgets_of, plan, run
 from webhook.loading import (
     InputError,
+    load_policy,
     load_snapshot,
     manifest_sources,
     parse_document,
@@ -47,7 +48,7 @@ from webhook.manifests.roundtrip import (
     rewrite_yaml,
 )
 from webhook.modes import describe as describe_modes
-from webhook.policy import Policy, PolicyError, load_policy
+from webhook.policy import Policy, PolicyError
 from webhook.progress import Progress
 from webhook.reasons import Skip
 from webhook.serve.options import add_commands as add_server_commands
@@ -278,9 +279,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     if blind:
         print(
             f"mesh-injector: error: {blind} workload(s) were left unmeshed because this dry run does "
-            "not know Linkerd's trust anchors; give --cluster with the output of `kubectl get configmap "
-            "-n linkerd linkerd-identity-trust-roots -o yaml`, or --kubeconfig, or set "
-            "proxy.linkerd.trustAnchorsPem in --policy",
+            f"not know {flavour(policy.proxy.flavour).dry_run_needs}",
             file=sys.stderr,
         )
     if invalid:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
+from webhook import policy as policy_file
 from webhook import yamltext
 from webhook.cluster.snapshot import (
     ClusterSnapshot,
@@ -23,7 +24,7 @@ from webhook.cluster.snapshot import (
     snapshot_from_objects,
     with_kernel,
 )
-from webhook.dataplane import config_maps
+from webhook.dataplane import POLICY_SECTIONS, config_maps
 from webhook.errors import ClusterAccessError
 from webhook.policy import Policy
 from webhook.usage.samples import UsageError, load_samples, summarize_all
@@ -31,6 +32,17 @@ from webhook.versions import KubeVersion, parse_kernel, parse_kube_version
 
 # libyaml's C loader when PyYAML was built with it: ~10x faster on big manifests.
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The default policy, or the file at ``path`` (``-``: standard input) over it, with
+    the sections of every registered data-plane flavour (``PolicyError`` where it is bad)."""
+    return policy_file.load_policy(path, POLICY_SECTIONS)
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """A policy's text over the defaults (see ``load_policy``)."""
+    return policy_file.parse_policy(text, source, POLICY_SECTIONS)
 
 
 class InputError(ValueError):

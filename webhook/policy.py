@@ -14,6 +14,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -86,76 +87,49 @@ class Profile:
     limits: Amounts = field(default_factory=Amounts)
 
 
-Flavour = Literal["linkerd", "istio", "generic"]
+# a dataclass field that is not a key of the policy file (it is filled in as the file is read)
+NOT_IN_FILE: Mapping[str, bool] = types.MappingProxyType({"file": False})
 
 
-@dataclass(frozen=True, kw_only=True)
-class LinkerdSettings:
-    """Where Linkerd's control plane is and how ``linkerd inject`` would configure a proxy."""
-
-    namespace: str = "linkerd"
-    cluster_domain: str = "cluster.local"
-    trust_domain: str = "cluster.local"
-    image: str = "cr.l5d.io/linkerd/proxy:edge-24.8.2"
-    init_image: str = "cr.l5d.io/linkerd/proxy-init:v2.4.1"
-    # PEM bundle; when unset, the ConfigMap linkerd-identity-trust-roots in ``namespace``.
-    trust_anchors_pem: str | None = None
-    log_level: str = "warn,linkerd=info,hickory=error"
-    log_format: Literal["plain", "json"] = "plain"
-    cluster_networks: str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"
-    default_inbound_policy: Literal[
-        "all-unauthenticated", "all-authenticated", "cluster-authenticated", "cluster-unauthenticated", "deny"
-    ] = "all-unauthenticated"
-    opaque_ports: PortList = "25,587,3306,4444,5432,6379,9300,11211"
-    ignore_inbound_ports: PortList = "4567,4568"
-    ignore_outbound_ports: PortList = "4567,4568"
+def _no_check(policy: Policy) -> str | None:
+    return None
 
 
-@dataclass(frozen=True, kw_only=True)
-class IstioSettings:
-    """Where istiod is and how ``istioctl kube-inject`` would configure a proxy."""
+@dataclass(frozen=True, slots=True)
+class FlavourPolicy:
+    """What the policy file holds for one data-plane flavour: the dataclass of its section
+    under ``proxy`` (read and checked like the rest of the file; None: it has none), and a
+    check of the whole policy (what is wrong, or None). A settings class with a
+    ``namespace`` names where the flavour's control plane runs."""
 
-    namespace: str = "istio-system"
-    revision: str = "default"
-    image: str = "docker.io/istio/proxyv2:1.23.2"
-    # CA and xDS address; default istiod[-<revision>].<namespace>.svc:15012
-    istiod_address: str | None = None
-    trust_domain: str = "cluster.local"
-    cluster_domain: str = "cluster.local"
-    cluster_id: str = "Kubernetes"
-    # default: the trust domain, as Istio does
-    mesh_id: str | None = None
-    log_level: str = "warning"
-    component_log_level: str = "misc:error"
-    # send the app containers' probes through the agent (Istio's rewriteAppHTTPProbe);
-    # a pod's sidecar.istio.io/rewriteAppHTTPProbers annotation overrides it
-    rewrite_app_probes: bool = True
+    settings: type | None = None
+    check: Callable[[Policy], str | None] = _no_check
 
-    @property
-    def ca_address(self) -> str:
-        if self.istiod_address:
-            return self.istiod_address
-        name = "istiod" if self.revision == "default" else f"istiod-{self.revision}"
-        return f"{name}.{self.namespace}.svc:15012"
+
+Flavours = Mapping[str, FlavourPolicy]
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProxyImages:
-    flavour: Flavour = "linkerd"
-    # the generic flavour's contract proxy: both required when flavour is generic
+    flavour: str  # the name of a registered data-plane flavour
+    # the contract proxy's images (the flavour that has no images of its own requires them)
     image: str | None = None
     init_image: str | None = None
     connection_pool_size: int = 4096
-    linkerd: LinkerdSettings = field(default_factory=LinkerdSettings)
-    istio: IstioSettings = field(default_factory=IstioSettings)
+    # each flavour's own section, ``proxy.<flavour>``, parsed by the settings class the
+    # flavour declares (``FlavourPolicy``)
+    sections: Mapping[str, Any] = field(default_factory=dict, metadata=NOT_IN_FILE)
+
+    def settings(self, name: str) -> Any:
+        return self.sections[name]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Redirector:
     """Where the node agent that performs ebpf mode runs: Merbridge's DaemonSet pods."""
 
-    # default: the data plane's control-plane namespace, where Merbridge's own manifests
-    # install it (linkerd for the linkerd flavour, istio-system for istio)
+    # default: the namespace of the flavour's control plane (its settings' ``namespace``),
+    # where Merbridge's own manifests install it
     namespace: str | None = None
     # equality-based label selector of its pods, as kubectl -l takes it
     selector: str = "app=merbridge"
@@ -274,9 +248,8 @@ class Policy:
         configured = self.interception.ebpf.redirector.namespace
         if configured:
             return configured
-        return {"linkerd": self.proxy.linkerd.namespace, "istio": self.proxy.istio.namespace}.get(
-            self.proxy.flavour, "merbridge"
-        )
+        home = getattr(self.proxy.sections.get(self.proxy.flavour), "namespace", None)
+        return home if isinstance(home, str) else "merbridge"
 
     def profile_for(self, protocol: str, throughput: str, lifecycle: str) -> Profile:
         for profile in self.profiles:
@@ -291,10 +264,6 @@ class Policy:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
 
 def _describe(tp: Any) -> str:
@@ -418,11 +387,16 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported policy field type {tp!r}")  # a bug in this module, not input
 
 
+def _file_fields(cls: Any) -> dict[str, dataclasses.Field[Any]]:
+    """The keys a policy file may give for ``cls``, and their fields."""
+    return {_camel(f.name): f for f in dataclasses.fields(cls) if f.metadata.get("file", True)}
+
+
 def _build(cls: Any, value: Any, path: str) -> Any:
     if not isinstance(value, dict):
         raise PolicyError(f"{path or 'policy'}: expected a mapping, got {type(value).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    fields = _file_fields(cls)
     kwargs = {}
     for key, f in fields.items():
         sub = f"{path}.{key}" if path else key
@@ -433,18 +407,23 @@ def _build(cls: Any, value: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
-def _unknown_fields(cls: Any, value: Any, path: str) -> list[str]:
+def _unknown_fields(cls: Any, value: Any, path: str, flavours: Flavours) -> list[str]:
     """Every field the file names that the policy does not have, each with what is allowed
-    there (all of them at once: fixing one typo per run is slow)."""
+    there (all of them at once: fixing one typo per run is slow). Under ``proxy``, each
+    flavour's section is allowed too."""
     if not isinstance(value, dict):
         return []
     hints = typing.get_type_hints(cls)
-    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    fields = _file_fields(cls)
+    sections = _sections(flavours) if cls is ProxyImages else {}
     where = f"{path}." if path else ""
     out = [
-        f"{where}{key}: unknown field; allowed fields here are " + ", ".join(sorted(fields))
-        for key in sorted(set(map(str, value)) - set(fields))
+        f"{where}{key}: unknown field; allowed fields here are " + ", ".join(sorted([*fields, *sections]))
+        for key in sorted(set(map(str, value)) - set(fields) - set(sections))
     ]
+    for key, settings in sections.items():
+        if key in value:
+            out += _unknown_fields(settings, value[key], f"{where}{key}", flavours)
     for key, f in fields.items():
         if key not in value:
             continue
@@ -456,10 +435,30 @@ def _unknown_fields(cls: Any, value: Any, path: str) -> list[str]:
             item = typing.get_args(tp)[0]
             if dataclasses.is_dataclass(item):
                 for i, v in enumerate(value[key]):
-                    out += _unknown_fields(item, v, f"{where}{key}[{i}]")
+                    out += _unknown_fields(item, v, f"{where}{key}[{i}]", flavours)
         elif dataclasses.is_dataclass(tp):
-            out += _unknown_fields(tp, value[key], f"{where}{key}")
+            out += _unknown_fields(tp, value[key], f"{where}{key}", flavours)
     return out
+
+
+def _sections(flavours: Flavours) -> dict[str, type]:
+    return {name: f.settings for name, f in flavours.items() if f.settings is not None}
+
+
+def _build_policy(data: dict[str, Any], flavours: Flavours) -> Policy:
+    """The policy, each flavour's section under ``proxy`` read by its own settings class."""
+    proxy = data.get("proxy")
+    if not isinstance(proxy, dict):
+        return _build(Policy, data, "")  # refused there, with the path
+    chosen = proxy.get("flavour")
+    if not (isinstance(chosen, str) and chosen in flavours):
+        allowed = ", ".join(repr(name) for name in flavours)
+        raise PolicyError(f"proxy.flavour: {chosen!r} is not allowed; expected one of {allowed}")
+    sections = _sections(flavours)
+    own = {k: v for k, v in proxy.items() if k not in sections}
+    policy = _build(Policy, {**data, "proxy": own}, "")
+    parsed = {name: _build(cls, proxy.get(name, {}), f"proxy.{name}") for name, cls in sections.items()}
+    return dataclasses.replace(policy, proxy=dataclasses.replace(policy.proxy, sections=parsed))
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -473,14 +472,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check(policy: Policy) -> Policy:
-    if policy.proxy.flavour == "generic":
-        for key in ("image", "initImage"):
-            if getattr(policy.proxy, _snake(key)) is None:
-                raise PolicyError(
-                    f"proxy.{key}: required with proxy.flavour: generic (the contract proxy has no "
-                    "default image; name the one you built)"
-                )
+def _check(policy: Policy, flavours: Flavours) -> Policy:
+    for flavour in flavours.values():
+        problem = flavour.check(policy)
+        if problem is not None:
+            raise PolicyError(problem)
     redirector = policy.interception.ebpf.redirector
     for item in redirector.selector.split(","):
         key, eq, value = item.partition("=")
@@ -489,11 +485,6 @@ def _check(policy: Policy) -> Policy:
                 f"interception.ebpf.redirector.selector: {redirector.selector!r} is not an equality-based "
                 "label selector such as app=merbridge or app=merbridge,tier=node"
             )
-    pem = policy.proxy.linkerd.trust_anchors_pem
-    if pem is not None and "-----BEGIN CERTIFICATE-----" not in pem:
-        raise PolicyError(
-            "proxy.linkerd.trustAnchorsPem: expected PEM certificates (-----BEGIN CERTIFICATE-----)"
-        )
     if not policy.profiles or policy.profiles[-1].match != ProfileMatch():
         raise PolicyError("profiles: the last profile must have an empty match (the catch-all)")
     for i, p in enumerate(policy.profiles):
@@ -553,23 +544,25 @@ def default_policy_text() -> str:
     return resources.files("webhook").joinpath("data/default-policy.yaml").read_text(encoding="utf-8")
 
 
-def parse_policy(text: str, source: str = "policy") -> Policy:
+def parse_policy(text: str, source: str, flavours: Flavours) -> Policy:
+    """The policy in ``text`` over the defaults; ``flavours``: the data-plane flavours there
+    are, by name (``webhook.loading`` gives the registered ones)."""
     base = _read_yaml(default_policy_text(), "default policy")
     given = _read_yaml(text, source)
-    unknown = _unknown_fields(Policy, given, "")
+    unknown = _unknown_fields(Policy, given, "", flavours)
     if unknown:
         raise PolicyError(f"{source}: " + f"\n{source}: ".join(unknown))
     data = _merge(base, given)
     try:
-        return _check(_build(Policy, data, ""))
+        return _check(_build_policy(data, flavours), flavours)
     except PolicyError as exc:
         raise PolicyError(f"{source}: {exc}") from None
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
+def load_policy(path: str | Path | None, flavours: Flavours) -> Policy:
     """The default policy, or the file at ``path`` (``-``: standard input) layered over it."""
     if path is None:
-        return parse_policy("", "default policy")
+        return parse_policy("", "default policy", flavours)
     source = "<stdin>" if str(path) == "-" else str(path)
     try:
         raw = sys.stdin.buffer.read() if source == "<stdin>" else Path(path).read_bytes()
@@ -582,4 +575,4 @@ def load_policy(path: str | Path | None = None) -> Policy:
             f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
             "save the policy as UTF-8"
         ) from None
-    return parse_policy(text, source)
+    return parse_policy(text, source, flavours)

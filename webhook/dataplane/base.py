@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from webhook.core import ProxyResources
-from webhook.policy import Policy
+from webhook.policy import FlavourPolicy, Policy
 from webhook.reasons import Mode, Skip
 from webhook.workload import WorkloadKey
 
@@ -119,10 +119,17 @@ class Flavour:
     # workloads never share a rendering)
     reads_workload: bool
     render: Callable[[Build, Mapping[str, Any], Policy], DataPlane]
+    # what the proxy is and what it needs, for ``policy check`` (given whether a CNI plugin
+    # installs the iptables rules)
+    describe: Callable[[Policy, bool], list[str]]
+    # its section of the policy file (``proxy.<name>``) and the checks of it
+    policy: FlavourPolicy = field(default_factory=FlavourPolicy)
     # what it reads of its control plane: the ConfigMaps, as (namespace, name), that serve
     # watches and the dry-run verbs read; and what it makes of them for a decision
     config_maps: Callable[[Policy], tuple[tuple[str, str], ...]] = _no_config_maps
     control_plane: Callable[[ConfigMaps, Policy], ControlPlane]
+    # what a dry run must be given where ``control_plane`` finds its configuration missing
+    dry_run_needs: str = ""
     # name prefixes of the namespace annotations its pods inherit (written on the pod, as
     # the mesh's own injector does, where the pod has none of its own)
     inherits: tuple[str, ...] = ()

@@ -19,7 +19,7 @@ from webhook.dataplane.iptables import (
     PROXY_UID,
     render_rules,
 )
-from webhook.policy import Policy
+from webhook.policy import FlavourPolicy, Policy
 from webhook.reasons import Mode
 
 PROXY = "mesh-proxy"
@@ -124,6 +124,31 @@ def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
     return ControlPlane(line=f"data plane: generic ({policy.proxy.image})")
 
 
+def describe(policy: Policy, cni: bool) -> list[str]:
+    return [
+        f"data plane: generic: {PROXY} {policy.proxy.image}",
+        "  iptables mode: "
+        + (
+            "no init container (a CNI plugin installs the rules)"
+            if cni
+            else f"{INIT} {policy.proxy.init_image}"
+        ),
+    ]
+
+
+def _check_policy(policy: Policy) -> str | None:
+    """The contract proxy has no image of its own: the policy names the one built."""
+    if policy.proxy.flavour != FLAVOUR.name:
+        return None
+    for key, value in (("image", policy.proxy.image), ("initImage", policy.proxy.init_image)):
+        if value is None:
+            return (
+                f"proxy.{key}: required with proxy.flavour: generic (the contract proxy has no "
+                "default image; name the one you built)"
+            )
+    return None
+
+
 FLAVOUR = Flavour(
     name="generic",
     control_plane=control_plane,
@@ -135,6 +160,8 @@ FLAVOUR = Flavour(
     resource_annotations={},
     reads_workload=False,
     render=render,
+    describe=describe,
+    policy=FlavourPolicy(check=_check_policy),
     never_redirected=never_redirected,
     # our ruleset: -m owner, -o lo, -d, --dport and REDIRECT, which gVisor's netstack loads
     rules_in_gvisor=True,

@@ -49,7 +49,41 @@ from webhook.dataplane.istiomesh import (
     parse_mesh,
     pod_fields,
 )
-from webhook.policy import IstioSettings, Policy
+from webhook.policy import FlavourPolicy, Policy
+
+
+@dataclass(frozen=True, kw_only=True)
+class IstioSettings:
+    """Where istiod is and how ``istioctl kube-inject`` would configure a proxy."""
+
+    namespace: str = "istio-system"
+    revision: str = "default"
+    image: str = "docker.io/istio/proxyv2:1.23.2"
+    # CA and xDS address; default istiod[-<revision>].<namespace>.svc:15012
+    istiod_address: str | None = None
+    trust_domain: str = "cluster.local"
+    cluster_domain: str = "cluster.local"
+    cluster_id: str = "Kubernetes"
+    # default: the trust domain, as Istio does
+    mesh_id: str | None = None
+    log_level: str = "warning"
+    component_log_level: str = "misc:error"
+    # send the app containers' probes through the agent (Istio's rewriteAppHTTPProbe);
+    # a pod's sidecar.istio.io/rewriteAppHTTPProbers annotation overrides it
+    rewrite_app_probes: bool = True
+
+    @property
+    def ca_address(self) -> str:
+        if self.istiod_address:
+            return self.istiod_address
+        name = "istiod" if self.revision == "default" else f"istiod-{self.revision}"
+        return f"{name}.{self.namespace}.svc:15012"
+
+
+def settings(policy: Policy) -> IstioSettings:
+    """The policy's ``proxy.istio``."""
+    return policy.proxy.settings("istio")  # type: ignore[no-any-return]
+
 
 PROXY = "istio-proxy"
 INIT = "istio-init"
@@ -618,7 +652,7 @@ def app_probes(pod: Mapping[str, Any], s: IstioSettings) -> tuple[str | None, di
 
 
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
-    s = policy.proxy.istio
+    s = settings(policy)
     conf = pod_config(pod)
     setup = proxy_setup(build, pod, s)
     inits: tuple[dict[str, Any], ...] = ()
@@ -674,14 +708,14 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
 
 def config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
     """The revision's mesh config: ConfigMap istio (or istio-<revision>) in istiod's namespace."""
-    s = policy.proxy.istio
+    s = settings(policy)
     return ((s.namespace, config_map_name(s.revision)),)
 
 
 def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
     """The revision's mesh config, parsed (once per distinct text); without it, the policy's
     values (and Istio's defaults) are used."""
-    s = policy.proxy.istio
+    s = settings(policy)
     ((namespace, name),) = config_maps(policy)
     where = f"ConfigMap {namespace}/{name}"
     line = f"data plane: istio ({s.image}; istiod {s.ca_address}, revision {s.revision}"
@@ -696,6 +730,20 @@ def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
     """What istio-iptables' -d always leaves to the pod: Envoy's Prometheus port, the health
     and status ports."""
     return ((HEALTH_PORT, HEALTH_PORT), (STATUS_PORT, STATUS_PORT), (PROM_PORT, PROM_PORT)), ()
+
+
+def describe(policy: Policy, cni: bool) -> list[str]:
+    s = settings(policy)
+    ((ns, mesh),) = config_maps(policy)
+    return [
+        f"data plane: istio: {PROXY} {s.image}",
+        f"  istiod: {s.ca_address} (revision {s.revision}); trust domain {s.trust_domain}, "
+        f"cluster id {s.cluster_id}, mesh id {s.mesh_id or s.trust_domain}",
+        f"  mesh config: defaultConfig and trustDomain from ConfigMap {ns}/{mesh}, key mesh, over "
+        "these (watched by serve; read from --cluster or --kubeconfig by the dry-run verbs)",
+        "  iptables mode: "
+        + (f"{VALIDATION} (a CNI plugin installs the rules)" if cni else f"{INIT} {s.image}"),
+    ]
 
 
 FLAVOUR = Flavour(
@@ -713,6 +761,8 @@ FLAVOUR = Flavour(
     },
     reads_workload=True,
     render=render,
+    describe=describe,
+    policy=FlavourPolicy(settings=IstioSettings),
     config_maps=config_maps,
     control_plane=control_plane,
     redirect=Redirect(mode="istio", uid=UID, outbound=15001, inbound=15006),

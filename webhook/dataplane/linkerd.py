@@ -20,7 +20,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from webhook import __version__
 from webhook.dataplane.base import (
@@ -39,8 +39,43 @@ from webhook.dataplane.base import (
     port_list,
 )
 from webhook.dataplane.iptables import PortListError, parse_ports
-from webhook.policy import LinkerdSettings, Policy
+from webhook.policy import FlavourPolicy, Policy, PortList
 from webhook.reasons import Skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkerdSettings:
+    """Where Linkerd's control plane is and how ``linkerd inject`` would configure a proxy."""
+
+    namespace: str = "linkerd"
+    cluster_domain: str = "cluster.local"
+    trust_domain: str = "cluster.local"
+    image: str = "cr.l5d.io/linkerd/proxy:edge-24.8.2"
+    init_image: str = "cr.l5d.io/linkerd/proxy-init:v2.4.1"
+    # PEM bundle; when unset, the ConfigMap linkerd-identity-trust-roots in ``namespace``.
+    trust_anchors_pem: str | None = None
+    log_level: str = "warn,linkerd=info,hickory=error"
+    log_format: Literal["plain", "json"] = "plain"
+    cluster_networks: str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"
+    default_inbound_policy: Literal[
+        "all-unauthenticated", "all-authenticated", "cluster-authenticated", "cluster-unauthenticated", "deny"
+    ] = "all-unauthenticated"
+    opaque_ports: PortList = "25,587,3306,4444,5432,6379,9300,11211"
+    ignore_inbound_ports: PortList = "4567,4568"
+    ignore_outbound_ports: PortList = "4567,4568"
+
+
+def settings(policy: Policy) -> LinkerdSettings:
+    """The policy's ``proxy.linkerd``."""
+    return policy.proxy.settings("linkerd")  # type: ignore[no-any-return]
+
+
+def _check_policy(policy: Policy) -> str | None:
+    pem = settings(policy).trust_anchors_pem
+    if pem is not None and "-----BEGIN CERTIFICATE-----" not in pem:
+        return "proxy.linkerd.trustAnchorsPem: expected PEM certificates (-----BEGIN CERTIFICATE-----)"
+    return None
+
 
 PROXY = "linkerd-proxy"
 INIT = "linkerd-init"
@@ -216,14 +251,14 @@ TRUST_ROOTS_KEY = "ca-bundle.crt"
 def config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
     """The identity trust roots Linkerd publishes in its control plane's namespace; not read
     where the policy gives the anchors."""
-    s = policy.proxy.linkerd
+    s = settings(policy)
     return () if s.trust_anchors_pem else ((s.namespace, TRUST_ROOTS),)
 
 
 def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
     """The trust anchors (the policy's, else the ConfigMap's PEM bundle); without them no
     pod is meshed."""
-    s = policy.proxy.linkerd
+    s = settings(policy)
     if s.trust_anchors_pem:
         anchors, where = s.trust_anchors_pem, "policy proxy.linkerd.trustAnchorsPem"
     else:
@@ -491,7 +526,7 @@ def _identity_volumes() -> list[dict[str, Any]]:
 
 
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
-    s = policy.proxy.linkerd
+    s = settings(policy)
     inits: tuple[dict[str, Any], ...] = ()
     volumes: list[dict[str, Any]] = []
     if build.init_rules:
@@ -536,12 +571,31 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
 
 def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
     """The control and admin ports, and the policy's ignore ports (Linkerd's defaults)."""
-    s = policy.proxy.linkerd
+    s = settings(policy)
     try:
         inbound, outbound = parse_ports(s.ignore_inbound_ports), parse_ports(s.ignore_outbound_ports)
     except PortListError:  # proxy-init would refuse them too; the policy check says so
         inbound, outbound = (), ()
     return tuple(sorted({(CONTROL, CONTROL), (ADMIN, ADMIN), *inbound})), outbound
+
+
+def describe(policy: Policy, cni: bool) -> list[str]:
+    s = settings(policy)
+    anchors = (
+        "from the policy (proxy.linkerd.trustAnchorsPem)"
+        if s.trust_anchors_pem
+        else f"from ConfigMap {s.namespace}/{TRUST_ROOTS}, key {TRUST_ROOTS_KEY} "
+        "(watched by serve; read from --cluster or --kubeconfig by the dry-run verbs)"
+    )
+    svc = f"{s.namespace}.svc.{s.cluster_domain}."
+    return [
+        f"data plane: linkerd: {PROXY} {s.image}",
+        f"  control plane: namespace {s.namespace}; destination linkerd-dst-headless.{svc}:8086, "
+        f"policy linkerd-policy.{svc}:8090, identity linkerd-identity-headless.{svc}:8080",
+        f"  identity: trust domain {s.trust_domain}; trust anchors {anchors}",
+        "  iptables mode: "
+        + (f"{VALIDATOR} (a CNI plugin installs the rules)" if cni else f"{INIT} {s.init_image}"),
+    ]
 
 
 FLAVOUR = Flavour(
@@ -559,8 +613,15 @@ FLAVOUR = Flavour(
     },
     reads_workload=True,
     render=render,
+    describe=describe,
+    policy=FlavourPolicy(settings=LinkerdSettings, check=_check_policy),
     config_maps=config_maps,
     control_plane=control_plane,
+    dry_run_needs=(
+        "Linkerd's trust anchors; give --cluster with the output of `kubectl get configmap "
+        "-n linkerd linkerd-identity-trust-roots -o yaml`, or --kubeconfig, or set "
+        "proxy.linkerd.trustAnchorsPem in --policy"
+    ),
     inherits=(CONFIG, CONFIG_ALPHA),
     redirect=Redirect(mode="linkerd", uid=UID, outbound=OUTBOUND, inbound=INBOUND),
     never_redirected=never_redirected,

@@ -54,7 +54,8 @@ EXCLUDE_OUTBOUND = "traffic.sidecar.istio.io/excludeOutboundPorts"
 EXCLUDE_RANGES = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
 # the mark Merbridge's CNI plugin requires before it redirects a pod
 CNI_MARK = "sidecar.istio.io/status"
-ISTIO_INJECT = "sidecar.istio.io/inject"
+# a pod annotated with it "false" is ignored by Merbridge's CNI plugin
+CNI_SKIP = "sidecar.istio.io/inject"
 # what ebpf mode writes on a pod (taken off again on re-injection)
 MARKS = (EXCLUDE_INBOUND, EXCLUDE_OUTBOUND, EXCLUDE_RANGES, CNI_MARK)
 # controller/pod.go: MaxItemLen, and the inbound ports it always excludes
@@ -178,10 +179,10 @@ def missing(setting: Setting) -> Gap | None:
     gap = _redirector_gap(setting)
     if gap is not None:
         return gap
-    if str(setting.annotations.get(ISTIO_INJECT, "")).strip().lower() == "false":
+    if str(setting.annotations.get(CNI_SKIP, "")).strip().lower() == "false":
         return Gap(
             ModeReason.REDIRECTOR_UNSUPPORTED,
-            f'Merbridge\'s CNI plugin ignores a pod annotated {ISTIO_INJECT}: "false"',
+            f'Merbridge\'s CNI plugin ignores a pod annotated {CNI_SKIP}: "false"',
         )
     _, why = _annotations(setting)
     if why is None:

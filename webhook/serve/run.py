@@ -31,9 +31,9 @@ from webhook.cluster.snapshot import ClusterView, StaticClusterView, redirector_
 from webhook.dataplane import config_maps
 from webhook.errors import CertError, ClusterAccessError, ListenError, describe_error
 from webhook.fleet.watch import FleetWatch
-from webhook.loading import load_snapshot
+from webhook.loading import load_policy, load_snapshot
 from webhook.memory import Trimmer, tune_allocator
-from webhook.policy import Policy, load_policy
+from webhook.policy import Policy
 from webhook.serve.app import AppState, BodyBudget, create_app
 from webhook.serve.cabundle import CABundleSync, ensure_secrets
 from webhook.serve.certs import generate, service_names, write_bundle
