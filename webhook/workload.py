@@ -19,6 +19,20 @@ _HTTP_APP_PROTOCOLS = frozenset({"http", "https", "http2", "kubernetes.io/ws", "
 _RANK = {"grpc": 2, "http": 1, "tcp": 0}
 
 
+# the group/version of each kind that owns pods (and of a Pod), as manifests name them
+API_VERSIONS = {
+    "Deployment": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
+    "ReplicationController": "v1",
+    "DeploymentConfig": "apps.openshift.io/v1",  # OpenShift
+    "Pod": "v1",
+}
+
+
 class WorkloadKey(NamedTuple):
     namespace: str
     kind: str

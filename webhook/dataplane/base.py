@@ -36,6 +36,13 @@ class ControlPlane:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Build:
+    """What the decision hands a flavour to render, the same whichever flavour it is (the
+    part Istio's ``InjectionParameters`` and Linkerd's ``ResourceConfig`` play): the mode
+    and what it needs of the pod (an init container, the RuntimeClass, the ports and
+    destinations its redirect leaves alone), the placement, the proxy's resources and the
+    protocol it serves, the workload it belongs to, and what the flavour read of its control
+    plane. ``webhook.patch.inject.Plan`` adds what the mode writes beside the flavour."""
+
     mode: Mode
     native: bool
     protocol: str

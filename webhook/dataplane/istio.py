@@ -50,6 +50,7 @@ from webhook.dataplane.istiomesh import (
     pod_fields,
 )
 from webhook.policy import FlavourPolicy, Policy
+from webhook.workload import API_VERSIONS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,17 +103,6 @@ VOLUMES = (
     "istio-token",
     "istiod-ca-cert",
 )
-_API_VERSION = {
-    "Deployment": "apps/v1",
-    "ReplicaSet": "apps/v1",
-    "StatefulSet": "apps/v1",
-    "DaemonSet": "apps/v1",
-    "Job": "batch/v1",
-    "CronJob": "batch/v1",
-    "ReplicationController": "v1",
-    "DeploymentConfig": "apps.openshift.io/v1",
-    "Pod": "v1",
-}
 INCLUDE_RANGES = "traffic.sidecar.istio.io/includeOutboundIPRanges"
 INCLUDE_INBOUND = "traffic.sidecar.istio.io/includeInboundPorts"
 USER_VOLUME = "sidecar.istio.io/userVolume"
@@ -332,7 +322,7 @@ def proxy_env(
     build: Build, pod: Mapping[str, Any], s: IstioSettings, setup: ProxySetup
 ) -> list[dict[str, Any]]:
     kind, workload = build.workload.kind, build.workload.name
-    api = _API_VERSION.get(kind, "v1")
+    api = API_VERSIONS.get(kind, "v1")
     owner = f"kubernetes://apis/{api}/namespaces/{build.workload.namespace}/{kind.lower()}s/{workload}"
     return [
         {"name": "PILOT_CERT_PROVIDER", "value": "istiod"},
@@ -380,16 +370,7 @@ def proxy_container(
         "ports": [{"containerPort": PROM_PORT, "name": "http-envoy-prom", "protocol": "TCP"}],
         "readinessProbe": {**ready, "failureThreshold": 4, "periodSeconds": 15, "timeoutSeconds": 3},
         "resources": build.resources.as_k8s(),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "privileged": False,
-            "readOnlyRootFilesystem": True,
-            "runAsGroup": UID,
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _as_proxy_user(),
         "startupProbe": {**ready, "failureThreshold": 600, "periodSeconds": 1, "timeoutSeconds": 3},
         "volumeMounts": [
             {"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"},
@@ -438,18 +419,10 @@ def init_container(
     conf: PodConfig | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    if validation:
-        security: dict[str, Any] = {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "privileged": False,
-            "readOnlyRootFilesystem": True,
-            "runAsGroup": UID,
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-        }
-    else:
-        security = {
+    security = (
+        _as_proxy_user()
+        if validation
+        else {
             "allowPrivilegeEscalation": False,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
             "privileged": False,
@@ -457,8 +430,9 @@ def init_container(
             "runAsGroup": 0,
             "runAsNonRoot": False,
             "runAsUser": 0,
+            "seccompProfile": {"type": "RuntimeDefault"},
         }
-    security["seccompProfile"] = {"type": "RuntimeDefault"}
+    )
     container: dict[str, Any] = {
         "args": init_args(build, validation, conf),
         "image": s.image,
@@ -470,6 +444,21 @@ def init_container(
     if metadata:  # the proxy's metadata, as Istio's template gives istio-init too
         container["env"] = [{"name": k, "value": v} for k, v in metadata.items()]
     return container
+
+
+def _as_proxy_user() -> dict[str, Any]:
+    """The security context of istio-proxy and istio-validation: the proxy's uid, nothing
+    more (Istio's sidecar template)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsGroup": UID,
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def _volumes() -> tuple[dict[str, Any], ...]:

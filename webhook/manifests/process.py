@@ -16,6 +16,7 @@ from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.outcome import Outcome
 from webhook.policy import Policy
 from webhook.versions import parse_kube_version
+from webhook.workload import API_VERSIONS
 
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Pod": (),
@@ -27,12 +28,6 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
     "ReplicationController": ("spec", "template"),
     "DeploymentConfig": ("spec", "template"),  # OpenShift
-}
-_OWNER_API = {
-    "Job": "batch/v1",
-    "CronJob": "batch/v1",
-    "ReplicationController": "v1",
-    "DeploymentConfig": "apps.openshift.io/v1",
 }
 # (apiVersion, kind) -> the Kubernetes release that stopped serving it
 REMOVED = {
@@ -103,7 +98,7 @@ def _as_pod(doc: dict[str, Any], template: dict[str, Any], kind: str, namespace:
     meta["generateName"] = f"{name}-"
     meta["ownerReferences"] = [
         {
-            "apiVersion": _OWNER_API.get(kind, "apps/v1"),
+            "apiVersion": API_VERSIONS.get(kind, "apps/v1"),
             "kind": kind,
             "name": name,
             "uid": "",
