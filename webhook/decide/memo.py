@@ -16,11 +16,12 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.core import ANN_STATUS, LABEL_MODE
+from webhook.core import ANN_STATUS
 from webhook.dataplane import flavour, others
-from webhook.dataplane.base import LABEL_VALUE_MAX
+from webhook.dataplane.base import LABEL_VALUE_MAX, Flavour
+from webhook.decide import podfacts
 from webhook.decide.autoscaler import autoscaler_for
-from webhook.decide.podfacts import INJECT
+from webhook.decide.ours import OURS
 from webhook.outcome import Detail, Outcome, clone
 from webhook.patch.diff import Patch
 from webhook.policy import Policy
@@ -65,6 +66,12 @@ IDENTITY = frozenset(
 )
 
 
+def labels_read(plane: Flavour) -> tuple[str, ...]:
+    """The pod labels whose values a decision of ``plane`` reads, as its parts declare them:
+    the opt-in, the other meshes' opt-outs, and the flavour's rendering."""
+    return (*podfacts.LABELS_READ, *others.LABELS_READ, *plane.labels_read)
+
+
 def template_key(
     request: Mapping[str, Any], snapshot: ClusterSnapshot, policy: Policy, assume_opt_in: bool
 ) -> tuple[bytes, int, WorkloadKey] | None:
@@ -73,16 +80,17 @@ def template_key(
 
     Pods of different workloads built from one template (many Deployments rolling at once,
     a chart installed many times) differ in names, owners and labels. The decision reads
-    those only through: the workload's observed usage (so a workload with usage is decided
-    on its own), the controller's kind (batch), the opt-in label, our own mode label, the
-    Services that select the labels (the protocol), whether labels exist at all (the
-    shape of the patch), and what the data-plane flavour renders from them (Linkerd and
-    Istio name the workload and its kind on the pod: the kind is in the key and the name
-    is put into the shared patch per request; Istio reads the app and version labels), and
-    the VerticalPodAutoscaler that targets the workload (it may size the proxy).
-    Those facts go into the key instead of the fields. Any new reading
-    of a label or an owner must be added here; tests/test_properties.py checks that an
-    outcome served under this key equals a fresh decision.
+    those only as its parts declare (``tests/test_memo_reads.py`` runs every decider and
+    renderer over a recording view of the pod and fails on a read not declared here):
+
+    - the workload, derived in ``webhook.workload``: its kind (in the key), its name (put
+      into a shared patch per request where the flavour names it, ``reads_workload``; the
+      whole key otherwise), its observed usage (a workload with usage is decided on its
+      own), its lifecycle (the owners' kinds), its protocol (the Services that select its
+      labels) and the VerticalPodAutoscaler that targets it;
+    - the labels in ``labels_read``, by value, and whether the pod has labels at all;
+    - the pod's values of every label an injection may write (the patch is a diff against
+      them, see ``webhook.decide.ours``).
     """
     kind = request.get("kind")
     if not isinstance(kind, dict) or kind.get("kind") != "Pod":
@@ -107,13 +115,11 @@ def template_key(
         (workload.kind if aliasable(meta, workload.name) else tuple(workload[1:]))
         if plane.reads_workload
         else None,
-        [labels.get(name) for name in plane.labels_read],
         namespace,
         assume_opt_in,
         has_labels,
-        labels.get(INJECT),
-        labels.get(LABEL_MODE),
-        [labels.get(name) for name in others.LABELS_READ],
+        [labels.get(name) for name in labels_read(plane)],
+        {k: v for k, v in labels.items() if OURS.written_label(k)},
         protocol_from_services(snapshot.services.get(namespace, ()), labels),
         [vpa.name, vpa.update_mode, vpa.mode_for(plane.proxy_name)] if vpa is not None else None,
         [[o.get("kind"), o.get("controller")] for o in owners if isinstance(o, dict)]

@@ -19,6 +19,8 @@ from webhook.workload import protocol_from_container_ports, protocol_from_servic
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 
 INJECT = PREFIX + "inject"
+# the pod labels whose values the opt-in reads
+LABELS_READ = (INJECT,)
 
 ENUMS = {
     "interception": ("auto", "ebpf", "iptables", "microvm"),

@@ -29,7 +29,7 @@ from webhook import __version__
 from webhook.core import ANN_DECISION, ANN_SKIP, ANN_SOURCE, ANN_STATUS, LABEL_MODE, Notes
 from webhook.dataplane import FLAVOURS, NAMED_ENV, Build, DataPlane, Flavour
 from webhook.dataplane.base import label_value
-from webhook.modes import MARKS
+from webhook.decide.ours import OURS, Ours
 from webhook.policy import Policy
 from webhook.workload import WorkloadKey, workload_key
 
@@ -85,31 +85,6 @@ def covers(got: object, want: object) -> bool:
     if isinstance(want, list):
         return isinstance(got, list) and len(got) == len(want) and all(map(covers, got, want))
     return got == want
-
-
-@dataclass(frozen=True, slots=True)
-class Ours:
-    """What any of our injections may add: only such items, listed in the status and still
-    as the status's fingerprint says we wrote them, are taken off again. On a CREATE the
-    status annotation is user input; a forged or stale one never removes or changes the
-    user's own containers, volumes, labels, annotations or probes."""
-
-    containers: frozenset[str]
-    volumes: frozenset[str]
-    marks: frozenset[str]
-    mark_prefixes: tuple[str, ...]
-
-    def mark(self, name: str) -> bool:
-        return name in self.marks or name.startswith(self.mark_prefixes)
-
-
-# what any injection of ours may have added: re-injection takes off only that
-OURS = Ours(
-    containers=frozenset(name for f in FLAVOURS.values() for name in f.containers),
-    volumes=frozenset(v["name"] for f in FLAVOURS.values() for v in f.volumes),
-    marks=frozenset(mark for f in FLAVOURS.values() for mark in f.marks) | MARKS,
-    mark_prefixes=tuple(prefix for f in FLAVOURS.values() for prefix in f.mark_prefixes),
-)
 
 
 # Not in a fingerprint: what the API server defaults, and the resources (a

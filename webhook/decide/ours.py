@@ -1,0 +1,43 @@
+"""What any injection of ours may write on a pod, from every registered flavour and mode.
+
+Re-injection takes off only such items (``webhook.patch.inject.strip``), and a patch is
+diffed against the pod's own values of the labels among them, so pods share a memoised
+outcome only where they agree on those values (``webhook.decide.memo``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from webhook.core import LABEL_MODE
+from webhook.dataplane import FLAVOURS
+from webhook.modes import MARKS
+
+
+@dataclass(frozen=True, slots=True)
+class Ours:
+    """What any of our injections may add: only such items, listed in the status and still
+    as the status's fingerprint says we wrote them, are taken off again. On a CREATE the
+    status annotation is user input; a forged or stale one never removes or changes the
+    user's own containers, volumes, labels, annotations or probes."""
+
+    containers: frozenset[str]
+    volumes: frozenset[str]
+    marks: frozenset[str]
+    mark_prefixes: tuple[str, ...]
+
+    def mark(self, name: str) -> bool:
+        return name in self.marks or name.startswith(self.mark_prefixes)
+
+    def written_label(self, name: str) -> bool:
+        """A label an injection may write: ours, or a flavour's or mode's mark."""
+        return name == LABEL_MODE or self.mark(name)
+
+
+# what any injection of ours may have added: re-injection takes off only that
+OURS = Ours(
+    containers=frozenset(name for f in FLAVOURS.values() for name in f.containers),
+    volumes=frozenset(v["name"] for f in FLAVOURS.values() for v in f.volumes),
+    marks=frozenset(mark for f in FLAVOURS.values() for mark in f.marks) | MARKS,
+    mark_prefixes=tuple(prefix for f in FLAVOURS.values() for prefix in f.mark_prefixes),
+)
