@@ -40,8 +40,9 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import RedirectorState
-from webhook.dataplane.base import Ports
+from webhook.dataplane.base import Flavour, Ports
 from webhook.modes.base import Gap, Interception, Setting, ports_text
+from webhook.policy import Policy
 from webhook.reasons import ModeReason
 
 NEEDS = (
@@ -243,4 +244,21 @@ def interception(setting: Setting) -> Interception:
         annotations=annotations,
         legacy_only=LEGACY_ONLY,
         notes=tuple(n for n in notes if not n.endswith(": ")),
+    )
+
+
+def describe(policy: Policy, plane: Flavour) -> str:
+    """What the mode needs and adds, for ``policy check``."""
+    rules = policy.interception
+    agent = rules.ebpf.redirector
+    if plane.redirect is None:
+        return f"not available: Merbridge does not recognise the {plane.proxy_name} proxy"
+    cni = ", --cni-mode" if agent.require_cni_mode else ""
+    validator = (
+        "; adds the network validator" if agent.network_validator and plane.validator_under_redirector else ""
+    )
+    return (
+        f"Merbridge pods ({policy.redirector_namespace} -l {agent.selector}) Ready with --mode "
+        f"{plane.redirect.mode}{cni} on every eligible node, kernels >= {rules.ebpf.min_kernel}; "
+        f"legacy placement, Merbridge's exclusion annotations{validator}"
     )

@@ -11,7 +11,9 @@ rules go inside the sandbox, which is ``microvm``.
 
 from __future__ import annotations
 
+from webhook.dataplane.base import Flavour
 from webhook.modes.base import Gap, Interception, Setting
+from webhook.policy import Policy
 from webhook.reasons import ModeReason, Skip
 
 NEEDS = "nothing on the node: the init container (NET_ADMIN, NET_RAW) or the mesh's CNI plugin"
@@ -44,3 +46,11 @@ def supported_text(setting: Setting) -> str:
     if setting.policy.interception.iptables.cni_installs_rules:
         return "the mesh's CNI plugin installs the rules"
     return "the init container installs the rules"
+
+
+def describe(policy: Policy, plane: Flavour) -> str:
+    """What the mode needs and adds, for ``policy check``."""
+    installs = (
+        "the mesh's CNI plugin" if policy.interception.iptables.cni_installs_rules else "the init container"
+    )
+    return f"{installs} installs the rules (the init container: privileged namespaces only)"

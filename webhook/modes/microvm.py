@@ -25,8 +25,10 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from webhook.cluster.snapshot import ClusterSnapshot, RuntimeClass
+from webhook.dataplane.base import Flavour
 from webhook.decide.scheduling import Eligibility, eligible_nodes
 from webhook.modes.base import Gap, Interception, Setting, kernel_facts
+from webhook.policy import Policy
 from webhook.reasons import ModeReason, Skip
 
 NEEDS = (
@@ -140,3 +142,14 @@ def interception(setting: Setting) -> Interception:
                 f"sandbox nodes: {elig.count} of {elig.total} by RuntimeClass {rc.name}'s scheduling"
             )
     return Interception(init="rules", runtime_class=rc.name, notes=tuple(notes))
+
+
+def describe(policy: Policy, plane: Flavour) -> str:
+    """What the mode needs and adds, for ``policy check``."""
+    rules = policy.interception.microvm
+    gvisor = "" if plane.rules_in_gvisor else f"; not under gVisor ({plane.gvisor_gap})"
+    return (
+        f"RuntimeClass {rules.runtime_class} in the cluster (auto: clusters >= "
+        f"{rules.min_server_version}); the init container installs the rules inside the guest; "
+        f"privileged namespaces only{gvisor}"
+    )
