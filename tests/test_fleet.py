@@ -333,7 +333,9 @@ def test_what_is_left_alone_and_how_much_an_update_takes_down():
 
 
 def test_the_watch_keeps_what_admission_reads_once_per_template_and_counts_as_audit_does(fleet):
-    from webhook.fleet.watch import FleetWatch, PodStore, expand
+    from kubernetes.client import ApiClient
+
+    from webhook.fleet.watch import FleetWatch, PodStore, count_states, expand
 
     policy, snapshot, pods, *_ = fleet
     stored = []
@@ -358,14 +360,9 @@ def test_the_watch_keeps_what_admission_reads_once_per_template_and_counts_as_au
             expected[(p.namespace, p.state.value, p.reason)] = (
                 expected.get((p.namespace, p.state.value, p.reason), 0) + 1
             )
-    watch = FleetWatch.__new__(FleetWatch)
-    watch.pods = type("Cache", (), {"values": lambda self: list(slim)})()
-    watch.store, watch._policy, watch._tolerance, watch._snapshot = store, policy, 0.2, lambda: snapshot
-    watch.refresh()
-    assert (
-        watch.counts
-        == expected
-        == {("shop", "missed", "not-injected"): 4, ("shop", "stale", "proxy-image"): 4}
-    )
+    counts = count_states(slim, snapshot, policy, 0.2)
+    assert counts == expected == {("shop", "missed", "not-injected"): 4, ("shop", "stale", "proxy-image"): 4}
+    watch = FleetWatch(ApiClient(), lambda: snapshot, policy)  # not started: no request is made
+    watch.counts = counts
     text = "".join(f"{m.name}{s.labels}{s.value}" for m in watch.collect() for s in m.samples)
     assert "'state': 'missed'" in text and "'reason': 'proxy-image'" in text

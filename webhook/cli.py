@@ -27,7 +27,7 @@ from webhook.decide.autoscaler import autoscaler_for
 from webhook.decide.sizing import enough_samples, from_observed, human_duration
 from webhook.errors import CertError, ClusterAccessError, ListenError
 from webhook.fleet.audit import Report, State, audit
-from webhook.fleet.rollout import budgets_of, plan, run
+from webhook.fleet.rollout import Fleet, budgets_of, plan, run
 from webhook.loading import (
     InputError,
     load_policy,
@@ -547,6 +547,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1 if any(p.state in failing for p in report.pods()) else 0
 
 
+def _api_fleet(kubeconfig: str) -> Fleet:
+    """The cluster's workloads and budgets, read and restarted through the API server."""
+    from webhook.cluster.live import api_client  # the Kubernetes client loads only when needed
+    from webhook.fleet.kube import ApiFleet
+
+    return ApiFleet(api_client(kubeconfig))
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     if args.yes and not args.kubeconfig:
         raise CliError("rollout --yes: restarting needs the cluster itself: give --kubeconfig")
@@ -556,13 +564,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if not steps:
         print("nothing to restart: every meshed workload is current")
         return 0
-    if not args.yes:
-        fleet = None
-        if args.kubeconfig:
-            from webhook.cluster.live import api_client
-            from webhook.fleet.kube import ApiFleet
-
-            fleet = ApiFleet(api_client(args.kubeconfig))
+    fleet = _api_fleet(args.kubeconfig) if args.kubeconfig else None
+    if fleet is None or not args.yes:
         table: list[Sequence[str]] = [("NAMESPACE", "KIND", "NAME", "ACTION", "WHY")]
         for step in steps:
             action = "leave alone" if step.left_alone else "restart"
@@ -579,11 +582,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             f"dry run: nothing was restarted; run again with --yes to restart, {args.max_in_flight} at a time"
         )
         return 0
-    from webhook.cluster.live import api_client
-    from webhook.fleet.kube import ApiFleet
-
     result = run(
-        ApiFleet(api_client(args.kubeconfig)),
+        fleet,
         steps,
         max_in_flight=args.max_in_flight,
         timeout=args.timeout,

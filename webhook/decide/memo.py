@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.core import ANN_STATUS
+from webhook.core import ANN_STATUS, LABEL_MODE
 from webhook.dataplane import flavour, others
 from webhook.dataplane.base import LABEL_VALUE_MAX, Flavour
 from webhook.decide import podfacts
@@ -69,7 +69,16 @@ IDENTITY = frozenset(
 def labels_read(plane: Flavour) -> tuple[str, ...]:
     """The pod labels whose values a decision of ``plane`` reads, as its parts declare them:
     the opt-in, the other meshes' opt-outs, and the flavour's rendering."""
-    return (*podfacts.LABELS_READ, *others.LABELS_READ, *plane.labels_read)
+    found = _LABELS_READ.get(plane.name)
+    if found is None:
+        found = _LABELS_READ[plane.name] = (*podfacts.LABELS_READ, *others.LABELS_READ, *plane.labels_read)
+    return found
+
+
+_LABELS_READ: dict[str, tuple[str, ...]] = {}
+# the labels an injection may write (see ``Ours.written_label``), for the key's one pass
+_WRITTEN = OURS.marks | {LABEL_MODE}
+_WRITTEN_PREFIXES = OURS.mark_prefixes
 
 
 def template_key(
@@ -119,7 +128,7 @@ def template_key(
         assume_opt_in,
         has_labels,
         [labels.get(name) for name in labels_read(plane)],
-        {k: v for k, v in labels.items() if OURS.written_label(k)},
+        {k: v for k, v in labels.items() if k in _WRITTEN or k.startswith(_WRITTEN_PREFIXES)},
         protocol_from_services(snapshot.services.get(namespace, ()), labels),
         [vpa.name, vpa.update_mode, vpa.mode_for(plane.proxy_name)] if vpa is not None else None,
         [[o.get("kind"), o.get("controller")] for o in owners if isinstance(o, dict)]

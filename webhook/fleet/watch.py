@@ -84,6 +84,28 @@ def expand(pods: list[SlimPod]) -> Iterator[dict[str, Any]]:
         yield {"metadata": meta, "spec": spec, "status": {"phase": p.phase} if p.phase else {}}
 
 
+Counts = dict[tuple[str, str, str], int]  # (namespace, state, reason) -> pods
+
+
+def count_states(pods: list[SlimPod], snapshot: ClusterSnapshot, policy: Policy, tolerance: float) -> Counts:
+    """The live pods that missed their injection or whose injection is stale, counted by
+    namespace, state and reason. Pods that share their template, node and phase get the
+    same answer (the name only names them), so one of each group is audited and counted for
+    all."""
+    groups: dict[tuple[int, str | None, str | None, str | None], list[SlimPod]] = {}
+    for p in pods:
+        groups.setdefault((id(p.shared), p.node, p.phase, p.deleting), []).append(p)
+    counts: Counts = {}
+    for members, pod in zip(groups.values(), expand([m[0] for m in groups.values()]), strict=True):
+        if not is_live(pod):
+            continue
+        found = audit_pod(pod, snapshot, policy, tolerance=tolerance)
+        if found.state in EXPORTED:
+            key = (found.namespace, found.state.value, found.reason)
+            counts[key] = counts.get(key, 0) + len(members)
+    return counts
+
+
 class FleetWatch(Collector):
     def __init__(
         self,
@@ -101,30 +123,16 @@ class FleetWatch(Collector):
         self._policy = policy
         self._interval = interval
         self._tolerance = tolerance
-        self.counts: dict[tuple[str, str, str], int] = {}
+        self.counts: Counts = {}
         self.audited_at = 0.0
         self.audit_seconds = 0.0
         self._threads: list[threading.Thread] = []
 
     def refresh(self) -> None:
-        """Audit the cache. Pods that share their template, node and phase get the same
-        answer (the name only names them), so one of each group is audited and counted
-        for all."""
+        """Audit the cache (see ``count_states``)."""
         started = time.monotonic()
         cached: list[SlimPod] = self.pods.values()
-        groups: dict[tuple[int, str | None, str | None, str | None], list[SlimPod]] = {}
-        for p in cached:
-            groups.setdefault((id(p.shared), p.node, p.phase, p.deleting), []).append(p)
-        snapshot = self._snapshot()
-        counts: dict[tuple[str, str, str], int] = {}
-        for members, pod in zip(groups.values(), expand([m[0] for m in groups.values()]), strict=True):
-            if not is_live(pod):
-                continue
-            found = audit_pod(pod, snapshot, self._policy, tolerance=self._tolerance)
-            if found.state in EXPORTED:
-                key = (found.namespace, found.state.value, found.reason)
-                counts[key] = counts.get(key, 0) + len(members)
-        self.counts = counts
+        self.counts = count_states(cached, self._snapshot(), self._policy, self._tolerance)
         self.audited_at = time.time()
         self.audit_seconds = time.monotonic() - started
         self.store.forget_unused(cached)
