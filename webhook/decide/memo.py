@@ -16,12 +16,12 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.core import ANN_STATUS, LABEL_MODE
+from webhook.core import ANN_STATUS
 from webhook.dataplane import flavour, others
 from webhook.dataplane.base import LABEL_VALUE_MAX, Flavour
 from webhook.decide import podfacts
 from webhook.decide.autoscaler import autoscaler_for
-from webhook.decide.ours import OURS
+from webhook.decide.ours import WRITTEN_LABELS, WRITTEN_PREFIXES
 from webhook.outcome import Detail, Outcome, clone
 from webhook.patch.diff import Patch
 from webhook.policy import Policy
@@ -76,9 +76,6 @@ def labels_read(plane: Flavour) -> tuple[str, ...]:
 
 
 _LABELS_READ: dict[str, tuple[str, ...]] = {}
-# the labels an injection may write (see ``Ours.written_label``), for the key's one pass
-_WRITTEN = OURS.marks | {LABEL_MODE}
-_WRITTEN_PREFIXES = OURS.mark_prefixes
 
 
 def template_key(
@@ -128,7 +125,7 @@ def template_key(
         assume_opt_in,
         has_labels,
         [labels.get(name) for name in labels_read(plane)],
-        {k: v for k, v in labels.items() if k in _WRITTEN or k.startswith(_WRITTEN_PREFIXES)},
+        {k: v for k, v in labels.items() if k in WRITTEN_LABELS or k.startswith(WRITTEN_PREFIXES)},
         protocol_from_services(snapshot.services.get(namespace, ()), labels),
         [vpa.name, vpa.update_mode, vpa.mode_for(plane.proxy_name)] if vpa is not None else None,
         [[o.get("kind"), o.get("controller")] for o in owners if isinstance(o, dict)]

@@ -29,10 +29,6 @@ class Ours:
     def mark(self, name: str) -> bool:
         return name in self.marks or name.startswith(self.mark_prefixes)
 
-    def written_label(self, name: str) -> bool:
-        """A label an injection may write: ours, or a flavour's or mode's mark."""
-        return name == LABEL_MODE or self.mark(name)
-
 
 # what any injection of ours may have added: re-injection takes off only that
 OURS = Ours(
@@ -41,3 +37,8 @@ OURS = Ours(
     marks=frozenset(mark for f in FLAVOURS.values() for mark in f.marks) | MARKS,
     mark_prefixes=tuple(prefix for f in FLAVOURS.values() for prefix in f.mark_prefixes),
 )
+
+# the labels an injection may write (ours, or a flavour's or a mode's mark, or one named
+# after the workload's kind): a patch is a diff against the pod's values of them
+WRITTEN_LABELS = OURS.marks | {LABEL_MODE}
+WRITTEN_PREFIXES = OURS.mark_prefixes
