@@ -557,3 +557,23 @@ def test_two_usage_sources_are_refused_when_rendered(tmp_path):
         out = _compose(tmp_path, [single])
         assert out.returncode == 0, out.stderr
         assert "mesh-injector-usage-source" not in out.stdout, "build-local: never applied"
+
+
+def test_the_fleet_role_is_valid_and_grants_reads_and_restarts_only():
+    """deploy/operator/fleet-role.yaml (for whoever runs audit and rollout; its sufficiency
+    is proven against the real API server in tests/test_fleet_e2e.py)."""
+    (role,) = [d for d in yaml.safe_load_all((SOURCE / "operator" / "fleet-role.yaml").read_text()) if d]
+    validate_k8s(role)
+    assert role["kind"] == "ClusterRole"
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {field}: {rule}"
+        verbs = set(rule["verbs"])
+        if rule["apiGroups"] == ["apps"]:
+            assert set(rule["resources"]) == {"deployments", "statefulsets", "daemonsets"}
+            assert verbs == {"get", "patch"}
+        else:
+            assert verbs == {"list"}, rule
+            assert "secrets" not in rule["resources"]
+            if "configmaps" in rule["resources"]:
+                assert rule["resourceNames"] == ["linkerd-identity-trust-roots", "istio"]

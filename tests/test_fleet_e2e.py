@@ -311,3 +311,129 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
         again = cli("rollout", "-n", NS, "--policy", str(policy), "--yes")
         assert again.returncode == 0 and "nothing to restart" in again.stdout
         assert proc.stop() == 0
+
+
+def _user_kubeconfig(path: Path, user: str) -> str:
+    """A kubeconfig that authenticates as ``user`` (no group) with a client certificate the
+    API server's client CA signed, beside the admin's."""
+    import base64
+    import datetime
+
+    import yaml
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    pki = WORKDIR / "pki"
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    doc = yaml.safe_load(Path(KUBECONFIG).read_text())
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    for entry in doc["users"]:
+        entry["user"] = {
+            "client-certificate-data": base64.b64encode(pem).decode(),
+            "client-key-data": base64.b64encode(key_pem).decode(),
+        }
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_audit_and_rollout_need_only_the_shipped_fleet_role(cluster, tmp_path):
+    """deploy/operator/fleet-role.yaml is all a person running audit and rollout needs:
+    refused without it, a missed workload found and restarted (and meshed) with it."""
+    import yaml
+
+    core, apps, api = cluster["core"], cluster["apps"], cluster["api"]
+    user = "e2e-fleet-operator"
+    limited = _user_kubeconfig(tmp_path / "kubeconfig", user)
+    policy = tmp_path / "policy.yaml"  # the policy the other test left every pod current with
+    policy.write_text(
+        "apiVersion: mesh-injector.io/v1\nkind: InjectionPolicy\n"
+        "proxy:\n  linkerd:\n    image: cr.l5d.io/linkerd/proxy:edge-24.9.1\n"
+    )
+
+    def as_user(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "webhook",
+                *args,
+                "-n",
+                NS,
+                "--policy",
+                str(policy),
+                "--kubeconfig",
+                limited,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    refused = as_user("audit")
+    assert refused.returncode == 2 and "403" in refused.stderr, refused.stdout + refused.stderr
+
+    rbac = client.RbacAuthorizationV1Api(api)
+    role = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "deploy/operator/fleet-role.yaml").read_text()
+    )
+    rbac.create_cluster_role(role, _preload_content=False)
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": user},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": role["metadata"]["name"],
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    rbac.create_cluster_role_binding(binding, _preload_content=False)
+
+    # the webhook is down: the new Deployment's pod is created unmeshed (failurePolicy Ignore)
+    apps.create_namespaced_deployment(NS, deployment("ops", 1), _preload_content=False)
+    eventually(lambda: available(apps, "ops", 1), timeout=60)
+    assert proxies(live_pods(core, "ops")) == [None]
+
+    def audited() -> dict[str, dict] | None:
+        done = as_user("audit", "-o", "json")
+        return {w["name"]: w for w in orjson.loads(done.stdout)} if done.returncode in (0, 1) else None
+
+    found = eventually(audited, timeout=30)  # the binding takes effect within moments
+    assert found["ops"]["state"] == "missed", found["ops"]
+    assert {found[n]["state"] for n in ("web", "api")} == {"current"}
+
+    with serve_process(
+        cluster["certs"], "--kubeconfig", KUBECONFIG, "--policy", str(policy), "--fleet-interval", "0"
+    ) as proc:
+        ctx = cluster["certs"].client_context()
+        eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
+        register_webhook({"api": api, "certs": cluster["certs"]}, proc.url)
+        time.sleep(1)
+        done = as_user("rollout", "--yes", "--poll", "0.5", "--timeout", "120")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"restarting  {NS}/Deployment/ops: 1 missed" in done.stdout
+        assert [
+            i and i.startswith("cr.l5d.io/linkerd/proxy:edge-24.9.1") for i in proxies(live_pods(core, "ops"))
+        ] == [True]
+        assert as_user("audit", "-o", "json").returncode == 0
+        assert proc.stop() == 0
