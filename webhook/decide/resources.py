@@ -37,44 +37,62 @@ def proxy_resources(
 ) -> ProxyResources:
     """The proxy's requests and limits, said in the explanation. ``received``: the pod as
     the API server sent it (where a VPA already sized the proxy)."""
-    resources = _sized(annotations, key, snapshot, policy, traits, ctx, native, received)
+    merged = _with_flavour_overrides(annotations, policy)
+    resources = _by_autoscaler(merged, annotations, key, snapshot, policy, ctx, native, received)
+    if resources is None:
+        resources = _by_usage_or_profile(merged, key, snapshot, policy, traits, ctx)
     ctx.lines.append(f"resources: {resources.detail} -> {resources.brief()}")
     if resources.source is not ResourceSource.OBSERVED and traits.usage is None and snapshot.usage:
         ctx.lines.append(f"usage: no samples recorded for {key}")
     return resources
 
 
-def _sized(
+def _by_autoscaler(
+    merged: Mapping[str, Any],
     annotations: Mapping[str, Any],
+    key: WorkloadKey,
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    ctx: Notes,
+    native: bool,
+    received: Mapping[str, Any],
+) -> ProxyResources | None:
+    """VPA's sizes, kept as the pod has them, where a VerticalPodAutoscaler sizes the proxy
+    (and the pod's own resource annotations do not win); else None."""
+    vpa = autoscaler_for(snapshot, key)
+    if vpa is None:
+        return None
+    proxy = flavour(policy.proxy.flavour).proxy_name
+    sized, why = sizes_proxy(vpa, proxy, native, annotations)
+    ctx.lines.append(f"vpa: {why}")
+    asked = [name for name in merged if name.startswith(PREFIX + "proxy-")]
+    if not sized or (asked and policy.sizing.vertical_pod_autoscaler.annotations_win):
+        return None
+    for name in asked:
+        ctx.warn(f"annotation {name} is not used: VPA {vpa.name} sizes the proxy")
+    return ProxyResources(
+        cpu_request=0.0,
+        memory_request=0,
+        cpu_limit=None,
+        memory_limit=None,
+        source=ResourceSource.VPA,
+        detail=f"sized by VPA {vpa.name}",
+        kept=kept_resources(received, proxy),
+        by=vpa.name,
+    )
+
+
+def _by_usage_or_profile(
+    merged: Mapping[str, Any],
     key: WorkloadKey,
     snapshot: ClusterSnapshot,
     policy: Policy,
     traits: WorkloadTraits,
     ctx: Notes,
-    native: bool,
-    received: Mapping[str, Any],
 ) -> ProxyResources:
+    """Observed usage where there is enough of it, else the policy's profile; then the pod's
+    resource annotations over it."""
     protocol, throughput, lifecycle = traits.protocol, traits.throughput, traits.lifecycle
-    merged = _with_flavour_overrides(annotations, policy)
-    vpa = autoscaler_for(snapshot, key)
-    if vpa is not None:
-        proxy = flavour(policy.proxy.flavour).proxy_name
-        sized, why = sizes_proxy(vpa, proxy, native, annotations)
-        ctx.lines.append(f"vpa: {why}")
-        asked = [name for name in merged if name.startswith(PREFIX + "proxy-")]
-        if sized and not (asked and policy.sizing.vertical_pod_autoscaler.annotations_win):
-            for name in asked:
-                ctx.warn(f"annotation {name} is not used: VPA {vpa.name} sizes the proxy")
-            return ProxyResources(
-                cpu_request=0.0,
-                memory_request=0,
-                cpu_limit=None,
-                memory_limit=None,
-                source=ResourceSource.VPA,
-                detail=f"sized by VPA {vpa.name}",
-                kept=kept_resources(received, proxy),
-                by=vpa.name,
-            )
     summary = snapshot.usage.get(key)
     if enough_samples(summary, policy):
         assert summary is not None
