@@ -43,6 +43,7 @@ class Skip(StrEnum):
     SANDBOX_UNSUPPORTED = "sandbox-unsupported"
     INVALID_POD = "invalid-pod"
     NAME_COLLISION = "name-collision"
+    UNSUPPORTED_VERSION = "unsupported-version"
 
     @property
     def text(self) -> str:
@@ -89,6 +90,7 @@ _SKIP_TEXT: dict[Skip, str] = {
     ),
     Skip.INVALID_POD: "the pod is not one the API server accepts; it is left for the API server to refuse",
     Skip.NAME_COLLISION: "the pod already has a container or volume named like one the proxy needs",
+    Skip.UNSUPPORTED_VERSION: "the mesh's control plane is older than any version mesh-injector renders",
 }
 
 # Skips that concern pods that asked to be meshed: they get the skip-reason annotation
@@ -110,6 +112,7 @@ OPTED_IN_SKIPS = frozenset(
         Skip.MICROVM_RESTRICTED,
         Skip.SANDBOX_UNSUPPORTED,
         Skip.NAME_COLLISION,
+        Skip.UNSUPPORTED_VERSION,
     }
 )
 

@@ -29,6 +29,14 @@ class ControlPlane:
     config: Any = None
     # the decision's "data plane:" line: the proxy, and where its configuration came from
     line: str
+    # the mesh version the pod is rendered as (e.g. "2.20", "1.28"), and whether it was read
+    # from the control plane's own objects (False: the policy's default version)
+    version: str = ""
+    found: bool = False
+    # the firewall backend the control plane's setting asks the init container to use, and
+    # every backend this version's init container can be told to use
+    firewall: Literal["legacy", "nft"] = "legacy"
+    firewalls: tuple[Literal["legacy", "nft"], ...] = ("legacy",)
     # why no pod can be meshed without it (Linkerd without trust anchors)
     missing: tuple[Skip, str] | None = None
     warnings: tuple[str, ...] = ()
@@ -58,6 +66,9 @@ class Build:
     workload: WorkloadKey
     batch: bool = False
     control: Any = None  # ControlPlane.config: what the flavour read of its control plane
+    # the backend the init container installs the redirect rules with (iptables legacy or
+    # nft): the control plane's setting, unless an eligible node is known to lack it
+    firewall: Literal["legacy", "nft"] = "legacy"
 
     @property
     def init_rules(self) -> bool:

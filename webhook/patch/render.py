@@ -58,6 +58,7 @@ def render(
         workload=WorkloadKey(workload.namespace, workload.kind, ALIAS) if alias else workload,
         batch=found.traits.batch,
         control=connected.control.config,
+        firewall=connected.control.firewall,
     )
     plan = Plan(
         flavour=plane,
