@@ -1,10 +1,12 @@
-"""Record the fields upstream injectors write, from their own golden test data, as
-tests/upstream/facts.yaml (facts for tests/test_upstream.py, not copies of their files).
+"""Record the fields a mesh's injector writes, from its own golden test data, as
+tests/upstream/facts-<mesh>.yaml (facts for tests/test_upstream_<mesh>.py, not copies of
+their files).
 
-    python tests/upstream/record.py LINKERD2_GIT_DIR ISTIO_GIT_DIR > tests/upstream/facts.yaml
+    python tests/upstream/record.py linkerd LINKERD2_GIT_DIR > tests/upstream/facts-linkerd.yaml
+    python tests/upstream/record.py istio ISTIO_GIT_DIR > tests/upstream/facts-istio.yaml
 
-Each directory is a clone (bare or not) of linkerd/linkerd2 and istio/istio; the tags read
-are edge-24.8.2 and 1.23.2, the versions the flavours render.
+Each directory is a clone (bare or not) of linkerd/linkerd2 or istio/istio; the tags read
+are edge-24.8.2 and 1.23.2.
 """
 
 from __future__ import annotations
@@ -107,17 +109,13 @@ def facts(source: str, inp: dict[str, Any], out: dict[str, Any], proxy: str, ini
     }
 
 
-def main(linkerd_git: str, istio_git: str) -> None:
+def main(mesh: str, git_dir: str) -> None:
+    tag, repo = (LINKERD, "linkerd/linkerd2") if mesh == "linkerd" else (ISTIO, "istio/istio")
+    proxy, init = ("linkerd-proxy", "linkerd-init") if mesh == "linkerd" else ("istio-proxy", "istio-init")
     found = {}
-    for case, (mesh, input_path, golden_path) in CASES.items():
-        git_dir, tag, repo = (
-            (linkerd_git, LINKERD, "linkerd/linkerd2")
-            if mesh == "linkerd"
-            else (istio_git, ISTIO, "istio/istio")
-        )
-        proxy, init = (
-            ("linkerd-proxy", "linkerd-init") if mesh == "linkerd" else ("istio-proxy", "istio-init")
-        )
+    for case, (source, input_path, golden_path) in CASES.items():
+        if source != mesh:
+            continue
         found[case] = facts(
             f"{repo} {tag}: {golden_path}",
             _show(git_dir, tag, input_path),
@@ -125,9 +123,10 @@ def main(linkerd_git: str, istio_git: str) -> None:
             proxy,
             init,
         )
-    print("# The fields upstream injectors write for a given pod, recorded from their own golden")
-    print("# outputs (each case names its source) by tests/upstream/record.py; the test")
-    print("# compares ours with them field by field.")
+    who = "Linkerd's" if mesh == "linkerd" else "Istio's"
+    print(f"# The fields {who} injector writes for a given pod, recorded from its own golden outputs")
+    print("# (each case names its source) by tests/upstream/record.py; the test compares ours with")
+    print("# them field by field.")
     print(yaml.safe_dump(found, sort_keys=False, width=100), end="")
 
 
