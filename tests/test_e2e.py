@@ -30,40 +30,30 @@ import pytest
 from cryptography import x509
 from kubernetes import client, config
 
+from tests import apiserver
 from tests.servers import Certs, serve_process
 from tests.support import TRUST_ANCHORS, eventually
 
-HARNESS = Path(__file__).parent / "e2e" / "run-apiserver.sh"
 REPO = Path(__file__).parent.parent
-WORKDIR = Path(os.environ.get("K8S_WORKDIR", Path.home() / ".cache" / "k8s-apiserver"))
-ENV = {
-    **os.environ,
-    "API_PORT": "16443",
-    "ETCD_PORT": "12379",
-    "ETCD_PEER_PORT": "12380",
-    "K8S_WORKDIR": str(WORKDIR),
-}
 RUN = uuid.uuid4().hex[:5]
 SHOP, PLAIN, ISTIO = f"shop-{RUN}", f"plain-{RUN}", f"istio-{RUN}"
 BASELINE, RESTRICTED = f"baseline-{RUN}", f"restricted-{RUN}"
 PROXY = "linkerd-proxy"  # the default flavour
 
 
+# this module's API server (tests/apiserver.py: its own run directory and ports)
+SERVER: apiserver.ApiServer
+
+
 @pytest.fixture(scope="module")
 def api():
-    if os.geteuid() != 0:
-        pytest.skip("the API server harness installs Debian packages and needs root")
-    subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
-    shutil.rmtree(WORKDIR / "etcd-data", ignore_errors=True)  # every run starts from an empty cluster
-    started = subprocess.run(["bash", str(HARNESS)], env=ENV, capture_output=True, text=True, timeout=1800)
-    if started.returncode != 0:
-        tail = (started.stdout + started.stderr)[-1500:]
-        pytest.skip(f"could not build or start kube-apiserver: {tail}")
+    global SERVER
+    SERVER = apiserver.started("mesh-injector-e2e")
     cfg = client.Configuration()
-    config.load_kube_config(config_file=str(WORKDIR / "kubeconfig"), client_configuration=cfg)
+    config.load_kube_config(config_file=SERVER.kubeconfig, client_configuration=cfg)
     api_client = client.ApiClient(cfg)
     yield api_client
-    subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
+    apiserver.finish(SERVER)
 
 
 def raw(response) -> dict:
@@ -354,7 +344,7 @@ def webhook(world):
     with serve_process(
         world["certs"],
         "--kubeconfig",
-        str(WORKDIR / "kubeconfig"),
+        SERVER.kubeconfig,
         "--cert-poll",
         "0.3",
         "--usage",
@@ -465,7 +455,7 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
         _preload_content=False,
     )
     with serve_process(
-        world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig"), "--policy", str(policy)
+        world["certs"], "--kubeconfig", SERVER.kubeconfig, "--policy", str(policy)
     ) as istio:
         ready = world["certs"].client_context()
         eventually(lambda: httpx.get(istio.url + "/readyz", verify=ready).status_code == 200)
@@ -552,7 +542,7 @@ def test_the_deployed_role_reads_what_each_flavour_reads_and_no_other_configmap(
     }
     rbac.create_cluster_role_binding(binding, _preload_content=False)
     cfg = client.Configuration()
-    config.load_kube_config(config_file=str(WORKDIR / "kubeconfig"), client_configuration=cfg)
+    config.load_kube_config(config_file=SERVER.kubeconfig, client_configuration=cfg)
     # the admin client certificate's identity is replaced by the user's (impersonation)
     limited = client.ApiClient(cfg, header_name="Impersonate-User", header_value=user)
 
@@ -894,7 +884,7 @@ def test_vpa_and_the_injector_compose_in_either_order(world, webhook):
         # container's resources (the stored pod also carries the API server's defaults, which
         # re-rendering our containers leaves out: that is not a resource someone else owns)
         policy = load_policy()
-        snapshot = load_snapshot(policy=policy, now=time.time(), kubeconfig=str(WORKDIR / "kubeconfig"))
+        snapshot = load_snapshot(policy=policy, now=time.time(), kubeconfig=SERVER.kubeconfig)
         assert set(snapshot.autoscalers) >= {(SHOP, "Deployment", "cart"), (SHOP, "Deployment", "search")}
         for name, pod in stored.items():
             request = {
@@ -975,7 +965,7 @@ def test_webhook_down_fails_open_then_meshes_again(world, webhook):
     pod = create_pod(core, SHOP)
     assert time.monotonic() - start < 6  # bounded by timeoutSeconds
     assert names(pod, "containers") == ["app"], "failurePolicy Ignore: created, unmeshed"
-    with serve_process(world["certs"], "--kubeconfig", str(WORKDIR / "kubeconfig")) as again:
+    with serve_process(world["certs"], "--kubeconfig", SERVER.kubeconfig) as again:
         eventually(
             lambda: (
                 httpx.get(again.url + "/readyz", verify=world["certs"].client_context()).status_code == 200
@@ -1075,7 +1065,7 @@ def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
     )
     promdata.write_openmetrics(tmp_path / "data.om", [pod])
     promdata.backfill(tmp_path / "data.om", tmp_path / "data")
-    kubeconfig = str(WORKDIR / "kubeconfig")
+    kubeconfig = SERVER.kubeconfig
     with promdata.prometheus(tmp_path / "data") as url:
         args = ("--kubeconfig", kubeconfig, "--prometheus", url, "--usage-interval", "60")
         with serve_process(world["certs"], *args) as proc:
@@ -1117,7 +1107,7 @@ def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
             assert stored["metadata"]["labels"]["mesh-injector.io/interception"] == "ebpf"
 
             # the API server goes away: the webhook keeps its state, says it is stale
-            subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
+            SERVER.stop()
 
             def stale() -> float:
                 text = httpx.get(proc.metrics_url).text
@@ -1131,10 +1121,8 @@ def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
             eventually(lambda: stale() > 0, timeout=60, every=0.5)
             assert httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200  # still serving
             # and comes back (same etcd): watches resume, staleness returns to 0
-            started = subprocess.run(
-                ["bash", str(HARNESS)], env=ENV, capture_output=True, text=True, timeout=600
-            )
-            assert started.returncode == 0, started.stderr[-1500:]
+            again = SERVER.start(timeout=600)
+            assert again.returncode == 0, again.stderr[-1500:]
             eventually(lambda: stale() == 0, timeout=90, every=0.5)
             # a change made after the outage reaches the next decision
             set_kernel(core, "node-0", "4.19.0-27-amd64")
@@ -1162,7 +1150,7 @@ def test_meshed_pods_are_watched_for_workloads_and_oom_kills(world, tmp_path):
     from webhook.workload import WorkloadKey
 
     core = world["core"]
-    kubeconfig = str(WORKDIR / "kubeconfig")
+    kubeconfig = SERVER.kubeconfig
     with serve_process(world["certs"], "--kubeconfig", kubeconfig) as proc:
         ctx = world["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)

@@ -11,8 +11,6 @@ complete.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,21 +22,17 @@ import orjson
 import pytest
 from kubernetes import client, config
 
+from tests import apiserver
 from tests.servers import Certs, serve_process
 from tests.support import TRUST_ANCHORS, eventually
-from tests.test_e2e import HARNESS, certs_cli, make_node, register_webhook
+from tests.test_e2e import certs_cli, make_node, register_webhook
 from webhook.cluster.kubeapi import request
 
-WORKDIR = Path(os.environ.get("K8S_WORKDIR", Path.home() / ".cache" / "k8s-apiserver"))
-KUBECONFIG = str(WORKDIR / "kubeconfig")
-ENV = {
-    **os.environ,
-    "API_PORT": "17443",
-    "ETCD_PORT": "13379",
-    "ETCD_PEER_PORT": "13380",
-    "K8S_WORKDIR": str(WORKDIR),
-    "CONTROLLERS": "deployment,replicaset,disruption,garbagecollector",
-}
+# this module's API server with the controllers (tests/apiserver.py: its own run directory
+# and ports), and its kubeconfig
+CONTROLLERS = "deployment,replicaset,disruption,garbagecollector"
+SERVER: apiserver.ApiServer
+KUBECONFIG = ""
 NS = "fleet"
 PROXY = "linkerd-proxy"
 
@@ -111,13 +105,9 @@ class Kubelet:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the API server harness installs Debian packages and needs root")
-    subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
-    shutil.rmtree(WORKDIR / "etcd-data", ignore_errors=True)
-    started = subprocess.run(["bash", str(HARNESS)], env=ENV, capture_output=True, text=True, timeout=1800)
-    if started.returncode != 0:
-        pytest.skip(f"could not build or start kube-apiserver: {(started.stdout + started.stderr)[-1500:]}")
+    global SERVER, KUBECONFIG
+    SERVER = apiserver.started("mesh-injector-fleet", CONTROLLERS)
+    KUBECONFIG = SERVER.kubeconfig
     cfg = client.Configuration()
     config.load_kube_config(config_file=KUBECONFIG, client_configuration=cfg)
     api = client.ApiClient(cfg)
@@ -143,7 +133,7 @@ def cluster(tmp_path_factory):
     }
     kubelet.stop.set()
     kubelet.thread.join(5)
-    subprocess.run(["bash", str(HARNESS), "stop"], env=ENV, capture_output=True, timeout=60)
+    apiserver.finish(SERVER)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -325,7 +315,7 @@ def _user_kubeconfig(path: Path, user: str) -> str:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    pki = WORKDIR / "pki"
+    pki = apiserver.PKI
     ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
