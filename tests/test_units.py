@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.support import anchored_policy
@@ -239,81 +241,340 @@ def test_policy_errors_name_the_field(text, needle):
     assert str(err.value).startswith("p.yaml: ")
 
 
-def _brute_force(snapshot, spec):
-    """Reference: every node checked on its own, no groups, no index, no memo."""
-    from webhook.decide.scheduling import Requirement, Term, _terms, _tolerated, _tolerations
+# --- the scheduler's rules, written from Kubernetes' definitions, not from the code under test
+#
+# k8s.io/component-helpers/scheduling/corev1/nodeaffinity (nodeSelector, required node
+# affinity), labels.Requirement.Matches (the operators), v1.Toleration.ToleratesTaint and the
+# TaintToleration and NodeUnschedulable filter plugins. Only pod specs the API server accepts
+# are in this oracle's domain (In/NotIn with values, Exists/DoesNotExist without, Gt/Lt with
+# one integer, matchFields on metadata.name with one value, Exists tolerations without a
+# value, an empty key only with Exists): a pod it refuses is never scheduled at all.
 
-    selector = Term(
-        tuple(Requirement(k, "In", (v,)) for k, v in (spec.get("nodeSelector") or {}).items()), ()
+UNSCHEDULABLE_TAINT = ("node.kubernetes.io/unschedulable", "", "NoSchedule")
+
+
+def _go_int64(text: str) -> int | None:
+    """strconv.ParseInt(text, 10, 64): ASCII digits with an optional sign, within int64."""
+    if re.fullmatch(r"[+-]?[0-9]+", text) is None:
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def k8s_requirement_matches(req: dict, fields: dict[str, str]) -> bool:
+    key, op, values = req["key"], req["operator"], req.get("values") or []
+    if op == "In":
+        return key in fields and fields[key] in values
+    if op == "NotIn":  # a missing key is "not in" any set
+        return key not in fields or fields[key] not in values
+    if op == "Exists":
+        return key in fields
+    if op == "DoesNotExist":
+        return key not in fields
+    if op in ("Gt", "Lt"):  # strictly greater / less, both sides integers
+        if key not in fields:
+            return False
+        have, want = _go_int64(fields[key]), _go_int64(values[0])
+        if have is None or want is None:
+            return False
+        return have > want if op == "Gt" else have < want
+    raise AssertionError(f"operator {op} is refused by the API server")
+
+
+def k8s_term_matches(term: dict, name: str, labels: dict[str, str]) -> bool:
+    """A nodeSelectorTerm: its expressions and fields ANDed; an empty term matches nothing."""
+    exprs, fields = term.get("matchExpressions") or [], term.get("matchFields") or []
+    if not exprs and not fields:
+        return False
+    return all(k8s_requirement_matches(r, labels) for r in exprs) and all(
+        k8s_requirement_matches(f, {"metadata.name": name}) for f in fields
     )
-    terms = _terms(spec)
-    tolerations = _tolerations(spec)
-    return sorted(
-        n.name
-        for n in snapshot.nodes.values()
-        if not n.unschedulable
-        and _tolerated(n.taints, tolerations)
-        and selector.matches_node(n)
-        and (terms is None or any(t.matches_node(n) for t in terms))
+
+
+def k8s_tolerates(toleration: dict, taint: tuple[str, str, str]) -> bool:
+    key, value, effect = taint
+    if toleration.get("effect") and toleration["effect"] != effect:
+        return False
+    if toleration.get("key") and toleration["key"] != key:
+        return False
+    if toleration.get("operator") == "Exists":
+        return True
+    return (toleration.get("value") or "") == value  # "" and Equal: the value must match
+
+
+def k8s_schedulable(node: Node, spec: dict) -> bool:
+    """May the scheduler place a pod with ``spec`` on ``node`` (labels, taints, cordon)?"""
+    tolerations = spec.get("tolerations") or []
+    if node.unschedulable and not any(k8s_tolerates(t, UNSCHEDULABLE_TAINT) for t in tolerations):
+        return False
+    for taint in node.taints:  # PreferNoSchedule is a preference, not a filter
+        hard = taint.effect in ("NoSchedule", "NoExecute")
+        if hard and not any(k8s_tolerates(t, (taint.key, taint.value, taint.effect)) for t in tolerations):
+            return False
+    labels = dict(node.labels)
+    if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
+        return False
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
     )
+    if required is None:
+        return True
+    return any(k8s_term_matches(t, node.name, labels) for t in required.get("nodeSelectorTerms") or [])
 
 
-def _grouped_count(snapshot, spec):
-    from webhook.decide.scheduling import _eligible
+def k8s_eligible(nodes: list[Node], spec: dict) -> list[Node]:
+    if spec.get("nodeName"):
+        return [n for n in nodes if n.name == spec["nodeName"]]
+    return [n for n in nodes if k8s_schedulable(n, spec)]
 
-    elig = _eligible(snapshot, spec)
-    return elig.count
+
+def required(*terms: dict) -> dict:
+    return {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}
+            }
+        }
+    }
+
+
+def expr(key: str, op: str, *values: str) -> dict:
+    return {"key": key, "operator": op, **({"values": list(values)} if values else {})}
+
+
+# Every node has a kernel of its own, so the kernels of an Eligibility name its nodes exactly.
+RULE_NODES = [
+    node("plain", {"tier": "web"}, kernel="6.1.1"),
+    node("no-tier", {}, kernel="6.1.2"),
+    node("gen7", {"tier": "db", "gen": "7"}, kernel="6.1.3"),
+    node("gen6", {"tier": "db", "gen": "6"}, kernel="6.1.4"),
+    node("gen-x", {"tier": "db", "gen": "seven"}, kernel="6.1.5"),
+    node("gen-under", {"gen": "7_0"}, kernel="6.1.6"),
+    node("no-schedule", {"tier": "web"}, [Taint("dedicated", "db", "NoSchedule")], kernel="6.1.7"),
+    node("no-execute", {"tier": "web"}, [Taint("evict", "", "NoExecute")], kernel="6.1.8"),
+    node("prefer", {"tier": "web"}, [Taint("spot", "true", "PreferNoSchedule")], kernel="6.1.9"),
+    node("cordoned", {"tier": "web"}, cordoned=True, kernel="6.1.10"),
+]
+_BY_KERNEL = {n.kernel: n.name for n in RULE_NODES}
+_UNTAINTED = {"plain", "no-tier", "gen7", "gen6", "gen-x", "gen-under", "prefer"}
+
+
+def eligible_names(spec: dict) -> set[str]:
+    elig = eligible_nodes(build_snapshot(nodes=RULE_NODES), spec)
+    names = {_BY_KERNEL[k] for k in elig.kernels}
+    assert elig.count == len(names)
+    return names
+
+
+RULES = [
+    ("no constraints: untainted, uncordoned nodes; PreferNoSchedule does not filter", {}, _UNTAINTED),
+    ("nodeSelector: every pair must hold", {"nodeSelector": {"tier": "db", "gen": "7"}}, {"gen7"}),
+    (
+        "In: the key present with one of the values",
+        required({"matchExpressions": [expr("tier", "In", "web", "db")]}),
+        {"plain", "prefer", "gen7", "gen6", "gen-x"},
+    ),
+    (
+        "NotIn: a node without the key matches",
+        required({"matchExpressions": [expr("tier", "NotIn", "db")]}),
+        {"plain", "prefer", "no-tier", "gen-under"},
+    ),
+    (
+        "Exists",
+        required({"matchExpressions": [expr("gen", "Exists")]}),
+        {"gen7", "gen6", "gen-x", "gen-under"},
+    ),
+    (
+        "DoesNotExist",
+        required({"matchExpressions": [expr("tier", "DoesNotExist")]}),
+        {"no-tier", "gen-under"},
+    ),
+    (
+        "Gt: strictly greater; an equal or non-integer value does not match",
+        required({"matchExpressions": [expr("gen", "Gt", "6")]}),
+        {"gen7"},
+    ),
+    ("Gt: equal is not greater", required({"matchExpressions": [expr("gen", "Gt", "7")]}), set()),
+    ("Lt: strictly less", required({"matchExpressions": [expr("gen", "Lt", "7")]}), {"gen6"}),
+    (
+        "Lt: a node without the key does not match",
+        required({"matchExpressions": [expr("gen", "Lt", "100")]}),
+        {"gen7", "gen6"},
+    ),
+    (
+        "expressions in a term are ANDed",
+        required({"matchExpressions": [expr("tier", "In", "db"), expr("gen", "NotIn", "7")]}),
+        {"gen6", "gen-x"},
+    ),
+    (
+        "terms are ORed",
+        required(
+            {"matchExpressions": [expr("gen", "In", "7")]},
+            {"matchExpressions": [expr("tier", "DoesNotExist")]},
+        ),
+        {"gen7", "no-tier", "gen-under"},
+    ),
+    (
+        "matchFields In on metadata.name",
+        required({"matchFields": [expr("metadata.name", "In", "gen6")]}),
+        {"gen6"},
+    ),
+    (
+        "matchFields NotIn, ANDed with the term's expressions",
+        required(
+            {
+                "matchExpressions": [expr("tier", "In", "db")],
+                "matchFields": [expr("metadata.name", "NotIn", "gen6")],
+            }
+        ),
+        {"gen7", "gen-x"},
+    ),
+    (
+        "an empty term matches nothing; another term still can",
+        required({}, {"matchFields": [expr("metadata.name", "In", "plain")]}),
+        {"plain"},
+    ),
+    (
+        "a toleration with the taint's key, value and effect",
+        {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]},
+        _UNTAINTED | {"no-schedule"},
+    ),
+    (
+        "an empty operator is Equal; no effect tolerates every effect",
+        {"tolerations": [{"key": "dedicated", "value": "db"}]},
+        _UNTAINTED | {"no-schedule"},
+    ),
+    (
+        "Equal with another value does not tolerate",
+        {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "web"}]},
+        _UNTAINTED,
+    ),
+    (
+        "Exists tolerates any value of its key",
+        {"tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+        _UNTAINTED | {"no-schedule"},
+    ),
+    (
+        "Equal with an empty value matches a taint without one",
+        {"tolerations": [{"key": "evict", "operator": "Equal", "effect": "NoExecute"}]},
+        _UNTAINTED | {"no-execute"},
+    ),
+    (
+        "another effect does not tolerate",
+        {"tolerations": [{"key": "evict", "operator": "Exists", "effect": "NoSchedule"}]},
+        _UNTAINTED,
+    ),
+    (
+        "an empty key with Exists tolerates every taint, the cordon's too",
+        {"tolerations": [{"operator": "Exists"}]},
+        {n.name for n in RULE_NODES},
+    ),
+    (
+        "an empty key with Exists and an effect tolerates only that effect",
+        {"tolerations": [{"operator": "Exists", "effect": "NoSchedule"}]},
+        _UNTAINTED | {"no-schedule", "cordoned"},
+    ),
+    (
+        "the cordon's taint tolerated, as DaemonSet pods do",
+        {
+            "tolerations": [
+                {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}
+            ]
+        },
+        _UNTAINTED | {"cordoned"},
+    ),
+    ("spec.nodeName: that node, whatever its taints", {"nodeName": "no-execute"}, {"no-execute"}),
+]
+
+
+@pytest.mark.parametrize(("rule", "spec", "expected"), RULES, ids=[r[0] for r in RULES])
+def test_eligible_nodes_follow_the_kubernetes_rules(rule, spec, expected):
+    assert k8s_eligible(RULE_NODES, spec) == [n for n in RULE_NODES if n.name in expected], "the oracle"
+    assert eligible_names(spec) == expected
 
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-_SNAP = build_snapshot(
-    nodes=[
-        node(
-            f"h{i}",
-            {"zone": "abc"[i % 3], "pool": ["p", "q", "r", "s"][i % 4], "gen": str(i % 5)},
-            taints=[Taint("pool", "s", "NoSchedule")] if i % 4 == 3 else [],
-            cordoned=i % 17 == 0,
-        )
-        for i in range(60)
-    ]
-)
-_req = st.builds(
-    lambda key, op, values: {"key": key, "operator": op, "values": values},
-    st.sampled_from(["kubernetes.io/hostname", "zone", "pool", "gen"]),
-    st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]),
-    st.lists(st.sampled_from(["h1", "h2", "h30", "a", "b", "p", "s", "2", "3"]), min_size=1, max_size=3),
+# Sixty nodes in a few shapes, so most share a group (and the grouped evaluation is what is
+# tested), with host names and a per-node label the identity detection picks up.
+_NODES = [
+    node(
+        f"h{i}",
+        {"zone": "abc"[i % 3], "pool": ["p", "q", "r", "s"][i % 4], "gen": ["1", "2", "3", "07", "x"][i % 5]}
+        | ({"serial": str(i)} if i % 2 else {}),
+        taints=[
+            [],
+            [],
+            [Taint("pool", "s", "NoSchedule")],
+            [Taint("spot", "", "PreferNoSchedule")],
+            [Taint("evict", "now", "NoExecute"), Taint("pool", "s", "NoSchedule")],
+        ][i % 5],
+        kernel=f"6.{i % 4}.0",
+        cordoned=i % 17 == 0,
+    )
+    for i in range(60)
+]
+_SNAP = build_snapshot(nodes=_NODES)
+_KEYS = ["kubernetes.io/hostname", "zone", "pool", "gen", "serial", "absent"]
+_VALUES = ["h1", "h2", "h30", "a", "b", "p", "s", "2", "3", "7", "07", "x", "9"]
+_req = st.one_of(
+    st.builds(expr, st.sampled_from(_KEYS), st.sampled_from(["Exists", "DoesNotExist"])),
+    st.builds(
+        lambda key, op, values: expr(key, op, *values),
+        st.sampled_from(_KEYS),
+        st.sampled_from(["In", "NotIn"]),
+        st.lists(st.sampled_from(_VALUES), min_size=1, max_size=3),
+    ),
+    st.builds(
+        lambda key, op, value: expr(key, op, str(value)),
+        st.sampled_from(_KEYS),
+        st.sampled_from(["Gt", "Lt"]),
+        st.integers(-1, 12),
+    ),
 )
 _field = st.builds(
-    lambda op, v: {"key": "metadata.name", "operator": op, "values": v},
+    lambda op, v: expr("metadata.name", op, v),
     st.sampled_from(["In", "NotIn"]),
-    st.lists(st.sampled_from(["h1", "h4", "h9", "x"]), min_size=1),
+    st.sampled_from(["h1", "h4", "x"]),
 )
 _term = st.fixed_dictionaries(
     {}, optional={"matchExpressions": st.lists(_req, max_size=3), "matchFields": st.lists(_field, max_size=1)}
 )
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    selector=st.dictionaries(
-        st.sampled_from(["kubernetes.io/hostname", "zone", "pool"]),
-        st.sampled_from(["h3", "h8", "a", "c", "p", "s"]),
-        max_size=2,
+_toleration = st.one_of(
+    st.fixed_dictionaries(
+        {"key": st.sampled_from(["pool", "evict", "spot", "node.kubernetes.io/unschedulable"])},
+        optional={
+            "operator": st.just("Equal"),
+            "value": st.sampled_from(["s", "now", "", "q"]),
+            "effect": st.sampled_from(["NoSchedule", "NoExecute", "PreferNoSchedule"]),
+        },
     ),
-    terms=st.one_of(st.none(), st.lists(_term, min_size=1, max_size=3)),
-    tolerate=st.booleans(),
+    st.fixed_dictionaries(
+        {"operator": st.just("Exists")},
+        optional={
+            "key": st.sampled_from(["pool", "evict", "node.kubernetes.io/unschedulable"]),
+            "effect": st.sampled_from(["NoSchedule", "NoExecute"]),
+        },
+    ),
 )
-def test_grouped_eligibility_equals_brute_force(selector, terms, tolerate):
-    spec = {"nodeSelector": selector}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    selector=st.dictionaries(st.sampled_from(_KEYS), st.sampled_from(_VALUES), max_size=2),
+    terms=st.one_of(st.none(), st.lists(_term, min_size=1, max_size=3)),
+    tolerations=st.lists(_toleration, max_size=3),
+)
+def test_grouped_eligibility_equals_the_kubernetes_rules(selector, terms, tolerations):
+    spec: dict = {"nodeSelector": selector, "tolerations": tolerations}
     if terms is not None:
-        spec["affinity"] = {
-            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
-        }
-    if tolerate:
-        spec["tolerations"] = [{"key": "pool", "operator": "Equal", "value": "s", "effect": "NoSchedule"}]
-    assert _grouped_count(_SNAP, spec) == len(_brute_force(_SNAP, spec))
+        spec.update(required(*terms))
+    want = k8s_eligible(_NODES, spec)
+    got = eligible_nodes(_SNAP, spec)
+    assert got.count == len(want)
+    assert got.kernels == {n.kernel for n in want}
+    assert set(got.sample) <= {n.name for n in want}
 
 
 def test_outcome_memo_is_keyed_by_everything_it_depends_on():

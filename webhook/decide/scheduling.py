@@ -4,13 +4,15 @@ This mirrors the scheduler's hard filters that decide feasibility from the pod s
 ``spec.nodeName``; ``nodeSelector``; required node affinity (terms ORed, expressions and
 fields ANDed inside a term; ``In``, ``NotIn``, ``Exists``, ``DoesNotExist``, ``Gt``,
 ``Lt``; ``matchFields`` on ``metadata.name``); ``NoSchedule``/``NoExecute`` taints the pod
-does not tolerate; cordoned nodes. Resource fit and pod (anti-)affinity are not
-considered: they change minute to minute, and the lowest kernel over a superset is the
-safe answer.
+does not tolerate; cordoned nodes, unless the pod tolerates the cordon's taint
+``node.kubernetes.io/unschedulable:NoSchedule`` (DaemonSet pods do). Resource fit and pod
+(anti-)affinity are not considered: they change minute to minute, and the lowest kernel
+over a superset is the safe answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,9 @@ import orjson
 from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, RedirectorState, Taint
 
 _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+# what the scheduler's NodeUnschedulable filter asks a pod to tolerate on a cordoned node
+_CORDON = Taint("node.kubernetes.io/unschedulable", "", "NoSchedule")
+_INT64 = re.compile(r"[+-]?[0-9]+")
 _SAMPLE = 3
 
 
@@ -56,12 +61,20 @@ class Requirement:
         if op == "DoesNotExist":
             return value is None
         if op in ("Gt", "Lt") and value is not None and len(self.values) == 1:
-            try:
-                have, want = int(value), int(self.values[0])
-            except ValueError:
+            have, want = _int64(value), _int64(self.values[0])
+            if have is None or want is None:
                 return False
             return have > want if op == "Gt" else have < want
         return False
+
+
+def _int64(text: str) -> int | None:
+    """A label value as Kubernetes reads it for Gt/Lt (Go's strconv.ParseInt(text, 10, 64)):
+    Python's int() would also take "7_0" or " 7", which no node matches."""
+    if _INT64.fullmatch(text) is None:
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,9 +301,10 @@ def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility
     sel_cands = _candidates_by_group(snapshot, [selector_term]) if sel_per_node else None
     excluded = {"cordoned": 0, "untolerated taints": 0, "selector or affinity": 0}
     picked: list[tuple[NodeGroup, Sequence[Node]]] = []
+    cordon_tolerated = any(t.tolerates(_CORDON) for t in tolerations)
     for gi, group in enumerate(snapshot.groups):
         size = len(group.nodes)
-        if group.unschedulable:
+        if group.unschedulable and not cordon_tolerated:
             excluded["cordoned"] += size
             continue
         if not _tolerated(group.taints, tolerations):
