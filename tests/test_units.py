@@ -9,7 +9,7 @@ import pytest
 from tests.support import anchored_policy
 from webhook.cluster.snapshot import Node, Taint, build_snapshot
 from webhook.decide.scheduling import eligible_nodes
-from webhook.decide.sizing import from_observed
+from webhook.decide.sizing import enough_samples, from_observed
 from webhook.loading import parse_policy
 from webhook.modes.base import kernel_facts
 from webhook.patch.diff import diff, escape
@@ -199,6 +199,133 @@ def test_window_and_cpu_limits():
     res = from_observed(summary, policy).as_k8s()
     assert res["limits"]["cpu"] == "300m" and res["requests"]["cpu"] == "230m"
     assert res["requests"]["memory"] == "58Mi" and res["limits"]["memory"] == "75Mi"
+
+
+MI = 2**20
+DAY = 86400.0
+NOW = 1_000_000.0
+
+
+def sized(samples: list[Sample], policy_text: str = "") -> dict:
+    policy = parse_policy("sizing:\n  minSamples: 1\n  minSpan: 0s\n" + policy_text)
+    summary = summarize(samples, policy.sizing, NOW)
+    assert summary is not None
+    return from_observed(summary, policy).as_k8s()
+
+
+def test_sizing_by_hand_decay_percentiles_and_the_limit_from_the_maximum():
+    """Weights 0.5^(age / 24h): 8 samples now weigh 1 each, 2 from two days ago 1/4 each,
+    1 from six days ago 1/64. Total 8.515625.
+
+    CPU sorted: 100m (8), 300m (1/64), 500m (1/2). p90 needs 7.664: 100m already holds 8,
+    so p90 = 100m; request 100m x 1.15 = 115m. (Unweighted, p90 would be 500m.)
+    Memory sorted: 100Mi (8), 120Mi (1/2), 400Mi (1/64). p95 needs 8.090: 100Mi holds 8,
+    120Mi brings 8.5, so p95 = 120Mi; request 138Mi. The limit is 1.5 x the maximum
+    observed, 400Mi: 600Mi (1.5 x the percentile would be 180Mi).
+    """
+    samples = (
+        [Sample(NOW, 0.1, 100 * MI)] * 8
+        + [Sample(NOW - 2 * DAY, 0.5, 120 * MI)] * 2
+        + [Sample(NOW - 6 * DAY, 0.3, 400 * MI)]
+    )
+    assert sized(samples) == {"requests": {"cpu": "115m", "memory": "138Mi"}, "limits": {"memory": "600Mi"}}
+    # with CPU limits: 1.5 x the CPU maximum 500m
+    assert sized(samples, "  cpuLimits: true")["limits"] == {"cpu": "750m", "memory": "600Mi"}
+    # a half-life of 48h: weights 1, 1/2, 1/8 (total 9.125); p90 needs 8.2125 > 8 -> 500m
+    # (memory: p95 needs 8.669 > 8 -> 120Mi at 9.0)
+    assert sized(samples, "  halfLife: 48h")["requests"] == {"cpu": "575m", "memory": "138Mi"}
+    # outside a 5-day window the 6-day-old sample is gone: the memory maximum is 120Mi
+    assert sized(samples, "  window: 5d")["limits"] == {"memory": "180Mi"}
+
+
+@pytest.mark.parametrize(
+    ("samples", "policy", "expected"),
+    [
+        # 87.1m x 1.15 = 100.165m -> 101m; (50Mi + 1000 B) x 1.15 = 57.501Mi -> 58Mi;
+        # 1.5 x (50Mi + 1000 B) = 75.001Mi -> 76Mi: rounded up, never down
+        (
+            [Sample(NOW, 0.0871, 50 * MI + 1000)],
+            "",
+            {"requests": {"cpu": "101m", "memory": "58Mi"}, "limits": {"memory": "76Mi"}},
+        ),
+        # an OOM kill an hour ago: limit 1.5 x 100Mi = 150Mi -> max(150 x 1.2 = 180, 150 + 100) = 250Mi
+        (
+            [Sample(NOW - 3600, 0.1, 100 * MI, oom=True), Sample(NOW, 0.1, 100 * MI)],
+            "",
+            {"requests": {"cpu": "115m", "memory": "115Mi"}, "limits": {"memory": "250Mi"}},
+        ),
+        # ... 1.5 x 600Mi = 900Mi -> max(1080, 1000) = 1080Mi: the factor wins above 500Mi
+        (
+            [Sample(NOW - 3600, 0.1, 600 * MI, oom=True)],
+            "",
+            {"requests": {"cpu": "115m", "memory": "690Mi"}, "limits": {"memory": "1080Mi"}},
+        ),
+        # an OOM kill 25 hours ago is outside oomLookback (24h): no bump
+        (
+            [Sample(NOW - 25 * 3600, 0.1, 100 * MI, oom=True), Sample(NOW, 0.1, 100 * MI)],
+            "",
+            {"requests": {"cpu": "115m", "memory": "115Mi"}, "limits": {"memory": "150Mi"}},
+        ),
+        # the floor (10m, 32Mi): 2m x 1.15 -> 10m; 10Mi x 1.15 -> 32Mi; limit 15Mi -> 32Mi
+        (
+            [Sample(NOW, 0.002, 10 * MI)],
+            "",
+            {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "32Mi"}},
+        ),
+        # the cap (2 cores, 2Gi): 3 x 1.15 -> 2; 3Gi x 1.15 -> 2Gi; limit 4.5Gi -> 2Gi
+        (
+            [Sample(NOW, 3.0, 3 * 1024 * MI)],
+            "  cpuLimits: true",
+            {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}},
+        ),
+        # a limit is never below its request: limitFactor 1 gives 100m and 100Mi limits under
+        # requests of 115m and 115Mi, so they are raised to them
+        (
+            [Sample(NOW, 0.1, 100 * MI)],
+            "  cpuLimits: true\n  limitFactor: 1",
+            {"requests": {"cpu": "115m", "memory": "115Mi"}, "limits": {"cpu": "115m", "memory": "115Mi"}},
+        ),
+        # another margin: 200m x 1.5 = 300m, 100Mi x 1.5 = 150Mi
+        (
+            [Sample(NOW, 0.2, 100 * MI)],
+            "  margin: 0.5",
+            {"requests": {"cpu": "300m", "memory": "150Mi"}, "limits": {"memory": "150Mi"}},
+        ),
+        # other percentiles: of 1..10 (equal weights), p50 is 5 and p100 is 10
+        (
+            [Sample(NOW, i / 100, i * 10 * MI) for i in range(1, 11)],
+            "  cpuPercentile: 50\n  memoryPercentile: 100\n  margin: 0",
+            {"requests": {"cpu": "50m", "memory": "100Mi"}, "limits": {"memory": "150Mi"}},
+        ),
+    ],
+    ids=[
+        "round-up",
+        "oom-plus-100Mi",
+        "oom-times-1.2",
+        "oom-too-old",
+        "floor",
+        "cap",
+        "limit-not-below-request",
+        "margin",
+        "percentiles",
+    ],
+)
+def test_sizing_by_hand(samples, policy, expected):
+    assert sized(samples, policy) == expected
+
+
+def test_too_few_samples_or_too_short_a_span_is_not_enough():
+    policy = parse_policy("sizing: {minSamples: 20, minSpan: 6h}")
+
+    def enough(count: int, span: float) -> bool:
+        step = span / (count - 1)
+        samples = [Sample(NOW - i * step, 0.1, 64 * MI) for i in range(count)]
+        return enough_samples(summarize(samples, policy.sizing, NOW), policy)
+
+    assert enough(20, 6 * 3600)
+    assert not enough(19, 6 * 3600)  # one sample short
+    assert not enough(20, 6 * 3600 - 60)  # a minute short
+    assert enough_samples(None, policy) is False
 
 
 def test_samples_file_formats():
