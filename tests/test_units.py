@@ -163,6 +163,30 @@ def test_workload_keys():
     assert workload_key(pod(generateName="debug-"), "ns") == WorkloadKey("ns", "Pod", "debug")
 
 
+@pytest.mark.parametrize(
+    ("kind", "name", "rs_owner", "expected"),
+    [
+        # kube_replicaset_owner says whose ReplicaSet it is
+        ("ReplicaSet", "web-7d9f8b6c5d", {("shop", "web-7d9f8b6c5d"): "web"}, ("Deployment", "web")),
+        # no kube_replicaset_owner series: a pod-template-hash suffix is recognised
+        ("ReplicaSet", "api-58bc9d7f6", {}, ("Deployment", "api")),
+        ("ReplicaSet", "bare", {}, ("ReplicaSet", "bare")),
+        ("StatefulSet", "db", {}, ("StatefulSet", "db")),
+        # a Job named <name>-<8+ digits> is its CronJob's; another Job is itself
+        ("Job", "report-29401440", {}, ("CronJob", "report")),
+        ("Job", "migrate-2", {}, ("Job", "migrate-2")),
+        # owner <none> (or none at all): the pod itself, by its full name
+        ("<none>", "<none>", {}, ("Pod", "the-pod-x1")),
+        ("", "", {}, ("Pod", "the-pod-x1")),
+    ],
+)
+def test_prometheus_pods_are_joined_to_workloads_by_the_workload_key_rules(kind, name, rs_owner, expected):
+    from webhook.usage.prometheus import PrometheusUsage
+
+    got = PrometheusUsage._workload("shop", "the-pod-x1", kind, name, rs_owner)
+    assert got == WorkloadKey("shop", *expected)
+
+
 def test_weighted_percentile_by_hand():
     # weights 1,1,1,1 -> p50 is the 2nd smallest; heavy weight on the largest moves p50 to it
     assert weighted_percentile([(1, 1), (2, 1), (3, 1), (4, 1)], 50) == 2
@@ -326,6 +350,47 @@ def test_too_few_samples_or_too_short_a_span_is_not_enough():
     assert not enough(19, 6 * 3600)  # one sample short
     assert not enough(20, 6 * 3600 - 60)  # a minute short
     assert enough_samples(None, policy) is False
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        # the default profile is 50m / 64Mi, memory limit 256Mi
+        ({}, {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
+        # requests above the profile's limit: the limit is raised to them
+        (
+            {"proxy-cpu-request": "300m", "proxy-memory-request": "512Mi", "proxy-cpu-limit": "1"},
+            {"requests": {"cpu": "300m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        ),
+        # only a limit, below the profile's request: the request is lowered to it
+        (
+            {"proxy-memory-limit": "50Mi"},
+            {"requests": {"cpu": "50m", "memory": "50Mi"}, "limits": {"memory": "50Mi"}},
+        ),
+        (
+            {"proxy-cpu-limit": "20m"},
+            {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"cpu": "20m", "memory": "256Mi"}},
+        ),
+        # annotations are not clamped to the policy's floor (32Mi) or cap
+        (
+            {"proxy-memory-request": "1Mi"},
+            {"requests": {"cpu": "50m", "memory": "1Mi"}, "limits": {"memory": "256Mi"}},
+        ),
+        # a value that is not a quantity is ignored (and named in a warning)
+        (
+            {"proxy-memory-limit": "lots"},
+            {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        ),
+    ],
+)
+def test_resource_annotations_by_hand(annotations, expected):
+    from webhook.decide.sizing import annotation_overrides, apply_overrides, from_profile
+
+    default = next(p for p in POLICY.profiles if p.name == "default")
+    base = from_profile((default.requests, default.limits), "default", "test")
+    values, problems = annotation_overrides({f"mesh-injector.io/{k}": v for k, v in annotations.items()})
+    assert apply_overrides(base, values).as_k8s() == expected
+    assert len(problems) == (annotations.get("proxy-memory-limit") == "lots")
 
 
 def test_samples_file_formats():
