@@ -50,6 +50,7 @@ CONTROL_PLANE_ANNOTATIONS = (
     "traffic.sidecar.istio.io/includeOutboundPorts",
     "traffic.sidecar.istio.io/includeOutboundIPRanges",
     "sidecar.istio.io/status",
+    "sidecar.istio.io/interceptionMode",
     "config.linkerd.io/skip-inbound-ports",
     "config.linkerd.io/skip-outbound-ports",
     "config.linkerd.io/skip-subnets",

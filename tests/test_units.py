@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests.support import anchored_policy
-from webhook.cluster.snapshot import Node, Taint, build_snapshot
+from webhook.cluster.snapshot import Node, RuntimeClass, Taint, build_snapshot
 from webhook.decide.scheduling import eligible_nodes
 from webhook.decide.sizing import enough_samples, from_observed
 from webhook.loading import parse_policy
@@ -134,6 +134,120 @@ def test_lowest_kernel_and_unknown():
     assert kf.lowest == Kernel(5, 4, 0) and not kf.ebpf
     snap = build_snapshot(nodes=[node("a", kernel="6.1.0"), node("b", kernel=None)])
     assert kernel_facts(eligible_nodes(snap, {}), POLICY.interception).unknown
+
+
+@pytest.mark.parametrize(
+    ("option", "server", "kubelets", "native", "warned"),
+    [
+        # auto: native where the API server and every eligible kubelet are at least 1.29
+        ("auto", (1, 32), ["v1.32.2", "v1.29.0"], True, False),
+        ("auto", (1, 32), ["v1.32.2", "v1.28.15-eks-aeac579"], False, False),
+        # an API server below 1.29 drops restartPolicy from an init container, whatever the
+        # kubelets say (a --server-version given by hand may be older than the nodes)
+        ("auto", (1, 28), ["v1.32.2"], False, False),
+        ("auto", None, ["v1.32.2"], False, False),  # the server's version unknown
+        ("auto", (1, 32), [], False, False),  # no eligible node: their kubelets are unknown
+        ("auto", (1, 32), ["unknown"], False, False),
+        # "true" forces native unless the cluster is known to be older (then a warning)
+        ("true", (1, 28), ["v1.28.15"], False, True),
+        ("true", None, ["v1.27.1"], True, False),
+        ("false", (1, 32), ["v1.32.2"], False, False),
+    ],
+)
+def test_native_sidecar_placement_by_hand(option, server, kubelets, native, warned):
+    from webhook.core import Notes
+    from webhook.decide.placement import native_placement
+
+    nodes = [node(f"n{i}", kubelet=k) for i, k in enumerate(kubelets)]
+    elig = eligible_nodes(build_snapshot(nodes=nodes), {})
+    notes = Notes()
+    version = KubeVersion(*server) if server else None
+    assert native_placement(option, version, elig, POLICY, notes)[0] is native
+    assert bool(notes.warnings) is warned
+
+
+@pytest.mark.parametrize(
+    ("kernel", "ebpf"),
+    [
+        ("5.10.0", True),  # interception.ebpf.minKernel itself is enough
+        ("5.10", True),
+        ("5.9.255-custom", False),
+        ("6.1.0-18-cloud-amd64", True),
+        ("4.19.112+", False),
+    ],
+)
+def test_the_minimum_kernel_by_hand(kernel, ebpf):
+    kf = kernel_facts(
+        eligible_nodes(build_snapshot(nodes=[node("a", kernel=kernel)]), {}), POLICY.interception
+    )
+    assert kf.ebpf is ebpf and not kf.unknown
+
+
+@pytest.mark.parametrize(
+    ("runtime_class", "classes", "sandbox"),
+    [
+        # a RuntimeClass is a sandbox by its handler (the policy's sandboxHandlers), whatever it is called
+        ("secure", [RuntimeClass("secure", "kata-qemu")], ("kata-qemu", False)),
+        ("kata-lookalike", [RuntimeClass("kata-lookalike", "runc")], None),
+        ("isolated", [RuntimeClass("isolated", "runsc")], ("runsc", True)),
+        # a class not in the cluster state is judged by its name
+        ("gvisor-fast", [], (None, True)),
+        ("plain", [], None),
+    ],
+)
+def test_a_sandbox_is_known_by_its_handler(runtime_class, classes, sandbox):
+    from webhook.modes.base import sandbox_of
+
+    snap = build_snapshot(runtime_classes=classes)
+    found = sandbox_of({"spec": {"runtimeClassName": runtime_class}}, snap, POLICY)
+    assert (None if found is None else (found.handler, found.gvisor)) == sandbox
+
+
+@pytest.mark.parametrize(
+    ("namespace", "protocol", "mode", "reason"),
+    [
+        # the auto table's microvm row: high-throughput gRPC, the RuntimeClass there, a 1.32
+        # cluster, and a namespace that admits the in-guest init container (privileged)
+        ("shop", "grpc", "microvm", "high-throughput-grpc"),
+        ("shop", "http", "ebpf", "ebpf-capable"),  # high-throughput http: not that row
+        ("guarded", "grpc", "ebpf", "ebpf-capable"),  # baseline refuses it: the next row that holds
+        ("payments", "grpc", "ebpf", "ebpf-capable"),  # restricted too
+    ],
+)
+def test_auto_gives_microvm_to_high_throughput_grpc_where_the_namespace_admits_it(
+    namespace, protocol, mode, reason
+):
+    from tests.support import GOLDEN
+    from webhook.admission import admit
+    from webhook.loading import load_snapshot
+
+    snap = load_snapshot(policy=POLICY, now=1795780800.0, cluster=str(GOLDEN / "clusters" / "mixed.yaml"))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "namespace": namespace,
+            "name": "stream",
+            "annotations": {
+                "mesh-injector.io/throughput": "high",
+                "mesh-injector.io/workload-protocol": protocol,
+            },
+        },
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "app", "image": "registry.example.com/app:1.0"}],
+        },
+    }
+    request = {
+        "uid": "u",
+        "operation": "CREATE",
+        "kind": {"kind": "Pod"},
+        "namespace": namespace,
+        "object": pod,
+    }
+    out = admit(request, snap, POLICY)
+    assert out.injected, out.explanation
+    assert (out.mode.value, out.mode_reason.value) == (mode, reason)
 
 
 def test_workload_keys():
