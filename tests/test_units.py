@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
 from tests.support import anchored_policy
 from webhook.cluster.snapshot import Node, RuntimeClass, Taint, build_snapshot
@@ -248,6 +249,53 @@ def test_auto_gives_microvm_to_high_throughput_grpc_where_the_namespace_admits_i
     out = admit(request, snap, POLICY)
     assert out.injected, out.explanation
     assert (out.mode.value, out.mode_reason.value) == (mode, reason)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "reason", "warned"),
+    [
+        ({"mesh-injector.io/interception": "microvm"}, "fallback", True),
+        (
+            {"mesh-injector.io/throughput": "high", "mesh-injector.io/workload-protocol": "grpc"},
+            "ebpf-capable",
+            False,
+        ),
+    ],
+)
+def test_a_pod_on_a_runtime_of_its_own_is_not_given_microvm(annotations, reason, warned, tmp_path):
+    """A pod naming a RuntimeClass that is not a sandbox (runc here) keeps it: microvm would
+    either override the pod's choice or label a pod on the host microvm. So ebpf, the next
+    mode where it is backed."""
+    import jsonpatch
+
+    from tests.support import GOLDEN
+    from webhook.admission import admit
+    from webhook.loading import load_snapshot
+
+    cluster = yaml.safe_load((GOLDEN / "clusters" / "mixed.yaml").read_text())
+    fast = {
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": "fast"},
+        "handler": "runc",
+    }
+    cluster["items"].append(fast)
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    snap = load_snapshot(policy=POLICY, now=1795780800.0, cluster=str(tmp_path / "cluster.yaml"))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"namespace": "shop", "name": "p", "annotations": annotations},
+        "spec": {
+            "runtimeClassName": "fast",
+            "containers": [{"name": "app", "image": "registry.example.com/app:1"}],
+        },
+    }
+    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod}
+    out = admit(request, snap, POLICY)
+    assert (out.mode.value, out.mode_reason.value) == ("ebpf", reason), out.explanation
+    assert any("RuntimeClass fast (handler runc), not a VM sandbox" in w for w in out.warnings) is warned
+    assert jsonpatch.apply_patch(pod, out.patch)["spec"]["runtimeClassName"] == "fast"
 
 
 def test_workload_keys():
