@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -298,6 +299,73 @@ def test_a_pod_on_a_runtime_of_its_own_is_not_given_microvm(annotations, reason,
     assert jsonpatch.apply_patch(pod, out.patch)["spec"]["runtimeClassName"] == "fast"
 
 
+@pytest.mark.parametrize("own", [None, "vm"])
+def test_only_a_runtime_class_we_set_is_claimed_as_ours(own, tmp_path):
+    """The policy's RuntimeClass ``vm`` (a VM runtime not among the sandbox handlers): set by
+    us, the status claims it (re-injection may take it back); written by the user, it is the
+    user's and never claimed."""
+    from tests.support import GOLDEN
+    from webhook.admission import admit
+    from webhook.loading import load_snapshot
+
+    policy = anchored_policy("interception: {microvm: {runtimeClass: vm}}")
+    cluster = yaml.safe_load((GOLDEN / "clusters" / "mixed.yaml").read_text())
+    cluster["items"].append(
+        {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "vm"},
+            "handler": "qemu-plain",
+        }
+    )
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    snap = load_snapshot(policy=policy, now=1795780800.0, cluster=str(tmp_path / "cluster.yaml"))
+    spec = {"containers": [{"name": "app", "image": "registry.example.com/app:1"}]}
+    if own:
+        spec["runtimeClassName"] = own
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "namespace": "shop",
+            "name": "p",
+            "annotations": {"mesh-injector.io/interception": "microvm"},
+        },
+        "spec": spec,
+    }
+    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod}
+    out = admit(request, snap, policy)
+    assert (out.mode.value, out.mode_reason.value) == ("microvm", "annotation"), out.explanation
+    status = json.loads(out.pod["metadata"]["annotations"]["mesh-injector.io/status"])
+    assert out.pod["spec"]["runtimeClassName"] == "vm"
+    assert status.get("runtimeClassName") == (None if own else "vm")
+
+
+@pytest.mark.parametrize(
+    ("got", "want", "covered"),
+    [
+        ({"name": "p", "image": "i"}, {"name": "p", "image": "i"}, True),
+        # what the API server defaults may be added ...
+        (
+            {"name": "p", "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/x"},
+            {"name": "p"},
+            True,
+        ),
+        ({"httpGet": {"port": 1, "scheme": "HTTP"}, "timeoutSeconds": 1}, {"httpGet": {"port": 1}}, True),
+        # ... nothing else, at any depth, and nothing may be missing or changed
+        ({"name": "p", "tty": True}, {"name": "p"}, False),
+        ({"httpGet": {"port": 1, "host": "x"}}, {"httpGet": {"port": 1}}, False),
+        ({"name": "p"}, {"name": "p", "image": "i"}, False),
+        ({"name": "p", "image": "j"}, {"name": "p", "image": "i"}, False),
+        ({"args": ["a"]}, {"args": ["a", "b"]}, False),
+    ],
+)
+def test_a_stored_item_is_ours_with_only_the_api_servers_defaults_added(got, want, covered):
+    from webhook.patch.inject import covers
+
+    assert covers(got, want) is covered
+
+
 def test_workload_keys():
     def pod(owner=None, labels=None, **meta):
         m = dict(meta)
@@ -562,6 +630,79 @@ def test_samples_file_formats():
         '"cpu": 0.25, "memory": 67108864, "oom": true}\n'
     )
     assert parse_samples(csv_text) == parse_samples(jsonl)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "memory", "error"),
+    [
+        ("-5m", "64Mi", "line 2: cpu '-5m' is negative"),
+        ("-0.5", "64Mi", "line 2: cpu '-0.5' is negative"),
+        ("5m", "-1Mi", "line 2: memory '-1Mi' is negative"),
+        ("abc", "64Mi", "line 2: cpu 'abc' is not a quantity"),
+        ("", "64Mi", "line 2: missing cpu"),
+    ],
+)
+def test_a_bad_sample_is_refused_naming_its_line_and_field(cpu, memory, error):
+    from webhook.usage.samples import UsageError
+
+    text = f"namespace,workload,timestamp,cpu,memory\nshop,Deployment/web,1700000000,{cpu},{memory}\n"
+    with pytest.raises(UsageError, match=re.escape(f"usage: {error}")):
+        parse_samples(text)
+
+
+@pytest.mark.parametrize(
+    ("raw", "ranges"),
+    [
+        ("25,3306,8000-8100", ((25, 25), (3306, 3306), (8000, 8100))),
+        ("1,2,3", ((1, 3),)),  # adjacent items joined
+        ("8000-8100, 8050-8200,9000", ((8000, 8200), (9000, 9000))),  # overlapping ones too
+        ("1-65535", ((1, 65535),)),
+        ("", ()),
+    ],
+)
+def test_port_lists_by_hand(raw, ranges):
+    from webhook.dataplane.iptables import parse_ports
+
+    assert parse_ports(raw) == ranges
+
+
+@pytest.mark.parametrize("raw", ["0", "65536", "10-5", "http", "1-2-3", "-1"])
+def test_port_lists_outside_1_to_65535_or_not_ports_are_refused(raw):
+    from webhook.dataplane.iptables import PortListError, parse_ports
+
+    with pytest.raises(PortListError, match=re.escape(repr(raw))):
+        parse_ports(raw)
+
+
+def test_the_generic_ruleset_by_hand():
+    """mesh-init's ruleset: the admin port and the pod's skips left alone inbound; the proxy's
+    uid, loopback, the skips and the IPv4 ranges left alone outbound (an IPv6 range needs
+    ip6tables and would make iptables-restore fail: it is not written)."""
+    from webhook.dataplane.iptables import render_rules
+
+    text = render_rules(
+        skip_inbound=((22, 22), (9100, 9102)),
+        skip_outbound=((3306, 3306),),
+        skip_cidrs=("10.0.0.0/8", "fd00:10::/64"),
+    )
+    rules = text.splitlines()
+    inbound = [r for r in rules if r.startswith("-A MESH_INBOUND")]
+    outbound = [r for r in rules if r.startswith("-A MESH_OUTBOUND")]
+    assert inbound == [
+        "-A MESH_INBOUND -p tcp --dport 4191 -j RETURN",
+        "-A MESH_INBOUND -p tcp --dport 22 -j RETURN",
+        "-A MESH_INBOUND -p tcp --dport 9100:9102 -j RETURN",
+        "-A MESH_INBOUND -p tcp -j REDIRECT --to-ports 4143",
+    ]
+    assert outbound == [
+        "-A MESH_OUTBOUND -m owner --uid-owner 2102 -j RETURN",
+        "-A MESH_OUTBOUND -o lo -j RETURN",
+        "-A MESH_OUTBOUND -d 127.0.0.0/8 -j RETURN",
+        "-A MESH_OUTBOUND -p tcp --dport 3306 -j RETURN",
+        "-A MESH_OUTBOUND -d 10.0.0.0/8 -j RETURN",
+        "-A MESH_OUTBOUND -p tcp -j REDIRECT --to-ports 4140",
+    ]
+    assert rules[0] == "*nat" and text.endswith("\nCOMMIT\n")
 
 
 def test_patch_escaping():
