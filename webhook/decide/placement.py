@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from webhook.cluster.snapshot import Node
 from webhook.core import Notes
+from webhook.dataplane.base import NativeDefault
 from webhook.decide.scheduling import Eligibility
 from webhook.policy import Policy
 from webhook.reasons import Mode
@@ -88,3 +91,30 @@ def place(
             f"({stop_hint})"
         )
     return placed
+
+
+def mesh_native(
+    default: NativeDefault, annotations: Mapping[str, str], node_name: object, nodes: Mapping[str, Node]
+) -> tuple[bool, str]:
+    """Where the control plane's own injector would place its proxy for this pod (native or
+    not, and why): the pod's annotation where ``default`` names one, else always or never,
+    else by kubelets: the pod's own node's where it names one, otherwise every node's
+    (Istio's ``DetectNativeSidecar``)."""
+    for key, value, why in default.regular:
+        if str(annotations.get(key, "")).strip() == value:
+            return False, why
+    asked = annotations.get(default.annotation) if default.annotation else None
+    if asked in ("true", "false"):
+        return asked == "true", f"{default.annotation}: {asked}"
+    if default.on is not None:
+        return default.on, default.why
+    floor = parse_kube_version(default.min_kubelet)
+    named = nodes.get(node_name) if isinstance(node_name, str) else None
+    chosen = [named] if named is not None else list(nodes.values())
+    if floor is None or not chosen:
+        return False, f"{default.why}; no node's kubelet is known"
+    for node in chosen:
+        kubelet = parse_kube_version(node.kubelet or "")
+        if kubelet is None or kubelet < floor:
+            return False, f"{default.why}; node {node.name}'s kubelet is {node.kubelet or 'unknown'}"
+    return True, f"{default.why}; every node's kubelet is at least {floor}"
