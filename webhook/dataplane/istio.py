@@ -437,8 +437,10 @@ def _resolve(
     if release is None:
         return None, warnings, origin
     if found:
+        # istio-init runs global.proxy_init.image where it names a repository, else the proxy's
         image = _image(v, release, "global.proxy.image")
-        init_image = _image(v, release, "global.proxy_init.image")
+        named_init = v.text("global.proxy_init.image", "")
+        init_image = named_init if "/" in named_init else image
     else:
         image = init_image = f"{release.hub}/proxyv2:{release.tag}"
     if s.image:

@@ -59,11 +59,16 @@ def _document(text: str, where: str, warnings: list[str]) -> Mapping[str, Any] |
     """A JSON object (as the chart writes it) or a YAML mapping, or None with a warning."""
     try:
         doc = orjson.loads(text)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as json_error:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            problem = " ".join(str(exc).split())
+            if text.lstrip().startswith(("{", "[")):  # JSON, as the chart writes it: its error
+                problem = str(json_error)
+            else:
+                mark = getattr(exc, "problem_mark", None)
+                at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = f"{getattr(exc, 'problem', None) or 'not YAML'}{at}"
             warnings.append(f"{where} is not applied: neither JSON nor YAML ({problem})")
             return None
     if doc is None:
