@@ -219,6 +219,51 @@ def istio_facts(inp: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# istio-iptables' (and, from 1.27, istio-nftables') own goldens of the rules it installs, with
+# the configuration its test (tools/istio-*/pkg/capture/run_test.go) gives each: the test-side
+# model of what istio-init installs (tests/istio_rules.py) is checked against these
+RULE_CASES: dict[str, dict[str, str]] = {
+    "empty": {},
+    "inbound-ports-wildcard": {"inbound_include": "*"},
+    "inbound-ports-include": {"inbound_include": "32000,31000"},
+    "ipnets": {"outbound_ranges_include": "10.0.0.0/8"},
+    "outbound-ports-include": {"outbound_ports_include": "32000,31000"},
+}
+
+
+def _rule_lines(text: str) -> list[str]:
+    """The IPv4 nat table's chains and rules of a capture golden: iptables' as ``-N``/``-A``
+    lines (1.23 writes whole commands, later versions the restore format), nft's as written."""
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("iptables -t nat "):
+            out.append(line[len("iptables -t nat ") :])
+        elif line.startswith(("-N ", "-A ", "-I ", "add ", "insert ", "flush ")):
+            out.append(line)
+        elif line == "COMMIT" and out:
+            break  # the first table is IPv4's
+    return out
+
+
+def rules(git_dir: str, tag: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for tool in ("istio-iptables", "istio-nftables"):
+        for name, config in RULE_CASES.items():
+            path = f"tools/{tool}/pkg/capture/testdata/{name}.golden"
+            shown = subprocess.run(
+                ["git", "--git-dir", git_dir, "show", f"{tag}:{path}"], capture_output=True, text=True
+            )
+            if shown.returncode != 0:
+                continue  # no istio-nftables before 1.27
+            found.setdefault(tool, {})[name] = {
+                "source": f"{ISTIO_REPO} {tag}: {path}",
+                "config": config,
+                "rules": _rule_lines(shown.stdout),
+            }
+    return found
+
+
 def istio(git_dir: str, tag: str = "1.23.2") -> None:
     minor = ".".join(tag.split(".")[:2])
     cases = {**ISTIO_CASES, **ISTIO_MORE.get(minor, {})}
@@ -233,12 +278,14 @@ def istio(git_dir: str, tag: str = "1.23.2") -> None:
     print(f"# What Istio {minor}'s injector writes for a given pod, recorded from its own golden outputs")
     print("# (each case names its source, and how that version's test set the control plane up) by")
     print("# tests/upstream/record.py; tests/test_upstream_istio.py compares ours with them field by")
-    print("# field. chart_values: what its istiod chart puts in istio-sidecar-injector's values.")
+    print("# field. chart_values: what its istiod chart puts in istio-sidecar-injector's values;")
+    print("# rules: what its istio-iptables (istio-nftables) installs, from their own goldens.")
     doc = {
         "tag": tag,
         "version": minor,
         "kubelets": KUBELETS[minor],
         "chart_values": chart_values(git_dir, tag),
+        "rules": rules(git_dir, tag),
         "cases": found,
     }
     print(yaml.safe_dump(doc, sort_keys=False, width=100), end="")

@@ -700,12 +700,6 @@ def _app_containers(pod: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _ports(ports: Ports) -> list[str]:
-    """istio-iptables hands each item to ``--dport``: a range as iptables writes one, lo:hi
-    (spelled out, 1-65535 would be a 373 KiB argument, over Linux's 128 KiB limit)."""
-    return [str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in ports]
-
-
 def _join(*parts: str) -> str:
     return ",".join(p for p in parts if p)
 
@@ -983,19 +977,20 @@ class Traffic:
     skip_inbound: Ports = ()
     skip_outbound: Ports = ()
 
-    def inbound(self, spell: bool = False) -> str:
-        """The ports left alone inbound, the status port last (Istio's excludeInboundPort);
-        ``spell``: each port written out, as Istio's CNI plugin reads them."""
-        return _exclude_status_port(_join(self.exclude_inbound, *_items(self.skip_inbound, spell)))
+    def inbound(self, style: str = ":") -> str:
+        """The ports left alone inbound, the status port last (Istio's excludeInboundPort).
+        ``style``: how a range of ours is written: ":" as iptables takes it, "-" as nft takes
+        it (native nftables), "" each port written out (Istio's CNI plugin reads no ranges)."""
+        return _exclude_status_port(_join(self.exclude_inbound, *_items(self.skip_inbound, style)))
 
-    def outbound(self, spell: bool = False) -> str:
-        return _join(self.exclude_outbound, *_items(self.skip_outbound, spell))
+    def outbound(self, style: str = ":") -> str:
+        return _join(self.exclude_outbound, *_items(self.skip_outbound, style))
 
 
-def _items(ports: Ports, spell: bool) -> list[str]:
-    if spell:
+def _items(ports: Ports, style: str) -> list[str]:
+    if not style:
         return [str(p) for lo, hi in ports for p in range(lo, hi + 1)]
-    return _ports(ports)
+    return [str(lo) if lo == hi else f"{lo}{style}{hi}" for lo, hi in ports]
 
 
 # the most ports our skip lists may spell out in an annotation Istio's CNI plugin reads
@@ -1029,11 +1024,14 @@ def init_args(build: Build, c: IstioControl, t: Traffic, notes: list[str]) -> li
     validation = build.validator
     args = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", str(UID), "-m", "REDIRECT"]
     args += ["-i", t.include_ranges, "-x", t.exclude_ranges, "-b", t.include_inbound]
-    args += ["-d", _join(str(PROM_PORT), str(HEALTH_PORT), t.inbound())]
+    release = c.release
+    native = c.native_nftables and build.firewall == "nft"
+    style = "-" if native else ":"  # istio-iptables hands each item to --dport, or to nft
+    args += ["-d", _join(str(PROM_PORT), str(HEALTH_PORT), t.inbound(style))]
     if t.include_outbound:
         args += ["-q", t.include_outbound]
-    if t.outbound():
-        args += ["-o", t.outbound()]
+    if t.outbound(style):
+        args += ["-o", t.outbound(style)]
     args.append(f"--log_output_level={c.agent_log_level}")
     if c.log_as_json:
         args.append("--log_as_json")
@@ -1041,8 +1039,6 @@ def init_args(build: Build, c: IstioControl, t: Traffic, notes: list[str]) -> li
         args += ["--run-validation", "--skip-rule-apply"]
     elif c.force_apply:
         args.append("--force-apply")
-    release = c.release
-    native = c.native_nftables and build.firewall == "nft"
     if native:
         args.append("--native-nftables")
     if build.firewall != ("nft" if native else release.iptables):
@@ -1112,11 +1108,11 @@ def cni_annotations(c: IstioControl, t: Traffic, warnings: list[str]) -> dict[st
         out["traffic.sidecar.istio.io/excludeOutboundIPRanges"] = t.exclude_ranges
     if t.include_inbound or c.release.include_inbound_always:
         out["traffic.sidecar.istio.io/includeInboundPorts"] = t.include_inbound
-    out["traffic.sidecar.istio.io/excludeInboundPorts"] = t.inbound(spell=True)
+    out["traffic.sidecar.istio.io/excludeInboundPorts"] = t.inbound("")
     if t.include_outbound:
         out["traffic.sidecar.istio.io/includeOutboundPorts"] = t.include_outbound
-    if t.outbound(spell=True):
-        out["traffic.sidecar.istio.io/excludeOutboundPorts"] = t.outbound(spell=True)
+    if t.outbound(""):
+        out["traffic.sidecar.istio.io/excludeOutboundPorts"] = t.outbound("")
     return out
 
 
