@@ -170,7 +170,28 @@ ISTIO_MORE: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
         ),
     },
 }
-ISTIO_MORE["1.30"] = ISTIO_MORE["1.28"]
+ISTIO_MORE["1.30"] = {
+    **ISTIO_MORE["1.28"],
+    # 1.30: the OTel K8s service attributes, where the mesh's OpenTelemetry provider asks
+    "otel-semconv": (
+        "hello-otel-semconv.yaml",
+        "hello-otel-semconv.yaml.injected",
+        {
+            "mesh": {
+                "extensionProviders": [
+                    {
+                        "name": "otel",
+                        "opentelemetry": {
+                            "service": "otel-collector.observability.svc.cluster.local",
+                            "port": 4317,
+                            "serviceAttributeEnrichment": "OTEL_SEMANTIC_CONVENTIONS",
+                        },
+                    }
+                ]
+            }
+        },
+    ),
+}
 KUBELETS = {"1.23": [], "1.28": ["v1.33.0", "v1.34.0"], "1.30": ["v1.33.0", "v1.34.0"]}
 
 

@@ -130,6 +130,8 @@ class Release:
     native_env: str
     native_kubelet: str = ""
     native_annotation: str | None = None
+    # OTEL_RESOURCE_ATTRIBUTES where the mesh config's OpenTelemetry provider asks for them
+    otel_attributes: bool = False
 
     @property
     def name(self) -> str:
@@ -194,6 +196,7 @@ RELEASES: tuple[Release, ...] = (
         native_env="auto",
         native_kubelet="1.33",
         native_annotation="sidecar.istio.io/nativeSidecar",
+        otel_attributes=True,
     ),
 )
 KNOWN = {r.name: r for r in RELEASES}
@@ -867,9 +870,46 @@ def proxy_env(
         *_identity_env(build, pod, c.release.workload_label),
         {"name": "ISTIO_META_MESH_ID", "value": setup.mesh_id},
         {"name": "TRUST_DOMAIN", "value": setup.trust_domain},
+        *_otel_env(build, pod, c),
         *({"name": k, "value": v} for k, v in setup.metadata.items()),
     ]
     return _cluster_env(env, c, network)
+
+
+OTEL = "resource.opentelemetry.io/"
+
+
+def _otel_env(build: Build, pod: Mapping[str, Any], c: IstioControl) -> list[dict[str, Any]]:
+    """Istio 1.30's OTEL_RESOURCE_ATTRIBUTES (its otelResourceAttributes): the OTel K8s
+    service attributes, each from the pod's resource.opentelemetry.io/ annotation where it
+    has one (service.version: else the app.kubernetes.io/version label, else a single
+    container's image tag and digest)."""
+    if not (c.release.otel_attributes and c.mesh is not None and c.mesh.otel_semantic_conventions):
+        return []
+    annotations, labels = _annotations(pod), _labels(pod)
+    containers = [x for x in (pod.get("spec") or {}).get("containers") or [] if isinstance(x, dict)]
+    namespace = build.workload.namespace
+
+    def own(name: str) -> str | None:
+        found = annotations.get(OTEL + name)
+        return found if isinstance(found, str) and found else None
+
+    space = own("service.namespace") or namespace
+    attrs = [f"service.namespace={space}"] if space else []
+    version = own("service.version") or labels.get("app.kubernetes.io/version") or None
+    if version is None and len(containers) == 1:
+        image = str(containers[0].get("image") or "")
+        image, _, digest = image.partition("@")
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        version = f"{tag}@{digest}" if tag and digest else digest or tag or None
+    if version:
+        attrs.append(f"service.version={version}")
+    instance = own("service.instance.id")
+    if instance is None and containers:
+        instance = f"{namespace}.$(POD_NAME).{containers[0].get('name')}"
+    if instance:
+        attrs.append(f"service.instance.id={instance}")
+    return [{"name": "OTEL_RESOURCE_ATTRIBUTES", "value": ",".join(attrs)}] if attrs else []
 
 
 def _security(c: IstioControl) -> dict[str, Any]:

@@ -54,5 +54,5 @@ def connect(
         ctx.lines.append(f"namespace {namespace}: the pod inherits {', '.join(inherited)}")
     native = None
     if control.native is not None:
-        native = mesh_native(control.native, annotations, pod["spec"].get("nodeName"), snapshot.nodes)
+        native = mesh_native(control.native, annotations, pod["spec"].get("nodeName"), snapshot)
     return Connected(control, inherited, annotations, native)
