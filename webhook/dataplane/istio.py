@@ -746,10 +746,11 @@ class ProxySetup:
     warnings: tuple[str, ...] = ()
 
 
-def proxy_setup(build: Build, pod: Mapping[str, Any], c: IstioControl, *, hold: bool = True) -> ProxySetup:
+def proxy_setup(build: Build, pod: Mapping[str, Any], c: IstioControl, *, envoy: bool = True) -> ProxySetup:
     """The mesh's defaultConfig (none where the cluster has no mesh config), the pod's
     proxy.istio.io/config over it; xDS goes to the revision's istiod unless either names
-    another; the proxy's threads follow the CPU we size unless the pod sets them."""
+    another; Envoy's threads follow the CPU we size unless the pod sets them, and on legacy
+    placement the proxy holds the app (``envoy`` False: the agent alone, neither)."""
     base = dict(c.mesh.proxy) if c.mesh is not None else {}
     own, warnings = pod_fields(_annotations(pod))
     config = merged(base, own)
@@ -760,13 +761,13 @@ def proxy_setup(build: Build, pod: Mapping[str, Any], c: IstioControl, *, hold: 
         notes.append(
             f"threads: {own['concurrency']} Envoy worker(s) (concurrency), from proxy.istio.io/config"
         )
-    elif threads is not None:
+    elif threads is not None and envoy:
         config["concurrency"] = threads[0]
         instead = (
             f" (instead of the mesh's defaultConfig {base['concurrency']})" if "concurrency" in base else ""
         )
         notes.append(f"threads: {threads[0]} Envoy worker(s) (concurrency), from {threads[1]}{instead}")
-    if hold and not build.native:
+    if envoy and not build.native:
         if config.get("holdApplicationUntilProxyStarts") is False:
             warnings.append(
                 "holdApplicationUntilProxyStarts false is not applied: on legacy placement the proxy "
@@ -1384,7 +1385,7 @@ def render_grpc_agent(
     each app container gets the bootstrap's path and that volume. Nothing is redirected, so
     no init container is added whatever the mode."""
     conf = pod_config(pod)
-    setup = proxy_setup(build, pod, c, hold=False)
+    setup = proxy_setup(build, pod, c, envoy=False)
     notes = [
         *setup.notes,
         f"proxyless gRPC ({TEMPLATES}: grpc-agent): the app speaks xDS to the agent itself, so nothing "
