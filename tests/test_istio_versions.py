@@ -509,3 +509,43 @@ def test_connect_reads_the_pods_revision():
 
     got = connect(flavour("istio"), rev, "canary-shop", {}, snap, CANARY, Notes())
     assert got.control.config.revision == "canary"
+
+
+@pytest.mark.parametrize(
+    ("values", "config"),
+    [
+        ("[1, 2]", None),
+        ('"just text"', None),
+        ('{"global": 5}', None),
+        ('{"global": {"proxy": "x", "tag": {"a": 1}, "hub": ["r"]}}', None),
+        ('{"global": {"tag": true, "proxy": {"readinessPeriodSeconds": -1.5, "statusPort": "x"}}}', None),
+        ('{"pilot": {"env": "x", "cni": 7}, "sidecarInjectorWebhook": []}', None),
+        ('{"global": {"tag": "1.28.2", "proxy": {"seccompProfile": "RuntimeDefault"}}}', "templates: 5"),
+        (
+            '{"global": {"tag": "1.28.2"}}',
+            "defaultTemplates: x\ninjectedAnnotations: [1]\nneverInjectSelector: 3",
+        ),
+        ('{"global": {"tag": "1.28.2"}}', ": not: yaml: ["),
+        ("", ""),
+        ("\x00\xff", "\x00"),
+    ],
+)
+def test_a_malformed_injector_configmap_is_named_never_an_error(values, config):
+    """Whatever istiod's ConfigMap holds, the pod is decided: meshed with what can be read
+    (the rest named in warnings) or not meshed with a reason, never an internal error."""
+    data = {"values": values} if config is None else {"values": values, "config": config}
+    snap = snapshot("istio-edge").derive(config_maps={("istio-system", "istio-sidecar-injector"): data})
+    out, pod = decide(review(), snap)
+    assert out.injected or out.skip is not None, out.explanation
+    if out.injected:
+        assert containers(pod)["istio-proxy"]["image"]
+        assert line(out).startswith("data plane: istio ")
+    assert admit(with_object(review(), pod)["request"], snap, ISTIO).patch == []
+
+
+def test_a_value_of_the_wrong_type_is_named_once():
+    data = {"values": '{"global": {"tag": true}}'}
+    snap = snapshot("istio-edge").derive(config_maps={("istio-system", "istio-sidecar-injector"): data})
+    out, _ = decide(review(), snap)
+    named = [w for w in out.warnings if "global.tag True is not applied: expected a string" in w]
+    assert len(named) == 1, out.warnings

@@ -152,7 +152,9 @@ class Values:
         return value(self._values, path)
 
     def _wrong(self, path: str, found: object, want: str) -> None:
-        self.warnings.append(f"{self._where} {path} {found!r} is not applied: expected {want}")
+        text = f"{self._where} {path} {found!r} is not applied: expected {want}"
+        if text not in self.warnings:  # a value read twice is named once
+            self.warnings.append(text)
 
     def text(self, path: str, default: str) -> str:
         """A string; numbers are taken as written (a chart's ``tag: 1.28`` is a YAML number)."""
