@@ -32,7 +32,7 @@ from kubernetes import client, config
 
 from tests import apiserver
 from tests.servers import Certs, serve_process
-from tests.support import TRUST_ANCHORS, eventually
+from tests.support import TRUST_ANCHORS, eventually, unavailable
 
 REPO = Path(__file__).parent.parent
 RUN = uuid.uuid4().hex[:5]
@@ -1039,9 +1039,7 @@ def test_usage_from_prometheus_and_an_api_server_outage(world, tmp_path):
     server is sized from a week of its proxy's usage in a real (backfilled) Prometheus; the
     API server then goes away and comes back, and the webhook follows it through."""
     if not (shutil.which("prometheus") and shutil.which("promtool")):
-        if os.environ.get("CI"):
-            raise RuntimeError("prometheus/promtool missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("Debian's prometheus package is not installed")
+        unavailable("Debian's prometheus package is not installed (apt-get install prometheus)")
     from tests import promdata
     from webhook.decide.sizing import from_observed
     from webhook.loading import load_policy

@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 
 from tests.servers import serve_process, thread_server
-from tests.support import CASES, EXAMPLE, JSON, anchored_policy, load_case
+from tests.support import CASES, EXAMPLE, JSON, anchored_policy, load_case, unavailable
 from webhook.admission import admit
 from webhook.cluster.snapshot import StaticClusterView, build_snapshot
 from webhook.serve.app import AppState
@@ -468,7 +468,7 @@ def test_sigterm_finishes_in_flight_and_closes_idle(certs):
 def test_serve_on_embedded_defaults_with_curl(tmp_path):
     curl = shutil.which("curl")
     if curl is None:
-        pytest.skip("curl is not installed")
+        unavailable("curl is not installed (apt-get install curl)")
     with serve_process(None) as proc:
         line = next(ln for ln in proc.stdout.read_text().splitlines() if "CA bundle:" in ln)
         ca = line.split("CA bundle:")[1].strip()
