@@ -5,11 +5,13 @@ in ``K8S_WORKDIR``, default ``~/.cache/k8s-apiserver``).
 
 Where the harness cannot run (not root), the tests that need it skip and say why; under CI
 (``CI`` set), where ``.ci/run`` has installed what it needs, a failure to build or start it
-fails the test instead of skipping it.
+fails the test instead of skipping it. A start that does not end with a serving API server
+(etcd or kube-apiserver dead, or not ready within ``READY_WAIT`` seconds) is a failed start.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -76,16 +78,30 @@ def unavailable(why: str) -> NoReturn:
 
 
 def started(prefix: str, controllers: str = "") -> ApiServer:
-    """A fresh API server on an empty etcd, in a new run directory (removed by ``finish``)."""
+    """A fresh API server on an empty etcd, in a new run directory (removed by ``finish``).
+
+    A free port is only free when it is looked at: if another process takes one before etcd
+    or the API server binds it, the start is tried again on new ports (three times in all).
+    Whatever happens to the test process, its servers are stopped when it exits."""
     if os.geteuid() != 0:
         unavailable("the API server harness installs Debian packages and needs root")
-    server = ApiServer(Path(tempfile.mkdtemp(prefix=f"{prefix}-")), controllers)
-    done = server.start()
-    if done.returncode != 0:
+    tail = ""
+    for _ in range(3):
+        server = ApiServer(Path(tempfile.mkdtemp(prefix=f"{prefix}-")), controllers)
+        done = server.start()
+        if done.returncode == 0:
+            atexit.register(_stop_if_running, server)
+            return server
         tail = (done.stdout + done.stderr)[-1500:]
-        server.stop()
-        unavailable(f"could not build or start kube-apiserver: {tail}")
-    return server
+        finish(server)
+        if "address already in use" not in tail.lower():
+            break
+    unavailable(f"could not build or start kube-apiserver: {tail}")
+
+
+def _stop_if_running(server: ApiServer) -> None:
+    if server.run_dir.exists():  # not finished yet
+        finish(server)
 
 
 def finish(server: ApiServer) -> None:
