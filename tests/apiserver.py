@@ -47,7 +47,7 @@ class ApiServer:
 
     run_dir: Path
     controllers: str = ""
-    env: dict[str, str] = field(init=False)
+    env: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.env = {
