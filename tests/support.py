@@ -109,8 +109,9 @@ def validate_k8s(obj: dict[str, Any]) -> None:
     kubernetes_validate.validate(copy.deepcopy(obj), K8S_SCHEMA_VERSION, strict=True)
 
 
-def eventually(check, timeout: float = 10.0, every: float = 0.05):
-    """The first truthy value of ``check()``, polled until ``timeout`` seconds pass."""
+def eventually(check, timeout: float = 30.0, every: float = 0.05):
+    """The first truthy value of ``check()``, polled until ``timeout`` seconds pass (a bound
+    on waiting for what normally takes milliseconds, generous for a loaded machine)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()

@@ -5,7 +5,7 @@ the API server stored.
 
 The first run builds the API server (~6 minutes on 2 cores; cached in
 ~/.cache/k8s-apiserver), later runs start it in seconds. Skipped, with the reason, where
-the build or the start is impossible (not root, no Debian archive).
+the build or the start is impossible (not root, no Debian archive); under CI, failed.
 """
 
 from __future__ import annotations
