@@ -106,7 +106,10 @@ def sandbox(tmp_path_factory) -> Iterator[Path]:
 
 def pod_network() -> None:
     """A fresh pod network namespace, veth-joined to the upstream's: gVisor takes the
-    interface's addresses into its own netstack and does not give them back."""
+    interface's addresses into its own netstack and does not give them back. The old pair
+    is deleted first, at once: a deleted namespace takes its veth (and the peer's end) with
+    it only once nothing holds it any more, which on a busy machine can be later."""
+    subprocess.run(["ip", "-n", UP_NS, "link", "del", UP_DEV], capture_output=True)
     fresh(POD_NS)
     join((POD_NS, POD_DEV, f"{POD_IP}/24"), (UP_NS, UP_DEV, f"{UP_IP}/24"))
 
