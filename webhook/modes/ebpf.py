@@ -33,6 +33,9 @@ pod's interface. What it needs, read from its source (commit 561fc00, release 0.
   (a native sidecar would start first, but Merbridge does not redirect one). Neither gets
   ebpf, unless the policy allows init containers (``allowInitContainers``); an init
   container running as the proxy's uid, or one of the pod's own native sidecars, is fine.
+- **After a restart** it has lost those listeners, and opens them again only for Istio's
+  agent (``Redirect.repaired``): pods of other proxies that started before it are no longer
+  redirected (``lost_on_restart``; ``audit`` says so).
 
 The fail-safe: Linkerd's ``linkerd-network-validator`` listens on 0.0.0.0:4140 and connects
 to 1.1.1.1:20001 as uid 65534; Merbridge sends that connect to the listener, so the pod
@@ -45,11 +48,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from webhook.cluster.snapshot import RedirectorState
+from webhook.cluster.snapshot import ClusterSnapshot, RedirectorState
 from webhook.dataplane.base import Flavour, Ports
 from webhook.modes.base import Gap, Interception, Setting, ports_text
 from webhook.policy import Policy
@@ -311,6 +315,29 @@ def early_inits_taken_anyway(setting: Setting, native: bool) -> str | None:
     )
 
 
+def lost_on_restart(
+    plane: Flavour, node: str, pod_started: datetime, snapshot: ClusterSnapshot
+) -> tuple[str, str] | None:
+    """Why Merbridge no longer redirects an ebpf pod of ``plane`` that started at
+    ``pod_started`` on ``node``: Merbridge's container there started since (a restart, or a
+    new pod), in CNI mode, and its repair pass does not take this proxy's pods back (see
+    ``Redirect.repaired``). (what the pod has, what a new one gets), or None."""
+    if plane.redirect is None or plane.redirect.repaired:
+        return None
+    found, started = snapshot.redirectors.get(node), snapshot.redirector_starts.get(node)
+    if found is None or started is None or not found[0].cni_mode or pod_started > started:
+        return None
+    return (
+        f"not redirected since Merbridge on node {node} ({found[1]}) started at {_stamp(started)}, after "
+        f"the pod (started {_stamp(pod_started)}): it takes back only Istio's agent after a restart",
+        "a new pod, which Merbridge's CNI plugin registers",
+    )
+
+
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 INCLUDES = (
     "traffic.sidecar.istio.io/includeInboundPorts",
     "traffic.sidecar.istio.io/includeOutboundPorts",
@@ -382,9 +409,11 @@ def describe(policy: Policy, plane: Flavour) -> str:
         if rules.ebpf.allow_init_containers
         else f"not allowed, but for native sidecars and those running as uid {plane.redirect.uid}"
     )
+    repaired = "re-registers" if plane.redirect.repaired else "does not re-register"
     return (
         f"Merbridge pods ({policy.redirector_namespace} -l {agent.selector}) Ready with --mode "
         f"{plane.redirect.mode}{cni} on every eligible node, kernels >= {rules.ebpf.min_kernel}; "
         f"the pod's own init containers {inits}; no container port or probe on {REDIRECTOR_PORT}; "
-        f"legacy placement, Merbridge's exclusion annotations{validator}"
+        f"legacy placement, Merbridge's exclusion annotations{validator}; after a restart Merbridge "
+        f"{repaired} the {plane.proxy_name} pods that started before it (audit: redirector-restarted)"
     )
