@@ -405,15 +405,16 @@ def describe(policy: Policy, plane: Flavour) -> str:
     if not rules.ebpf.enabled:
         return "off (interception.ebpf.enabled: false)"
     inits = (
-        "allowed (interception.ebpf.allowInitContainers)"
+        "the pod's own init containers allowed (interception.ebpf.allowInitContainers: true)"
         if rules.ebpf.allow_init_containers
-        else f"not allowed, but for native sidecars and those running as uid {plane.redirect.uid}"
+        else "no init container of the pod's own but native sidecars and those running as uid "
+        f"{plane.redirect.uid} (interception.ebpf.allowInitContainers: false)"
     )
     repaired = "re-registers" if plane.redirect.repaired else "does not re-register"
     return (
         f"Merbridge pods ({policy.redirector_namespace} -l {agent.selector}) Ready with --mode "
         f"{plane.redirect.mode}{cni} on every eligible node, kernels >= {rules.ebpf.min_kernel}; "
-        f"the pod's own init containers {inits}; no container port or probe on {REDIRECTOR_PORT}; "
+        f"{inits}; no container port or probe on {REDIRECTOR_PORT}; "
         f"legacy placement, Merbridge's exclusion annotations{validator}; after a restart Merbridge "
         f"{repaired} the {plane.proxy_name} pods that started before it (audit: redirector-restarted)"
     )
