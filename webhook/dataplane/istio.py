@@ -488,8 +488,14 @@ def _resolve(
         )
     for path, why in _NOT_APPLIED.items():
         found_value = v.raw(path)
-        if found_value not in (None, "", False, {}, [], "none"):
+        if found_value not in (None, "", False, {}, []):
             warnings.append(f"{where} {path} {found_value!r} is not applied: {why}")
+    tracer = v.raw("global.proxy.tracer")
+    if tracer in ("datadog", "lightstep"):  # the template adds their variables, certificates
+        warnings.append(
+            f"{where} global.proxy.tracer {tracer!r} is not applied: its variables and certificates are "
+            "not added (the mesh config's tracing still reaches PROXY_CONFIG)"
+        )
     if release.force_apply:
         force = v.flag("global.proxy_init.forceApplyIptables")
     else:
@@ -560,7 +566,6 @@ _NOT_APPLIED = {
     "global.mountMtlsCerts": "the istio-certs Secret is not mounted",
     "global.imagePullSecrets": "the pod's imagePullSecrets are the pod's own",
     "global.caName": "GKE workload certificates are not mounted",
-    "global.proxy.tracer": "tracer-specific variables and certificates are not added",
 }
 
 
