@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ VERSIONS = ("1.23", "1.28", "1.30")
 TEMPLATES = ("sidecar", "gateway", "grpc-simple", "grpc-agent", "waypoint", "kube-gateway")
 
 
+@cache
 def facts(version: str) -> dict[str, Any]:
-    return yaml.safe_load((HERE / f"facts-istio-{version}.yaml").read_text())
+    """The facts recorded for ``version`` (read once; callers copy what they change)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load((HERE / f"facts-istio-{version}.yaml").read_text(), Loader=loader)
 
 
 def _set(values: dict[str, Any], path: str, value: Any) -> None:
