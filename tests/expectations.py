@@ -284,12 +284,17 @@ def _check_injected(exp: dict[str, Any], flavour: str, original: Any, pod: Any, 
         assert exp["init_name"] in names(spec, "initContainers")
     if exp.get("managed_fields_untouched"):
         assert meta["managedFields"] == original["metadata"]["managedFields"]
-    # the user's containers are untouched
+    # the user's containers are untouched, but for the items the status lists as added to
+    # them (Istio's proxyless gRPC appends to the app's env and mounts)
     ours = set(status["containers"] + status["initContainers"])
+    appended = status.get("appended", {})
     mine = {
         c["name"]: c
         for c in (original["spec"].get("containers") or []) + (original["spec"].get("initContainers") or [])
     }
     for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
         if c["name"] in mine and c["name"] not in ours:
-            assert c == mine[c["name"]], c["name"]
+            added = appended.get(c["name"], {})
+            kept = {k: [x for x in c[k] if x["name"] not in added[k]] or None for k in added}
+            before = mine[c["name"]]
+            assert {**c, **kept} == {**before, **{k: before.get(k) for k in added}}, c["name"]

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.support import validate_k8s
+from tests.support import venv_tool as _tool
 from webhook.cli import build_parser
 from webhook.dataplane import FLAVOURS, config_maps
 from webhook.loading import parse_policy
@@ -62,14 +63,6 @@ OVERLAYS = [
     "examples/self-managed-ebpf-linkerd",
 ]
 SYSTEM = {"kube-system", "kube-public", "kube-node-lease"}
-
-
-def _tool(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: pip install -e '.[test]' brings it")
-    return found
 
 
 def render(overlay: str) -> list[dict]:
@@ -168,7 +161,11 @@ def test_rbac_is_least_privilege(rendered):
             elif "configmaps" in rule["resources"]:
                 # the flavours' control-plane ConfigMaps, by name; no other ConfigMap is readable
                 assert rule["resources"] == ["configmaps"]
-                assert rule["resourceNames"] == ["linkerd-identity-trust-roots", "istio"], rule
+                assert rule["resourceNames"] == [
+                    "linkerd-identity-trust-roots",
+                    "istio",
+                    "istio-sidecar-injector",
+                ], rule
                 for name in FLAVOURS:
                     policy = parse_policy(f"proxy: {{flavour: {name}, image: x, initImage: y}}", "test")
                     assert {n for _, n in config_maps(policy)} <= set(rule["resourceNames"]), name
@@ -588,4 +585,8 @@ def test_the_fleet_role_is_valid_and_grants_reads_and_restarts_only():
             assert verbs == {"list"}, rule
             assert "secrets" not in rule["resources"]
             if "configmaps" in rule["resources"]:
-                assert rule["resourceNames"] == ["linkerd-identity-trust-roots", "istio"]
+                assert rule["resourceNames"] == [
+                    "linkerd-identity-trust-roots",
+                    "istio",
+                    "istio-sidecar-injector",
+                ]
