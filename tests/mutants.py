@@ -386,8 +386,8 @@ MUTANTS: tuple[Mutant, ...] = (
     M("modes/ebpf.py", "if v6:\n", "if False:\n", "an IPv6 exclusion given to Merbridge"),
     M(
         "modes/ebpf.py",
-        'if str(setting.annotations.get(CNI_SKIP, "")).strip().lower() == "false":',
-        'if str(setting.annotations.get(CNI_SKIP, "")).strip().lower() == "no":',
+        'if str(setting.annotations.get(CNI_SKIP, "")).strip().lower() == "false":\n        return Gap(',
+        'if str(setting.annotations.get(CNI_SKIP, "")).strip().lower() == "no":\n        return Gap(',
         'sidecar.istio.io/inject: "false" not seen as Merbridge does',
     ),
     M(
@@ -403,6 +403,30 @@ MUTANTS: tuple[Mutant, ...] = (
         "if plane.redirect is None:\n        return Gap(",
         "if False:\n        return Gap(",
         "ebpf for a proxy Merbridge does not know",
+    ),
+    M(
+        "modes/ebpf.py",
+        'if not isinstance(c, dict) or c.get("restartPolicy") == "Always":',
+        "if not isinstance(c, dict):",
+        "a native sidecar of the pod's own rules ebpf out",
+    ),
+    M(
+        "modes/ebpf.py",
+        "if (uid if uid is not None else pod_uid) != proxy_uid:",
+        "if uid != proxy_uid:",
+        "the pod's runAsUser not inherited by its init containers",
+    ),
+    M(
+        "modes/ebpf.py",
+        'if isinstance(p, dict) and p.get("containerPort") == REDIRECTOR_PORT:',
+        "if False:",
+        "a container on Merbridge's port 39807 accepted",
+    ),
+    M(
+        "modes/ebpf.py",
+        "if not rules.ebpf.enabled:\n        return Gap(",
+        "if False:\n        return Gap(",
+        "ebpf.enabled: false ignored",
     ),
     M(
         "modes/choice.py",
@@ -430,7 +454,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     M(
         "modes/choice.py",
-        'warning = None if gap.reason in _KERNEL_GAPS else f"mesh-injector: ebpf is not possible: {text}"',
+        'warning = None if gap.reason in _QUIET_GAPS else f"mesh-injector: ebpf is not possible: {text}"',
         "warning = None",
         "no warning when Merbridge is missing",
     ),
@@ -515,13 +539,13 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     M(
         "dataplane/istio.py",
-        'args += ["-d", inbound]',
-        'args += ["-d", str(PROM_PORT)]',
+        'args += ["-d", _join(str(PROM_PORT), str(HEALTH_PORT), t.inbound(style))]',
+        'args += ["-d", _join(str(PROM_PORT), str(HEALTH_PORT))]',
         "istio-iptables not given the pod's inbound skips",
     ),
     M(
         "dataplane/istio.py",
-        'args += ["-o", ",".join(_ports(build.skip_outbound))]',
+        'args += ["-o", t.outbound(style)]',
         "pass",
         "istio-iptables not given the pod's outbound skips",
     ),
