@@ -870,7 +870,7 @@ class Tree:
             return False, "timed out"
         if out.returncode == 0:
             return True, ""
-        failed = re.search(r"^(?:FAILED|ERROR) (\S+)", out.stdout, re.M)
+        failed = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - |$)", out.stdout, re.M)
         return False, failed.group(1) if failed else (out.stdout + out.stderr).strip().splitlines()[-1]
 
     def run(self, mutant: Mutant) -> Result:
