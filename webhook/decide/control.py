@@ -23,6 +23,18 @@ class Connected:
     annotations: Mapping[str, str]  # the pod's, with those
 
 
+def control_plane(plane: Flavour, snapshot: ClusterSnapshot, policy: Policy) -> ControlPlane:
+    """What ``plane`` reads of its control plane in ``snapshot``: made once per snapshot and
+    policy (its ConfigMaps change only with a new snapshot), not once per pod."""
+    key = ("control-plane", plane.name, id(policy))
+    found = snapshot.memo.get(key)
+    if isinstance(found, tuple) and found[0] is policy:
+        return found[1]  # type: ignore[no-any-return]
+    control = plane.control_plane(snapshot.config_maps, policy)
+    snapshot.memo.put(key, (policy, control), 4096)  # the entry keeps the policy: its id stays its own
+    return control
+
+
 def connect(
     plane: Flavour,
     pod: dict[str, Any],
@@ -34,7 +46,7 @@ def connect(
 ) -> Connected | Stop:
     """The control plane's configuration, said in the explanation (a ``Stop`` where no pod
     can be meshed without what is missing); the inherited annotations are put on ``pod``."""
-    control = plane.control_plane(snapshot.config_maps, policy)
+    control = control_plane(plane, snapshot, policy)
     if control.missing is not None:
         return Stop(*control.missing)
     ctx.lines.append(control.line)
