@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -726,7 +727,36 @@ def config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
     return maps if s.trust_anchors_pem else (*maps, (s.namespace, TRUST_ROOTS))
 
 
+# (policy id, the ConfigMaps' texts) -> (policy, what they make): a snapshot rebuilt for any
+# other change (a node, a namespace) reads the same control plane again, so its reading is
+# kept by the texts it is made of (a few entries: the control plane changes rarely)
+_READ: OrderedDict[tuple[Any, ...], tuple[Policy, ControlPlane]] = OrderedDict()
+
+
 def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
+    """What Linkerd's control plane says, with the policy over it (made once per distinct
+    ConfigMap text and policy; see ``read_control_plane``)."""
+    s = settings(policy)
+    config, roots = maps.get((s.namespace, CONFIG_MAP)), maps.get((s.namespace, TRUST_ROOTS))
+    key = (
+        id(policy),
+        None if config is None else config.get(VALUES_KEY, ""),
+        None if roots is None else roots.get(TRUST_ROOTS_KEY),
+    )
+    found = _READ.get(key)
+    if found is not None and found[0] is policy:
+        return found[1]
+    plane = read_control_plane(maps, policy)
+    _READ[key] = (policy, plane)  # keeps the policy alive, so its id is not reused meanwhile
+    while len(_READ) > 16:
+        try:
+            _READ.popitem(last=False)
+        except KeyError:  # another thread took the last one first
+            break
+    return plane
+
+
+def read_control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
     """What Linkerd's control plane says, with the policy over it: its version (the table the
     pod is rendered with) and its settings; the trust anchors, without which no pod is
     meshed; a version older than any known, with which none is."""
