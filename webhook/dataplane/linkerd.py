@@ -168,7 +168,9 @@ RELEASES: tuple[Release, ...] = (
             _CHART,
             {
                 "proxy": {"cores": 0},
-                "proxyInit": {"image": {"name": "cr.l5d.io/linkerd/proxy-init", "version": "v2.4.1"}},
+                "proxyInit": {
+                    "image": {"name": "cr.l5d.io/linkerd/proxy-init", "pullPolicy": "", "version": "v2.4.1"}
+                },
             },
         ),
     ),
@@ -186,7 +188,7 @@ RELEASES: tuple[Release, ...] = (
                 },
                 "proxyInit": {
                     "iptablesMode": "nft",
-                    "image": {"name": "cr.l5d.io/linkerd/proxy-init", "version": "v2.4.3"},
+                    "image": {"name": "cr.l5d.io/linkerd/proxy-init", "pullPolicy": "", "version": "v2.4.3"},
                 },
             },
         ),
@@ -469,6 +471,8 @@ class _Reader:
 
     def text(self, path: str) -> str:
         value = self.raw(path)
+        if value is None:  # neither the control plane nor the chart sets it
+            return ""
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             return str(self._bad(path, value, "text") or "")
         return str(value)
@@ -525,13 +529,18 @@ def _params(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _image(name: str, version: str, fallback: str, where: str, warnings: list[str]) -> str:
-    """``name:version``; an image named with its tag or digest is taken as it is; one without
-    any tag gets ``fallback``'s, with a warning."""
-    if "@" in name or (version == "" and image_tag(name)):
+def _image(name: str, version: str, default: str, fallback: str, where: str, warnings: list[str]) -> str:
+    """The image as the chart writes it: ``name:version`` (``version`` else ``default``). A
+    name that already carries a tag or digest is used as it is (the chart would add a second
+    tag); an image left without any tag gets ``fallback``, the version's own, with a warning."""
+    if "@" in name or image_tag(name):
+        if version:
+            warnings.append(
+                f"{where}: name {name!r} already has a tag; version {version!r} is not added to it"
+            )
         return name
-    if version:
-        return f"{name}:{version}"
+    if version or default:
+        return f"{name}:{version or default}"
     warnings.append(f"{where}: image {name!r} has no tag and no version is given; {name}:{fallback} is used")
     return f"{name}:{fallback}"
 
@@ -558,18 +567,22 @@ def configure(
     writes it; the release's own where that is unknown)."""
     r = _Reader(values, release, where)
     warnings = r.warnings
-    proxy_version = r.text("proxy.image.version") or tag
     image = s.image or _image(
-        r.text("proxy.image.name"), proxy_version, release.edge, f"{where} proxy.image", warnings
+        r.text("proxy.image.name"),
+        r.text("proxy.image.version"),
+        tag,
+        release.edge,
+        f"{where} proxy.image",
+        warnings,
     )
     pull = r.text("proxy.image.pullPolicy") or r.text("imagePullPolicy") or "IfNotPresent"
     if release.init_command:
         init_image, init_pull = s.init_image or image, pull
     else:
-        init_version = r.text("proxyInit.image.version")
         init_image = s.init_image or _image(
             r.text("proxyInit.image.name"),
-            init_version,
+            r.text("proxyInit.image.version"),
+            "",
             str(_dig(release.values, "proxyInit.image.version")),
             f"{where} proxyInit.image",
             warnings,
@@ -740,8 +753,8 @@ def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
     config, roots = maps.get((s.namespace, CONFIG_MAP)), maps.get((s.namespace, TRUST_ROOTS))
     key = (
         id(policy),
-        None if config is None else config.get(VALUES_KEY, ""),
-        None if roots is None else roots.get(TRUST_ROOTS_KEY),
+        None if config is None else ("values", config.get(VALUES_KEY)),
+        None if roots is None else ("bundle", roots.get(TRUST_ROOTS_KEY)),
     )
     found = _READ.get(key)
     if found is not None and found[0] is policy:
