@@ -566,6 +566,12 @@ def test_the_pods_own_skip_ports_and_ours_are_all_on_the_annotation():
     assert again.patch == []
 
 
+def test_a_skip_list_written_with_spaces_reaches_proxy_init_without_them():
+    _, pod = meshed(BASE, annotations={"config.linkerd.io/skip-inbound-ports": " 3306, 5432 ,"})
+    assert arg(pod, "--inbound-ports-to-ignore") == "4190,4191,3306,5432"
+    assert pod["metadata"]["annotations"]["config.linkerd.io/skip-inbound-ports"] == "3306,5432"
+
+
 def test_a_namespace_s_skip_ports_and_ours_are_all_on_the_annotation():
     ns = {**BASE.namespace_annotations, "shop": {"config.linkerd.io/skip-outbound-ports": "5432"}}
     snap = BASE.derive(namespace_annotations=ns)

@@ -1317,7 +1317,7 @@ def _own(pod: Mapping[str, Any], name: str) -> tuple[str, Ports] | None:
     raw = annotations.get(CONFIG + name) if isinstance(annotations, Mapping) else None
     if raw is None:
         return None
-    text = str(raw).strip()
+    text = ",".join(item.strip() for item in str(raw).split(",") if item.strip())
     try:
         return text, parse_ports(text)
     except PortListError:
