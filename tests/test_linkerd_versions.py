@@ -175,6 +175,15 @@ def test_each_version_is_rendered_with_the_right_table(text: str, table: str, wa
     assert (why is not None) is warned
 
 
+def test_a_pre_release_edge_is_said_to_be_one():
+    release, why = linkerd.release_for(linkerd.parse_version("edge-26.3.1"))
+    assert release is not None and release.version == "2.19"
+    assert why == (
+        "Linkerd 2.20 (edge-26.3.1) is an edge release of the 2.20 line from before its injector rendered "
+        "pods as 2.20 does (edge-26.5.2); the pod is rendered as Linkerd 2.19"
+    )
+
+
 @pytest.mark.parametrize("text", ["stable-2.14.10", "edge-24.2.4", "2.15.2", "edge-23.11.1"])
 def test_a_version_older_than_any_known_has_no_table(text: str) -> None:
     version = linkerd.parse_version(text)

@@ -310,6 +310,13 @@ def release_for(version: Version) -> tuple[Release | None, str | None]:
     release = found[-1]
     if _line(release) == version.line:
         return release, None
+    own = next((r for r in RELEASES if _line(r) == version.line), None)
+    if own is not None and version.edge is not None:
+        first = "edge-{}.{}.{}".format(*own.first_edge)
+        return release, (
+            f"{said} is an edge release of the {own.version} line from before its injector rendered "
+            f"pods as {own.version} does ({first}); the pod is rendered as Linkerd {release.version}"
+        )
     return release, (
         f"{said} is not a version mesh-injector renders (supported: {', '.join(KNOWN)}); the pod is "
         f"rendered as Linkerd {release.version}, the newest known version before it"
