@@ -468,7 +468,8 @@ class _Reader:
         value = _dig(self.values, path)
         return _dig(self.release.values, path) if value is None else value
 
-    def _bad(self, path: str, value: Any, what: str) -> Any:
+    def refuse(self, path: str, value: Any, what: str) -> Any:
+        """Name ``value`` in a warning; the chart's default instead."""
         default = _dig(self.release.values, path)
         self.warnings.append(
             f"{self.where} {path}: {value!r} is not applied: expected {what}; "
@@ -481,19 +482,19 @@ class _Reader:
         if value is None:  # neither the control plane nor the chart sets it
             return ""
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            return str(self._bad(path, value, "text") or "")
+            return str(self.refuse(path, value, "text") or "")
         return str(value)
 
     def flag(self, path: str) -> bool:
         value = self.raw(path)
         if not isinstance(value, bool):
-            return bool(self._bad(path, value, "true or false"))
+            return bool(self.refuse(path, value, "true or false"))
         return value
 
     def number(self, path: str) -> int:
         value = self.raw(path)
         if isinstance(value, bool) or not isinstance(value, int):
-            found = self._bad(path, value, "an integer")
+            found = self.refuse(path, value, "an integer")
             return int(found) if isinstance(found, int) else 0
         return value
 
@@ -501,11 +502,11 @@ class _Reader:
         value = self.raw(path)
         text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
         if not isinstance(text, str):
-            return str(self._bad(path, value, "ports and ranges such as 25,3306,8000-8100") or "")
+            return str(self.refuse(path, value, "ports and ranges such as 25,3306,8000-8100") or "")
         try:
             parse_ports(text)
         except PortListError as exc:
-            return str(self._bad(path, value, f"ports and ranges ({exc})") or "")
+            return str(self.refuse(path, value, f"ports and ranges ({exc})") or "")
         return text
 
 
@@ -565,6 +566,11 @@ def parse_values(text: str) -> tuple[Mapping[str, Any] | None, str | None]:
     return doc, None
 
 
+def _positive(value: object) -> int | None:
+    """A count the chart takes (cores, workers): a positive integer, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def configure(
     values: Mapping[str, Any], release: Release, s: LinkerdSettings, anchors: str, where: str, *, tag: str
 ) -> tuple[Config, list[str]]:
@@ -597,17 +603,17 @@ def configure(
         init_pull = r.text("proxyInit.image.pullPolicy") or r.text("imagePullPolicy") or "IfNotPresent"
     mode = r.text("proxyInit.iptablesMode")
     if mode not in FIREWALLS:
-        mode = str(r._bad("proxyInit.iptablesMode", mode, "legacy or nft"))
+        mode = str(r.refuse("proxyInit.iptablesMode", mode, "legacy or nft"))
     log_format = s.log_format or r.text("proxy.logFormat")
     if log_format not in ("plain", "json"):
-        log_format = str(r._bad("proxy.logFormat", log_format, "plain or json"))
+        log_format = str(r.refuse("proxy.logFormat", log_format, "plain or json"))
     headers = r.text("proxy.logHTTPHeaders")
     if headers not in ("insecure", "off", ""):
-        headers = str(r._bad("proxy.logHTTPHeaders", headers, "insecure or off"))
+        headers = str(r.refuse("proxy.logHTTPHeaders", headers, "insecure or off"))
     inbound_policy = s.default_inbound_policy or r.text("proxy.defaultInboundPolicy")
     if inbound_policy not in INBOUND_POLICIES:
         inbound_policy = str(
-            r._bad("proxy.defaultInboundPolicy", inbound_policy, "one of " + ", ".join(INBOUND_POLICIES))
+            r.refuse("proxy.defaultInboundPolicy", inbound_policy, "one of " + ", ".join(INBOUND_POLICIES))
         )
     durations: list[tuple[str, str]] = []
     for env, path in (
@@ -618,7 +624,7 @@ def configure(
     ):
         value = r.text(path)
         if value and not _DURATION.match(value):
-            value = str(r._bad(path, value, "a duration such as 100ms or 5s"))
+            value = str(r.refuse(path, value, "a duration such as 100ms or 5s"))
         if value:
             durations.append((env, value))
     off = tuple(
@@ -630,24 +636,19 @@ def configure(
         if r.flag(path)
     )
     workers: tuple[int, int | None, str | None] | None = None
-    cores = _dig(values, "proxy.cores")
-    if isinstance(cores, int) and not isinstance(cores, bool) and cores > 0:
+    cores = _positive(_dig(values, "proxy.cores"))
+    found = r.raw("proxy.runtime.workers") if release.workers else None
+    if cores is not None:
         workers = (cores, None, None)
-    elif release.workers:
-        found = r.raw("proxy.runtime.workers")
-        if isinstance(found, Mapping):
-            minimum = found.get("minimum")
-            maximum = found.get("maximum")
-            ratio = found.get("maximumCPURatio")
-            workers = (
-                minimum if isinstance(minimum, int) and not isinstance(minimum, bool) and minimum > 0 else 1,
-                maximum
-                if isinstance(maximum, int) and not isinstance(maximum, bool) and maximum > 0
-                else None,
-                str(ratio)
-                if isinstance(ratio, int | float) and not isinstance(ratio, bool) and ratio
-                else None,
-            )
+    elif isinstance(found, Mapping):
+        ratio = found.get("maximumCPURatio")
+        workers = (
+            _positive(found.get("minimum")) or 1,
+            _positive(found.get("maximum")),
+            str(ratio)
+            if isinstance(ratio, int | float) and not isinstance(ratio, bool) and ratio > 0
+            else None,
+        )
     probes = {
         name: {
             key: r.number(f"proxy.{name}.{key}")
