@@ -21,7 +21,7 @@ import yaml
 from tests.support import GOLDEN, TRUST_ANCHORS, validate_k8s
 from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.dataplane import linkerd
+from webhook.dataplane import linkerdcontrol
 from webhook.loading import load_snapshot, parse_policy
 from webhook.policy import PolicyError
 
@@ -139,7 +139,7 @@ def arg(pod: dict[str, Any], flag: str) -> str | None:
     ],
 )
 def test_version_strings_name_their_linkerd_version(text: str, line: str) -> None:
-    version = linkerd.parse_version(text)
+    version = linkerdcontrol.parse_version(text)
     assert version is not None and version.name == line
 
 
@@ -147,7 +147,7 @@ def test_version_strings_name_their_linkerd_version(text: str, line: str) -> Non
     "text", ["linkerdVersionValue", "latest", "", "edge-25.13", "edge-x", "dev-undefined", None, 219]
 )
 def test_what_is_not_a_version_is_none(text: object) -> None:
-    assert linkerd.parse_version(text) is None
+    assert linkerdcontrol.parse_version(text) is None
 
 
 @pytest.mark.parametrize(
@@ -168,15 +168,15 @@ def test_what_is_not_a_version_is_none(text: object) -> None:
     ],
 )
 def test_each_version_is_rendered_with_the_right_table(text: str, table: str, warned: bool) -> None:
-    version = linkerd.parse_version(text)
+    version = linkerdcontrol.parse_version(text)
     assert version is not None
-    release, why = linkerd.release_for(version)
+    release, why = linkerdcontrol.release_for(version)
     assert release is not None and release.version == table
     assert (why is not None) is warned
 
 
 def test_a_pre_release_edge_is_said_to_be_one():
-    release, why = linkerd.release_for(linkerd.parse_version("edge-26.3.1"))
+    release, why = linkerdcontrol.release_for(linkerdcontrol.parse_version("edge-26.3.1"))
     assert release is not None and release.version == "2.19"
     assert why == (
         "Linkerd 2.20 (edge-26.3.1) is an edge release of the 2.20 line from before its injector rendered "
@@ -186,9 +186,9 @@ def test_a_pre_release_edge_is_said_to_be_one():
 
 @pytest.mark.parametrize("text", ["stable-2.14.10", "edge-24.2.4", "2.15.2", "edge-23.11.1"])
 def test_a_version_older_than_any_known_has_no_table(text: str) -> None:
-    version = linkerd.parse_version(text)
+    version = linkerdcontrol.parse_version(text)
     assert version is not None
-    release, why = linkerd.release_for(version)
+    release, why = linkerdcontrol.release_for(version)
     assert release is None and why is not None and "older than the oldest version" in why and "2.16" in why
 
 
@@ -481,7 +481,7 @@ def test_the_firewall_backend_is_the_control_plane_s_and_rendered_as_the_version
         ("legacy", []),
         ("nft", ["--firewall-bin-path", "iptables-nft", "--firewall-save-bin-path", "iptables-nft-save"]),
     ):
-        control = linkerd.control_plane(
+        control = linkerdcontrol.control_plane(
             snapshot(with_values(proxyInit__iptablesMode=mode)).config_maps, POLICY
         )
         assert control.firewall == mode and control.firewalls == ("legacy", "nft")
@@ -659,13 +659,13 @@ def test_outbound_ranges_linkerd_init_cannot_leave_alone_are_named():
 
 def test_the_control_plane_is_read_once_for_many_pods(monkeypatch):
     calls = []
-    real = linkerd.read_control_plane
+    real = linkerdcontrol.read_control_plane
 
     def counting(maps, policy):
         calls.append(1)
         return real(maps, policy)
 
-    monkeypatch.setattr(linkerd, "read_control_plane", counting)
+    monkeypatch.setattr(linkerdcontrol, "read_control_plane", counting)
     values = with_values(proxy__logLevel="trace")  # a text not read before in this process
     snap = snapshot(values)
     for i in range(5):
@@ -679,6 +679,6 @@ def test_the_control_plane_is_read_once_for_many_pods(monkeypatch):
 
 def test_a_fresh_reading_is_the_same_as_a_kept_one():
     snap = snapshot(values_220())
-    kept = linkerd.control_plane(snap.config_maps, POLICY)
-    fresh = linkerd.read_control_plane(copy.deepcopy(dict(snap.config_maps)), POLICY)
+    kept = linkerdcontrol.control_plane(snap.config_maps, POLICY)
+    fresh = linkerdcontrol.read_control_plane(copy.deepcopy(dict(snap.config_maps)), POLICY)
     assert kept == fresh and kept.config.anchors.strip() == TRUST_ANCHORS.strip()

@@ -27,7 +27,7 @@ import yaml
 from tests.support import GOLDEN
 from tests.upstream.compare import _doc, facts
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.dataplane import linkerd
+from webhook.dataplane import linkerdcontrol
 from webhook.loading import load_snapshot, parse_policy
 from webhook.manifests.process import process
 from webhook.policy import Policy
@@ -264,7 +264,7 @@ def test_each_version_is_compared_on_at_least_eight_of_its_goldens(version: str)
         assert f["version"] == version
         assert any(c["name"] == "linkerd-proxy" for c in [*f["initContainers"], *f["containers"]])
         # the version's native-sidecar default, as our table records it, is its injector's
-        native = f["values"].get("proxy.nativeSidecar", linkerd.KNOWN[version].native)
+        native = f["values"].get("proxy.nativeSidecar", linkerdcontrol.KNOWN[version].native)
         assert _placement(f) is native, f["source"]
 
 
