@@ -622,13 +622,13 @@ def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cluster",
         metavar="FILE",
-        help="output of: kubectl get nodes,namespaces,services -A -o yaml (with Linkerd, add the "
-        "ConfigMap: kubectl get configmap -n linkerd linkerd-identity-trust-roots -o yaml)",
+        help="output of: kubectl get nodes,namespaces,services -A -o yaml (with Linkerd, add its "
+        "ConfigMaps: kubectl get configmap -n linkerd linkerd-config linkerd-identity-trust-roots -o yaml)",
     )
     g.add_argument(
         "--kubeconfig",
         metavar="FILE",
-        help="read nodes, namespaces, Services and Linkerd's trust roots from a cluster, once",
+        help="read nodes, namespaces, Services and the mesh's control-plane ConfigMaps from a cluster, once",
     )
     g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
     g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
