@@ -682,3 +682,40 @@ def test_a_fresh_reading_is_the_same_as_a_kept_one():
     kept = linkerdcontrol.control_plane(snap.config_maps, POLICY)
     fresh = linkerdcontrol.read_control_plane(copy.deepcopy(dict(snap.config_maps)), POLICY)
     assert kept == fresh and kept.config.anchors.strip() == TRUST_ANCHORS.strip()
+
+
+# --- the flavour renders the backend the decision chose ----------------------------------
+
+
+@pytest.mark.parametrize(("control", "chosen"), [("nft", "legacy"), ("legacy", "nft"), ("nft", "nft")])
+def test_the_init_container_gets_the_flags_of_the_backend_the_decision_chose(control, chosen):
+    """``Build.firewall`` (the decision's: the control plane's setting unless a node lacks it)
+    is what linkerd-init is told, whatever the control plane said."""
+    from webhook.core import ProxyResources
+    from webhook.dataplane import linkerd
+    from webhook.dataplane.base import Build
+    from webhook.reasons import Mode, ResourceSource
+    from webhook.workload import WorkloadKey
+
+    plane = linkerdcontrol.control_plane(
+        snapshot(with_values(proxyInit__iptablesMode=control)).config_maps, POLICY
+    )
+    assert plane.firewall == control
+    build = Build(
+        mode=Mode.IPTABLES,
+        native=True,
+        protocol="http",
+        resources=ProxyResources(
+            cpu_request=0.1, memory_request=64 << 20, cpu_limit=None, memory_limit=None,
+            source=ResourceSource.PROFILE, detail="test",
+        ),
+        init="rules",
+        workload=WorkloadKey("shop", "Deployment", "web"),
+        control=plane.config,
+        firewall=chosen,
+    )  # fmt: skip
+    rendered = linkerd.render(build, request()["object"], POLICY)
+    (init,) = rendered.inits
+    nft = ["--firewall-bin-path", "iptables-nft", "--firewall-save-bin-path", "iptables-nft-save"]
+    assert (init["args"][:4] == nft) is (chosen == "nft")
+    assert ("--firewall-bin-path" in init["args"]) is (chosen == "nft")
