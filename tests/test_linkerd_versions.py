@@ -374,6 +374,9 @@ def test_an_image_without_a_tag_gets_the_version_s_and_a_warning():
         ),
         ("proxy__uid", 3000, "proxy.uid: 3000 is not applied"),
         ("proxy__securityContext", {"runAsUser": 0}, "proxy.securityContext is not applied"),
+        ("proxy__additionalEnv", [{"name": "A", "value": "1"}], "proxy.additionalEnv: [{'name': 'A'"),
+        ("proxy__tracing", {"enabled": True}, "proxy.tracing.enabled: True is not applied"),
+        ("identity__serviceAccountTokenProjection", False, "identity.serviceAccountTokenProjection: False"),
         (
             "proxy__startupProbe__failureThreshold",
             "many",

@@ -653,6 +653,20 @@ def configure(
                 f"{where} {path}: {given!r} is not applied: the proxy's ports and user are fixed at "
                 f"{ours} (the redirect rules and Merbridge are built for them)"
             )
+    for path, default in (
+        ("proxy.additionalEnv", None),
+        ("proxy.experimentalEnv", None),
+        ("proxy.tracing.enabled", False),
+        ("proxy.isGateway", False),
+        ("proxy.isIngress", False),
+        ("identity.serviceAccountTokenProjection", True),
+    ):
+        given = dig(values, path)
+        if given is not None and given != default and given not in ([], {}, ""):
+            warnings.append(
+                f"{where} {path}: {given!r} is not applied: mesh-injector does not render it "
+                "(the proxy gets the chart's default)"
+            )
     custom = dig(values, "proxy.securityContext")
     if isinstance(custom, Mapping) and custom:
         warnings.append(
