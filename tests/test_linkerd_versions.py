@@ -507,8 +507,8 @@ def test_what_mesh_injector_decides_itself_is_said_where_the_control_plane_diffe
     out, pod = meshed(snapshot(values))
     why = "\n".join(out.explanation)
     assert (
-        "the control plane's proxy.nativeSidecar is false, so Linkerd's own injector would make it a "
-        "regular container" in why
+        "placement: the control plane's own injector would make the proxy a regular container here "
+        "(the control plane's proxy.nativeSidecar is false); the placement is mesh-injector's" in why
     )
     assert "the control plane's proxy.await is false; the proxy still holds the app until it is ready" in why
     assert (
@@ -519,6 +519,20 @@ def test_what_mesh_injector_decides_itself_is_said_where_the_control_plane_diffe
     assert "startupProbe" in container(pod, "linkerd-proxy") and "linkerd-init" in [
         c["name"] for c in pod["spec"]["initContainers"]
     ]
+
+
+def test_the_version_s_native_annotation_is_what_its_injector_would_place_by():
+    """Under 2.20 (native by default) a pod's config.linkerd.io/proxy-enable-native-sidecar:
+    "false" is what Linkerd's injector would follow; ours stays native and says so."""
+    out, pod = meshed(BASE, annotations={"config.linkerd.io/proxy-enable-native-sidecar": "false"})
+    assert "restartPolicy" in container(pod, "linkerd-proxy")
+    why = "\n".join(out.explanation)
+    assert (
+        "would make the proxy a regular container here (config.linkerd.io/proxy-enable-native-sidecar: false)"
+        in why
+    )
+    out, _ = meshed(BASE)
+    assert "the control plane's own injector would" not in "\n".join(out.explanation)
 
 
 def test_the_policy_overrides_only_what_it_sets():

@@ -680,14 +680,6 @@ def _subnets(build: Build, pod: Mapping[str, Any], c: Config) -> tuple[str, list
 def _notes(build: Build, c: Config) -> list[str]:
     """Where the control plane would decide otherwise than mesh-injector did."""
     notes = list(c.notes)
-    if build.native != c.native:
-        mine = "a native sidecar" if build.native else "a regular container"
-        theirs = "a native sidecar" if c.native else "a regular container (first in containers)"
-        notes.append(
-            f"placement: the proxy is {mine} (mesh-injector's placement); {c.native_from} "
-            f"proxy.nativeSidecar is {str(c.native).lower()}, so Linkerd's own injector would make it "
-            f"{theirs}"
-        )
     if not c.await_proxy:
         notes.append(
             "the control plane's proxy.await is false; the proxy still holds the app until it is ready "

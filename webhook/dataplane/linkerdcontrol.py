@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from webhook.dataplane.base import ConfigMaps, ControlPlane, image_tag
+from webhook.dataplane.base import ConfigMaps, ControlPlane, NativeDefault, image_tag
 from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.policy import Policy, PortList
 from webhook.reasons import Skip
@@ -126,6 +126,8 @@ class Release:
     init_container_ports: bool = False  # the inbound ports include init containers' (2.20)
     # the per-pod annotations its injector reads beyond 2.16's (without their prefix)
     annotations: frozenset[str] = frozenset()
+    # the pod annotation its injector reads for native placement ("true"/"false")
+    native_annotation: str = "config.alpha.linkerd.io/proxy-enable-native-sidecar"
 
     @property
     def native(self) -> bool:
@@ -171,6 +173,7 @@ RELEASES: tuple[Release, ...] = (
         user_timeouts=True,
         hostname_labels=True,
         annotations=frozenset({"proxy-metrics-hostname-labels", "beta:proxy-enable-native-sidecar"}),
+        native_annotation="config.beta.linkerd.io/proxy-enable-native-sidecar",
     ),
     Release(
         version="2.20",
@@ -197,6 +200,7 @@ RELEASES: tuple[Release, ...] = (
         annotations=frozenset(
             {"proxy-metrics-hostname-labels", "proxy-enable-native-sidecar", "proxy-additional-env"}
         ),
+        native_annotation="config.linkerd.io/proxy-enable-native-sidecar",
     ),
 )
 KNOWN = {r.version: r for r in RELEASES}
@@ -839,6 +843,11 @@ def read_control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
         f"data plane: linkerd {release.version} ({source}): proxy {config.image}, linkerd-init {init}, "
         f"iptables {config.firewall}; trust anchors from {where}"
     )
+    native = NativeDefault(
+        config.native,
+        annotation=release.native_annotation,
+        why=f"{config.native_from} proxy.nativeSidecar is {str(config.native).lower()}",
+    )
     return ControlPlane(
         config=config,
         line=line,
@@ -846,6 +855,7 @@ def read_control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
         found=bool(values),
         firewall=config.firewall,
         firewalls=FIREWALLS,
+        native=native,
         warnings=tuple(warnings),
     )
 
