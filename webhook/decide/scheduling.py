@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, RedirectorState, Taint
+from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, RedirectorState, RuntimeClass, Taint
 
 _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 _SAMPLE = 3
@@ -324,3 +324,37 @@ def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility
     ]
     basis = "taints and cordons" + ("" if not constraints else ", " + ", ".join(constraints))
     return _summarize(picked, total, basis, excluded)
+
+
+# --- the RuntimeClass a pod names -----------------------------------------------------
+
+
+def merged_spec(spec: Mapping[str, Any], rc: RuntimeClass) -> tuple[dict[str, Any] | None, str | None]:
+    """``spec`` with the RuntimeClass's scheduling merged as the API server merges it, or why
+    the API server would refuse the pod (a node selector that contradicts the class's)."""
+    out = dict(spec)
+    if rc.node_selector:
+        own = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
+        for key, value in rc.node_selector.items():
+            if key in own and own[key] != value:
+                return None, (
+                    f"the pod's nodeSelector {key}={own[key]} contradicts "
+                    f"RuntimeClass {rc.name}'s {key}={value}"
+                )
+        out["nodeSelector"] = {**own, **rc.node_selector}
+    if rc.tolerations:
+        own_tol = spec.get("tolerations") if isinstance(spec.get("tolerations"), list) else []
+        out["tolerations"] = [*own_tol, *rc.tolerations]
+    return out, None
+
+
+def nodes_spec(spec: Mapping[str, Any], snapshot: ClusterSnapshot) -> Mapping[str, Any]:
+    """What decides where a pod may land: its spec, with the scheduling of the RuntimeClass it
+    names merged in as the API server's RuntimeClass admission does (it has already run when a
+    webhook sees the pod; a manifest given to the dry-run has not been through it)."""
+    name = spec.get("runtimeClassName")
+    rc = snapshot.runtime_classes.get(name) if isinstance(name, str) else None
+    if rc is None:
+        return spec
+    merged, _ = merged_spec(spec, rc)
+    return merged if merged is not None else spec

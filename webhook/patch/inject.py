@@ -29,7 +29,7 @@ from webhook import __version__
 from webhook.core import ANN_DECISION, ANN_SKIP, ANN_SOURCE, ANN_STATUS, LABEL_MODE, Notes
 from webhook.dataplane import FLAVOURS, NAMED_ENV, Build, DataPlane, Flavour
 from webhook.dataplane.base import label_value
-from webhook.decide.ours import OURS, Ours
+from webhook.patch.ours import OURS, Ours
 from webhook.policy import Policy
 from webhook.workload import WorkloadKey, workload_key
 
