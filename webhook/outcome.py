@@ -38,6 +38,9 @@ class Outcome:
     injected: bool
     mode: Mode | None = None
     mode_reason: ModeReason | None = None
+    # the iptables backend the init container installs the rules with (None: nothing of
+    # ours installs rules)
+    firewall: str | None = None
     skip: Skip | None = None
     resources: ProxyResources | None = None
     workload: WorkloadKey | None = None

@@ -98,6 +98,27 @@ class Term:
         return best
 
 
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """Eligible nodes that report the same OS image, kubelet and kernel: what says which
+    firewall backends their kernel has."""
+
+    os_image: str | None
+    kubelet: str | None
+    kernel: str | None
+    count: int
+    names: tuple[str, ...]  # the first few of them
+
+    def describe(self) -> str:
+        more = f" and {self.count - len(self.names)} more" if self.count > len(self.names) else ""
+        what = ", ".join(
+            f"{key} {value}"
+            for key, value in (("osImage", self.os_image), ("kubelet", self.kubelet), ("kernel", self.kernel))
+            if value
+        )
+        return f"{', '.join(self.names)}{more} ({what or 'no nodeInfo'})"
+
+
 @dataclass(frozen=True)
 class Eligibility:
     """The nodes a pod may land on, reduced to what the decisions need."""
@@ -111,6 +132,12 @@ class Eligibility:
     excluded: Mapping[str, int] = field(default_factory=dict)
     # the redirector's states among them: (state or None for none, how many nodes, one of them)
     redirectors: tuple[tuple[RedirectorState | None, int, str], ...] = ()
+    # their distinct OS images, kubelets and kernels, with how many nodes and which
+    platforms: tuple[Platform, ...] = ()
+    # what the decision derives from these nodes and a part of the policy, kept with them (an
+    # Eligibility is memoised per scheduling constraints, so this is worked out once for all
+    # the pods that share them): (what, the policy's part) -> the result
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _requirements(exprs: object) -> tuple[Requirement, ...] | None:
@@ -186,6 +213,7 @@ def _summarize(
     kernels: set[str | None] = set()
     kubelets: set[str | None] = set()
     agents: dict[RedirectorState | None, list[Any]] = {}
+    platforms: dict[tuple[str | None, str | None, str | None], list[Any]] = {}
     count = 0
     for group, nodes in picked:
         if not nodes:
@@ -197,6 +225,9 @@ def _summarize(
         seen[0] += len(nodes)
         for n in nodes[: _SAMPLE - len(sample)]:
             sample.append(n.name)
+        platform = platforms.setdefault((group.os_image, group.kubelet, group.kernel), [0, []])
+        platform[0] += len(nodes)
+        platform[1].extend(n.name for n in nodes[: _SAMPLE - len(platform[1])])
     return Eligibility(
         count=count,
         total=total,
@@ -206,6 +237,10 @@ def _summarize(
         basis=basis,
         excluded={k: v for k, v in excluded.items() if v},
         redirectors=tuple((state, n, first) for state, (n, first) in agents.items()),
+        platforms=tuple(
+            Platform(image, kubelet, kernel, n, tuple(names))
+            for (image, kubelet, kernel), (n, names) in platforms.items()
+        ),
     )
 
 
@@ -246,7 +281,8 @@ def eligible_nodes(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligib
             return hit
     result = _eligible(snapshot, spec)
     if key is not None:
-        snapshot.memo.put(key, result, len(key) + 1024)  # an Eligibility is well under 1 KiB
+        # an Eligibility is well under 1 KiB, but for its platforms (a few hundred bytes each)
+        snapshot.memo.put(key, result, len(key) + 1024 + 256 * len(result.platforms))
     return result
 
 
@@ -266,6 +302,7 @@ def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility
             node.kubelet,
             (node,),
             agent[0] if agent is not None else None,
+            node.os_image,
         )
         return _summarize([(group, (node,))], total, f"spec.nodeName {node_name}", {})
 

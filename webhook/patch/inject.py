@@ -50,6 +50,11 @@ class Plan:
     # annotations the pod inherited from its namespace (already on the pod as decided):
     # recorded as added, so that re-injection takes them back
     inherited: tuple[str, ...] = ()
+    # recorded in the status, for audit to compare with what admission would give now: the
+    # iptables backend of the init container's rules (None: nothing of ours installs them)
+    # and the mesh version the pod was rendered as ("": not known)
+    firewall: str | None = None
+    mesh_version: str = ""
 
 
 # Fields the API server fills in with defaults when it stores a pod: an item we rendered
@@ -497,6 +502,10 @@ def apply_plan(
         status["removed"] = {"annotations": removed}
     if runtime_class:
         status["runtimeClassName"] = runtime_class
+    if plan.firewall:
+        status["firewall"] = plan.firewall
+    if plan.mesh_version:
+        status["meshVersion"] = plan.mesh_version
     status["sums"] = {k: v for k, v in sums.items() if v}
     _set(meta, "annotations", ANN_STATUS, orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode())
     _set(meta, "annotations", ANN_DECISION, plan.decision)
