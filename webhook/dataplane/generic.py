@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.dataplane.base import Build, ConfigMaps, ControlPlane, DataPlane, Flavour, Ports, field_env
+from webhook.dataplane.base import (
+    Build,
+    ConfigMaps,
+    ControlPlane,
+    DataPlane,
+    Flavour,
+    Ports,
+    field_env,
+    image_tag,
+)
 from webhook.dataplane.iptables import (
     ADMIN_PORT,
     INBOUND_PORT,
@@ -142,8 +151,11 @@ def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
 
 
 def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
+    """No control plane of its own: the policy's images and backend; the contract proxy's
+    version is its image's tag (recorded on the pod, so audit sees an upgrade)."""
     return ControlPlane(
         line=f"data plane: generic ({policy.proxy.image})",
+        version=image_tag(policy.proxy.image or ""),
         firewall=settings(policy).firewall,
         firewalls=("nft", "legacy"),
     )

@@ -112,6 +112,11 @@ def choose_firewall(
     """The backend for the pod's init container (None where nothing of ours installs rules
     with one), said in the explanation; a ``Stop`` where none can work."""
     if picked.adds.init != "rules":
+        if picked.mode is Mode.IPTABLES:
+            ctx.lines.append(
+                "firewall: none of ours: the mesh's CNI plugin installs the rules, with the backend its own "
+                "configuration names"
+            )
         return None
     if _gvisor(picked, policy):
         if "legacy" not in (control.firewall, *control.firewalls):
