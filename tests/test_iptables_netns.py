@@ -1,9 +1,12 @@
 """The iptables fallback, for real: the ruleset mesh-init carries, loaded with the real
-iptables-restore inside a network namespace, proven with real TCP connections.
+iptables-restore inside a network namespace, proven with real TCP connections, once with each
+backend mesh-init can be given (``iptables-legacy-restore``, ``iptables-nft-restore``: both
+in Debian's iptables package): the rules must land in that backend's tables, and only there.
 
-Two namespaces joined by a veth pair: "pod" (the meshed pod) and "peer" (another host).
-Listeners answer with their own name, so each connection tells where it really arrived.
-Needs root, iproute2 and iptables; skips with the reason when the kernel refuses.
+Two namespaces joined by a veth pair: "pod" (the meshed pod) and "peer" (another host), a
+fresh pair per backend. Listeners answer with their own name, so each connection tells where
+it really arrived. Needs root, iproute2 and iptables; skips with the reason when the kernel
+refuses.
 """
 
 from __future__ import annotations
@@ -22,8 +25,16 @@ from webhook.cluster.snapshot import build_snapshot
 from webhook.loading import parse_policy
 
 # the generic flavour: mesh-init carries the ruleset we render (the meshes' init images
-# render their own; tests/test_flavours.py checks the flags they are given)
-GENERIC = parse_policy("proxy: {flavour: generic, image: proxy:1, initImage: proxy-init:1}")
+# render their own; tests/test_flavours.py checks the flags they are given), with the backend
+# the policy asks for (no node is known to lack it here)
+BACKENDS = ("legacy", "nft")
+GENERIC = {
+    backend: parse_policy(
+        "proxy: {flavour: generic, image: proxy:1, initImage: proxy-init:1, "
+        f"generic: {{firewall: {backend}}}}}"
+    )
+    for backend in BACKENDS
+}
 
 POD_IP, PEER_IP = "10.251.0.2", "10.251.0.1"  # addresses inside namespaces this test creates
 APP_UID, PROXY_UID = 1000, 2102
@@ -59,11 +70,12 @@ def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=30, **kw)
 
 
-@pytest.fixture(scope="module")
-def netns(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def netns(request, tmp_path_factory):
+    backend = request.param
     if os.geteuid() != 0:
         pytest.skip("needs root to create network namespaces")
-    for tool in ("ip", "iptables-restore"):
+    for tool in ("ip", f"iptables-{backend}-restore", f"iptables-{backend}"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (apt-get install iproute2 iptables)")
     tag = uuid.uuid4().hex[:6]
@@ -106,7 +118,7 @@ def netns(tmp_path_factory):
             )
             procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        yield {"pod": pod, "peer": peer, "client": d / "client.py"}
+        yield {"pod": pod, "peer": peer, "client": d / "client.py", "backend": backend}
     finally:
         for p in procs:
             p.kill()
@@ -115,8 +127,9 @@ def netns(tmp_path_factory):
         sh("ip", "netns", "del", peer, check=False)
 
 
-def mesh_init_of(annotations: dict[str, str]) -> dict:
-    """The mesh-init container the real admission core builds for an iptables-mode pod."""
+def mesh_init_of(netns: dict, annotations: dict[str, str]) -> dict:
+    """The mesh-init container the real admission core builds for an iptables-mode pod, with
+    the backend this namespace pair is for."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -133,10 +146,24 @@ def mesh_init_of(annotations: dict[str, str]) -> dict:
     out = admit(
         {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod},
         build_snapshot(),
-        GENERIC,
+        GENERIC[netns["backend"]],
     )
-    assert out.pod is not None
-    return next(c for c in out.pod["spec"]["initContainers"] if c["name"] == "mesh-init")
+    assert out.pod is not None and out.firewall == netns["backend"]
+    init = next(c for c in out.pod["spec"]["initContainers"] if c["name"] == "mesh-init")
+    assert f"| iptables-{netns['backend']}-restore --noflush" in init["command"][-1]
+    return init
+
+
+def nat(netns: dict, backend: str | None = None, *args: str) -> str:
+    """The pod's nat table as ``backend``'s iptables lists it (``-S``), or does ``args``."""
+    cmd = ("ip", "netns", "exec", netns["pod"], f"iptables-{backend or netns['backend']}", "-t", "nat")
+    return sh(*cmd, *(args or ("-S",))).stdout
+
+
+def fresh_nat(netns: dict) -> None:
+    """mesh-init runs once, against the empty nat table of a new pod: start from one again."""
+    nat(netns, None, "-F")
+    nat(netns, None, "-X")
 
 
 def connect(env: dict, ns: str, host: str, port: int, uid: int) -> str:
@@ -166,12 +193,14 @@ def load(netns: dict, init: dict, rules: str) -> None:
 
 def test_ruleset_redirects_real_traffic(netns):
     init = mesh_init_of(
-        {"mesh-injector.io/skip-inbound-ports": "8081", "mesh-injector.io/skip-outbound-ports": "9091"}
+        netns, {"mesh-injector.io/skip-inbound-ports": "8081", "mesh-injector.io/skip-outbound-ports": "9091"}
     )
     rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
     load(netns, init, rules)
-    listed = sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-S").stdout
-    assert "-A MESH_OUTBOUND -m owner --uid-owner 2102 -j RETURN" in listed
+    # the rules are in the chosen backend's tables, and not in the other's
+    assert "-A MESH_OUTBOUND -m owner --uid-owner 2102 -j RETURN" in nat(netns)
+    other = next(b for b in BACKENDS if b != netns["backend"])
+    assert "MESH_OUTBOUND" not in nat(netns, other)
 
     pod, peer = netns["pod"], netns["peer"]
     # inbound traffic to the app port arrives at the proxy's inbound port
@@ -190,11 +219,9 @@ def test_ruleset_redirects_real_traffic(netns):
 
 
 def test_default_ruleset_loads_and_redirects_everything(netns):
-    init = mesh_init_of({})
+    init = mesh_init_of(netns, {})
     rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
-    # mesh-init runs once, against the empty nat table of a new pod: start from one again.
-    sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-F")
-    sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-X")
+    fresh_nat(netns)
     sh(
         "ip",
         "netns",
@@ -211,15 +238,15 @@ def test_other_meshes_exclusions_reach_the_loaded_rules(netns):
     """Istio's and Linkerd's exclusion annotations, translated into our ruleset: the peer's
     address (an excluded range) and an excluded port leave directly, the rest is redirected."""
     init = mesh_init_of(
+        netns,
         {
             "traffic.sidecar.istio.io/excludeOutboundIPRanges": f"{PEER_IP}/32",
             "config.linkerd.io/skip-inbound-ports": "8081",
-        }
+        },
     )
     rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
     assert f"-A MESH_OUTBOUND -d {PEER_IP}/32 -j RETURN" in rules
-    sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-F")
-    sh("ip", "netns", "exec", netns["pod"], "iptables", "-t", "nat", "-X")
+    fresh_nat(netns)
     load(netns, init, rules)
     pod, peer = netns["pod"], netns["peer"]
     assert connect(netns, pod, PEER_IP, 80, APP_UID) == "peer-80"  # the excluded range
