@@ -225,9 +225,13 @@ def _summarize(
         seen[0] += len(nodes)
         for n in nodes[: _SAMPLE - len(sample)]:
             sample.append(n.name)
-        platform = platforms.setdefault((group.os_image, group.kubelet, group.kernel), [0, []])
-        platform[0] += len(nodes)
-        platform[1].extend(n.name for n in nodes[: _SAMPLE - len(platform[1])])
+        platform = platforms.get((group.os_image, group.kubelet, group.kernel))
+        if platform is None:
+            platforms[(group.os_image, group.kubelet, group.kernel)] = [len(nodes), nodes[:_SAMPLE]]
+        else:
+            platform[0] += len(nodes)
+            if len(platform[1]) < _SAMPLE:
+                platform[1] = [*platform[1], *nodes[: _SAMPLE - len(platform[1])]]
     return Eligibility(
         count=count,
         total=total,
@@ -238,8 +242,8 @@ def _summarize(
         excluded={k: v for k, v in excluded.items() if v},
         redirectors=tuple((state, n, first) for state, (n, first) in agents.items()),
         platforms=tuple(
-            Platform(image, kubelet, kernel, n, tuple(names))
-            for (image, kubelet, kernel), (n, names) in platforms.items()
+            Platform(image, kubelet, kernel, n, tuple(node.name for node in first))
+            for (image, kubelet, kernel), (n, first) in platforms.items()
         ),
     )
 
