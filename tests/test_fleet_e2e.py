@@ -25,7 +25,7 @@ from kubernetes import client, config
 from tests import apiserver
 from tests.servers import Certs, serve_process
 from tests.support import TRUST_ANCHORS, eventually
-from tests.test_e2e import certs_cli, make_node, register_webhook
+from tests.test_e2e import certs_cli, make_node, register_webhook, sent_to
 from webhook.kubeapi import request
 
 # this module's API server with the controllers (tests/apiserver.py: its own run directory
@@ -199,7 +199,7 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
         ctx = cluster["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
         register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)
-        time.sleep(1)
+        sent_to(proc, cluster["core"], NS)
 
         found = audit()
         assert found["web"]["state"] == "missed" and found["web"]["pods"] == {"missed": 2}
@@ -258,7 +258,7 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
         ctx = cluster["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
         register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)
-        time.sleep(1)
+        sent_to(proc, cluster["core"], NS)
         found = audit("--policy", str(policy))
         for name in ("web", "api"):
             assert found[name]["state"] == "stale", found[name]
@@ -418,7 +418,7 @@ def test_audit_and_rollout_need_only_the_shipped_fleet_role(cluster, tmp_path):
         ctx = cluster["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
         register_webhook({"api": api, "certs": cluster["certs"]}, proc.url)
-        time.sleep(1)
+        sent_to(proc, cluster["core"], NS)
         done = as_user("rollout", "--yes", "--poll", "0.5", "--timeout", "120")
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"restarting  {NS}/Deployment/ops: 1 missed" in done.stdout

@@ -28,7 +28,7 @@ from kubernetes import client, config
 from tests import apiserver
 from tests.servers import Certs, serve_process
 from tests.support import eventually
-from tests.test_e2e import certs_cli, register_webhook
+from tests.test_e2e import certs_cli, register_webhook, sent_to
 from tests.test_fleet_e2e import NS, Kubelet, available, deployment, live_pods
 
 SERVER: apiserver.ApiServer
@@ -145,7 +145,7 @@ def ready(cluster, proc) -> None:
     ctx = cluster["certs"].client_context()
     eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
     register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)
-    time.sleep(1)
+    sent_to(proc, cluster["core"], NS)  # the API server calls it now
 
 
 def rollout(policy: Path) -> str:

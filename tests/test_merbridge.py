@@ -13,7 +13,8 @@ them) directly; Linkerd's validator passes. The negative control runs the same p
 nothing attached: every connection bypasses the proxy, and the validator fails.
 
 Needs root (bpf, mounts, network namespaces) and clang, bpftool, make and iproute2
-(.ci/run installs them); skipped with the reason where the kernel or the tools refuse.
+(.ci/run installs them); skipped with the reason where the kernel or the tools refuse, and
+failed instead under CI (``CI`` set), where they are all there.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ import pytest
 
 from tests import merbridge_harness as mb
 from tests.netns import fresh, join, sh
-from tests.support import TRUST_ANCHORS, anchored_policy
+from tests.support import TRUST_ANCHORS, anchored_policy, unavailable
 from webhook.admission import admit
 from webhook.cluster.snapshot import redirector_selector, snapshot_from_objects
 from webhook.dataplane import FLAVOURS, flavour
@@ -41,7 +43,10 @@ from webhook.versions import KubeVersion
 POD = Path(__file__).parent / "merbridge_pod.py"
 MESH_H = mb.SOURCE / "headers" / "mesh.h"
 A_IP, B_IP, UPSTREAM = "10.0.0.5", "10.0.0.6", "10.20.30.40"
-NS_A, NS_B = "mi-mb-a", "mi-mb-b"
+# this run's own names (network namespaces, veths, the cgroup): the cgroup2 hierarchy and
+# the namespaces are the machine's, shared with any other test run going on at the same time
+RUN = uuid.uuid4().hex[:6]
+NS_A, NS_B = f"mi-mb-a-{RUN}", f"mi-mb-b-{RUN}"
 APP_UID = 1000
 
 
@@ -55,10 +60,10 @@ def mesh_constants(mode: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
     if os.geteuid() != 0:
-        pytest.skip("loading eBPF programs, mounting bpffs and creating network namespaces needs root")
+        unavailable("loading eBPF programs, mounting bpffs and creating network namespaces needs root")
     missing = mb.missing_tools()
     if missing:
-        pytest.skip(
+        unavailable(
             f"missing {', '.join(missing)} (apt-get install clang llvm bpftool libbpf-dev make iproute2)"
         )
     work = tmp_path_factory.mktemp("merbridge")
@@ -70,7 +75,7 @@ def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
         for kind, where in (("bpf", bpffs), ("cgroup2", cg2)):
             done = subprocess.run(["mount", "-t", kind, kind, str(where)], capture_output=True, text=True)
             if done.returncode != 0:
-                pytest.skip(f"cannot mount {kind}: {done.stderr.strip()}")
+                unavailable(f"cannot mount {kind}: {done.stderr.strip()}")
             mounted.append(where)
         loaded = {}
         for mode in sorted({f.redirect.mode for f in FLAVOURS.values() if f.redirect is not None}):
@@ -80,7 +85,7 @@ def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
                 progs.load()
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 detail = getattr(exc, "stderr", b"") or str(exc)
-                pytest.skip(f"Merbridge's {mode} programs do not build or load here: {str(detail)[-400:]}")
+                unavailable(f"Merbridge's {mode} programs do not build or load here: {str(detail)[-400:]}")
             loaded[mode] = progs
         yield loaded
     finally:
@@ -166,13 +171,13 @@ class Node:
     """Two pods' network namespaces (veth-joined) and cgroups, torn down on exit."""
 
     def __init__(self, cg2: Path) -> None:
-        self.parent = cg2 / "mi-pods"
+        self.parent = cg2 / f"mi-pods-{RUN}"
         self.cgroups = {NS_A: self.parent / "a", NS_B: self.parent / "b"}
 
     def __enter__(self) -> Node:
         self.__exit__()
         fresh(NS_A, NS_B)
-        join((NS_A, "mi-mb-va", f"{A_IP}/24"), (NS_B, "mi-mb-vb", f"{B_IP}/24"))
+        join((NS_A, f"mb{RUN}a", f"{A_IP}/24"), (NS_B, f"mb{RUN}b", f"{B_IP}/24"))
         sh("ip", "-n", NS_A, "addr", "add", f"{UPSTREAM}/32", "dev", "lo")  # a service beyond the pod
         for cg in self.cgroups.values():
             cg.mkdir(parents=True, exist_ok=True)

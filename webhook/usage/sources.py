@@ -69,6 +69,9 @@ class PollingUsage(UsageSource):
     apart still read at the same moments, and summaries are taken at the poll's aligned
     time, not at the moment the computation happens to run: two replicas that read the
     same data publish the same summaries.
+
+    ``clock`` (monotonic seconds) measures how long the source has been starting; a test
+    hands it a clock it moves by hand.
     """
 
     def __init__(self, history: UsageHistory, interval: float) -> None:
@@ -84,6 +87,7 @@ class PollingUsage(UsageSource):
         self.ready_after = 60.0
         self.last_success = 0.0
         self.failures = 0
+        self.clock: Callable[[], float] = time.monotonic
 
     # implemented by each source: read everything up to the grid point ``until``
     def poll(self, until: float) -> None:
@@ -91,7 +95,7 @@ class PollingUsage(UsageSource):
 
     def start(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
-        self._started = time.monotonic()
+        self._started = self.clock()
         self._thread = threading.Thread(target=self._run, name=f"usage-{self.name}", daemon=True)
         self._thread.start()
 
@@ -104,7 +108,7 @@ class PollingUsage(UsageSource):
         service (pods would be created unmeshed); workloads without usage get profiles."""
         if self._ready:
             return True
-        return self._started is not None and time.monotonic() - self._started > self.ready_after
+        return self._started is not None and self.clock() - self._started > self.ready_after
 
     def summaries(self) -> Mapping[WorkloadKey, UsageSummary]:
         return self._summaries
@@ -113,7 +117,7 @@ class PollingUsage(UsageSource):
         """Since the last successful read; before the first one, since the start."""
         if self.last_success:
             return max(0.0, time.time() - self.last_success)
-        return 0.0 if self._started is None else time.monotonic() - self._started
+        return 0.0 if self._started is None else self.clock() - self._started
 
     def aligned(self, t: float) -> float:
         """The last grid point whose data is complete at ``t``."""
