@@ -48,6 +48,14 @@ ATTACH = {
 }
 MARK_PORT = 39807  # SOCK_IP_MARK_PORT
 MAX_ITEMS = 20  # MaxItemLen
+MESH_H = SOURCE / "headers" / "mesh.h"
+
+
+def mesh_constants(mode: str) -> dict[str, int]:
+    """SIDECAR_USER_ID, OUT_REDIRECT_PORT and IN_REDIRECT_PORT Merbridge compiles for ``mode``."""
+    text = MESH_H.read_text()
+    block = text.split(f"MESH == {mode.upper()}", 1)[1].split("#elif", 1)[0]
+    return {k: int(v) for k, v in re.findall(r"#define (\w+) (\d+)", block)}
 
 
 def missing_tools() -> list[str]:

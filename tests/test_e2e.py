@@ -104,9 +104,12 @@ def set_kernel(core: client.CoreV1Api, name: str, kernel: str) -> None:
     )
 
 
-def make_merbridge(core: client.CoreV1Api, ns: str, node: str, mode: str, ready: bool = True) -> None:
+def make_merbridge(
+    core: client.CoreV1Api, ns: str, node: str, mode: str, ready: bool = True, started: str | None = None
+) -> None:
     """Merbridge's DaemonSet pod on ``node`` (created as its DaemonSet would, bound to the node,
-    and Running and Ready through the status subresource, as a kubelet would report it)."""
+    and Running and Ready through the status subresource, as a kubelet would report it; with
+    ``started``, its container running since then, as the kubelet reports a (re)start)."""
     name = f"merbridge-{node}"
     try:
         core.read_namespaced_pod(name, ns, _preload_content=False)
@@ -130,9 +133,19 @@ def make_merbridge(core: client.CoreV1Api, ns: str, node: str, mode: str, ready:
         core.create_namespaced_pod(ns, body, _preload_content=False)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     condition = {"type": "Ready", "status": "True" if ready else "False", "lastTransitionTime": now}
-    core.patch_namespaced_pod_status(
-        name, ns, {"status": {"phase": "Running", "conditions": [condition]}}, _preload_content=False
-    )
+    status: dict = {"phase": "Running", "conditions": [condition]}
+    if started is not None:
+        status["containerStatuses"] = [
+            {
+                "name": "merbridge",
+                "ready": ready,
+                "restartCount": 0,
+                "image": "ghcr.io/merbridge/merbridge:0.8.1",
+                "imageID": "",
+                "state": {"running": {"startedAt": started}},
+            }
+        ]
+    core.patch_namespaced_pod_status(name, ns, {"status": status}, _preload_content=False)
 
 
 VPA_CRD = Path(__file__).parent / "e2e" / "vpa" / "vpa-v1-crd-gen.yaml"
