@@ -374,6 +374,8 @@ fw_pod = st.fixed_dictionaries(
         "pinned": st.sampled_from([None, None, 0, 2]),
         "runtime": st.sampled_from([None, None, None, "kata-qemu", "gvisor"]),
         "batch": st.just(False),
+        "init": st.just(None),  # no init container of the pod's own
+        "mb_port": st.just(False),
     }
 )
 
@@ -424,10 +426,10 @@ def test_no_init_container_gets_a_backend_an_eligible_node_lacks(c, p):
     policy = anchored_policy(text + (NO_NFT_ON_CENTOS if c["centos_without_nft"] else ""))
     assert policy.proxy.flavour == c["flavour"]
     snapshot = snapshot_from_objects(fw_objects(c), server_version=parse_kube_version("1.33"))
-    obj = build_pod(p)
+    plane = flavour(c["flavour"])
+    obj = build_pod(p, proxy_uid=0)  # (the uid is only given to a pod's own init container)
     request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": obj}
     out = admit(copy.deepcopy(request), snapshot, policy)
-    plane = flavour(c["flavour"])
     # what the flavour says its control plane asks for, and what its init container can use
     control = plane.control_plane(snapshot.config_maps, policy)
     usable = {control.firewall, *control.firewalls}
