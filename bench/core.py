@@ -1,13 +1,15 @@
 """Benchmark of the admission core and the offline inject verb.
 
-    python bench/core.py [--calls 10000]
+    python bench/core.py [--calls 10000] [--policy FILE] [--cluster FILE]
 
 Prints admit() p50/p99 for one typical pod at 10, 500 and 5,000 nodes (a realistic mix
 of zones, pools, instance types, taints, kernels and cordons, with Merbridge Ready on every
 node, so the pod gets ebpf), the same for a pod whose
 affinity names single hosts (the per-node path), a bare baseline measured in the same
 run (orjson parse + dump of the same review: the least any webhook does), and the wall
-time of `mesh-injector inject` on a 1,000-document manifest.
+time of `mesh-injector inject` on a 1,000-document manifest. ``--policy`` decides with that
+policy (e.g. ``proxy: {flavour: istio}``); ``--cluster`` adds the ConfigMaps of a cluster file
+(a control plane's: istiod's istio-sidecar-injector and mesh config) to the example's.
 """
 
 from __future__ import annotations
@@ -190,8 +192,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=10_000)
     ap.add_argument("--inject-only", action="store_true", help="only the inject verb on 1,000 documents")
+    ap.add_argument("--policy", help="the policy to decide with (default: the built-in one)")
+    ap.add_argument("--cluster", help="a cluster file whose ConfigMaps are added to the example's")
     args = ap.parse_args()
-    policy = load_policy()
+    policy = load_policy(args.policy)
+    if args.cluster:
+        docs = yaml.safe_load(Path(args.cluster).read_text())
+        for item in docs["items"] if docs.get("kind") == "List" else [docs]:
+            found = config_map_from_object(item) if item.get("kind") == "ConfigMap" else None
+            if found is not None:
+                CONFIG_MAPS[found[0]] = found[1]
     rng = random.Random(7)
     review = typical_review()
     raw = orjson.dumps(review)
@@ -223,7 +233,7 @@ def main() -> None:
                 }
             }
         }
-        merbridge = RedirectorState(ready=True, mode="linkerd", cni_mode=True)
+        merbridge = RedirectorState(ready=True, mode=policy.proxy.flavour, cni_mode=True)
         for n, hetero in ((10, False), (500, False), (5000, False), (5000, True)):
             nodes = make_nodes(n, rng, hetero)
             snap = build_snapshot(

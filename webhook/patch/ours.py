@@ -22,6 +22,8 @@ class Ours:
     volumes: frozenset[str]
     marks: frozenset[str]
     mark_prefixes: tuple[str, ...]
+    # what may be added to the pod's own containers' lists: (list, item name)
+    appends: frozenset[tuple[str, str]] = frozenset()
 
     def mark(self, name: str) -> bool:
         return name in self.marks or name.startswith(self.mark_prefixes)
@@ -33,4 +35,5 @@ OURS = Ours(
     volumes=frozenset(v["name"] for f in FLAVOURS.values() for v in f.volumes),
     marks=frozenset(mark for f in FLAVOURS.values() for mark in f.marks) | MARKS,
     mark_prefixes=tuple(prefix for f in FLAVOURS.values() for prefix in f.mark_prefixes),
+    appends=frozenset(item for f in FLAVOURS.values() for item in f.appends),
 )

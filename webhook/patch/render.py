@@ -9,6 +9,7 @@ from typing import Any
 
 from webhook.core import Notes, ProxyResources
 from webhook.dataplane import Build, Flavour
+from webhook.dataplane.base import Refused
 from webhook.decide.control import Connected
 from webhook.decide.memo import ALIAS
 from webhook.decide.placement import Placement
@@ -47,6 +48,12 @@ def render(
         f"{plane.name} proxy; mode {picked.mode.value}: {choice.text}; {rules}"
         f"{placed.text}: {placed.why}{placed.batch_note}; resources: {resources.detail}"
     )
+    if connected.native is not None and connected.native[0] != placed.native:
+        theirs = "a native sidecar" if connected.native[0] else "a regular container"
+        ctx.lines.append(
+            f"placement: the control plane's own injector would make the proxy {theirs} here "
+            f"({connected.native[1]}); the placement is mesh-injector's ({placed.why})"
+        )
     sandbox = picked.setting.sandbox
     build = Build(
         mode=picked.mode,
@@ -80,6 +87,8 @@ def render(
         return Stop(
             Skip.NAME_COLLISION, f"{Skip.NAME_COLLISION.text}: the pod's own {clash} would be duplicated"
         )
+    except Refused as refused:
+        return Stop(refused.skip, refused.text)
     if added.get("probes"):
         taken = "; ".join(f"{c}: {', '.join(fields)}" for c, fields in added["probes"].items())
         ctx.lines.append(f"probes: the {plane.name} agent runs them on the pod's behalf ({taken})")
