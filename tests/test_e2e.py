@@ -1412,7 +1412,7 @@ def test_the_api_server_accepts_every_pod_we_emit(world, capsys, pytestconfig):
         "generic": anchored_policy("proxy: {flavour: generic, image: reg/proxy:1, initImage: reg/init:1}"),
     }
 
-    from webhook.cluster.kubeapi import request as api_request
+    from webhook.kubeapi import request as api_request
 
     def dry_run(obj: dict) -> tuple[dict | None, str]:
         """A server-side dry-run create, by path (the generated client would refuse the
