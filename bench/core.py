@@ -32,6 +32,7 @@ import yaml
 from webhook.admission import admit
 from webhook.cluster.snapshot import Node, RedirectorState, Taint, build_snapshot, config_map_from_object
 from webhook.loading import load_policy
+from webhook.loading import parse_policy as load_policy_text
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = [
@@ -40,6 +41,15 @@ KERNELS = [
     "5.15.0-1052-aws",
     "5.10.223-212.873.amzn2.x86_64",
 ]
+# the OS image each kernel comes with (status.nodeInfo.osImage), where nodes report one: the
+# pools mid-way through a new image then run Amazon Linux 2023 with kubelet 1.33, which lacks
+# legacy iptables
+OS_IMAGES = {
+    KERNELS[0]: "Amazon Linux 2023.6.20241212",
+    KERNELS[1]: "Ubuntu 22.04.5 LTS",
+    KERNELS[2]: "Ubuntu 20.04.6 LTS",
+    KERNELS[3]: "Amazon Linux 2",
+}
 POOLS = [
     ("general", None),
     ("compute", None),
@@ -52,10 +62,13 @@ POOLS = [
 ]
 
 
-def make_nodes(n: int, rng: random.Random, heterogeneous: bool = False) -> list[Node]:
+def make_nodes(
+    n: int, rng: random.Random, heterogeneous: bool = False, os_images: bool = False
+) -> list[Node]:
     """Node groups as managed node pools make them: each pool one instance type and image
     (kernel, kubelet), spread over three zones; two pools are mid-way through an image
-    rollout. ``heterogeneous`` instead varies every attribute independently (a stress case)."""
+    rollout. ``heterogeneous`` instead varies every attribute independently (a stress case);
+    ``os_images``: the nodes report their OS image too."""
     nodes = []
     for i in range(n):
         p = i % len(POOLS)
@@ -100,6 +113,7 @@ def make_nodes(n: int, rng: random.Random, heterogeneous: bool = False) -> list[
                 unschedulable=rng.random() < 0.01,
                 kernel=kernel,
                 kubelet=kubelet,
+                os_image=OS_IMAGES[kernel] if os_images else None,
             )
         )
     return nodes
@@ -409,7 +423,11 @@ def distinct_workload(review: dict) -> dict:
 
 def stages(review: dict, policy, calls: int) -> None:
     """Where a request's time goes on the server, for a distinct workload each time (what
-    the template memo serves) and for the very first pod of a template (a full decision)."""
+    the template memo serves) and for the very first pod of a template (a full decision);
+    then the first pod of a template in iptables mode with the generic flavour (which can use
+    either iptables backend) on nodes that do not report their OS image and on the same nodes
+    reporting it, where a pool without legacy iptables makes the pod's init container nft:
+    what working out the nodes' backends costs a decision."""
     import logging
 
     from webhook.serve.app import _log_line
@@ -427,17 +445,30 @@ def stages(review: dict, policy, calls: int) -> None:
     log.addHandler(logging.NullHandler())
     log.propagate = False
     log.setLevel(logging.INFO)
-    for label, fresh in (("a distinct workload (template memo)", False), ("first pod of a template", True)):
+    generic = load_policy_text("proxy: {flavour: generic, image: 'reg/proxy:1', initImage: 'reg/init:1', "
+                               "generic: {firewall: legacy}}")  # fmt: skip
+    reported = build_snapshot(
+        nodes=make_nodes(500, random.Random(3), os_images=True),
+        namespaces={"shop": {"mesh-injector.io/inject": "enabled"}},
+    )
+    runs = (
+        ("a distinct workload (template memo)", False, snap, policy, None),
+        ("first pod of a template", True, snap, policy, None),
+        ("generic, first pod, no OS images", True, snap, generic, "legacy"),
+        ("generic, first pod, OS images", True, reported, generic, "nft"),
+    )
+    for label, fresh, cluster, chosen, firewall in runs:
         times: dict[str, list[float]] = {k: [] for k in ("parse", "decide", "serialise", "log", "metrics")}
         for i in range(calls):
             body = raw.replace(b"__SEQ__", str(i).encode())
             if fresh:
-                snap.templates.clear()
+                cluster.templates.clear()
             t0 = time.perf_counter()
             parsed = orjson.loads(body)
             t1 = time.perf_counter()
-            out = admit(parsed["request"], snap, policy)
+            out = admit(parsed["request"], cluster, chosen)
             t2 = time.perf_counter()
+            assert firewall is None or out.firewall == firewall, out.explanation
             orjson.dumps(build_response(parsed, out))
             t3 = time.perf_counter()
             log.info(_log_line(parsed["request"], out, out.result, t2 - t1).decode())

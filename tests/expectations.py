@@ -61,13 +61,16 @@ PRESENT = "(present)"  # an annotation value that is there, whatever it holds
 CASE_KEYS = {"description", "now", "cluster", "serverVersion", "kernel", "expect"}
 ALWAYS = {"injected", "warnings"}
 SKIPPED = {"skip", "skip_annotated"}
-INJECTED = {"mode", "reason", "native", "init", "source", "resources", "annotations"}
+SKIPPED_OPTIONAL = {"skip_contains"}  # texts the skip-reason annotation holds
+INJECTED = {"mode", "reason", "native", "init", "firewall", "source", "resources", "annotations"}
 OPTIONAL = {
     "runtime_class",  # required in microvm mode; elsewhere the pod's own stays as it was
     "init_skip",  # required where the flavour's init container is added
     "init_flags",  # more of the init container's arguments: {flag: value}
     "labels",  # more of the pod's labels: {key: value, or null for absent}
     "unchanged",  # the answer is no patch at all (a second admission)
+    "firewall_reason",  # why that backend (the explanation's firewall line)
+    "decision_contains",  # texts the decision annotation holds
     "protocol",
     "eligible",
     "init_order",
@@ -76,7 +79,7 @@ OPTIONAL = {
     "managed_fields_untouched",
     "proxies",
 }
-KNOWN = ALWAYS | SKIPPED | INJECTED | OPTIONAL
+KNOWN = ALWAYS | SKIPPED | SKIPPED_OPTIONAL | INJECTED | OPTIONAL
 
 
 def check_case_file(meta: dict[str, Any]) -> None:
@@ -93,7 +96,10 @@ def check_case_file(meta: dict[str, Any]) -> None:
         need = need | {"init_skip"}
     missing = need - set(exp)
     assert not missing, f"case.yaml expect: missing {sorted(missing)}"
-    if not exp.get("injected"):
+    if exp.get("injected"):
+        stray = (SKIPPED | SKIPPED_OPTIONAL) & set(exp)
+        assert not stray, f"case.yaml expect: {sorted(stray)} describe a skipped pod"
+    else:
         stray = (INJECTED | OPTIONAL) & set(exp)
         assert not stray, f"case.yaml expect: {sorted(stray)} describe an injected pod"
 
@@ -190,7 +196,9 @@ def _check_skipped(exp: dict[str, Any], original: Any, pod: Any, warnings: list[
         return
     # asked for but not meshed: the reason on the pod and a warning, nothing else changed
     annotations = dict(_annotations(pod))
-    assert annotations.pop(ANN_SKIP)
+    reason = annotations.pop(ANN_SKIP)
+    for text in exp.get("skip_contains") or ():
+        assert text in reason, (text, reason)
     assert any("not meshed" in w for w in warnings), warnings
     bare = json.loads(json.dumps(pod))
     if annotations or _annotations(original):
@@ -237,6 +245,26 @@ def _check_injected(exp: dict[str, Any], flavour: str, original: Any, pod: Any, 
         assert has_init
     if has_init:
         assert init_skip(pod, flavour) == exp["init_skip"]
+    # the backend the rules are installed with (None: nothing of ours installs rules): in our
+    # status, on the outcome, and in the iptables-restore mesh-init runs
+    assert status.get("firewall") == exp["firewall"], status.get("firewall")
+    if outcome is not None:
+        assert outcome.firewall == exp["firewall"], outcome.explanation
+        if "firewall_reason" in exp:
+            line = f"firewall: {exp['firewall']} ({exp['firewall_reason']}):"
+            assert any(e.startswith(line) for e in outcome.explanation), outcome.explanation
+    if exp["firewall"] is None:
+        assert not has_init
+    elif flavour == "generic":
+        init = container(pod, names_of["init"])
+        assert init is not None and f"| iptables-{exp['firewall']}-restore --noflush" in init["command"][-1]
+    elif flavour == "linkerd":  # proxy-init runs iptables-legacy unless told another binary
+        told = _after(container(pod, names_of["init"])["args"], "--firewall-bin-path")
+        assert told in (
+            (None, "iptables-legacy") if exp["firewall"] == "legacy" else (f"iptables-{exp['firewall']}",)
+        )
+    for text in exp.get("decision_contains") or ():
+        assert text in annotations["mesh-injector.io/decision"], text
     for flag, value in (exp.get("init_flags") or {}).items():
         args = container(pod, names_of["init"])["args"]
         assert _after(args, flag) == value, (flag, args)

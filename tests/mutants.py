@@ -346,18 +346,18 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # --- modes/: the decision table and what each mode needs ------------------------------
     M(
-        "modes/base.py",
+        "decide/nodefacts.py",
         "k >= rules.ebpf.min_kernel or any(",
         "k > rules.ebpf.min_kernel or any(",
         "the minimum kernel itself is too old",
     ),
+    M("decide/nodefacts.py", "if elig.count == 0:", "if elig.count < 0:", "no eligible node is not unknown"),
     M(
-        "modes/base.py",
+        "decide/nodefacts.py",
         "if kernel is None:\n            why",
         "if kernel is None and False:\n            why",
         "an unreadable kernel is ignored",
     ),
-    M("modes/base.py", "if elig.count == 0:", "if elig.count < 0:", "no eligible node is not unknown"),
     M(
         "modes/base.py",
         "if not any(fnmatchcase(c, p) for c in candidates for p in rules.sandbox_handlers):",
@@ -471,7 +471,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "a fallback reported as the annotation honoured",
     ),
     M(
-        "modes/microvm.py",
+        "decide/scheduling.py",
         "if key in own and own[key] != value:",
         "if key in own and own[key] == value:",
         "a node selector contradicting the RuntimeClass's accepted",
@@ -497,14 +497,14 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     M(
         "dataplane/linkerd.py",
-        'args += ["--subnets-to-ignore", ",".join(build.skip_cidrs)]',
-        "pass",
-        "the pod's skipped IP ranges dropped",
+        'args += ["--inbound-ports-to-ignore", join(f"{CONTROL},{ADMIN}", inbound)]',
+        'args += ["--inbound-ports-to-ignore", inbound]',
+        "proxy-init's control and admin ports redirected",
     ),
     M(
         "dataplane/linkerd.py",
-        'join(f"{CONTROL},{ADMIN}", s.ignore_inbound_ports, port_list(build.skip_inbound))',
-        'join(f"{CONTROL},{ADMIN}", port_list(build.skip_inbound))',
+        '("skip-inbound-ports", "" if cni else c.ignore_inbound, build.skip_inbound),',
+        '("skip-inbound-ports", "", build.skip_inbound),',
         "Linkerd's ignoreInboundPorts dropped",
     ),
     M(
@@ -515,14 +515,14 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     M(
         "dataplane/linkerd.py",
-        'env.append({"name": "LINKERD2_PROXY_CORES", "value": str(threads[0])})',
-        'env.append({"name": "LINKERD2_PROXY_CORES", "value": str(threads[0] + 1)})',
-        "one thread too many",
+        'return [{"name": "LINKERD2_PROXY_CORES", "value": n}] + (',
+        'return [{"name": "LINKERD2_PROXY_CORES", "value": n + "0"}] + (',
+        "ten times the threads",
     ),
     M(
         "dataplane/linkerd.py",
-        'shutdown = "true" if build.batch and not build.native else "false"',
-        'shutdown = "false"',
+        "shutdown = c.shutdown_endpoint or (build.batch and not build.native)",
+        "shutdown = c.shutdown_endpoint",
         "a legacy Job's proxy cannot be shut down",
     ),
     M(
@@ -533,9 +533,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     M(
         "dataplane/linkerd.py",
-        'told[CONFIG + "skip-inbound-ports"] = port_list(build.skip_inbound)',
+        'annotations[CONFIG + "skip-outbound-ports"] = outbound',
         "pass",
-        "Linkerd's destination service not told the skipped inbound ports",
+        "Linkerd's CNI plugin not told the skipped outbound ports",
     ),
     M(
         "dataplane/istio.py",

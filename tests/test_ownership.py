@@ -20,10 +20,10 @@ from webhook.core import ANN_SKIP, ANN_STATUS, PREFIX
 from webhook.dataplane import FLAVOURS
 from webhook.dataplane.base import LABEL_VALUE_MAX, label_value
 from webhook.dataplane.iptables import PortListError, parse_ports
-from webhook.decide.ours import OURS
 from webhook.decide.podfacts import invalid
 from webhook.loading import load_snapshot
 from webhook.patch.inject import fingerprint, read_status
+from webhook.patch.ours import OURS
 from webhook.reasons import Mode
 
 POLICIES = {

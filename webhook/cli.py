@@ -319,7 +319,12 @@ def _check_record(r: DocResult) -> dict[str, Any]:
         }
     if o is None:
         return {**record, "meshed": None, "reason": "no pod template"}
-    record |= {"meshed": o.injected, "mode": o.mode.value if o.mode else None, "reason": o.reason}
+    record |= {
+        "meshed": o.injected,
+        "mode": o.mode.value if o.mode else None,
+        "firewall": o.firewall,
+        "reason": o.reason,
+    }
     if o.skip is not None:
         record["skip"] = {"reason": o.skip.value, "text": o.skip.text}
     if o.injected and o.resources is not None:
@@ -347,14 +352,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.output != "table":
         _emit([_check_record(r) for r in results], args.output)
         return _check_failures(results, failed)
-    rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "RESOURCES", "REASON")]
+    rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "FIREWALL", "RESOURCES", "REASON")]
     for r in results:
         o = r.outcome
         if r.errors:
             more = f" (+{len(r.errors) - 1} more)" if len(r.errors) > 1 else ""
-            rows.append((r.ref, "error", "-", "-", f"invalid: {r.errors[0]}{more}"))
+            rows.append((r.ref, "error", "-", "-", "-", f"invalid: {r.errors[0]}{more}"))
         elif o is None:
-            rows.append((r.ref, "-", "-", "-", "no pod template"))
+            rows.append((r.ref, "-", "-", "-", "-", "no pod template"))
         elif o.injected:
             assert o.mode is not None and o.resources is not None
             rows.append(
@@ -362,13 +367,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                     r.ref,
                     "yes",
                     o.mode.value,
+                    o.firewall or "-",
                     o.resources.label,
                     o.reason + (f" ({len(o.warnings)} warning(s))" if o.warnings else ""),
                 )
             )
         else:
             assert o.skip is not None
-            rows.append((r.ref, "no", "-", "-", f"{o.skip.value}: {o.skip.text}"))
+            rows.append((r.ref, "no", "-", "-", "-", f"{o.skip.value}: {o.skip.text}"))
     print(_table(rows))
     for r in results:
         for error in r.errors:
@@ -622,13 +628,13 @@ def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cluster",
         metavar="FILE",
-        help="output of: kubectl get nodes,namespaces,services -A -o yaml (with Linkerd, add the "
-        "ConfigMap: kubectl get configmap -n linkerd linkerd-identity-trust-roots -o yaml)",
+        help="output of: kubectl get nodes,namespaces,services -A -o yaml (with Linkerd, add its "
+        "ConfigMaps: kubectl get configmap -n linkerd linkerd-config linkerd-identity-trust-roots -o yaml)",
     )
     g.add_argument(
         "--kubeconfig",
         metavar="FILE",
-        help="read nodes, namespaces, Services and Linkerd's trust roots from a cluster, once",
+        help="read nodes, namespaces, Services and the mesh's control-plane ConfigMaps from a cluster, once",
     )
     g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
     g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")

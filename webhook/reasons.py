@@ -46,6 +46,7 @@ class Skip(StrEnum):
     UNSUPPORTED_VERSION = "unsupported-version"
     UNKNOWN_REVISION = "unknown-revision"
     UNSUPPORTED_TEMPLATE = "unsupported-template"
+    NO_COMMON_FIREWALL = "no-common-firewall"
 
     @property
     def text(self) -> str:
@@ -97,6 +98,10 @@ _SKIP_TEXT: dict[Skip, str] = {
         "the pod or its namespace names a control-plane revision the policy does not serve"
     ),
     Skip.UNSUPPORTED_TEMPLATE: "the pod asks for an injection template mesh-injector does not render",
+    Skip.NO_COMMON_FIREWALL: (
+        "no iptables backend (legacy or nft) that every eligible node has can be used by the mesh's "
+        "init container"
+    ),
 }
 
 # Skips that concern pods that asked to be meshed: they get the skip-reason annotation
@@ -121,6 +126,7 @@ OPTED_IN_SKIPS = frozenset(
         Skip.UNSUPPORTED_VERSION,
         Skip.UNKNOWN_REVISION,
         Skip.UNSUPPORTED_TEMPLATE,
+        Skip.NO_COMMON_FIREWALL,
     }
 )
 
@@ -145,6 +151,15 @@ class ModeReason(StrEnum):
     BATCH_NATIVE_SIDECAR = "batch-native-sidecar"
     HIGH_THROUGHPUT_GRPC = "high-throughput-grpc"
     EBPF_CAPABLE = "ebpf-capable"
+
+
+class FirewallReason(StrEnum):
+    """Why the init container installs its rules with this iptables backend."""
+
+    CONTROL_PLANE = "control-plane"  # the control plane's setting; no eligible node known to lack it
+    NODES = "nodes-lack-it"  # an eligible node lacks the control plane's: the other, which all have
+    GVISOR = "gvisor"  # gVisor's netstack has the legacy one only
+    GUEST_KERNEL = "guest-kernel"  # a VM sandbox: the guest's kernel, not the node's
 
 
 class ResourceSource(StrEnum):

@@ -29,7 +29,7 @@ from webhook import __version__
 from webhook.core import ANN_DECISION, ANN_SKIP, ANN_SOURCE, ANN_STATUS, LABEL_MODE, Notes
 from webhook.dataplane import FLAVOURS, NAMED_ENV, Build, DataPlane, Flavour
 from webhook.dataplane.base import label_value
-from webhook.decide.ours import OURS, Ours
+from webhook.patch.ours import OURS, Ours
 from webhook.policy import Policy
 from webhook.workload import WorkloadKey, workload_key
 
@@ -50,6 +50,11 @@ class Plan:
     # annotations the pod inherited from its namespace (already on the pod as decided):
     # recorded as added, so that re-injection takes them back
     inherited: tuple[str, ...] = ()
+    # recorded in the status, for audit to compare with what admission would give now: the
+    # iptables backend of the init container's rules (None: nothing of ours installs them)
+    # and the mesh version the pod was rendered as ("": not known)
+    firewall: str | None = None
+    mesh_version: str = ""
 
 
 # Fields the API server fills in with defaults when it stores a pod: an item we rendered
@@ -511,7 +516,9 @@ def apply_plan(
             own = present.get(name)
             if own == value:
                 continue  # the pod's own value, left as the pod's
-            if isinstance(own, str):
+            if isinstance(own, str) and not (key == "annotations" and name in plan.inherited):
+                # the pod's own value, put back when it is stripped (one inherited from the
+                # namespace is not the pod's: it is inherited again, as the namespace says then)
                 replaced.setdefault(key, {})[name] = own
             _set(meta, key, name, value)
             added[key].append(name)
@@ -579,6 +586,10 @@ def apply_plan(
         status["removed"] = {"annotations": removed}
     if runtime_class:
         status["runtimeClassName"] = runtime_class
+    if plan.firewall:
+        status["firewall"] = plan.firewall
+    if plan.mesh_version:
+        status["meshVersion"] = plan.mesh_version
     status["sums"] = {k: v for k, v in sums.items() if v}
     _set(meta, "annotations", ANN_STATUS, orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode())
     _set(meta, "annotations", ANN_DECISION, plan.decision)
