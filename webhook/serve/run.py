@@ -42,7 +42,7 @@ from webhook.serve.tls import MemoryFiles, ReloadingTLS
 from webhook.usage.history import UsageHistory
 from webhook.usage.metricsapi import MetricsApiUsage
 from webhook.usage.prometheus import PrometheusUsage
-from webhook.usage.sources import FileUsage, UsageRefreshingView, UsageSource
+from webhook.usage.sources import FileUsage, PollingUsage, UsageRefreshingView, UsageSource
 
 
 class _JsonLines(logging.Formatter):
@@ -244,9 +244,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     view: ClusterView
     if args.webhook_config and not (args.kubeconfig or in_cluster):
         raise ClusterAccessError("--webhook-config needs the cluster: --kubeconfig or --in-cluster")
-    sources = [bool(args.usage), bool(args.prometheus), bool(args.metrics_api)]
-    if sum(sources) > 1:
-        raise ClusterAccessError("--usage, --prometheus and --metrics-api are three usage sources: give one")
+    given = [
+        f
+        for f, v in (
+            ("--usage", args.usage),
+            ("--prometheus", args.prometheus),
+            ("--metrics-api", args.metrics_api),
+        )
+        if v
+    ]
+    if len(given) > 1:
+        raise ClusterAccessError(
+            f"{', '.join(given[:-1])} and {given[-1]} are {len(given)} usage sources: give one "
+            "(--usage, --prometheus or --metrics-api)"
+        )
     if args.metrics_api and not (args.kubeconfig or in_cluster):
         raise ClusterAccessError("--metrics-api needs the cluster: --kubeconfig or --in-cluster")
     api = api_client(args.kubeconfig, in_cluster=in_cluster) if (args.kubeconfig or in_cluster) else None
@@ -308,7 +319,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     metrics.track(policy_loaded=policy_loaded, snapshot_built=lambda: view.snapshot().built_at)
     metrics.usage_workloads.set_function(lambda: len(view.snapshot().usage))
     if usage is not None:
-        metrics.track_usage(usage.age_seconds, lambda: getattr(usage, "failures", 0))
+        metrics.track_usage(
+            usage.age_seconds,
+            lambda: getattr(usage, "failures", 0),
+            usage.refused.copy if isinstance(usage, PollingUsage) else None,
+        )
     metrics.track_certificate(lambda: tls.expiry, lambda: tls.reloads)
     fleet: FleetWatch | None = None
     if live is not None:

@@ -25,9 +25,8 @@ from webhook.cluster.kubeapi import lister, request
 from webhook.cluster.live import Informer
 from webhook.core import LABEL_MODE
 from webhook.dataplane import PROXY_NAMES
-from webhook.quantity import parse_quantity
 from webhook.usage.history import UsageHistory
-from webhook.usage.samples import parse_timestamp
+from webhook.usage.samples import parse_reading, parse_timestamp
 from webhook.usage.sources import PollingUsage
 from webhook.workload import WorkloadKey, workload_key
 
@@ -129,8 +128,8 @@ class MetricsApiUsage(PollingUsage):
             pod_key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
             try:
                 t = parse_timestamp(item.get("timestamp"))
-            except ValueError:
-                self.history.dropped += 1
+            except ValueError as exc:
+                self.refuse("time", f"PodMetrics {pod_key}: {exc}")
                 continue
             seen[pod_key] = t
             if self._seen.get(pod_key) == t:
@@ -140,14 +139,14 @@ class MetricsApiUsage(PollingUsage):
                 self.unmatched += 1
                 continue
             for container in item.get("containers") or []:
-                if container.get("name") not in PROXY_NAMES:
+                if not isinstance(container, dict) or container.get("name") not in PROXY_NAMES:
                     continue
-                usage = container.get("usage") or {}
+                usage = container.get("usage") if isinstance(container.get("usage"), dict) else {}
                 try:
-                    cpu = float(parse_quantity(usage.get("cpu")))
-                    memory = float(parse_quantity(usage.get("memory")))
-                except (ValueError, TypeError, ArithmeticError):
-                    self.history.dropped += 1
+                    cpu = parse_reading(usage.get("cpu"), "cpu")
+                    memory = parse_reading(usage.get("memory"), "memory")
+                except ValueError as exc:
+                    self.refuse("value", f"PodMetrics {pod_key}: {exc}")
                     continue
                 self.history.add(key, t, cpu, memory)
         self._seen = seen
