@@ -36,6 +36,7 @@ from webhook.loading import (
     parse_document,
     parse_documents,
     read_text,
+    refuse_duplicate_keys,
     shown,
 )
 from webhook.manifests.process import DocResult, process
@@ -249,6 +250,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
             text = read_text(source)
             document = json_document(text)
             if document is not NOT_JSON:
+                refuse_duplicate_keys(text, source)
                 out = rewrite_json(text, document, change)
             else:
                 out = "".join(rewrite_yaml(parse_chunks(text, source), change))

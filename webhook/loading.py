@@ -6,6 +6,7 @@ file and, where it can, the line: the CLI prints it and exits 2; the server refu
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +66,9 @@ def read_text(source: str) -> str:
             ) from None
     path = Path(source)
     try:
-        return path.read_text(encoding="utf-8")
+        # as bytes, then decoded: reading as text would turn every CRLF into LF, and inject
+        # writes unchanged documents back byte for byte
+        return path.read_bytes().decode("utf-8")
     except IsADirectoryError:
         raise InputError(f"{source}: is a directory") from None
     except OSError as exc:
@@ -75,10 +78,48 @@ def read_text(source: str) -> str:
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> InputError:
+    refused = yamltext.refusal(exc, shown(source))
+    if refused is not None:
+        return InputError(refused)
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or "syntax error"
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     return InputError(f"{shown(source)}: not valid JSON or YAML{where}: {problem}")
+
+
+class _Twice(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) > 1:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Twice(key)
+            seen.add(key)
+
+
+def refuse_duplicate_keys(text: str, source: str) -> None:
+    """``InputError`` naming the key and its lines where a JSON object in ``text`` names a
+    key twice (orjson, like every JSON parser, silently keeps the last; the API server's
+    strict field validation refuses it). The check costs about one more parse."""
+    try:
+        json.loads(text, object_pairs_hook=_once_each)
+    except _Twice as twice:
+        try:  # JSON is YAML: its composer knows where each key was written
+            yamltext.load(text)
+        except yamltext.DuplicateKeyError as exc:
+            raise InputError(yamltext.refusal(exc, shown(source))) from None
+        except yaml.YAMLError:
+            pass
+        raise InputError(
+            f"{shown(source)}: key {twice.key!r} appears twice in one object; "
+            "the second would silently replace the first"
+        ) from None
+    except (ValueError, RecursionError):
+        pass  # what orjson read is the reading; this only looks for keys named twice
 
 
 def parse_document(text: str, source: str) -> Any:
@@ -88,10 +129,13 @@ def parse_document(text: str, source: str) -> Any:
         raise InputError(f"{shown(source)}: empty input")
     if stripped[0] in "{[":
         try:
-            return orjson.loads(text)
+            document = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             if stripped[0] == "{" and source.endswith(".json"):
                 raise InputError(f"{shown(source)}: not valid JSON: {exc}") from None
+        else:
+            refuse_duplicate_keys(text, source)
+            return document
     try:
         docs = [d for d in yamltext.load_all(text) if d is not None]
     except yaml.YAMLError as exc:

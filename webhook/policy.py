@@ -519,7 +519,7 @@ def _check(policy: Policy, flavours: Flavours) -> Policy:
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yamltext.load(text, unique_keys=True)
+        data = yamltext.load(text)
     except yaml.composer.ComposerError as exc:
         if "single document" not in str(exc):
             raise PolicyError(f"{source}: not valid YAML ({exc.problem})") from None
@@ -529,6 +529,9 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
             "merge them into one or remove the extra '---'"
         ) from None
     except yaml.YAMLError as exc:
+        refused = yamltext.refusal(exc, source)
+        if refused is not None:
+            raise PolicyError(refused) from None
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
