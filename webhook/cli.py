@@ -122,11 +122,13 @@ def cmd_review(args: argparse.Namespace) -> int:
     policy = _policy(args)
     snapshot = _snapshot(args, policy, _now(args.now))
     review = parse_document(read_text(args.file), args.file)
+    request = review.get("request") if isinstance(review, dict) else None
+    if isinstance(request, dict):
+        _check_review_object(request, args.file)  # all of the pod, where serve checks what it reads
     try:
         request = parse_review(review)
     except ReviewError as exc:
         raise CliError(f"{shown(args.file)}: {exc}") from None
-    _check_review_object(request, args.file)
     outcome = admit(request, snapshot, policy)
     views = {"response": lambda: build_response(review, outcome), "patch": lambda: outcome.patch}
     views["pod"] = lambda: outcome.pod
@@ -834,11 +836,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# flags that name files: the file system takes any bytes, so they are not text to check
+_PATH_FLAGS = frozenset(
+    {"file", "filename", "cluster", "usage", "policy", "kubeconfig"}
+    | {"tls_cert", "tls_key", "ca_bundle", "out"}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         flagtypes.resolve_environment(args)
+        flagtypes.refuse_undecodable(args, _PATH_FLAGS)
         return int(args.func(args))
     except (
         CliError,
@@ -851,6 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         PrometheusError,
         ListenError,
         flagtypes.EnvironmentValueError,
+        flagtypes.TextValueError,
     ) as exc:
         print(f"mesh-injector: error: {exc}", file=sys.stderr)
         return 2

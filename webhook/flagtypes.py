@@ -156,3 +156,26 @@ def resolve_environment(args: argparse.Namespace) -> None:
     for key, value in vars(args).items():
         if isinstance(value, _FromEnvironment):
             setattr(args, key, value.value())
+
+
+class TextValueError(ValueError):
+    """A flag's text is not UTF-8 (the shell passed bytes Python could only keep as
+    surrogates): it would break every JSON written of it further on."""
+
+
+def refuse_undecodable(args: argparse.Namespace, paths: frozenset[str]) -> None:
+    """``TextValueError`` naming the first flag (not one of the file ``paths``, which the
+    file system takes as bytes) whose text is not UTF-8."""
+    for dest, value in vars(args).items():
+        if dest in paths:
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    bad = ord(text[exc.start])
+                    byte = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+                    raise TextValueError(
+                        f"--{dest.replace('_', '-')}: not UTF-8 text ({byte} at offset {exc.start})"
+                    ) from None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -136,14 +137,7 @@ def _walk(
     actual = _type_of(value)
     allowed: list[str] = spec["type"]
     if not _fits(actual, allowed):
-        shown = (
-            f"{actual} ({json.dumps(value, default=str)})"
-            if actual in ("string", "integer", "number", "boolean")
-            else actual
-        )
-        if len(shown) > 80:
-            shown = shown[:77] + "...)"
-        errors.append(f"{path or '.'}: expected {_expected(allowed)}, got {_article(shown)}")
+        errors.append(f"{path or '.'}: expected {_expected(allowed)}, got {_article(_shown(actual, value))}")
         return
     if actual == "object":
         properties = spec.get("properties")
@@ -169,6 +163,134 @@ def _walk(
     elif actual == "array" and "items" in spec:
         for i, item in enumerate(value):
             _walk(item, spec["items"], f"{path}[{i}]", errors, warnings, definitions)
+
+
+# --- a part of the schema, for the paths a reader reads ---------------------------------
+
+
+def subset(definition: str, paths: Iterable[str]) -> dict[str, Any]:
+    """The part of ``definition``'s schema that ``paths`` reach: each a dotted path of
+    fields, ``[]`` for an array's items and ``{}`` for a map's values
+    (``spec.containers[].ports[].containerPort``, ``metadata.labels{}``). The types are
+    the Kubernetes API's; what ``paths`` do not name is not part of it."""
+    definitions = _schema()["definitions"]
+
+    def resolved(spec: dict[str, Any]) -> dict[str, Any]:
+        return definitions[spec["ref"]] if "ref" in spec else spec
+
+    root: dict[str, Any] = {"type": resolved({"ref": definition})["type"]}
+    for path in paths:
+        schema, node = resolved({"ref": definition}), root
+        for step in _steps(path):
+            if step in ("[]", "{}"):
+                key = "items" if step == "[]" else "values"
+                schema = resolved(schema[key])
+                node = node.setdefault(key, {"type": schema["type"]})
+            else:
+                schema = resolved(schema["properties"][step])
+                node = node.setdefault("properties", {}).setdefault(step, {"type": schema["type"]})
+    return root
+
+
+def _steps(path: str) -> list[str]:
+    steps: list[str] = []
+    for part in path.split("."):
+        name = part.replace("[]", "").replace("{}", "")
+        if name:
+            steps.append(name)
+        steps += [part[i : i + 2] for i in range(len(name), len(part), 2)]
+    return steps
+
+
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+
+
+# A part of the schema compiled for ``first_wrong_type`` (a tuple: it is read on every
+# review ``serve`` answers): the Python types a value may have (``None`` always: null is
+# read as absent), its JSON types, the parts of an object's fields (or None), the part of a
+# map's values or of an array's items (or None), and whether those entries are scalars
+# (then checked by their types at once).
+Part = tuple[frozenset[type], tuple[str, ...], "dict[str, Part] | None", "Part | None", bool, bool]
+
+
+def compiled(spec: dict[str, Any]) -> Part:
+    """``spec`` (from ``subset``) as ``first_wrong_type`` walks it: types checked by
+    identity (a JSON value decoded by orjson or json is of exactly these types; a bool is
+    not taken for an integer), paths written only for a finding."""
+    types = frozenset({type(None), *(t for name in spec["type"] for t in _PYTHON_TYPES[name])})
+    fields = {k: compiled(v) for k, v in spec["properties"].items()} if "properties" in spec else None
+    entries = spec.get("values") or spec.get("items")
+    inner = compiled(entries) if entries is not None else None
+    leaf = inner is not None and inner[2] is None and inner[3] is None
+    return types, tuple(spec["type"]), fields, inner, "values" in spec, leaf
+
+
+def first_wrong_type(value: Any, part: Part, path: str) -> str | None:
+    """Where ``value`` has a type ``part`` (``compiled(subset(...))``) does not allow, as
+    a finding (``request.object.spec.containers[0].ports: expected an array, got a string
+    ("80")``); None when it has none. ``null`` is taken as absent, as the API server
+    decodes it."""
+    wrong = _wrong(value, part)
+    if wrong is None:
+        return None
+    found, where, allowed = wrong
+    got = _article(_shown(_type_of(found), found))
+    return f"{path}{''.join(reversed(where))}: expected {_expected(list(allowed))}, got {got}"
+
+
+def _wrong(value: Any, part: Part) -> tuple[Any, list[str], tuple[str, ...]] | None:
+    """(the value of the wrong type, where it is from ``value`` down, in reverse, and the
+    types allowed there), or None. Only the fields a value has are visited, scalars are
+    checked in their parent's loop, and the entries of a map or array of scalars are typed
+    at once."""
+    types, allowed, fields, inner, is_map, leaf = part
+    if type(value) not in types:
+        return value, [], allowed
+    if value is None:
+        return None
+    if fields is not None:
+        for key, found in value.items():
+            sub = fields.get(key)
+            if sub is None:
+                continue
+            if sub[2] is None and sub[3] is None:  # a scalar
+                if type(found) in sub[0]:
+                    continue
+                wrong: tuple[Any, list[str], tuple[str, ...]] | None = (found, [], sub[1])
+            else:
+                wrong = _wrong(found, sub)
+                if wrong is None:
+                    continue
+            wrong[1].append(f".{key}")
+            return wrong
+        return None
+    if inner is None:
+        return None
+    if leaf and set(map(type, value.values() if is_map else value)) <= inner[0]:
+        return None
+    for at, found in value.items() if is_map else enumerate(value):
+        wrong = _wrong(found, inner)
+        if wrong is not None:
+            wrong[1].append(f".{at}" if is_map else f"[{at}]")
+            return wrong
+    return None
+
+
+def _shown(actual: str, value: Any) -> str:
+    shown = (
+        f"{actual} ({json.dumps(value, default=str)})"
+        if actual in ("string", "integer", "number", "boolean")
+        else actual
+    )
+    return shown[:77] + "...)" if len(shown) > 80 else shown
 
 
 def _article(shown: str) -> str:

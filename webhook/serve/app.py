@@ -269,7 +269,8 @@ class AdmissionEndpoint:
         state = self.state
         ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise RequestRefused(415, f"content type {ctype or 'none'!r} is not application/json")
+            said = f"content type {ctype!r} is" if ctype else "a request without a Content-Type header is"
+            raise RequestRefused(415, f"{said} not application/json")
         body, held = await read_limited(scope, receive, state.max_body, state.read_timeout, state.budget)
         try:
             review = orjson.loads(body)
