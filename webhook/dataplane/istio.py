@@ -626,7 +626,7 @@ def app_probes(pod: Mapping[str, Any], s: IstioSettings) -> tuple[str | None, di
                 continue
             named = {
                 p["name"]: p["containerPort"]
-                for p in c.get("ports") or []
+                for p in (c.get("ports") if isinstance(c.get("ports"), list) else ())
                 if isinstance(p, dict) and isinstance(p.get("name"), str) and "containerPort" in p
             }
             for field, suffix in _PROBES:

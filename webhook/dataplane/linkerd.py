@@ -289,7 +289,8 @@ def _inbound_ports(pod: Mapping[str, Any]) -> str:
     containers = (pod.get("spec") or {}).get("containers")
     for c in containers if isinstance(containers, list) else ():
         for probe in ("readinessProbe", "livenessProbe"):
-            action = (c.get(probe) or {}).get("httpGet") if isinstance(c, dict) else None
+            handler = c.get(probe) if isinstance(c, dict) else None
+            action = handler.get("httpGet") if isinstance(handler, dict) else None
             port = action.get("port") if isinstance(action, dict) else None
             if type(port) is int:
                 ports.add(port)

@@ -135,9 +135,9 @@ def _requirements(exprs: object) -> tuple[Requirement, ...] | None:
 
 def _terms(spec: Mapping[str, Any]) -> list[Term] | None:
     """The required affinity's terms; None when the pod has no required node affinity."""
-    affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    )
+    affinity: Any = spec
+    for key in ("affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution"):
+        affinity = affinity.get(key) if isinstance(affinity, dict) else None
     if not isinstance(affinity, dict):
         return None
     terms = []
