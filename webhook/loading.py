@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from webhook.cluster.snapshot import (
     ClusterSnapshot,
     SnapshotError,
     build_snapshot,
+    flatten_items,
+    namespace_from_object,
     redirector_selector,
     snapshot_from_objects,
     with_kernel,
@@ -256,3 +258,57 @@ def _infer_server_version(snapshot: ClusterSnapshot) -> ClusterSnapshot:
         server_version=newest,
         source=f"{snapshot.source}; server version {newest} inferred from the newest kubelet",
     )
+
+
+def bundle_namespaces(
+    texts: Iterable[tuple[str, str]],
+) -> dict[str, tuple[str, dict[str, str], dict[str, str]]]:
+    """The Namespaces manifests define themselves, as (source, text) pairs: name -> (where,
+    labels, annotations). A file that cannot be read here is left to the caller's own
+    reading, which reports it; a text without the word is not parsed at all."""
+    found: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {}
+    for source, text in texts:
+        if "Namespace" not in text:
+            continue
+        try:
+            objects = flatten_items(parse_documents(text, source))
+        except (InputError, SnapshotError):
+            continue
+        for obj in objects:
+            if obj.get("kind") == "Namespace" and obj.get("apiVersion") == "v1":
+                name, (labels, annotations) = namespace_from_object(obj)
+                if name:
+                    found[name] = (shown(source), labels, annotations)
+    return found
+
+
+def with_bundle_namespaces(
+    snapshot: ClusterSnapshot, found: dict[str, tuple[str, dict[str, str], dict[str, str]]]
+) -> tuple[ClusterSnapshot, list[str]]:
+    """``snapshot`` with the Namespaces of the manifests over its own, as they will be on the
+    cluster once applied together; a note for each that says otherwise than the cluster's."""
+    if not found:
+        return snapshot, []
+    notes = []
+    for name, (where, labels, notes_on_it) in sorted(found.items()):
+        known = snapshot.namespaces.get(name)
+        if known is not None and (
+            dict(known) != labels or dict(snapshot.namespace_annotations.get(name, {})) != notes_on_it
+        ):
+            notes.append(
+                f"Namespace {name} from {where} is used over the one in {snapshot.source.split(';')[0]} "
+                "(their labels or annotations differ)"
+            )
+    labelled = {**snapshot.namespaces, **{n: labels for n, (_, labels, _) in found.items()}}
+    annotated = {n: a for n, a in snapshot.namespace_annotations.items() if n not in found}
+    annotated |= {n: a for n, (_, _, a) in found.items() if a}
+    return snapshot.derive(namespaces=labelled, namespace_annotations=annotated), notes
+
+
+def has_documents(text: str) -> bool:
+    """Whether ``text`` holds anything but blank lines, comments and document markers."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and stripped not in ("---", "..."):
+            return True
+    return False
