@@ -161,8 +161,11 @@ def _mutated(draw: st.DrawFn) -> dict[str, Any]:
 @given(_mutated())
 def test_findings_agree_with_the_kubernetes_json_schema(doc: dict[str, Any]) -> None:
     """Errors exactly where the schema without strictness refuses the document; errors or
-    warnings exactly where the strict schema (no unknown fields) refuses it."""
+    warnings exactly where the strict schema (no unknown fields) refuses it. (The JSON
+    schema does not check a quantity's text; the API server does, and so do we: that is
+    compared with the real API server in tests/test_quantities.py.)"""
     found = schema.check(doc, "io.k8s.api.apps.v1.Deployment")
+    found = schema.Findings(tuple(e for e in found.errors if "expected a quantity" not in e), found.warnings)
 
     def refused(strict: bool) -> bool:
         try:

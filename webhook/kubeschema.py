@@ -33,6 +33,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from webhook import quantity
+
 # the kinds whose pod template admission reads: (apiVersion, kind) -> definition name
 _ROOTS = (
     "io.k8s.api.core.v1.Pod",
@@ -45,6 +47,7 @@ _ROOTS = (
     "io.k8s.api.batch.v1.CronJob",
 )
 TEMPLATE = "io.k8s.api.core.v1.PodTemplateSpec"
+QUANTITY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
 MAX_FINDINGS = 20  # per document: enough to fix a file, not a screenful per typo
 
 _JSON_TYPES = {
@@ -138,6 +141,10 @@ def _walk(
     allowed: list[str] = spec["type"]
     if not _fits(actual, allowed):
         errors.append(f"{path or '.'}: expected {_expected(allowed)}, got {_article(_shown(actual, value))}")
+        return
+    if spec.get("format") == "quantity" and not quantity.decodes(value):
+        got = _article(_shown(actual, value))
+        errors.append(f"{path}: expected a quantity such as 250m or 1Gi, got {got}")
         return
     if actual == "object":
         properties = spec.get("properties")
@@ -311,7 +318,10 @@ def _compact(prop: dict[str, Any], defs: dict[str, Any], todo: list[str]) -> dic
         if "properties" in target:
             todo.append(name)
             return {"ref": name}
-        return _compact(target, defs, todo)  # Time, FieldsV1, Quantity, IntOrString: a leaf
+        leaf = _compact(target, defs, todo)  # Time, FieldsV1, Quantity, IntOrString: a leaf
+        if name == QUANTITY:
+            leaf["format"] = "quantity"  # its text is checked too: the JSON schema does not
+        return leaf
     if "oneOf" in prop:
         # a value fits exactly one choice: null, allowed by both of IntOrString's, fits none
         choices = [_types(choice.get("type")) for choice in prop["oneOf"]]
