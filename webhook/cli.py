@@ -675,17 +675,8 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster state for the dry run")
-    g.add_argument(
-        "--cluster",
-        metavar="FILE",
-        help="output of: kubectl get nodes,namespaces,services -A -o yaml (with Linkerd, add the "
-        "ConfigMap: kubectl get configmap -n linkerd linkerd-identity-trust-roots -o yaml)",
-    )
-    g.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        help="read nodes, namespaces, Services and Linkerd's trust roots from a cluster, once",
-    )
+    g.add_argument("--cluster", metavar="FILE", help=flagtypes.CLUSTER_HELP)
+    g.add_argument("--kubeconfig", metavar="FILE", help=f"{flagtypes.KUBECONFIG_HELP}, once")
     g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
     g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
     g.add_argument(
@@ -740,7 +731,10 @@ class _Formatter(argparse.HelpFormatter):
             "%(default)" not in text
             and "default" not in text
             and action.option_strings
-            and default not in (None, False, True, argparse.SUPPRESS, [])
+            and default is not None
+            and not isinstance(default, bool)  # a switch; and 1 == True must not hide a count's 1
+            and default is not argparse.SUPPRESS
+            and default != []
         ):
             text += " (default: %(default)s)"
         return text

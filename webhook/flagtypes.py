@@ -14,6 +14,19 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+# What a cluster file holds: what the README's snapshot commands ("Dry-run on a laptop")
+# collect, and what --kubeconfig and serve read from a live cluster.
+CLUSTER_HELP = (
+    "the cluster as kubectl prints it: kubectl get nodes,namespaces,services,runtimeclasses -A -o yaml, "
+    "then appended: the mesh control plane's ConfigMaps (Linkerd: linkerd-config and "
+    "linkerd-identity-trust-roots in linkerd; Istio: istio-sidecar-injector and istio in istio-system) "
+    "and Merbridge's pods (kubectl get pods -n linkerd|istio-system -l app=merbridge -o yaml)"
+)
+KUBECONFIG_HELP = (
+    "read from this cluster what a --cluster file holds: Nodes, Namespaces, Services, RuntimeClasses, "
+    "the mesh control plane's ConfigMaps and Merbridge's pods"
+)
+
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 

@@ -9,7 +9,8 @@ outcome is compared with what the pod carries:
   webhook was down, or skipped then for a reason that no longer holds);
 - **stale**: it carries our proxy and admission would now give it a different one, or none;
   the fields that differ are named (flavour, proxy image, mode, placement, resources
-  beyond a tolerance, RuntimeClass, init container images);
+  beyond a tolerance, RuntimeClass, init container images), also where the injection was
+  edited since (its proxy's image changed by hand: compared with a fresh injection);
 - **other-mesh**: another mesh owns it;
 - **out-of-scope**: not meshed, and admission would not mesh it now (the reason says why).
 
@@ -27,7 +28,7 @@ from typing import Any
 
 from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.core import ANN_SKIP
+from webhook.core import ANN_SKIP, ANN_STATUS
 from webhook.dataplane import FLAVOURS
 from webhook.patch.inject import read_status
 from webhook.policy import Policy
@@ -56,7 +57,7 @@ _OTHER_MESH_SKIPS = frozenset({Skip.OTHER_MESH, Skip.OTHER_MESH_OPT_OUT})
 class Change:
     """One field of the injection that admission would set differently now."""
 
-    field: str  # a slug: flavour, proxy-image, mode, placement, resources, runtime-class, init-image, meshed
+    field: str  # a slug: flavour, proxy-image, mode, placement, resources, runtime-class, init-image, meshed, proxy
     has: str
     wants: str
 
@@ -232,6 +233,37 @@ def changes(live: Mapping[str, Any], wanted: Mapping[str, Any], tolerance: float
     return out
 
 
+def _edited_injection(
+    pod: Mapping[str, Any], snapshot: ClusterSnapshot, policy: Policy, tolerance: float
+) -> list[Change]:
+    """What differs from a fresh injection, for a pod whose injection was edited since (its
+    proxy's image, say): admission leaves such a pod alone (``proxy-already-present``), so it
+    is decided again without what the status lists as ours. Empty when that is not meshed."""
+    status = read_status(pod) or {}
+    meta = dict(_meta(pod))
+    added = {k: set(status.get(k) or ()) for k in ("containers", "initContainers", "volumes")}
+    spec = dict(pod.get("spec") or {})
+    for key, names in added.items():
+        if isinstance(spec.get(key), list):
+            spec[key] = [c for c in spec[key] if not (isinstance(c, dict) and c.get("name") in names)]
+    for key in ("annotations", "labels"):
+        listed = set(status.get(key) or ()) | ({ANN_STATUS} if key == "annotations" else set())
+        if isinstance(meta.get(key), dict):
+            meta[key] = {k: v for k, v in meta[key].items() if k not in listed}
+    request = {
+        "uid": "audit",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "operation": "CREATE",
+        "namespace": str(meta.get("namespace") or "default"),
+        "object": {**pod, "metadata": meta, "spec": spec},
+    }
+    fresh = admit(request, snapshot, policy)
+    if not fresh.injected or fresh.pod is None:
+        return []
+    found = changes(pod, fresh.pod, tolerance)
+    return found or [Change("proxy", "changed since it was injected", "as admission adds it")]
+
+
 def audit_pod(
     pod: Mapping[str, Any], snapshot: ClusterSnapshot, policy: Policy, *, tolerance: float = DEFAULT_TOLERANCE
 ) -> PodAudit:
@@ -253,6 +285,13 @@ def audit_pod(
         text = skip.text if skip is not None else "not meshed"
         if skip in _OTHER_MESH_SKIPS:
             return PodAudit(namespace, name, key, State.OTHER_MESH, skip.value if skip else "", text)
+        if ours and skip is Skip.PROXY_PRESENT:
+            edited = _edited_injection(pod, snapshot, policy, tolerance)
+            if edited:  # admission does not take back what was changed since: say what changed
+                return PodAudit(
+                    namespace, name, key, State.STALE, edited[0].field, "; ".join(c.text() for c in edited),
+                    tuple(edited),
+                )  # fmt: skip
         if ours:
             change = Change("meshed", "yes", f"no ({skip.value if skip else 'skipped'})")
             return PodAudit(

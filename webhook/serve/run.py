@@ -162,6 +162,15 @@ def build_server(
     return uvicorn.Server(config)
 
 
+def where(host: str, port: int) -> str:
+    """An address the server listens on, as a person reads it: a wildcard address says that
+    every interface of the machine is reachable (the quick start binds 127.0.0.1)."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+    if host in ("0.0.0.0", "::", ""):
+        return f"{shown} (every {'IPv4 ' if host == '0.0.0.0' else ''}address of this machine)"
+    return shown
+
+
 def listen(host: str, port: int, what: str) -> socket.socket:
     """A bound socket for ``what``, taken before anything else starts, so a port in use is
     one line and exit 2 rather than a traceback after threads and certificates exist."""
@@ -371,8 +380,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if fleet is not None:
         fleet.start()
     log.info(
-        f"serving https://{args.host}:{args.port}/mutate, metrics on http://{args.metrics_host}:{args.metrics_port}"
-        f"/metrics; cluster: {source}"
+        f"listening on {where(args.host, args.port)} for the webhook (https: POST /mutate, GET /healthz, "
+        f"/readyz) and on {where(args.metrics_host, args.metrics_port)} for GET /metrics (http); "
+        f"cluster: {source}"
     )
     # uvicorn handles SIGTERM/SIGINT while serving, then restores the previous handlers and
     # re-raises the signal; with these no-op handlers in place, run() returns and the
@@ -391,7 +401,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.run(sockets=[https_socket])
     finally:
         log.info(
-            f"stopping after {time.monotonic() - started:.0f}s: requests in flight finished, watches closed"
+            f"stopped after serving for {time.monotonic() - started:.0f}s: requests in flight finished, "
+            "watches closed"
         )
         tls.stop()
         trimmer.stop()
