@@ -25,9 +25,10 @@ Manifests of an API version the schema does not have (``extensions/v1beta1``, Op
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -220,75 +221,74 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-# A part of the schema compiled for ``first_wrong_type`` (a tuple: it is read on every
-# review ``serve`` answers): the Python types a value may have (``None`` always: null is
-# read as absent), its JSON types, the parts of an object's fields (or None), the part of a
-# map's values or of an array's items (or None), and whether those entries are scalars
-# (then checked by their types at once).
-Part = tuple[frozenset[type], tuple[str, ...], "dict[str, Part] | None", "Part | None", bool, bool]
+# A part of the schema compiled for ``first_wrong_type``: a function of a value that returns
+# (the value of a wrong type, where it is below the value, the JSON types allowed there), or
+# None. It is written as Python source from the part (one ``if`` per field, one loop per
+# list or map, no call per object), since it runs on every review ``serve`` answers: walking
+# the part as data cost four times as much.
+Checker = Callable[[Any], "tuple[Any, str, tuple[str, ...]] | None"]
 
 
-def compiled(spec: dict[str, Any]) -> Part:
-    """``spec`` (from ``subset``) as ``first_wrong_type`` walks it: types checked by
-    identity (a JSON value decoded by orjson or json is of exactly these types; a bool is
-    not taken for an integer), paths written only for a finding."""
-    types = frozenset({type(None), *(t for name in spec["type"] for t in _PYTHON_TYPES[name])})
-    fields = {k: compiled(v) for k, v in spec["properties"].items()} if "properties" in spec else None
-    entries = spec.get("values") or spec.get("items")
-    inner = compiled(entries) if entries is not None else None
-    leaf = inner is not None and inner[2] is None and inner[3] is None
-    return types, tuple(spec["type"]), fields, inner, "values" in spec, leaf
+def compiled(spec: dict[str, Any]) -> Checker:
+    """A checker of ``spec`` (from ``subset``). Types are compared by identity (a JSON value
+    decoded by orjson or json is of exactly these types; a bool is not an integer); null
+    is read as absent, as the API server decodes it."""
+    lines: list[str] = ["def check(v0):"]
+    consts: dict[str, Any] = {}
+    names = itertools.count(1)
+
+    def types_of(part: dict[str, Any]) -> str:
+        n = next(names)
+        consts[f"T{n}"] = frozenset({type(None), *(t for name in part["type"] for t in _PYTHON_TYPES[name])})
+        consts[f"A{n}"] = tuple(part["type"])
+        return str(n)
+
+    def fail(var: str, n: str, where: str) -> str:
+        return f"return {var}, f{where!r}, A{n}"
+
+    def emit(var: str, part: dict[str, Any], where: str, pad: str) -> None:
+        n = types_of(part)
+        lines.append(f"{pad}if type({var}) not in T{n}: {fail(var, n, where)}")
+        fields, inner = part.get("properties") or {}, part.get("values") or part.get("items")
+        if not fields and inner is None:
+            return
+        lines.append(f"{pad}if {var} is not None:")
+        pad += "    "
+        for key, sub in fields.items():
+            v = f"v{next(names)}"
+            lines.append(f"{pad}{v} = {var}.get({key!r})")
+            lines.append(f"{pad}if {v} is not None:")
+            emit(v, sub, f"{where}.{key}", pad + "    ")
+        if inner is None:
+            return
+        i, v = f"i{next(names)}", f"v{next(names)}"
+        if "properties" not in inner and "values" not in inner and "items" not in inner:
+            m = types_of(inner)  # entries are scalars: typed at once, searched only when wrong
+            entries = f"{var}.values()" if "values" in part else var
+            lines.append(f"{pad}if not set(map(type, {entries})) <= T{m}:")
+            pad += "    "
+        pairs = f"{var}.items()" if "values" in part else f"enumerate({var})"
+        lines.append(f"{pad}for {i}, {v} in {pairs}:")
+        emit(v, inner, where + (f".{{{i}}}" if "values" in part else f"[{{{i}}}]"), pad + "    ")
+
+    emit("v0", spec, "", "    ")
+    lines.append("    return None")
+    namespace: dict[str, Any] = dict(consts)
+    exec(compile("\n".join(lines), "<kubeschema checker>", "exec"), namespace)
+    checker: Checker = namespace["check"]
+    return checker
 
 
-def first_wrong_type(value: Any, part: Part, path: str) -> str | None:
-    """Where ``value`` has a type ``part`` (``compiled(subset(...))``) does not allow, as
-    a finding (``request.object.spec.containers[0].ports: expected an array, got a string
-    ("80")``); None when it has none. ``null`` is taken as absent, as the API server
-    decodes it."""
-    wrong = _wrong(value, part)
+def first_wrong_type(value: Any, checker: Checker, path: str) -> str | None:
+    """Where ``value`` has a type the part ``checker`` was compiled from does not allow,
+    as a finding (``request.object.spec.containers[0].ports: expected an array, got a string
+    ("80")``); None when it has none."""
+    wrong = checker(value)
     if wrong is None:
         return None
     found, where, allowed = wrong
     got = _article(_shown(_type_of(found), found))
-    return f"{path}{''.join(reversed(where))}: expected {_expected(list(allowed))}, got {got}"
-
-
-def _wrong(value: Any, part: Part) -> tuple[Any, list[str], tuple[str, ...]] | None:
-    """(the value of the wrong type, where it is from ``value`` down, in reverse, and the
-    types allowed there), or None. Only the fields a value has are visited, scalars are
-    checked in their parent's loop, and the entries of a map or array of scalars are typed
-    at once."""
-    types, allowed, fields, inner, is_map, leaf = part
-    if type(value) not in types:
-        return value, [], allowed
-    if value is None:
-        return None
-    if fields is not None:
-        for key, found in value.items():
-            sub = fields.get(key)
-            if sub is None:
-                continue
-            if sub[2] is None and sub[3] is None:  # a scalar
-                if type(found) in sub[0]:
-                    continue
-                wrong: tuple[Any, list[str], tuple[str, ...]] | None = (found, [], sub[1])
-            else:
-                wrong = _wrong(found, sub)
-                if wrong is None:
-                    continue
-            wrong[1].append(f".{key}")
-            return wrong
-        return None
-    if inner is None:
-        return None
-    if leaf and set(map(type, value.values() if is_map else value)) <= inner[0]:
-        return None
-    for at, found in value.items() if is_map else enumerate(value):
-        wrong = _wrong(found, inner)
-        if wrong is not None:
-            wrong[1].append(f".{at}" if is_map else f"[{at}]")
-            return wrong
-    return None
+    return f"{path}{where}: expected {_expected(list(allowed))}, got {got}"
 
 
 def _shown(actual: str, value: Any) -> str:

@@ -69,8 +69,6 @@ _CONTAINER = (
     "ports[].containerPort",
     "ports[].hostPort",
     "ports[].protocol",
-    "env[].name",
-    "env[].value",
     "resources.requests{}",
     "resources.limits{}",
     *(
@@ -116,7 +114,7 @@ POD_READS = (
 
 
 @cache
-def _pod_reads() -> schema.Part:
+def _pod_reads() -> schema.Checker:
     return schema.compiled(schema.subset("io.k8s.api.core.v1.Pod", POD_READS))
 
 
