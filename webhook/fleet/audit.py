@@ -57,7 +57,9 @@ _OTHER_MESH_SKIPS = frozenset({Skip.OTHER_MESH, Skip.OTHER_MESH_OPT_OUT})
 class Change:
     """One field of the injection that admission would set differently now."""
 
-    field: str  # a slug: flavour, proxy-image, mode, placement, resources, runtime-class, init-image, meshed, proxy
+    # a slug: flavour, proxy-image, mode, placement, resources, runtime-class, init-image,
+    # meshed, proxy (edited since it was injected)
+    field: str
     has: str
     wants: str
 
