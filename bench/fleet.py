@@ -84,8 +84,10 @@ def stored_pods(n: int) -> list[dict]:
         meta["labels"] = {**meta.get("labels", {}), "app": deploy, "pod-template-hash": "7d9c8b6f5"}
         meta["managedFields"] = managed
         pod["spec"]["nodeName"] = ("ip-10-0-1-11", "ip-10-0-2-12")[i % 2]
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_767_225_600 + 7 * i))  # 2026-01-01 on
         pod["status"] = {
             "phase": "Running",
+            "startTime": started,
             "podIP": f"10.1.{i // 250}.{i % 250}",
             "conditions": [
                 {"type": t, "status": "True"}
@@ -99,7 +101,7 @@ def stored_pods(n: int) -> list[dict]:
                     "image": c["image"],
                     "imageID": "sha256:" + "0" * 64,
                     "containerID": "containerd://" + "1" * 64,
-                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                    "state": {"running": {"startedAt": started}},
                 }
                 for c in pod["spec"]["containers"]
             ],

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.servers import Certs, make_certs
+
+# Generated tests judge what is generated, never how fast: no per-example deadline and no
+# "too slow" health check, which a machine loaded by other runs would trip at random.
+settings.register_profile("unhurried", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("unhurried")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
 """A local HTTP server that speaks the Kubernetes list/watch wire format, for the faults a
-real API server cannot be made to show on demand: dropped watches, 410 Gone, outages.
+real API server cannot be made to show on demand: dropped watches, 410 Gone, outages, lists
+that fail, an API server without node.k8s.io; and for metrics.k8s.io PodMetrics, which the
+real test API server (no aggregation layer) cannot serve. It takes no writes: everything
+else is tested against a real API server (tests/apiserver.py).
 
 Lists are JSON with ``metadata.resourceVersion`` (paged with ``limit``/``continue``);
 watches are chunked streams of ``ADDED``/``MODIFIED``/``DELETED``/``BOOKMARK``/``ERROR``
@@ -84,10 +87,6 @@ class FakeAPIServer:
         self.cond = threading.Condition()
         self.port = port
         self.httpd: ThreadingHTTPServer | None = None
-        # Single objects by path (Secrets, the MutatingWebhookConfiguration), for writes.
-        self.store: dict[str, dict[str, Any]] = {}
-        self.patch_calls = 0
-        self.lock = threading.Lock()
         # metrics.k8s.io PodMetrics, as metrics-server serves them (set by the tests)
         self.pod_metrics: list[dict[str, Any]] = []
         self.metrics_calls = 0
@@ -155,65 +154,8 @@ class FakeAPIServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _body(self) -> Any:
-                length = int(self.headers.get("Content-Length") or 0)
-                return json.loads(self.rfile.read(length) or b"null")
-
-            def _stored(self) -> tuple[str, dict[str, Any] | None]:
-                path = urlparse(self.path).path
-                return path, server.store.get(path)
-
-            def do_POST(self) -> None:
-                path = urlparse(self.path).path
-                obj = self._body()
-                key = f"{path}/{obj['metadata']['name']}"
-                with server.lock:
-                    if key in server.store:
-                        return self._json(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
-                    server.rv += 1
-                    obj["metadata"]["resourceVersion"] = str(server.rv)
-                    server.store[key] = obj
-                self._json(201, obj)
-
-            def do_PUT(self) -> None:
-                path, current = self._stored()
-                if current is None:
-                    return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                obj = self._body()
-                with server.lock:
-                    server.rv += 1
-                    obj["metadata"]["resourceVersion"] = str(server.rv)
-                    server.store[path] = obj
-                self._json(200, obj)
-
-            def do_PATCH(self) -> None:
-                import jsonpatch
-
-                path, current = self._stored()
-                if current is None:
-                    return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                if "json-patch" not in self.headers.get("Content-Type", ""):
-                    return self._json(415, {"kind": "Status", "code": 415, "reason": "UnsupportedMediaType"})
-                ops = self._body()
-                with server.lock:
-                    server.patch_calls += 1
-                    try:
-                        patched = jsonpatch.apply_patch(server.store[path], ops)
-                    except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
-                        return self._json(
-                            422, {"kind": "Status", "code": 422, "reason": "Invalid", "message": str(exc)}
-                        )
-                    server.rv += 1
-                    patched["metadata"]["resourceVersion"] = str(server.rv)
-                    server.store[path] = patched
-                self._json(200, patched)
-
             def do_GET(self) -> None:
                 url = urlparse(self.path)
-                if url.path in server.store:
-                    return self._json(200, server.store[url.path])
-                if "/secrets/" in url.path or "/mutatingwebhookconfigurations/" in url.path:
-                    return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 if url.path in ("/version", "/version/"):
                     minor = server.version.split(".")[1]

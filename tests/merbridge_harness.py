@@ -23,6 +23,7 @@ import re
 import shutil
 import struct
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,14 @@ ATTACH = {
 }
 MARK_PORT = 39807  # SOCK_IP_MARK_PORT
 MAX_ITEMS = 20  # MaxItemLen
+MESH_H = SOURCE / "headers" / "mesh.h"
+
+
+def mesh_constants(mode: str) -> dict[str, int]:
+    """SIDECAR_USER_ID, OUT_REDIRECT_PORT and IN_REDIRECT_PORT Merbridge compiles for ``mode``."""
+    text = MESH_H.read_text()
+    block = text.split(f"MESH == {mode.upper()}", 1)[1].split("#elif", 1)[0]
+    return {k: int(v) for k, v in re.findall(r"#define (\w+) (\d+)", block)}
 
 
 def missing_tools() -> list[str]:
@@ -110,22 +119,31 @@ class Programs:
         return _sh("make", "-s", *(["-n"] if dry else []), "-C", str(self.build_dir), *targets, *flags)
 
     def build(self) -> None:
+        """Compile into a directory of this run's own, then move it into the cache in one
+        rename: a run building at the same time never sees (or removes) a half-built tree."""
         if (self.build_dir / "mb_connect.o").exists():
             return
-        tmp = self.build_dir.with_name(self.build_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(SOURCE, tmp)
-        for path in tmp.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        maps = tmp / "headers" / "maps.h"
-        maps.write_text(btf_maps(maps.read_text()))
-        self.build_dir = tmp
+        self.build_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.build_dir.name}-", dir=self.build_dir.parent))
+        final, work = self.build_dir, tmp / "src"
         try:
-            self._make("compile")
+            shutil.copytree(SOURCE, work)
+            for path in work.rglob("*"):
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            maps = work / "headers" / "maps.h"
+            maps.write_text(btf_maps(maps.read_text()))
+            self.build_dir = work
+            try:
+                self._make("compile")
+            finally:
+                self.build_dir = final
+            try:
+                work.rename(final)
+            except OSError:  # another run finished first: its build is the same
+                if not (final / "mb_connect.o").exists():
+                    raise
         finally:
-            self.build_dir = tmp.with_name(tmp.name.removesuffix(".tmp"))
-        shutil.rmtree(self.build_dir, ignore_errors=True)
-        tmp.rename(self.build_dir)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def load(self) -> None:
         """Pin the programs and maps with the bpftool lines of the Makefile's load targets."""

@@ -8,6 +8,11 @@ Roles:
   answering with its port and the SO_ORIGINAL_DST it sees; runs until killed.
 - ``caller``: the pod under test: the network validator (if any), then the proxy, then the
   app's plain connects and the proxy's own connects to the target pod.
+- ``play``: a pod's containers in the order the kubelet starts them (``steps``): the rules of
+  an init container run as it runs them, the network validator, the proxy (where it starts:
+  a native sidecar among the init containers, else after them), and the connects of the
+  pod's own init containers, each as its uid. Without ``marked`` (Merbridge's CNI plugin
+  does not take the pod) no mark listener is opened.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import secrets
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -25,9 +31,11 @@ from typing import Any
 from podnet import as_uid, fetch, original_dst
 
 
-def setup(plan: dict[str, Any]) -> socket.socket:
+def setup(plan: dict[str, Any]) -> socket.socket | None:
     with open(os.path.join(plan["cgroup"], "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
+    if not plan.get("marked", True):
+        return None
     mark = socket.socket()
     mark.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("I", plan["mark"]))
     mark.bind(("0.0.0.0", 39807))
@@ -117,8 +125,56 @@ def target(plan: dict[str, Any]) -> None:
     mark = setup(plan)  # kept open for the pod's life, as the CNI server keeps it
     servers = [serve("0.0.0.0", port, tag) for tag, port in plan["servers"].items()]
     print(json.dumps({"ready": len(servers)}), flush=True)
-    while mark.fileno() >= 0:
+    while mark is None or mark.fileno() >= 0:
         time.sleep(3600)
+
+
+def start_proxy(p: dict[str, Any]) -> int:
+    """The stand-in proxy in a child running as its uid, listening when this returns."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setgid(p["uid"])
+        os.setuid(p["uid"])
+        proxy(p["bind"], p["port"], w)
+        os._exit(0)
+    os.read(r, 1)
+    return pid
+
+
+def reach(host: str, port: int) -> Any:
+    """A plain connect, as an init container's ``nc`` would make it: what answered, or why not."""
+    try:
+        return fetch(host, port)
+    except OSError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def play(plan: dict[str, Any]) -> None:
+    mark = setup(plan)
+    result: dict[str, Any] = {}
+    proxies: list[int] = []
+    try:
+        for step in plan["steps"]:
+            name, do = step["name"], step["do"]
+            if do == "rules":
+                env = {**os.environ, **step["env"]}
+                done = subprocess.run(step["command"], env=env, capture_output=True, text=True, timeout=30)
+                result[name] = {"ok": done.returncode == 0, "stderr": done.stderr[-400:]}
+            elif do == "validator":
+                result[name] = as_uid(step["uid"], validator, step["listen"], step["connect"])
+            elif do == "proxy":
+                proxies.append(start_proxy(step))
+                result[name] = {"listening": f"{step['bind']}:{step['port']}"}
+            else:
+                result[name] = as_uid(step["uid"], reach, step["host"], step["port"])
+    finally:
+        for pid in proxies:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    print(json.dumps(result), flush=True)
+    if mark is not None:
+        mark.close()
 
 
 def caller(plan: dict[str, Any]) -> None:
@@ -132,14 +188,7 @@ def caller(plan: dict[str, Any]) -> None:
     if plan.get("istio_validation"):
         result["istio_validation"] = as_uid(plan["istio_validation"], istio_validation)
     p = plan["proxy"]
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.setgid(p["uid"])
-        os.setuid(p["uid"])
-        proxy(p["bind"], p["port"], w)
-        os._exit(0)
-    os.read(r, 1)
+    pid = start_proxy(p)
     try:
         result["app"] = {
             str(port): as_uid(plan["app_uid"], fetch, plan["upstream_ip"], port)
@@ -152,9 +201,10 @@ def caller(plan: dict[str, Any]) -> None:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     print(json.dumps(result), flush=True)
-    mark.close()
+    if mark is not None:
+        mark.close()
 
 
 if __name__ == "__main__":
     role, raw = sys.argv[1], json.loads(sys.argv[2])
-    {"target": target, "caller": caller}[role](raw)
+    {"target": target, "caller": caller, "play": play}[role](raw)

@@ -13,23 +13,31 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from typing import Any
 
 from podnet import as_uid, fetch, original_dst
 
 
 def proxy(uid: int, port: int) -> int:
+    """The stand-in proxy, forked; returns once it listens (it says so on a pipe)."""
+    ready, tell = os.pipe()
     pid = os.fork()
     if pid:
-        time.sleep(0.5)
+        os.close(tell)
+        said = os.read(ready, 1)
+        os.close(ready)
+        if said != b"1":
+            raise RuntimeError("the stand-in proxy did not start listening")
         return pid
+    os.close(ready)
     os.setgid(uid)
     os.setuid(uid)
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", port))
     srv.listen(8)
+    os.write(tell, b"1")
+    os.close(tell)
     while True:
         conn, _ = srv.accept()
         orig = original_dst(conn)

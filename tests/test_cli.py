@@ -280,6 +280,31 @@ def test_policy_check_ok_and_bad(tmp_path):
     assert "not valid YAML at line 2, column 15: 'twelve' is not a valid int" in out.stderr
 
 
+def test_policy_check_says_what_ebpf_refuses_and_how_to_turn_it_off(tmp_path):
+    """The ebpf mode's rules as ``policy check`` describes them, the two switches read and
+    checked like every other field."""
+    out = run("policy", "check", str(REPO / "policies" / "default.yaml"))
+    (ebpf,) = [line for line in out.stdout.splitlines() if line.startswith("  ebpf: ")]
+    assert "no init container of the pod's own but native sidecars and those running as uid 2102" in ebpf
+    assert "no container port or probe on 39807" in ebpf
+    assert "Merbridge does not re-register the linkerd-proxy pods that started before it" in ebpf
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("interception:\n  ebpf:\n    allowInitContainers: true\n")
+    out = run("policy", "check", str(policy))
+    assert out.returncode == 0 and "the pod's own init containers allowed" in out.stdout
+    policy.write_text("proxy: {flavour: istio}\ninterception:\n  ebpf:\n    enabled: false\n")
+    out = run("policy", "check", str(policy))
+    assert out.returncode == 0 and "  ebpf: off (interception.ebpf.enabled: false)" in out.stdout
+    policy.write_text("interception:\n  ebpf:\n    enabled: 'no'\n")
+    out = run("policy", "check", str(policy))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "interception.ebpf.enabled: expected true or false, got 'no'" in out.stderr
+    policy.write_text("interception:\n  ebpf:\n    allowInitContainer: true\n")
+    out = run("policy", "check", str(policy))
+    assert out.returncode == 2 and "interception.ebpf.allowInitContainer: unknown field" in out.stderr
+    assert "allowInitContainers" in out.stderr
+
+
 @pytest.mark.parametrize(
     ("stdin", "args", "needle"),
     [

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support import validate_k8s
+from tests.support import venv_tool as _tool
 from webhook.cli import build_parser
 from webhook.dataplane import FLAVOURS, config_maps
 from webhook.loading import parse_policy
@@ -60,14 +61,6 @@ OVERLAYS = [
     "examples/self-managed-ebpf-linkerd",
 ]
 SYSTEM = {"kube-system", "kube-public", "kube-node-lease"}
-
-
-def _tool(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: pip install -e '.[test]' brings it")
-    return found
 
 
 def render(overlay: str) -> list[dict]:

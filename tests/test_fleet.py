@@ -163,6 +163,143 @@ def test_audit_cli_on_a_cluster_file(fleet, tmp_path):
     assert yes.returncode == 2 and "restarting needs the cluster itself" in yes.stderr
 
 
+# --- Merbridge restarted under ebpf pods ------------------------------------------------------
+
+RESTARTED = "2026-05-27T10:00:00Z"  # Merbridge's container on ip-10-0-1-11 started again
+
+
+def with_merbridge_starts(tmp_path: Path, starts: dict[str, str], cni: bool = True) -> Path:
+    """The example cluster with Merbridge's container on each node of ``starts`` running
+    since that time (as the kubelet reports it: ``state.running.startedAt``)."""
+    docs = yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())
+    for obj in docs["items"]:
+        node = (obj.get("spec") or {}).get("nodeName")
+        if obj["kind"] == "Pod" and node in starts:
+            obj["status"]["containerStatuses"] = [
+                {
+                    "name": "merbridge",
+                    "ready": True,
+                    "restartCount": 1,
+                    "state": {"running": {"startedAt": starts[node]}},
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                }
+            ]
+            if not cni:
+                obj["spec"]["containers"][0]["args"] = ["/app/mbctl", "-m", "linkerd"]
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(docs))
+    return path
+
+
+def ebpf_pod(fleet, node: str, started: str, name: str) -> dict:
+    """The example Deployment's pod, admitted on ``node`` (in ebpf mode: Merbridge is Ready
+    there) and running since ``started``."""
+    policy, snapshot, *_, request = fleet
+    placed = copy.deepcopy(request)
+    placed["object"]["spec"]["nodeName"] = node
+    out = admit(placed, snapshot, policy)
+    assert out.mode is not None and out.mode.value == "ebpf", out.explanation
+    live = jsonpatch.apply_patch(placed["object"], out.patch)
+    live["metadata"]["name"] = name
+    live["status"] = {"phase": "Running", "startTime": started}
+    return live
+
+
+def test_an_ebpf_pod_started_before_its_nodes_merbridge_is_stale_naming_merbridge_and_the_node(
+    fleet, tmp_path
+):
+    policy = fleet[0]
+    cluster = with_merbridge_starts(
+        tmp_path, {"ip-10-0-1-11": RESTARTED, "ip-10-0-2-12": "2026-05-20T08:00:00Z"}
+    )
+    snapshot = load_snapshot(policy=policy, now=NOW, cluster=str(cluster))
+    assert {n: t.isoformat() for n, t in snapshot.redirector_starts.items()} == {
+        "ip-10-0-1-11": "2026-05-27T10:00:00+00:00",
+        "ip-10-0-2-12": "2026-05-20T08:00:00+00:00",
+    }
+    before = ebpf_pod(fleet, "ip-10-0-1-11", "2026-05-27T09:59:59Z", "checkout-7d9c8b6f5-aaaaa")
+    after = ebpf_pod(fleet, "ip-10-0-1-11", "2026-05-27T10:00:01Z", "checkout-7d9c8b6f5-bbbbb")
+    other = ebpf_pod(fleet, "ip-10-0-2-12", "2026-05-21T00:00:00Z", "checkout-7d9c8b6f5-ccccc")
+    report = audit([before, after, other], snapshot, policy)
+    states = {p.name: p for p in report.pods()}
+    lost = states["checkout-7d9c8b6f5-aaaaa"]
+    assert lost.state is State.STALE and lost.reason == "redirector-restarted", lost
+    assert lost.changes[0].field == "redirector-restarted" and len(lost.changes) == 1
+    assert lost.changes[0].has == (
+        "not redirected since Merbridge on node ip-10-0-1-11 (linkerd/merbridge-11x7k) started at "
+        "2026-05-27T10:00:00Z, after the pod (started 2026-05-27T09:59:59Z): it takes back only "
+        "Istio's agent after a restart"
+    )
+    assert lost.detail.startswith("redirector-restarted: not redirected since Merbridge on node ip-10-0-1-11")
+    assert states["checkout-7d9c8b6f5-bbbbb"].state is State.CURRENT
+    assert states["checkout-7d9c8b6f5-ccccc"].state is State.CURRENT
+    (w,) = report.workloads
+    assert w.state is State.STALE and w.fields() == ["redirector-restarted"]
+    # rollout restarts the workload: its new pods start after Merbridge and are redirected
+    (step,) = plan(report.needing_restart())
+    assert step.workload == WorkloadKey("shop", "Deployment", "checkout") and step.left_alone is None
+    assert "1 stale (redirector-restarted)" in step.why
+
+
+def test_a_restart_loses_only_what_merbridge_does_not_take_back(fleet, tmp_path):
+    """Istio's proxy (pilot-agent on 15001) is taken back by Merbridge's repair pass; without
+    CNI mode nothing was opened in the pod, so nothing is lost; a pod that has not started
+    yet, or whose node's Merbridge start is not known, is not judged."""
+    from webhook.dataplane import flavour
+    from webhook.modes.ebpf import lost_on_restart
+
+    policy = fleet[0]
+    cluster = with_merbridge_starts(tmp_path, {"ip-10-0-1-11": RESTARTED})
+    snapshot = load_snapshot(policy=policy, now=NOW, cluster=str(cluster))
+    started = snapshot.redirector_starts["ip-10-0-1-11"].replace(hour=9)
+    assert lost_on_restart(flavour("linkerd"), "ip-10-0-1-11", started, snapshot) is not None
+    assert lost_on_restart(flavour("istio"), "ip-10-0-1-11", started, snapshot) is None
+    assert lost_on_restart(flavour("linkerd"), "ip-10-0-2-12", started, snapshot) is None  # start unknown
+    pending = ebpf_pod(fleet, "ip-10-0-1-11", "2026-05-27T09:00:00Z", "checkout-7d9c8b6f5-aaaaa")
+    del pending["status"]["startTime"]
+    (found,) = audit([pending], snapshot, policy).pods()
+    assert found.state is State.CURRENT, found
+
+    plain = load_policy(
+        policy_file(tmp_path, "interception:\n  ebpf:\n    redirector:\n      requireCniMode: false\n")
+    )
+    no_cni = load_snapshot(
+        policy=plain,
+        now=NOW,
+        cluster=str(with_merbridge_starts(tmp_path, {"ip-10-0-1-11": RESTARTED}, cni=False)),
+    )
+    assert not no_cni.redirectors["ip-10-0-1-11"][0].cni_mode
+    old = ebpf_pod(
+        (plain, no_cni, *fleet[2:]), "ip-10-0-1-11", "2026-05-27T09:00:00Z", "checkout-7d9c8b6f5-aaaaa"
+    )
+    (found,) = audit([old], no_cni, plain).pods()
+    assert found.state is State.CURRENT, found
+
+
+def test_the_watch_counts_pods_merbridge_lost_as_audit_does(fleet, tmp_path):
+    from webhook.fleet.watch import PodStore, count_states, expand
+
+    policy = fleet[0]
+    snapshot = load_snapshot(
+        policy=policy, now=NOW, cluster=str(with_merbridge_starts(tmp_path, {"ip-10-0-1-11": RESTARTED}))
+    )
+    pods = [
+        ebpf_pod(fleet, "ip-10-0-1-11", started, f"checkout-7d9c8b6f5-{i}")
+        for i, started in enumerate(["2026-05-27T08:00:00Z"] * 3 + ["2026-05-27T11:00:00Z"] * 2)
+    ]
+    store = PodStore()
+    slim = [store.slim(p) for p in pods]
+    assert len({id(s.shared) for s in slim}) == 1  # one template: the start time is each pod's own
+    assert [b["status"]["startTime"] for b in expand(slim)] == [
+        *["2026-05-27T08:00:00+00:00"] * 3,
+        *["2026-05-27T11:00:00+00:00"] * 2,
+    ]
+    counts = count_states(slim, snapshot, policy, 0.2)
+    assert counts == {("shop", "stale", "redirector-restarted"): 3}
+    stale = [p for p in audit(pods, snapshot, policy).pods() if p.state is State.STALE]
+    assert len(stale) == 3
+
+
 # --- the pace -------------------------------------------------------------------------
 
 

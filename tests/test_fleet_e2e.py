@@ -25,7 +25,7 @@ from kubernetes import client, config
 from tests import apiserver
 from tests.servers import Certs, serve_process
 from tests.support import TRUST_ANCHORS, eventually
-from tests.test_e2e import certs_cli, make_node, register_webhook
+from tests.test_e2e import certs_cli, make_merbridge, make_node, register_webhook, sent_to
 from webhook.cluster.kubeapi import request
 
 # this module's API server with the controllers (tests/apiserver.py: its own run directory
@@ -44,8 +44,8 @@ def _now() -> str:
 class Kubelet:
     """What a scheduler and kubelets would do for the pods of one namespace."""
 
-    def __init__(self, core: client.CoreV1Api, node: str) -> None:
-        self.core, self.node = core, node
+    def __init__(self, core: client.CoreV1Api, node: str, namespace: str = NS) -> None:
+        self.core, self.node, self.namespace = core, node, namespace
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -58,12 +58,14 @@ class Kubelet:
             self.stop.wait(0.2)
 
     def tick(self) -> None:
-        pods = orjson.loads(self.core.list_namespaced_pod(NS, _preload_content=False).data)["items"]
+        pods = orjson.loads(self.core.list_namespaced_pod(self.namespace, _preload_content=False).data)[
+            "items"
+        ]
         for pod in pods:
             meta, spec = pod["metadata"], pod["spec"]
             if meta.get("deletionTimestamp"):
                 self.core.delete_namespaced_pod(
-                    meta["name"], NS, grace_period_seconds=0, _preload_content=False
+                    meta["name"], self.namespace, grace_period_seconds=0, _preload_content=False
                 )
             elif not spec.get("nodeName"):
                 binding = {
@@ -75,7 +77,7 @@ class Kubelet:
                 request(
                     self.core.api_client,
                     "POST",
-                    f"/api/v1/namespaces/{NS}/pods/{meta['name']}/binding",
+                    f"/api/v1/namespaces/{self.namespace}/pods/{meta['name']}/binding",
                     body=binding,
                     content_type="application/json",
                 )
@@ -99,7 +101,7 @@ class Kubelet:
                     "startTime": now,
                 }
                 self.core.patch_namespaced_pod_status(
-                    meta["name"], NS, {"status": status}, _preload_content=False
+                    meta["name"], self.namespace, {"status": status}, _preload_content=False
                 )
 
 
@@ -177,8 +179,8 @@ def proxies(pods: list[dict]) -> list[str | None]:
     return [next((c["image"] for c in p["spec"]["containers"] if c["name"] == PROXY), None) for p in pods]
 
 
-def available(apps: client.AppsV1Api, name: str, replicas: int) -> bool:
-    status = orjson.loads(apps.read_namespaced_deployment(name, NS, _preload_content=False).data)["status"]
+def available(apps: client.AppsV1Api, name: str, replicas: int, ns: str = NS) -> bool:
+    status = orjson.loads(apps.read_namespaced_deployment(name, ns, _preload_content=False).data)["status"]
     return status.get("availableReplicas") == replicas and status.get("updatedReplicas") == replicas
 
 
@@ -199,7 +201,7 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
         ctx = cluster["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
         register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)
-        time.sleep(1)
+        sent_to(proc, cluster["core"], NS)
 
         found = audit()
         assert found["web"]["state"] == "missed" and found["web"]["pods"] == {"missed": 2}
@@ -258,7 +260,7 @@ def test_missed_then_rolled_then_stale_then_rolled_at_pace_one(cluster, tmp_path
         ctx = cluster["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
         register_webhook({"api": cluster["api"], "certs": cluster["certs"]}, proc.url)
-        time.sleep(1)
+        sent_to(proc, cluster["core"], NS)
         found = audit("--policy", str(policy))
         for name in ("web", "api"):
             assert found[name]["state"] == "stale", found[name]
@@ -418,7 +420,7 @@ def test_audit_and_rollout_need_only_the_shipped_fleet_role(cluster, tmp_path):
         ctx = cluster["certs"].client_context()
         eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
         register_webhook({"api": api, "certs": cluster["certs"]}, proc.url)
-        time.sleep(1)
+        sent_to(proc, cluster["core"], NS)
         done = as_user("rollout", "--yes", "--poll", "0.5", "--timeout", "120")
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"restarting  {NS}/Deployment/ops: 1 missed" in done.stdout
@@ -427,3 +429,68 @@ def test_audit_and_rollout_need_only_the_shipped_fleet_role(cluster, tmp_path):
         ] == [True]
         assert as_user("audit", "-o", "json").returncode == 0
         assert proc.stop() == 0
+
+
+def test_a_merbridge_restart_makes_its_nodes_ebpf_pods_stale_and_rollout_restarts_them(cluster):
+    """Merbridge (CNI mode) Ready on node-1: a Deployment's pods there are meshed in ebpf mode
+    and current. Merbridge's container restarts (its startedAt, through the status
+    subresource, after the pods' start): it no longer redirects Linkerd's pods, so audit says
+    stale (redirector-restarted, naming Merbridge and the node), serve's gauge counts them,
+    and rollout restarts the Deployment, whose new pods are current again."""
+    core, apps, api = cluster["core"], cluster["apps"], cluster["api"]
+    ns, node = "ebpf", "node-1"
+    core.create_namespace(
+        {"metadata": {"name": ns, "labels": {"mesh-injector.io/inject": "enabled"}}}, _preload_content=False
+    )
+    make_node(core, node, "6.1.0-18-cloud-amd64", {"kubernetes.io/hostname": node})
+    long_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    make_merbridge(core, "linkerd", node, "linkerd", started=long_ago)
+    kubelet = Kubelet(core, node, ns)
+    kubelet.thread.start()
+    body = deployment("lost", 2)
+    body["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+
+    def audited() -> dict[str, dict]:
+        done = cli("audit", "-n", ns, "-o", "json")
+        assert done.returncode in (0, 1), done.stderr
+        return {w["name"]: w for w in orjson.loads(done.stdout)}
+
+    def modes() -> list[str]:
+        items = orjson.loads(core.list_namespaced_pod(ns, _preload_content=False).data)["items"]
+        live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        return [p["metadata"]["labels"].get("mesh-injector.io/interception", "") for p in live]
+
+    try:
+        with serve_process(cluster["certs"], "--kubeconfig", KUBECONFIG, "--fleet-interval", "1") as proc:
+            ctx = cluster["certs"].client_context()
+            eventually(lambda: httpx.get(proc.url + "/readyz", verify=ctx).status_code == 200, timeout=60)
+            register_webhook({"api": api, "certs": cluster["certs"]}, proc.url)
+            sent_to(proc, core, ns)
+            apps.create_namespaced_deployment(ns, body, _preload_content=False)
+            eventually(lambda: available(apps, "lost", 2, ns), timeout=60)
+            assert modes() == ["ebpf", "ebpf"]
+            assert audited()["lost"]["state"] == "current"
+
+            time.sleep(1.1)  # timestamps have whole seconds: the restart comes after the pods' start
+            make_merbridge(core, "linkerd", node, "linkerd", started=_now())
+            found = audited()["lost"]
+            assert found["state"] == "stale" and found["fields"] == ["redirector-restarted"], found
+            change = found["podDetails"][0]["changes"][0]
+            assert change["has"].startswith(
+                f"not redirected since Merbridge on node {node} (linkerd/merbridge-{node})"
+            )
+            labels = f'namespace="{ns}",reason="redirector-restarted",state="stale"'
+            stale = f"mesh_injector_fleet_pods{{{labels}}} 2.0"
+            eventually(lambda: stale in httpx.get(proc.metrics_url).text, timeout=30)
+
+            time.sleep(1.1)
+            done = cli("rollout", "-n", ns, "--yes", "--poll", "0.5", "--timeout", "120")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"restarting  {ns}/Deployment/lost: 2 stale (redirector-restarted)" in done.stdout
+            assert modes() == ["ebpf", "ebpf"]
+            assert audited()["lost"]["state"] == "current"
+            eventually(lambda: f'namespace="{ns}"' not in httpx.get(proc.metrics_url).text, timeout=30)
+            assert proc.stop() == 0
+    finally:
+        kubelet.stop.set()
+        kubelet.thread.join(5)

@@ -1,7 +1,8 @@
 """No pod is ever emitted in a mode whose mechanism is not known to be present on every node
 it may land on: a property test over generated clusters (kernels, taints, Merbridge's pods
 Ready or not, in either mesh's mode, with or without --cni-mode, the RuntimeClass there or
-not) and pods (requested modes, exclusions, sandbox RuntimeClasses, placements).
+not) and pods (requested modes, exclusions, sandbox RuntimeClasses, placements, init
+containers of their own, a port on Merbridge's in-pod listener).
 
 The judge is written here, independently of the product: the nodes a pod may land on are
 worked out from the generated cluster, and Merbridge's own rules (which pods its
@@ -72,6 +73,10 @@ pod = st.fixed_dictionaries(
         "pinned": st.sampled_from([None, 0, 1]),
         "runtime": st.sampled_from([None, None, None, None, "kata-qemu", "gvisor"]),
         "batch": st.sampled_from([False, False, True]),
+        # an init container of its own: none, a plain one, one running as Merbridge's proxy
+        # uid, a native sidecar of its own
+        "init": st.sampled_from([None, None, None, "plain", "as-proxy", "native"]),
+        "mb_port": st.sampled_from([False, False, False, False, False, True]),
     }
 )
 
@@ -164,7 +169,7 @@ def eligible(c: dict[str, Any], p: dict[str, Any], rc_selector: dict[str, str] |
     return out
 
 
-def build_pod(p: dict[str, Any]) -> dict[str, Any]:
+def build_pod(p: dict[str, Any], proxy_uid: int) -> dict[str, Any]:
     annotations = {}
     if p["request"]:
         annotations["mesh-injector.io/interception"] = p["request"]
@@ -189,6 +194,15 @@ def build_pod(p: dict[str, Any]) -> dict[str, Any]:
         spec["runtimeClassName"] = p["runtime"]
     if p["batch"]:
         spec["restartPolicy"] = "Never"
+    if p["init"]:
+        init: dict[str, Any] = {"name": "setup", "image": "registry.example.com/setup:1"}
+        if p["init"] == "as-proxy":
+            init["securityContext"] = {"runAsUser": proxy_uid}
+        elif p["init"] == "native":
+            init["restartPolicy"] = "Always"
+        spec["initContainers"] = [init]
+    if p["mb_port"]:
+        spec["containers"][0]["ports"].append({"containerPort": mb.MARK_PORT})
     meta: dict[str, Any] = {"name": "p", "namespace": "shop"}
     if annotations:
         meta["annotations"] = annotations
@@ -214,7 +228,9 @@ def test_no_pod_is_emitted_in_a_mode_whose_mechanism_is_missing(c, p):
         server_version=parse_kube_version(c["server"]),
         redirector=redirector_selector(policy),
     )
-    obj = build_pod(p)
+    # the uid Merbridge never redirects, as it compiles it for the flavour's mesh
+    proxy_uid = mb.mesh_constants(mode)["SIDECAR_USER_ID"]
+    obj = build_pod(p, proxy_uid)
     request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": obj}
     out = admit(copy.deepcopy(request), snapshot, policy)
     event(f"{c['flavour']}: {out.mode.value if out.mode else out.skip}")
@@ -250,6 +266,10 @@ def test_no_pod_is_emitted_in_a_mode_whose_mechanism_is_missing(c, p):
             excluded = [int.from_bytes(config[444 + 2 * i : 446 + 2 * i], "little") for i in range(20)]
             assert 5432 in excluded
         assert ":" not in annotations.get("traffic.sidecar.istio.io/excludeOutboundIPRanges", "")
+        # its CNI plugin holds 39807 in the pod, and sends every connection of another uid
+        # than the proxy's to the proxy, which starts after the init containers
+        assert not p["mb_port"], "a container of the pod listens on Merbridge's port"
+        assert p["init"] in (None, "as-proxy", "native"), "an init container runs before the proxy"
     elif label == "microvm":
         assert privileged, "the in-guest init container is refused outside privileged"
         assert plane.init_name in inits, "the rules are installed inside the sandbox"
@@ -275,5 +295,11 @@ def test_no_pod_is_emitted_in_a_mode_whose_mechanism_is_missing(c, p):
         assert "runtimeClassName" not in spec
         if p["fallback"] == "false":
             assert p["request"] == "iptables", "iptables reached although the pod forbids falling back to it"
+        taken = mb.cni_plugin_handles(emitted) and any(
+            c["nodes"][i]["agent"] == "ready" for i in eligible(c, p, None)
+        )
+        if taken and p["init"] == "plain" and plane.proxy_name in containers:
+            # Merbridge takes the pod whatever its mode: the init container is refused too
+            assert any("setup" in w and "refused" in w for w in out.warnings), out.warnings
     # whatever the mode, nothing of the pod's own was dropped
     assert json.dumps(obj["spec"]["containers"][0]) in json.dumps(spec["containers"])

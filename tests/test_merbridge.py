@@ -13,7 +13,8 @@ them) directly; Linkerd's validator passes. The negative control runs the same p
 nothing attached: every connection bypasses the proxy, and the validator fails.
 
 Needs root (bpf, mounts, network namespaces) and clang, bpftool, make and iproute2
-(.ci/run installs them); skipped with the reason where the kernel or the tools refuse.
+(.ci/run installs them); skipped with the reason where the kernel or the tools refuse, and
+failed instead under CI (``CI`` set), where they are all there.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,33 +34,29 @@ import pytest
 
 from tests import merbridge_harness as mb
 from tests.netns import fresh, join, sh
-from tests.support import TRUST_ANCHORS, anchored_policy
+from tests.support import TRUST_ANCHORS, anchored_policy, unavailable
 from webhook.admission import admit
 from webhook.cluster.snapshot import redirector_selector, snapshot_from_objects
 from webhook.dataplane import FLAVOURS, flavour
+from webhook.outcome import Outcome
 from webhook.versions import KubeVersion
 
 POD = Path(__file__).parent / "merbridge_pod.py"
-MESH_H = mb.SOURCE / "headers" / "mesh.h"
 A_IP, B_IP, UPSTREAM = "10.0.0.5", "10.0.0.6", "10.20.30.40"
-NS_A, NS_B = "mi-mb-a", "mi-mb-b"
+# this run's own names (network namespaces, veths, the cgroup): the cgroup2 hierarchy and
+# the namespaces are the machine's, shared with any other test run going on at the same time
+RUN = uuid.uuid4().hex[:6]
+NS_A, NS_B = f"mi-mb-a-{RUN}", f"mi-mb-b-{RUN}"
 APP_UID = 1000
-
-
-def mesh_constants(mode: str) -> dict[str, int]:
-    """SIDECAR_USER_ID, OUT_REDIRECT_PORT and IN_REDIRECT_PORT Merbridge compiles for ``mode``."""
-    text = MESH_H.read_text()
-    block = text.split(f"MESH == {mode.upper()}", 1)[1].split("#elif", 1)[0]
-    return {k: int(v) for k, v in re.findall(r"#define (\w+) (\d+)", block)}
 
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
     if os.geteuid() != 0:
-        pytest.skip("loading eBPF programs, mounting bpffs and creating network namespaces needs root")
+        unavailable("loading eBPF programs, mounting bpffs and creating network namespaces needs root")
     missing = mb.missing_tools()
     if missing:
-        pytest.skip(
+        unavailable(
             f"missing {', '.join(missing)} (apt-get install clang llvm bpftool libbpf-dev make iproute2)"
         )
     work = tmp_path_factory.mktemp("merbridge")
@@ -70,7 +68,7 @@ def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
         for kind, where in (("bpf", bpffs), ("cgroup2", cg2)):
             done = subprocess.run(["mount", "-t", kind, kind, str(where)], capture_output=True, text=True)
             if done.returncode != 0:
-                pytest.skip(f"cannot mount {kind}: {done.stderr.strip()}")
+                unavailable(f"cannot mount {kind}: {done.stderr.strip()}")
             mounted.append(where)
         loaded = {}
         for mode in sorted({f.redirect.mode for f in FLAVOURS.values() if f.redirect is not None}):
@@ -80,7 +78,7 @@ def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
                 progs.load()
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 detail = getattr(exc, "stderr", b"") or str(exc)
-                pytest.skip(f"Merbridge's {mode} programs do not build or load here: {str(detail)[-400:]}")
+                unavailable(f"Merbridge's {mode} programs do not build or load here: {str(detail)[-400:]}")
             loaded[mode] = progs
         yield loaded
     finally:
@@ -88,12 +86,20 @@ def programs(tmp_path_factory) -> Iterator[dict[str, mb.Programs]]:
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def emitted(flavour_name: str) -> dict[str, Any]:
-    """A pod meshed by mesh-injector in ebpf mode, on a node where Merbridge runs Ready in CNI
-    mode for the flavour's mesh; it skips outbound port 9090 and inbound port 9102."""
-    policy = anchored_policy(f"proxy: {{flavour: {flavour_name}}}")
+MODERN = KubeVersion(1, 32)  # native sidecars: the proxy starts before the pod's own init containers
+OLDER = KubeVersion(1, 28)  # no native sidecars: the proxy is a regular container, started after them
+
+
+def admitted(
+    flavour_name: str, pod: dict[str, Any], policy_text: str = "", server: KubeVersion = MODERN
+) -> Outcome:
+    """``pod`` admitted in namespace shop of a one-node cluster (this machine's kernel, kubelet
+    1.32) where Merbridge runs Ready in CNI mode for the flavour's mesh (Linkerd's, for a
+    flavour Merbridge does not know)."""
+    policy = anchored_policy(f"proxy: {{flavour: {flavour_name}}}\n{policy_text}")
     selector = redirector_selector(policy)
-    mode = flavour(flavour_name).redirect.mode
+    redirect = flavour(flavour_name).redirect
+    mode = redirect.mode if redirect is not None else "linkerd"
     objects = [
         {
             "kind": "Node",
@@ -120,7 +126,14 @@ def emitted(flavour_name: str) -> dict[str, Any]:
             "data": {"ca-bundle.crt": TRUST_ANCHORS},
         },
     ]
-    snapshot = snapshot_from_objects(objects, server_version=KubeVersion(1, 32), redirector=selector)
+    snapshot = snapshot_from_objects(objects, server_version=server, redirector=selector)
+    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod}
+    return admit(request, snapshot, policy)
+
+
+def emitted(flavour_name: str) -> dict[str, Any]:
+    """A pod meshed by mesh-injector in ebpf mode, on a node where Merbridge runs Ready in CNI
+    mode for the flavour's mesh; it skips outbound port 9090 and inbound port 9102."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -142,8 +155,7 @@ def emitted(flavour_name: str) -> dict[str, Any]:
             ]
         },
     }
-    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod}
-    out = admit(request, snapshot, policy)
+    out = admitted(flavour_name, pod)
     assert out.injected and out.mode is not None and out.mode.value == "ebpf", out.explanation
     assert out.pod is not None
     return dict(out.pod)
@@ -166,13 +178,13 @@ class Node:
     """Two pods' network namespaces (veth-joined) and cgroups, torn down on exit."""
 
     def __init__(self, cg2: Path) -> None:
-        self.parent = cg2 / "mi-pods"
+        self.parent = cg2 / f"mi-pods-{RUN}"
         self.cgroups = {NS_A: self.parent / "a", NS_B: self.parent / "b"}
 
     def __enter__(self) -> Node:
         self.__exit__()
         fresh(NS_A, NS_B)
-        join((NS_A, "mi-mb-va", f"{A_IP}/24"), (NS_B, "mi-mb-vb", f"{B_IP}/24"))
+        join((NS_A, f"mb{RUN}a", f"{A_IP}/24"), (NS_B, f"mb{RUN}b", f"{B_IP}/24"))
         sh("ip", "-n", NS_A, "addr", "add", f"{UPSTREAM}/32", "dev", "lo")  # a service beyond the pod
         for cg in self.cgroups.values():
             cg.mkdir(parents=True, exist_ok=True)
@@ -195,7 +207,7 @@ class Node:
 def run_pods(node: Node, progs: mb.Programs, pod: dict[str, Any], plane_name: str) -> dict[str, Any]:
     """The target pod in B, the pod under test in A; what the caller saw."""
     mode = progs.mode
-    consts = mesh_constants(mode)
+    consts = mb.mesh_constants(mode)
     proxy = _container(pod, flavour(plane_name).proxy_name)
     assert proxy is not None
     uid = proxy["securityContext"]["runAsUser"]
@@ -277,7 +289,7 @@ def register(progs: mb.Programs, pod: dict[str, Any]) -> None:
 def test_an_emitted_ebpf_pod_is_redirected_by_merbridge(programs, plane_name):
     progs = programs[flavour(plane_name).redirect.mode]
     pod = emitted(plane_name)
-    consts = mesh_constants(progs.mode)
+    consts = mb.mesh_constants(progs.mode)
     proxy = _container(pod, flavour(plane_name).proxy_name)
     assert proxy is not None, "the proxy is a regular container: Merbridge's controller looks only there"
     assert proxy["securityContext"]["runAsUser"] == consts["SIDECAR_USER_ID"]
@@ -362,3 +374,254 @@ def test_without_linkerds_ports_excluded_merbridge_takes_its_admin_port(programs
             progs.detach(node.parent)
     assert seen["proxy_to_peer"]["4191"]["tag"] == "inbound-proxy", seen
     assert seen["proxy_to_peer"]["4191"]["orig"] == f"{B_IP}:4191", seen
+
+
+# --- the pod's own init containers ----------------------------------------------------------
+
+DB_PORT = 5432
+WAIT_FOR_DB = {
+    "name": "wait-for-db",
+    "image": "registry.example.com/tools:1",
+    "command": ["sh", "-c", f"until nc -z db {DB_PORT}; do sleep 1; done"],
+}
+ALLOW_INITS = "interception: {ebpf: {allowInitContainers: true}}"
+
+
+def pod_with_init() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "shop"},
+        "spec": {
+            "initContainers": [dict(WAIT_FOR_DB)],
+            "containers": [{"name": "web", "image": "registry.example.com/web:1"}],
+        },
+    }
+
+
+def _uid(pod: dict[str, Any], container: dict[str, Any]) -> int:
+    """The uid a container runs as (its own, the pod's, else an ordinary one for the image's)."""
+    own = (container.get("securityContext") or {}).get("runAsUser")
+    return own if own is not None else (pod["spec"].get("securityContext") or {}).get("runAsUser", APP_UID)
+
+
+def kubelet_order(
+    pod: dict[str, Any], plane_name: str, own: set[str]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The steps the stand-ins play for ``pod``, in the order the kubelet starts its containers:
+    each init container (the pod's own connect to the database as their uid; the proxy as a
+    native sidecar starts there; the network validator and our generic rules run as they
+    would), then the regular containers' proxy, then the pod's init container's connect once
+    more. Stops at an init container whose rules are another program's (Linkerd's proxy-init,
+    istio-init), and says which."""
+    plane = flavour(plane_name)
+
+    def proxy(c: dict[str, Any]) -> dict[str, Any]:
+        env = _env(c)
+        if "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR" in env:
+            bind, port = env["LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR"].rsplit(":", 1)
+        elif plane.redirect is not None:
+            bind, port = "0.0.0.0", str(mb.mesh_constants(plane.redirect.mode)["OUT_REDIRECT_PORT"])
+        else:  # our generic ruleset: where it sends the pod's outbound connections
+            rules = next(
+                _env(i)["MESH_IPTABLES_RULES"]
+                for i in pod["spec"]["initContainers"]
+                if i["name"] == plane.init_name
+            )
+            bind, port = (
+                "0.0.0.0",
+                re.findall(r"-A MESH_OUTBOUND -p tcp -j REDIRECT --to-ports (\d+)", rules)[0],
+            )
+        return {
+            "do": "proxy",
+            "name": c["name"],
+            "uid": c["securityContext"]["runAsUser"],
+            "bind": bind,
+            "port": int(port),
+        }
+
+    def connect(c: dict[str, Any], name: str) -> dict[str, Any]:
+        return {"do": "connect", "name": name, "uid": _uid(pod, c), "host": B_IP, "port": DB_PORT}
+
+    steps: list[dict[str, Any]] = []
+    mine = []
+    for c in pod["spec"].get("initContainers") or []:
+        if c["name"] in own:
+            steps.append(connect(c, c["name"]))
+            mine.append(c)
+        elif c["name"] == plane.proxy_name:
+            steps.append(proxy(c))
+        elif c["name"] == "linkerd-network-validator":
+            steps.append(
+                {
+                    "do": "validator",
+                    "name": c["name"],
+                    "uid": c["securityContext"]["runAsUser"],
+                    "listen": _args(c, "--listen-addr"),
+                    "connect": _args(c, "--connect-addr"),
+                }
+            )
+        elif plane_name == "generic" and c["name"] == plane.init_name:
+            steps.append({"do": "rules", "name": c["name"], "command": c["command"], "env": _env(c)})
+        else:
+            return steps, c["name"]
+    steps += [proxy(c) for c in pod["spec"]["containers"] if c["name"] == plane.proxy_name]
+    steps += [connect(c, f"{c['name']}, again") for c in mine]
+    return steps, None
+
+
+def play(node: Node, pod: dict[str, Any], steps: list[dict[str, Any]], marked: bool) -> dict[str, Any]:
+    """The database on the other host (B, outside the mesh) and the pod in A, as it starts."""
+    db = {"cgroup": str(node.cgroups[NS_B]), "marked": False, "servers": {"db": DB_PORT}}
+    plan = {
+        "cgroup": str(node.cgroups[NS_A]),
+        "mark": mb.mark_of(f"/var/run/netns/{NS_A}"),
+        "marked": marked,
+        "steps": steps,
+    }
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", NS_B, sys.executable, str(POD), "target", json.dumps(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and "ready" in server.stdout.readline()
+        done = subprocess.run(
+            ["ip", "netns", "exec", NS_A, sys.executable, str(POD), "play", json.dumps(plan)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        server.kill()
+        server.wait()
+
+
+def started(
+    progs: mb.Programs, pod: dict[str, Any], plane_name: str, attached: bool = True
+) -> dict[str, Any]:
+    """``pod`` started on a node where Merbridge's programs run (``attached``), with the state
+    Merbridge's Go side keeps for it: a mark only where its CNI plugin takes the pod, an entry
+    only where its controller counts it."""
+    steps, stopped_at = kubelet_order(pod, plane_name, {WAIT_FOR_DB["name"]})
+    marked = mb.cni_plugin_handles(pod)
+    with Node(progs.cgroup_root) as node:
+        progs.forget()
+        annotations = pod["metadata"].get("annotations") or {}
+        if marked:
+            progs.update(
+                "mark_pod_ips_map",
+                mb.mark_of(f"/var/run/netns/{NS_A}").to_bytes(4, "little"),
+                mb.ip_key(A_IP),
+            )
+        if mb.controller_counts(pod, progs.mode):
+            progs.update("local_pod_ips", mb.ip_key(A_IP), mb.pod_config(annotations))
+        if attached:
+            progs.attach(node.parent)
+        try:
+            seen = play(node, pod, steps, marked)
+        finally:
+            if attached:
+                progs.detach(node.parent)
+    return {"marked": marked, "stopped_at": stopped_at, **seen}
+
+
+REFUSED = "ConnectionRefusedError"
+
+
+def _direct(seen: dict[str, Any]) -> bool:
+    return isinstance(seen, dict) and seen.get("tag") == "db" and seen.get("orig") is None
+
+
+def _via_proxy(seen: dict[str, Any]) -> bool:
+    return (
+        isinstance(seen, dict)
+        and seen.get("tag") == "proxy"
+        and seen.get("orig") == f"{B_IP}:{DB_PORT}"
+        and (seen.get("upstream") or {}).get("tag") == "db"
+    )
+
+
+@pytest.mark.parametrize("plane_name", [name for name, f in FLAVOURS.items() if f.redirect is not None])
+def test_an_init_container_is_refused_under_ebpf_and_reaches_its_server_in_the_fallback(programs, plane_name):
+    """Merbridge's CNI mode marks the pod from its creation: under ebpf (here allowed by the
+    policy) the pod's own init container, run before the proxy (a regular container), is sent
+    to a proxy port nothing listens on yet, and refused; once the proxy runs, the same
+    connection reaches the database through it. What admission chooses instead for the same
+    pod (iptables; the legacy placement of a cluster without native sidecars, where the
+    mesh's init container runs after the pod's own): for Linkerd Merbridge does not take the
+    pod, and the init container reaches the database directly; for Istio it does (the pod
+    carries sidecar.istio.io/status beside two containers), so its init container is refused
+    there too, which the decision warns about; with native sidecars Merbridge leaves it alone."""
+    plane = flavour(plane_name)
+    progs = programs[plane.redirect.mode]
+    wait = WAIT_FOR_DB["name"]
+
+    allowed = admitted(plane_name, pod_with_init(), ALLOW_INITS)
+    assert allowed.mode is not None and allowed.mode.value == "ebpf", allowed.explanation
+    pod = dict(allowed.pod or {})
+    seen = started(progs, pod, plane_name)
+    assert seen["marked"] and seen["stopped_at"] is None, seen
+    assert REFUSED in seen[wait]["error"], seen  # before the proxy: refused
+    assert _via_proxy(seen[f"{wait}, again"]), seen  # with the proxy running: through it
+    if plane_name == "linkerd":
+        assert seen["linkerd-network-validator"] == {"ok": True}, seen
+    # negative control: with Merbridge's programs not attached the same pod reaches the database
+    bare = started(progs, pod, plane_name, attached=False)
+    assert _direct(bare[wait]), bare
+
+    fallback = admitted(plane_name, pod_with_init(), server=OLDER)
+    assert fallback.mode is not None and fallback.mode.value == "iptables", fallback.explanation
+    assert fallback.mode_reason is not None and fallback.mode_reason.value == "init-containers-before-proxy"
+    assert any("ebpf is not possible" in w and wait in w for w in fallback.warnings), fallback.warnings
+    pod = dict(fallback.pod or {})
+    inits = [c["name"] for c in pod["spec"]["initContainers"]]
+    assert inits == [wait, plane.init_name], inits  # the mesh's rules come after the pod's own
+    seen = started(progs, pod, plane_name)
+    assert seen["stopped_at"] == plane.init_name, seen
+    if plane_name == "linkerd":
+        assert not seen["marked"] and _direct(seen[wait]), seen
+        assert len(fallback.warnings) == 1, fallback.warnings
+    else:
+        assert seen["marked"] and REFUSED in seen[wait]["error"], seen
+        assert any("Merbridge on node node-1" in w and "refused" in w for w in fallback.warnings), (
+            fallback.warnings
+        )
+
+    native = admitted(plane_name, pod_with_init())
+    assert native.mode is not None and native.mode.value == "iptables", native.explanation
+    pod = dict(native.pod or {})
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == [plane.init_name, plane.proxy_name, wait]
+    assert not mb.cni_plugin_handles(pod), (
+        "one regular container: Merbridge's CNI plugin leaves the pod alone"
+    )
+    assert len(native.warnings) == 1, native.warnings
+
+
+def test_native_placement_sends_an_init_container_through_the_running_proxy(programs):
+    """The iptables fallback with native sidecars, for real with our generic ruleset (the
+    meshes' own init images render theirs): the rules are installed first, then the proxy
+    starts, then the pod's init container, whose connection the rules send to the proxy, which
+    reaches the database. Without native sidecars the pod's init container runs before the
+    rules and reaches the database directly. Merbridge runs on the node and takes neither."""
+    policy = "proxy: {flavour: generic, image: reg/proxy:1, initImage: reg/init:1}"
+    wait = WAIT_FOR_DB["name"]
+    progs = programs["linkerd"]
+
+    native = admitted("generic", pod_with_init(), policy)
+    assert native.mode is not None and native.mode.value == "iptables", native.explanation
+    pod = dict(native.pod or {})
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["mesh-init", "mesh-proxy", wait]
+    seen = started(progs, pod, "generic")
+    assert not seen["marked"] and seen["stopped_at"] is None, seen
+    assert seen["mesh-init"]["ok"], seen
+    assert _via_proxy(seen[wait]), seen
+
+    legacy = admitted("generic", pod_with_init(), policy, server=OLDER)
+    pod = dict(legacy.pod or {})
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == [wait, "mesh-init"]
+    seen = started(progs, pod, "generic")
+    assert _direct(seen[wait]), seen  # before the rules
+    assert _via_proxy(seen[f"{wait}, again"]), seen  # the same connection once rules and proxy are in

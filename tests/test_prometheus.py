@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,14 @@ from tests.promdata import (
     write_openmetrics,
 )
 from tests.servers import make_certs, serve_process
-from tests.support import ANCHORS_POLICY, TRUST_ANCHORS, anchored_policy, eventually, owned_pod_review
+from tests.support import (
+    ANCHORS_POLICY,
+    TRUST_ANCHORS,
+    anchored_policy,
+    eventually,
+    owned_pod_review,
+    unavailable,
+)
 from webhook.dataplane import PROXY_NAMES
 from webhook.decide.sizing import from_observed
 from webhook.usage.history import UsageHistory
@@ -37,11 +43,7 @@ from webhook.usage.samples import Sample, summarize
 from webhook.workload import WorkloadKey
 
 if not (shutil.which("prometheus") and shutil.which("promtool")):
-    if os.environ.get("CI"):
-        raise RuntimeError("prometheus/promtool missing: .ci/run installs Debian's prometheus package")
-    pytest.skip(
-        "Debian's prometheus package is not installed (apt-get install prometheus)", allow_module_level=True
-    )
+    unavailable("Debian's prometheus package is not installed (apt-get install prometheus)", module=True)
 
 
 def web_review() -> dict:

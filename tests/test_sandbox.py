@@ -13,7 +13,8 @@ directly. The same sandbox shows why Linkerd's proxy-init cannot run there: it r
 
 The init image is expected to ship iptables-legacy (gVisor refuses the nft backend), as
 Linkerd's proxy-init does; the test puts a legacy ``iptables-restore`` first on the PATH.
-Needs root and runsc (.ci/run installs it); skipped with the reason where no sandbox can start.
+Needs root and runsc (.ci/run installs it); skipped with the reason where no sandbox can start,
+and failed instead under CI (``CI`` set).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,14 @@ from typing import Any
 import pytest
 
 from tests.netns import fresh, join, sh
-from tests.support import load_case
+from tests.support import load_case, unavailable
 from webhook.admission import admit
 
 HERE = Path(__file__).parent
-POD_NS, UP_NS = "mi-sbx-pod", "mi-sbx-up"
+# this run's own network namespaces and veths (the machine's, shared with concurrent runs)
+RUN = uuid.uuid4().hex[:6]
+POD_NS, UP_NS = f"mi-sbx-pod-{RUN}", f"mi-sbx-up-{RUN}"
+POD_DEV, UP_DEV = f"sbx{RUN}p", f"sbx{RUN}u"
 POD_IP, UP_IP = "10.99.7.1", "10.99.7.2"
 UPSTREAM_SERVER = """
 import json, socket, sys, threading
@@ -54,10 +59,10 @@ print("ready", flush=True); threading.Event().wait()
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> Iterator[Path]:
     if os.geteuid() != 0:
-        pytest.skip("starting a gVisor sandbox and creating network namespaces needs root")
+        unavailable("starting a gVisor sandbox and creating network namespaces needs root")
     for tool in ("runsc", "iptables-legacy-restore", "ip", "unshare"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install runsc iptables iproute2)")
+            unavailable(f"{tool} is not installed (apt-get install runsc iptables iproute2)")
     work = tmp_path_factory.mktemp("sandbox")
     for ns in (POD_NS, UP_NS):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
@@ -67,18 +72,18 @@ def sandbox(tmp_path_factory) -> Iterator[Path]:
         "ip",
         "link",
         "add",
-        "mi-sbx-v0",
+        POD_DEV,
         "netns",
         POD_NS,
         "type",
         "veth",
         "peer",
         "name",
-        "mi-sbx-v1",
+        UP_DEV,
         "netns",
         UP_NS,
     )
-    for ns, dev, ip in ((POD_NS, "mi-sbx-v0", POD_IP), (UP_NS, "mi-sbx-v1", UP_IP)):
+    for ns, dev, ip in ((POD_NS, POD_DEV, POD_IP), (UP_NS, UP_DEV, UP_IP)):
         sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
         sh("ip", "-n", ns, "link", "set", dev, "up")
     upstream = subprocess.Popen(
@@ -101,9 +106,12 @@ def sandbox(tmp_path_factory) -> Iterator[Path]:
 
 def pod_network() -> None:
     """A fresh pod network namespace, veth-joined to the upstream's: gVisor takes the
-    interface's addresses into its own netstack and does not give them back."""
+    interface's addresses into its own netstack and does not give them back. The old pair
+    is deleted first, at once: a deleted namespace takes its veth (and the peer's end) with
+    it only once nothing holds it any more, which on a busy machine can be later."""
+    subprocess.run(["ip", "-n", UP_NS, "link", "del", UP_DEV], capture_output=True)
     fresh(POD_NS)
-    join((POD_NS, "mi-sbx-v0", f"{POD_IP}/24"), (UP_NS, "mi-sbx-v1", f"{UP_IP}/24"))
+    join((POD_NS, POD_DEV, f"{POD_IP}/24"), (UP_NS, UP_DEV, f"{UP_IP}/24"))
 
 
 def run_in_gvisor(work: Path, name: str, plan: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +150,7 @@ def run_in_gvisor(work: Path, name: str, plan: dict[str, Any]) -> dict[str, Any]
                 [*runsc, "create", "--bundle", str(bundle), cid], stdout=sink, stderr=sink, timeout=60
             )
         if created.returncode != 0:
-            pytest.skip(f"runsc cannot create a sandbox here: {out.read_text()[-400:]}")
+            unavailable(f"runsc cannot create a sandbox here: {out.read_text()[-400:]}")
         # this runsc takes a network namespace for the host's when /proc/sys/net/core/rmem_default
         # exists, which it does in every netns on kernels >= 6: hide /proc/sys/net from `start`
         started = subprocess.run(
@@ -160,7 +168,7 @@ def run_in_gvisor(work: Path, name: str, plan: dict[str, Any]) -> dict[str, Any]
             timeout=60,
         )
         if started.returncode != 0:
-            pytest.skip(f"runsc cannot start a sandbox here: {started.stderr[-400:]}")
+            unavailable(f"runsc cannot start a sandbox here: {started.stderr[-400:]}")
         waited = subprocess.run([*runsc, "wait", cid], capture_output=True, text=True, timeout=120)
         assert '"exitStatus":0' in waited.stdout.replace(" ", ""), out.read_text()
     finally:

@@ -422,3 +422,130 @@ def test_other_mesh_exclusions_are_parsed_and_bad_ones_reported():
         "Linkerd",
         "linkerd.io/proxy-version annotation",
     )
+
+
+def _merbridge_node(cni: bool = True) -> list[dict]:
+    """One modern node (kubelet 1.32) where Merbridge for Linkerd runs Ready."""
+    args = ["-m", "linkerd", *(["--cni-mode"] if cni else [])]
+    return [
+        {
+            "kind": "Node",
+            "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
+            "status": {"nodeInfo": {"kernelVersion": "6.8.0-45-generic", "kubeletVersion": "v1.32.2"}},
+        },
+        {"kind": "Namespace", "metadata": {"name": "shop", "labels": {"mesh-injector.io/inject": "enabled"}}},
+        {
+            "kind": "Pod",
+            "metadata": {"name": "merbridge-1", "namespace": "linkerd", "labels": {"app": "merbridge"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "merbridge", "args": args}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        },
+    ]
+
+
+WAIT = {"name": "wait", "image": "tools:1"}
+APP = {"name": "app", "image": "app:1"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "annotations", "policy", "cni", "expected"),
+    [
+        ({"containers": [APP]}, {}, "", True, ("ebpf", "ebpf-capable")),
+        (
+            {"initContainers": [WAIT], "containers": [APP]},
+            {},
+            "",
+            True,
+            ("iptables", "init-containers-before-proxy"),
+        ),
+        # the pod's own uid is the init container's too: the proxy's, which Merbridge leaves alone
+        (
+            {"securityContext": {"runAsUser": 2102}, "initContainers": [WAIT], "containers": [APP]},
+            {},
+            "",
+            True,
+            ("ebpf", "ebpf-capable"),
+        ),
+        # its own uid wins over the pod's
+        (
+            {
+                "securityContext": {"runAsUser": 2102},
+                "initContainers": [{**WAIT, "securityContext": {"runAsUser": 1000}}],
+                "containers": [APP],
+            },
+            {},
+            "",
+            True,
+            ("iptables", "init-containers-before-proxy"),
+        ),
+        # without CNI mode nothing is opened in the pod: the init container's first connect
+        # finds no proxy listening and is left alone
+        (
+            {"initContainers": [WAIT], "containers": [APP]},
+            {},
+            "interception: {ebpf: {redirector: {requireCniMode: false}}}",
+            False,
+            ("ebpf", "ebpf-capable"),
+        ),
+        # asked for by annotation: falls back, with the reason in the warning
+        (
+            {"initContainers": [WAIT], "containers": [APP]},
+            {"mesh-injector.io/interception": "ebpf"},
+            "",
+            True,
+            ("iptables", "fallback"),
+        ),
+        (
+            {"containers": [{**APP, "readinessProbe": {"tcpSocket": {"port": 39807}}}]},
+            {},
+            "",
+            True,
+            ("iptables", "redirector-port-conflict"),
+        ),
+        (
+            {"initContainers": [{**WAIT, "ports": [{"containerPort": 39807}]}], "containers": [APP]},
+            {},
+            "interception: {ebpf: {allowInitContainers: true}}",
+            True,
+            ("iptables", "redirector-port-conflict"),
+        ),
+        # a probe that names its port refers to a declared containerPort, which is judged itself
+        (
+            {"containers": [{**APP, "readinessProbe": {"httpGet": {"port": "http"}}}]},
+            {},
+            "",
+            True,
+            ("ebpf", "ebpf-capable"),
+        ),
+        (
+            {"containers": [APP]},
+            {},
+            "interception: {ebpf: {enabled: false}}",
+            True,
+            ("iptables", "ebpf-disabled"),
+        ),
+    ],
+)
+def test_which_pods_ebpf_refuses(spec, annotations, policy, cni, expected):
+    from webhook.admission import admit
+    from webhook.cluster.snapshot import redirector_selector, snapshot_from_objects
+
+    chosen = anchored_policy(policy)
+    snapshot = snapshot_from_objects(
+        _merbridge_node(cni), server_version=KubeVersion(1, 32), redirector=redirector_selector(chosen)
+    )
+    pod = {"metadata": {"name": "p", "namespace": "shop", "annotations": annotations}, "spec": spec}
+    out = admit(
+        {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod},
+        snapshot,
+        chosen,
+    )
+    assert out.injected and out.mode is not None, out.explanation
+    assert (out.mode.value, out.mode_reason.value if out.mode_reason else None) == expected, out.explanation
+    warned = [w for w in out.warnings if "ebpf" in w]
+    if expected[1] in ("init-containers-before-proxy", "fallback"):
+        assert len(warned) == 1 and "init container wait runs before the proxy" in warned[0], out.warnings
+    elif expected[1] == "redirector-port-conflict":
+        assert len(warned) == 1 and "39807" in warned[0], out.warnings
+    else:
+        assert warned == [], out.warnings

@@ -148,8 +148,14 @@ class Redirector:
 
 @dataclass(frozen=True, kw_only=True)
 class EbpfRules:
+    # false: ebpf is never chosen (asked for by annotation, the pod falls back)
+    enabled: bool = True
     min_kernel: Kernel
     capable_kernels: tuple[str, ...] = ()
+    # true: a pod with init containers of its own gets ebpf too, though Merbridge sends
+    # their connections to a proxy that only starts after them (fit for init containers
+    # that connect nowhere, or only to loopback or excluded ports)
+    allow_init_containers: bool = False
     redirector: Redirector = field(default_factory=Redirector)
 
 

@@ -126,6 +126,12 @@ class ModeReason(StrEnum):
     KERNEL_TOO_OLD = "kernel-too-old"
     NO_REDIRECTOR = "no-redirector"
     REDIRECTOR_UNSUPPORTED = "redirector-unsupported"
+    # the pod's own init containers would run before its proxy, with their connections
+    # already sent to it (Merbridge's CNI mode marks the pod's network from its start)
+    INIT_CONTAINERS_BEFORE_PROXY = "init-containers-before-proxy"
+    # a container of the pod listens on the port Merbridge's CNI plugin holds in every pod
+    REDIRECTOR_PORT_CONFLICT = "redirector-port-conflict"
+    EBPF_DISABLED = "ebpf-disabled"  # the policy turns ebpf off
     NO_RUNTIME_CLASS = "no-runtime-class"
     SANDBOXED_POD = "sandboxed-pod"
     BATCH_NATIVE_SIDECAR = "batch-native-sidecar"

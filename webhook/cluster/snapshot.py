@@ -20,7 +20,8 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
 
 from webhook.policy import Policy
 from webhook.usage.samples import UsageSummary
@@ -122,6 +123,16 @@ class RedirectorState:
     cni_mode: bool  # --cni-mode: cross-node inbound (tc) and per-pod exclusions work
 
 
+class Agent(NamedTuple):
+    """A redirector pod as read from the cluster: its node, its state, its name (for
+    explanations) and when its container last started (None: not known)."""
+
+    node: str
+    state: RedirectorState
+    name: str
+    started: datetime | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeClass:
     """A ``node.k8s.io/v1`` RuntimeClass: what the API server's RuntimeClass admission merges
@@ -186,6 +197,10 @@ class ClusterSnapshot:
     config_maps: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
     # node name -> the redirector there (and its pod's name, for explanations)
     redirectors: Mapping[str, tuple[RedirectorState, str]] = field(default_factory=dict)
+    # node name -> when the redirector's container there last started (not part of its
+    # state, which groups nodes: pods that started before it lost their redirect, see
+    # ``dataplane.base.Redirect.repaired``)
+    redirector_starts: Mapping[str, datetime] = field(default_factory=dict)
     runtime_classes: Mapping[str, RuntimeClass] = field(default_factory=dict)
     # (namespace, target kind, target name) -> the VerticalPodAutoscaler of that workload
     autoscalers: Mapping[tuple[str, str, str], Autoscaler] = field(default_factory=dict)
@@ -288,6 +303,7 @@ def build_snapshot(
     namespace_annotations: Mapping[str, Mapping[str, str]] | None = None,
     config_maps: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
     redirectors: Mapping[str, tuple[RedirectorState, str]] | None = None,
+    redirector_starts: Mapping[str, datetime] | None = None,
     runtime_classes: Iterable[RuntimeClass] = (),
     autoscalers: Iterable[Autoscaler] = (),
     source: str = "cluster",
@@ -312,6 +328,7 @@ def build_snapshot(
         namespace_annotations={ns: a for ns, a in (namespace_annotations or {}).items() if a},
         config_maps=dict(config_maps or {}),
         redirectors=dict(redirectors or {}),
+        redirector_starts=dict(redirector_starts or {}),
         runtime_classes={rc.name: rc for rc in runtime_classes},
         autoscalers=autoscalers_by_target(autoscalers),
         source=source,
@@ -425,8 +442,8 @@ def _flags(argv: list[str]) -> tuple[str, bool]:
     return mode.strip().lower(), cni
 
 
-def redirector_from_object(obj: Mapping[str, Any]) -> tuple[str, RedirectorState, str] | None:
-    """(node, state, pod name) of a redirector pod; None for one not bound to a node yet."""
+def redirector_from_object(obj: Mapping[str, Any]) -> Agent | None:
+    """A redirector pod as an ``Agent``; None for one not bound to a node yet."""
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -447,19 +464,50 @@ def redirector_from_object(obj: Mapping[str, Any]) -> tuple[str, RedirectorState
         )
     )
     name = f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
-    return node, RedirectorState(ready=ready, mode=mode, cni_mode=cni), name
+    return Agent(node, RedirectorState(ready=ready, mode=mode, cni_mode=cni), name, _last_start(status))
 
 
-def redirectors_by_node(
-    found: Iterable[tuple[str, RedirectorState, str]],
-) -> dict[str, tuple[RedirectorState, str]]:
+def _last_start(status: Mapping[str, Any]) -> datetime | None:
+    """When the latest of the pod's running containers started (``state.running.startedAt``):
+    a restart of the container, or a new pod, moves it."""
+    found = []
+    for c in status.get("containerStatuses") or []:
+        running = ((c.get("state") or {}).get("running") or {}) if isinstance(c, dict) else {}
+        when = parse_time(running.get("startedAt")) if isinstance(running, dict) else None
+        if when is not None:
+            found.append(when)
+    return max(found, default=None)
+
+
+def parse_time(value: object) -> datetime | None:
+    """A Kubernetes timestamp (RFC 3339, ``2026-11-27T12:00:00Z``) as an aware datetime."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def _by_node(found: Iterable[Agent]) -> dict[str, Agent]:
     """One redirector per node: a Ready one where there is one (a rolling update runs two)."""
-    out: dict[str, tuple[RedirectorState, str]] = {}
-    for node, state, name in sorted(found, key=lambda f: (f[0], f[2])):
-        held = out.get(node)
-        if held is None or (state.ready and not held[0].ready):
-            out[node] = (state, name)
+    out: dict[str, Agent] = {}
+    for agent in sorted(found, key=lambda a: (a.node, a.name)):
+        held = out.get(agent.node)
+        if held is None or (agent.state.ready and not held.state.ready):
+            out[agent.node] = agent
     return out
+
+
+def redirectors_by_node(found: Iterable[Agent]) -> dict[str, tuple[RedirectorState, str]]:
+    """The redirector of each node (see ``_by_node``): its state and its pod's name."""
+    return {node: (a.state, a.name) for node, a in _by_node(found).items()}
+
+
+def redirector_starts(found: Iterable[Agent]) -> dict[str, datetime]:
+    """When the redirector of each node (see ``_by_node``) last started, where known."""
+    return {node: a.started for node, a in _by_node(found).items() if a.started is not None}
 
 
 def runtime_class_from_object(obj: Mapping[str, Any]) -> RuntimeClass | None:
@@ -572,7 +620,7 @@ def snapshot_from_objects(
     ns_annotations: dict[str, dict[str, str]] = {}
     services: list[Service] = []
     config_maps: dict[tuple[str, str], dict[str, str]] = {}
-    agents: list[tuple[str, RedirectorState, str]] = []
+    agents: list[Agent] = []
     classes: list[RuntimeClass] = []
     vpas: list[Autoscaler] = []
     for obj in flatten_items(docs):
@@ -614,6 +662,7 @@ def snapshot_from_objects(
         namespace_annotations=ns_annotations,
         config_maps=config_maps,
         redirectors=redirectors_by_node(agents),
+        redirector_starts=redirector_starts(agents),
         runtime_classes=classes,
         autoscalers=vpas,
         source=source,

@@ -106,12 +106,19 @@ class DataPlane:
 @dataclass(frozen=True, slots=True)
 class Redirect:
     """How Merbridge knows this flavour's proxy: its ``--mode``, and the uid and ports that
-    mode compiles in (``bpf/headers/mesh.h``), which the rendered proxy must match."""
+    mode compiles in (``bpf/headers/mesh.h``), which the rendered proxy must match.
+
+    ``repaired``: whether Merbridge redirects this proxy's pods again after it restarts. In
+    CNI mode a pod is redirected because Merbridge's CNI plugin opened a listener in its
+    network namespace when the pod was created; a restarted Merbridge has lost those, and
+    its repair pass (``checkAndRepairPodPrograms``, 0.8.1) opens them again only for pods
+    whose process is ``pilot-agent`` listening on 15001 (Istio's agent)."""
 
     mode: str
     uid: int
     outbound: int
     inbound: int
+    repaired: bool = False
 
 
 def _no_ports(policy: Policy) -> tuple[Ports, Ports]:

@@ -754,7 +754,7 @@ FLAVOUR = Flavour(
     policy=FlavourPolicy(settings=IstioSettings),
     config_maps=config_maps,
     control_plane=control_plane,
-    redirect=Redirect(mode="istio", uid=UID, outbound=15001, inbound=15006),
+    redirect=Redirect(mode="istio", uid=UID, outbound=15001, inbound=15006, repaired=True),
     never_redirected=never_redirected,
     gvisor_gap="istio-iptables' rules are not shown to load in gVisor's netstack",
     writes_sidecar_status=True,

@@ -624,7 +624,7 @@ FLAVOUR = Flavour(
         "proxy.linkerd.trustAnchorsPem in --policy"
     ),
     inherits=(CONFIG, CONFIG_ALPHA),
-    redirect=Redirect(mode="linkerd", uid=UID, outbound=OUTBOUND, inbound=INBOUND),
+    redirect=Redirect(mode="linkerd", uid=UID, outbound=OUTBOUND, inbound=INBOUND, repaired=False),
     never_redirected=never_redirected,
     validator_under_redirector=True,
     gvisor_gap="proxy-init writes -m comment and matches port lists with -m multiport",

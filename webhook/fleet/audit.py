@@ -10,7 +10,9 @@ outcome is compared with what the pod carries:
 - **stale**: it carries our proxy and admission would now give it a different one, or none;
   the fields that differ are named (flavour, proxy image, mode, placement, resources
   beyond a tolerance, RuntimeClass, init container images), also where the injection was
-  edited since (its proxy's image changed by hand: compared with a fresh injection);
+  edited since (its proxy's image changed by hand: compared with a fresh injection); or it
+  is an ebpf pod that its node's Merbridge no longer redirects (``redirector-restarted``:
+  Merbridge started after the pod, and does not take that proxy's pods back);
 - **other-mesh**: another mesh owns it;
 - **out-of-scope**: not meshed, and admission would not mesh it now (the reason says why).
 
@@ -27,9 +29,10 @@ from enum import StrEnum
 from typing import Any
 
 from webhook.admission import admit
-from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.cluster.snapshot import ClusterSnapshot, parse_time
 from webhook.core import ANN_SKIP, ANN_STATUS
 from webhook.dataplane import FLAVOURS
+from webhook.modes.ebpf import lost_on_restart
 from webhook.patch.inject import read_status
 from webhook.policy import Policy
 from webhook.quantity import parse_quantity
@@ -57,8 +60,8 @@ _OTHER_MESH_SKIPS = frozenset({Skip.OTHER_MESH, Skip.OTHER_MESH_OPT_OUT})
 class Change:
     """One field of the injection that admission would set differently now."""
 
-    # a slug: flavour, proxy-image, mode, placement, resources, runtime-class, init-image,
-    # meshed, proxy (edited since it was injected)
+    # a slug: flavour, proxy-image, mode, placement, resources, runtime-class, init-image, meshed,
+    # redirector-restarted, proxy (edited since it was injected)
     field: str
     has: str
     wants: str
@@ -266,6 +269,19 @@ def _edited_injection(
     return found or [Change("proxy", "changed since it was injected", "as admission adds it")]
 
 
+def _lost_redirect(pod: Mapping[str, Any], snapshot: ClusterSnapshot) -> Change | None:
+    """An ebpf pod of ours that its node's Merbridge no longer redirects (see
+    ``modes.ebpf.lost_on_restart``)."""
+    status = read_status(pod) or {}
+    plane = FLAVOURS.get(str(status.get("flavour")))
+    node = (pod.get("spec") or {}).get("nodeName")
+    started = parse_time((pod.get("status") or {}).get("startTime"))
+    if status.get("mode") != "ebpf" or plane is None or not isinstance(node, str) or started is None:
+        return None
+    lost = lost_on_restart(plane, node, started, snapshot)
+    return Change("redirector-restarted", *lost) if lost is not None else None
+
+
 def audit_pod(
     pod: Mapping[str, Any], snapshot: ClusterSnapshot, policy: Policy, *, tolerance: float = DEFAULT_TOLERANCE
 ) -> PodAudit:
@@ -320,10 +336,13 @@ def audit_pod(
             "not-injected",
             f"has no proxy; would be meshed now, mode {mode}",
         )
-    if not outcome.patch:
+    lost = _lost_redirect(pod, snapshot)
+    if not outcome.patch and lost is None:
         return PodAudit(namespace, name, key, State.CURRENT, "current", f"meshed, mode {mode}")
-    wanted = outcome.pod
+    wanted = outcome.pod if outcome.patch else None
     found = changes(pod, wanted, tolerance) if wanted is not None else []
+    if lost is not None:  # first: the pod runs beside a proxy nothing sends its traffic to
+        found.insert(0, lost)
     if not found:
         return PodAudit(namespace, name, key, State.CURRENT, "current", f"meshed, mode {mode}")
     return PodAudit(

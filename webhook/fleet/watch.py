@@ -2,7 +2,7 @@
 the gauges an alert fires on (``mesh_injector_fleet_pods{namespace,state,reason}``).
 
 Each pod is kept only as what admission reads (its name, labels, annotations, owners and
-spec; no status but the phase, no managedFields); what the pods of one template share is
+spec; of its status the phase and start time, no managedFields); what the pods of one template share is
 kept once, as compact JSON; finished pods are not kept at all. Every ``interval`` seconds
 the cache is audited with the same ``audit`` the CLI runs, against the snapshot and policy
 the webhook serves with.
@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -23,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from webhook.cluster.kubeapi import lister
 from webhook.cluster.live import Informer
-from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.cluster.snapshot import ClusterSnapshot, parse_time
 from webhook.fleet.audit import DEFAULT_TOLERANCE, State, audit_pod, is_live
 from webhook.policy import Policy
 
@@ -35,13 +36,14 @@ EXPORTED = (State.MISSED, State.STALE)
 
 class SlimPod(NamedTuple):
     """A pod as the watch keeps it: the part its template's pods share (JSON, interned), and
-    its own name, node, phase and deletion mark."""
+    its own name, node, phase, deletion mark and start time (seconds since the epoch)."""
 
     shared: bytes
     name: str
     node: str | None
     phase: str | None
     deleting: str | None
+    started: float | None = None
 
 
 class PodStore:
@@ -53,15 +55,24 @@ class PodStore:
 
     def slim(self, obj: Mapping[str, Any]) -> SlimPod | None:
         """What admission reads of a pod; ``None`` for a pod that finished (not kept)."""
-        phase = (obj.get("status") or {}).get("phase")
+        status = obj.get("status") or {}
+        phase = status.get("phase")
         if phase in ("Succeeded", "Failed"):
             return None
+        started = parse_time(status.get("startTime"))
         meta = obj.get("metadata") or {}
         spec = dict(obj.get("spec") or {})
         node = spec.pop("nodeName", None)
         shared = orjson.dumps({"metadata": {k: meta[k] for k in _SHARED_META if k in meta}, "spec": spec})
         shared = self._shared.setdefault(shared, shared)
-        return SlimPod(shared, str(meta.get("name") or ""), node, phase, meta.get("deletionTimestamp"))
+        return SlimPod(
+            shared,
+            str(meta.get("name") or ""),
+            node,
+            phase,
+            meta.get("deletionTimestamp"),
+            started.timestamp() if started is not None else None,
+        )
 
     def forget_unused(self, live: list[SlimPod]) -> None:
         """Drop shared parts no pod refers to any more."""
@@ -81,7 +92,10 @@ def expand(pods: list[SlimPod]) -> Iterator[dict[str, Any]]:
         if p.deleting:
             meta["deletionTimestamp"] = p.deleting
         spec = {**base["spec"], "nodeName": p.node} if p.node else base["spec"]
-        yield {"metadata": meta, "spec": spec, "status": {"phase": p.phase} if p.phase else {}}
+        status: dict[str, Any] = {"phase": p.phase} if p.phase else {}
+        if p.started is not None:
+            status["startTime"] = datetime.fromtimestamp(p.started, UTC).isoformat()
+        yield {"metadata": meta, "spec": spec, "status": status}
 
 
 Counts = dict[tuple[str, str, str], int]  # (namespace, state, reason) -> pods
@@ -89,12 +103,14 @@ Counts = dict[tuple[str, str, str], int]  # (namespace, state, reason) -> pods
 
 def count_states(pods: list[SlimPod], snapshot: ClusterSnapshot, policy: Policy, tolerance: float) -> Counts:
     """The live pods that missed their injection or whose injection is stale, counted by
-    namespace, state and reason. Pods that share their template, node and phase get the
-    same answer (the name only names them), so one of each group is audited and counted for
-    all."""
-    groups: dict[tuple[int, str | None, str | None, str | None], list[SlimPod]] = {}
+    namespace, state and reason. Pods that share their template, node and phase, and started
+    on the same side of their node's redirector's start, get the same answer (the name only
+    names them), so one of each group is audited and counted for all."""
+    groups: dict[tuple[int, str | None, str | None, str | None, bool], list[SlimPod]] = {}
     for p in pods:
-        groups.setdefault((id(p.shared), p.node, p.phase, p.deleting), []).append(p)
+        agent = snapshot.redirector_starts.get(p.node) if p.node else None
+        before = agent is not None and p.started is not None and p.started <= agent.timestamp()
+        groups.setdefault((id(p.shared), p.node, p.phase, p.deleting, before), []).append(p)
     counts: Counts = {}
     for members, pod in zip(groups.values(), expand([m[0] for m in groups.values()]), strict=True):
         if not is_live(pod):

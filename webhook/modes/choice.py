@@ -7,8 +7,11 @@
     ebpf's mechanism missing for the pod (ebpf.missing):
         kernel unknown                                          -> iptables  kernel-unknown
         lowest kernel below ebpf.minKernel                      -> iptables  kernel-too-old
+        the policy turns ebpf off                               -> iptables  ebpf-disabled
         an eligible node without a Ready, matching Merbridge    -> iptables  no-redirector
         a proxy or exclusions Merbridge cannot handle           -> iptables  redirector-unsupported
+        a container port or probe on Merbridge's port 39807     -> iptables  redirector-port-conflict
+        init containers of its own (before a regular proxy)     -> iptables  init-containers-before-proxy
     batch pod, native sidecars available, iptables admitted     -> iptables  batch-native-sidecar
     otherwise                                                   -> ebpf      ebpf-capable
 
@@ -38,11 +41,13 @@ from webhook.decide.podfacts import pod_exclusions, pod_option
 from webhook.decide.survey import Survey
 from webhook.modes import MODES
 from webhook.modes.base import Interception, Setting, sandbox_of
+from webhook.modes.ebpf import early_inits_taken_anyway
 from webhook.policy import Policy
 from webhook.reasons import Mode, ModeReason, Skip, Stop
 
 _CHAIN = (Mode.MICROVM, Mode.EBPF, Mode.IPTABLES)
-_KERNEL_GAPS = (ModeReason.KERNEL_UNKNOWN, ModeReason.KERNEL_TOO_OLD)
+# gaps that are the fleet's known state or the operator's choice, not something to fix
+_QUIET_GAPS = (ModeReason.KERNEL_UNKNOWN, ModeReason.KERNEL_TOO_OLD, ModeReason.EBPF_DISABLED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,8 +141,9 @@ def choose_mode(setting: Setting, traits: PodTraits) -> Choice:
             return _skip(blocked, f"{gap.text}; {blocked.text}")
         text = f"{gap.text}: iptables is the safe fallback"
         # kernels too old for eBPF are a fleet's known state; a redirector missing where the
-        # kernels could run it is something to fix, so it is said to whoever creates the pod
-        warning = None if gap.reason in _KERNEL_GAPS else f"mesh-injector: ebpf is not possible: {text}"
+        # kernels could run it, or a pod it would break, is something to fix, so it is said to
+        # whoever creates the pod
+        warning = None if gap.reason in _QUIET_GAPS else f"mesh-injector: ebpf is not possible: {text}"
         return Choice(Mode.IPTABLES, gap.reason, text, warning=warning)
     if traits.batch and traits.native_possible and blocked is None and traits.iptables_fallback:
         return Choice(
@@ -187,6 +193,7 @@ def pick(
     )
     native_option = pod_option(annotations, "native-sidecar", ctx) or "auto"
     traits = found.traits
+    native_possible = native_placement(native_option, found.server, found.elig, policy, Notes())[0]
     choice = choose_mode(
         setting,
         PodTraits(
@@ -194,7 +201,7 @@ def pick(
             iptables_fallback=pod_option(annotations, "iptables-fallback", ctx) != "false",
             high_throughput_grpc=traits.protocol == "grpc" and traits.throughput == "high",
             batch=traits.batch,
-            native_possible=native_placement(native_option, found.server, found.elig, policy, Notes())[0],
+            native_possible=native_possible,
         ),
     )
     if choice.mode is None:
@@ -202,6 +209,10 @@ def pick(
         return Stop(choice.skip, choice.text)
     if choice.warning:
         ctx.warn(choice.warning)
+    if choice.mode is Mode.IPTABLES:  # its placement is the one native_placement gives
+        redirected = early_inits_taken_anyway(setting, native_possible)
+        if redirected:
+            ctx.warn(redirected)
     ctx.lines.append(
         f"mode: {choice.mode.value} ({choice.reason.value if choice.reason else ''}): {choice.text}"
     )

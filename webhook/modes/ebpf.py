@@ -24,6 +24,19 @@ pod's interface. What it needs, read from its source (commit 561fc00, release 0.
   among them, so they are excluded here, or a meshed Prometheus's scrape of 4191 and
   ``linkerd viz tap`` on 4190 would be sent to the inbound proxy.
 
+- **Pods it breaks**: in CNI mode its plugin opens a listener on 0.0.0.0:39807 in the pod's
+  network namespace when the pod is created (``internal/cni-server/cni-plugin.go``), and from
+  then on every connect() of another uid than the proxy's goes to the proxy's port
+  (``bpf/headers/cgroup.h``, ``mb_connect.c``). A container of the pod that listens on 39807
+  fails ("address in use"); the pod's own init containers run before the proxy, which is a
+  regular container under ebpf, so their connections are refused and the pod never starts
+  (a native sidecar would start first, but Merbridge does not redirect one). Neither gets
+  ebpf, unless the policy allows init containers (``allowInitContainers``); an init
+  container running as the proxy's uid, or one of the pod's own native sidecars, is fine.
+- **After a restart** it has lost those listeners, and opens them again only for Istio's
+  agent (``Redirect.repaired``): pods of other proxies that started before it are no longer
+  redirected (``lost_on_restart``; ``audit`` says so).
+
 The fail-safe: Linkerd's ``linkerd-network-validator`` listens on 0.0.0.0:4140 and connects
 to 1.1.1.1:20001 as uid 65534; Merbridge sends that connect to the listener, so the pod
 starts only where the redirect really works. Istio's ``istio-validation`` connects as uid
@@ -35,11 +48,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from webhook.cluster.snapshot import RedirectorState
+from webhook.cluster.snapshot import ClusterSnapshot, RedirectorState
 from webhook.dataplane.base import Flavour, Ports
 from webhook.modes.base import Gap, Interception, Setting, ports_text
 from webhook.policy import Policy
@@ -47,7 +61,8 @@ from webhook.reasons import ModeReason
 
 NEEDS = (
     "Merbridge's DaemonSet pod Ready on every node the pod may land on, in the flavour's mesh mode "
-    "(and with --cni-mode unless the policy says otherwise), on kernels at or above ebpf.minKernel"
+    "(and with --cni-mode unless the policy says otherwise), on kernels at or above ebpf.minKernel; "
+    "a pod without init containers of its own and without a port on 39807"
 )
 
 EXCLUDE_INBOUND = "traffic.sidecar.istio.io/excludeInboundPorts"
@@ -59,6 +74,9 @@ CNI_MARK = "sidecar.istio.io/status"
 CNI_SKIP = "sidecar.istio.io/inject"
 # what ebpf mode writes on a pod (taken off again on re-injection)
 MARKS = (EXCLUDE_INBOUND, EXCLUDE_OUTBOUND, EXCLUDE_RANGES, CNI_MARK)
+# internal/cni-server/cni-plugin.go: the listener its CNI plugin opens in every pod it handles
+# (bpf/headers/mesh.h: SOCK_IP_MARK_PORT)
+REDIRECTOR_PORT = 39807
 # controller/pod.go: MaxItemLen, and the inbound ports it always excludes
 MAX_ITEMS = 20
 OWN_INBOUND = (15006, 15001, 15008, 15090, 15021, 15020, 15000)
@@ -158,6 +176,8 @@ def _expand(ports: Ports) -> list[int]:
 def missing(setting: Setting) -> Gap | None:
     """Why ebpf cannot redirect this pod's traffic, or None when Merbridge is known to."""
     kf, rules = setting.kernels, setting.policy.interception
+    if not rules.ebpf.enabled:
+        return Gap(ModeReason.EBPF_DISABLED, "the policy turns ebpf off (interception.ebpf.enabled: false)")
     if setting.sandbox is not None:
         return Gap(
             ModeReason.SANDBOXED_POD,
@@ -190,7 +210,132 @@ def missing(setting: Setting) -> Gap | None:
         why = _too_many_includes(setting.annotations)
     if why is not None:
         return Gap(ModeReason.REDIRECTOR_UNSUPPORTED, why)
+    return _breaks(setting)
+
+
+def _breaks(setting: Setting) -> Gap | None:
+    """What of the pod itself would fail under Merbridge's CNI mode (with it off on every
+    eligible node, nothing is opened in the pod and each container's first connect decides
+    for it alone): a port on Merbridge's listener, init containers that run before the proxy."""
+    if not any(state is not None and state.cni_mode for state, _, _ in setting.elig.redirectors):
+        return None
+    taken = on_redirector_port(setting.pod)
+    if taken is not None:
+        return Gap(
+            ModeReason.REDIRECTOR_PORT_CONFLICT,
+            f"{taken}, which Merbridge's CNI plugin listens on in every pod it redirects; "
+            "the container would fail with 'address in use'",
+        )
+    if setting.policy.interception.ebpf.allow_init_containers:
+        return None
+    assert setting.plane.redirect is not None
+    early = early_inits(setting.pod, setting.plane.redirect.uid)
+    if early:
+        return Gap(ModeReason.INIT_CONTAINERS_BEFORE_PROXY, _early_text(early))
     return None
+
+
+def _early_text(names: list[str]) -> str:
+    one = len(names) == 1
+    return (
+        f"init container{'' if one else 's'} {', '.join(names)} run{'s' if one else ''} before the proxy (a "
+        "regular container under ebpf), and Merbridge's CNI mode sends every connection of the pod to the "
+        f"proxy from the pod's start: {'its' if one else 'their'} connections would be refused"
+    )
+
+
+def _items(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def on_redirector_port(pod: Mapping[str, Any]) -> str | None:
+    """Where the pod says a container of it listens on Merbridge's port: a ``containerPort``,
+    or a probe that connects to it (a probe reaches the container's own port)."""
+    spec = pod.get("spec") or {}
+    for key in ("initContainers", "containers"):
+        for c in _items(spec.get(key)):
+            if not isinstance(c, dict):
+                continue
+            name = c.get("name")
+            for p in _items(c.get("ports")):
+                if isinstance(p, dict) and p.get("containerPort") == REDIRECTOR_PORT:
+                    return f"container {name} declares containerPort {REDIRECTOR_PORT}"
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                spec_of = c.get(probe)
+                for kind in ("httpGet", "tcpSocket", "grpc"):
+                    action = spec_of.get(kind) if isinstance(spec_of, dict) else None
+                    if isinstance(action, dict) and action.get("port") == REDIRECTOR_PORT:
+                        return f"container {name}'s {probe} connects to port {REDIRECTOR_PORT}"
+    return None
+
+
+def early_inits(pod: Mapping[str, Any], proxy_uid: int) -> list[str]:
+    """The pod's own init containers whose connections Merbridge would send to a proxy that
+    is not running yet: those that run to completion (a native sidecar of the pod's own,
+    ``restartPolicy: Always``, keeps running and reaches the network once the proxy is up),
+    unless they run as the proxy's uid (which Merbridge never redirects; an unknown uid, the
+    image's own, is not the proxy's)."""
+    spec = pod.get("spec") or {}
+    pod_sc = spec.get("securityContext")
+    pod_uid = pod_sc.get("runAsUser") if isinstance(pod_sc, dict) else None
+    out = []
+    for c in _items(spec.get("initContainers")):
+        if not isinstance(c, dict) or c.get("restartPolicy") == "Always":
+            continue
+        sc = c.get("securityContext")
+        uid = sc.get("runAsUser") if isinstance(sc, dict) else None
+        if (uid if uid is not None else pod_uid) != proxy_uid:
+            out.append(str(c.get("name")))
+    return out
+
+
+def early_inits_taken_anyway(setting: Setting, native: bool) -> str | None:
+    """A warning for a pod given another mode whose init containers Merbridge redirects all
+    the same: its CNI plugin takes every pod that carries ``sidecar.istio.io/status`` beside
+    two regular containers, whatever the mode, on the nodes where it runs in CNI mode; a
+    flavour that writes that annotation itself (Istio's) has it on every pod. With the proxy a
+    native sidecar (started before the init containers, and leaving one regular container
+    only) nothing is refused; in the legacy placement the init containers are."""
+    plane = setting.plane
+    if native or not plane.writes_sidecar_status or plane.redirect is None:
+        return None
+    if setting.policy.interception.ebpf.allow_init_containers:
+        return None
+    if str(setting.annotations.get(CNI_SKIP, "")).strip().lower() == "false":
+        return None
+    early = early_inits(setting.pod, plane.redirect.uid)
+    nodes = [node for state, _, node in setting.elig.redirectors if state and state.ready and state.cni_mode]
+    if not early or not nodes:
+        return None
+    return (
+        f"mesh-injector: the pod's init containers ({', '.join(early)}) run before {plane.proxy_name}, a "
+        f"regular container here, and Merbridge on node {nodes[0]} redirects every pod marked "
+        f"{CNI_MARK} whatever its mode: their connections would be refused (run them as uid "
+        f"{plane.redirect.uid}, exclude the ports they use, or use native sidecars, Kubernetes 1.29+)"
+    )
+
+
+def lost_on_restart(
+    plane: Flavour, node: str, pod_started: datetime, snapshot: ClusterSnapshot
+) -> tuple[str, str] | None:
+    """Why Merbridge no longer redirects an ebpf pod of ``plane`` that started at
+    ``pod_started`` on ``node``: Merbridge's container there started since (a restart, or a
+    new pod), in CNI mode, and its repair pass does not take this proxy's pods back (see
+    ``Redirect.repaired``). (what the pod has, what a new one gets), or None."""
+    if plane.redirect is None or plane.redirect.repaired:
+        return None
+    found, started = snapshot.redirectors.get(node), snapshot.redirector_starts.get(node)
+    if found is None or started is None or not found[0].cni_mode or pod_started > started:
+        return None
+    return (
+        f"not redirected since Merbridge on node {node} ({found[1]}) started at {_stamp(started)}, after "
+        f"the pod (started {_stamp(pod_started)}): it takes back only Istio's agent after a restart",
+        "a new pod, which Merbridge's CNI plugin registers",
+    )
+
+
+def _stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 INCLUDES = (
@@ -257,8 +402,19 @@ def describe(policy: Policy, plane: Flavour) -> str:
     validator = (
         "; adds the network validator" if agent.network_validator and plane.validator_under_redirector else ""
     )
+    if not rules.ebpf.enabled:
+        return "off (interception.ebpf.enabled: false)"
+    inits = (
+        "the pod's own init containers allowed (interception.ebpf.allowInitContainers: true)"
+        if rules.ebpf.allow_init_containers
+        else "no init container of the pod's own but native sidecars and those running as uid "
+        f"{plane.redirect.uid} (interception.ebpf.allowInitContainers: false)"
+    )
+    repaired = "re-registers" if plane.redirect.repaired else "does not re-register"
     return (
         f"Merbridge pods ({policy.redirector_namespace} -l {agent.selector}) Ready with --mode "
         f"{plane.redirect.mode}{cni} on every eligible node, kernels >= {rules.ebpf.min_kernel}; "
-        f"legacy placement, Merbridge's exclusion annotations{validator}"
+        f"{inits}; no container port or probe on {REDIRECTOR_PORT}; "
+        f"legacy placement, Merbridge's exclusion annotations{validator}; after a restart Merbridge "
+        f"{repaired} the {plane.proxy_name} pods that started before it (audit: redirector-restarted)"
     )

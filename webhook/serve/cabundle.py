@@ -119,6 +119,21 @@ class CABundleSync:
         log.info(f"caBundle of MutatingWebhookConfiguration {self.name} updated to include our CA")
         return True
 
+    def ensure(self, attempts: int = 5) -> bool:
+        """One-shot (``certs --webhook-config``): rounds until the bundle holds our CA, a
+        round lost to another writer (a replica patching at the same moment) being tried
+        again on what it wrote; True when this call wrote the CA."""
+        for _ in range(attempts):
+            self.conflicts = 0
+            if self.sync_once():
+                return True
+            if not self.conflicts:
+                return False  # it holds the CA
+        raise CertError(
+            f"MutatingWebhookConfiguration {self.name}: the caBundle changed under each of "
+            f"{attempts} patches; other writers keep changing it"
+        )
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="cabundle-sync", daemon=True)
         self._thread.start()

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import uvicorn
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from prometheus_client import start_http_server
+from urllib3.exceptions import HTTPError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from webhook.cluster.live import RESOURCES, LiveClusterView, api_client, server_version
@@ -426,26 +428,25 @@ def _certs_in_cluster(args: argparse.Namespace) -> int:
     if not namespace or not name:
         raise CertError(f"--secret: {args.secret!r} must be NAMESPACE/NAME")
     api = api_client(args.kubeconfig, in_cluster=args.in_cluster or not args.kubeconfig)
-    bundle, written = ensure_secrets(
-        api,
-        namespace=namespace,
-        name=name,
-        service=args.service,
-        dns=args.dns,
-        days=args.days,
-        force=args.force,
-    )
-    print(
-        f"Secret {namespace}/{name}: {'written' if written else 'exists, left as it is (--force renews)'}",
-        file=sys.stderr,
-    )
-    if args.webhook_config:
-        patched = CABundleSync(api, args.webhook_config, bundle.ca_cert).sync_once()
-        print(
-            f"MutatingWebhookConfiguration {args.webhook_config}: caBundle "
-            f"{'updated' if patched else 'already holds the CA'}",
-            file=sys.stderr,
+    doing = f"Secret {namespace}/{name}"
+    try:
+        bundle, written = ensure_secrets(
+            api,
+            namespace=namespace,
+            name=name,
+            service=args.service,
+            dns=args.dns,
+            days=args.days,
+            force=args.force,
         )
+        said = "written" if written else "exists, left as it is (--force renews)"
+        print(f"{doing}: {said}", file=sys.stderr)
+        if args.webhook_config:
+            doing = f"MutatingWebhookConfiguration {args.webhook_config}"
+            patched = CABundleSync(api, args.webhook_config, bundle.ca_cert).ensure()
+            print(f"{doing}: caBundle {'updated' if patched else 'already holds the CA'}", file=sys.stderr)
+    except (ApiException, OSError, HTTPError) as exc:  # refused (RBAC, absent) or unreachable
+        raise ClusterAccessError(f"{doing}: {describe_error(exc)}") from None
     return 0
 
 

@@ -73,6 +73,9 @@ class PollingUsage(UsageSource):
     apart still read at the same moments, and summaries are taken at the poll's aligned
     time, not at the moment the computation happens to run: two replicas that read the
     same data publish the same summaries.
+
+    ``clock`` (monotonic seconds) measures how long the source has been starting; a test
+    hands it a clock it moves by hand.
     """
 
     def __init__(self, history: UsageHistory, interval: float) -> None:
@@ -88,6 +91,7 @@ class PollingUsage(UsageSource):
         self.ready_after = 60.0
         self.last_success = 0.0
         self.failures = 0
+        self.clock: Callable[[], float] = time.monotonic
         # readings skipped because a value or a time could not be a reading, by which
         self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
         self._refusals: list[str] = []  # since the last poll: the first few, for the log
@@ -105,7 +109,7 @@ class PollingUsage(UsageSource):
 
     def start(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
-        self._started = time.monotonic()
+        self._started = self.clock()
         self._thread = threading.Thread(target=self._run, name=f"usage-{self.name}", daemon=True)
         self._thread.start()
 
@@ -118,7 +122,7 @@ class PollingUsage(UsageSource):
         service (pods would be created unmeshed); workloads without usage get profiles."""
         if self._ready:
             return True
-        return self._started is not None and time.monotonic() - self._started > self.ready_after
+        return self._started is not None and self.clock() - self._started > self.ready_after
 
     def summaries(self) -> Mapping[WorkloadKey, UsageSummary]:
         return self._summaries
@@ -127,7 +131,7 @@ class PollingUsage(UsageSource):
         """Since the last successful read; before the first one, since the start."""
         if self.last_success:
             return max(0.0, time.time() - self.last_success)
-        return 0.0 if self._started is None else time.monotonic() - self._started
+        return 0.0 if self._started is None else self.clock() - self._started
 
     def aligned(self, t: float) -> float:
         """The last grid point whose data is complete at ``t``."""
