@@ -48,7 +48,7 @@ def test_serve_says_where_it_listens_and_how_long_it_served(certs):
         f"and on 127.0.0.1:{metrics} for GET /metrics (http); cluster: "
     )
     stop = lines[-1]["msg"]
-    assert stop.startswith("stopped after serving for ") and stop.endswith(
+    assert stop.startswith("stopping after serving for ") and stop.endswith(
         "s: requests in flight finished, watches closed"
     )
 

@@ -403,7 +403,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.run(sockets=[https_socket])
     finally:
         log.info(
-            f"stopped after serving for {time.monotonic() - started:.0f}s: requests in flight finished, "
+            f"stopping after serving for {time.monotonic() - started:.0f}s: requests in flight finished, "
             "watches closed"
         )
         tls.stop()
