@@ -1,13 +1,15 @@
 """Benchmark of the admission core and the offline inject verb.
 
-    python bench/core.py [--calls 10000]
+    python bench/core.py [--calls 10000] [--policy FILE] [--cluster FILE]
 
 Prints admit() p50/p99 for one typical pod at 10, 500 and 5,000 nodes (a realistic mix
 of zones, pools, instance types, taints, kernels and cordons, with Merbridge Ready on every
 node, so the pod gets ebpf), the same for a pod whose
 affinity names single hosts (the per-node path), a bare baseline measured in the same
 run (orjson parse + dump of the same review: the least any webhook does), and the wall
-time of `mesh-injector inject` on a 1,000-document manifest.
+time of `mesh-injector inject` on a 1,000-document manifest. ``--policy`` decides with that
+policy (e.g. ``proxy: {flavour: istio}``); ``--cluster`` adds the ConfigMaps of a cluster file
+(a control plane's: istiod's istio-sidecar-injector and mesh config) to the example's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import yaml
 from webhook.admission import admit
 from webhook.cluster.snapshot import Node, RedirectorState, Taint, build_snapshot, config_map_from_object
 from webhook.loading import load_policy
+from webhook.loading import parse_policy as load_policy_text
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = [
@@ -38,6 +41,15 @@ KERNELS = [
     "5.15.0-1052-aws",
     "5.10.223-212.873.amzn2.x86_64",
 ]
+# the OS image each kernel comes with (status.nodeInfo.osImage), where nodes report one: the
+# pools mid-way through a new image then run Amazon Linux 2023 with kubelet 1.33, which lacks
+# legacy iptables
+OS_IMAGES = {
+    KERNELS[0]: "Amazon Linux 2023.6.20241212",
+    KERNELS[1]: "Ubuntu 22.04.5 LTS",
+    KERNELS[2]: "Ubuntu 20.04.6 LTS",
+    KERNELS[3]: "Amazon Linux 2",
+}
 POOLS = [
     ("general", None),
     ("compute", None),
@@ -50,10 +62,13 @@ POOLS = [
 ]
 
 
-def make_nodes(n: int, rng: random.Random, heterogeneous: bool = False) -> list[Node]:
+def make_nodes(
+    n: int, rng: random.Random, heterogeneous: bool = False, os_images: bool = False
+) -> list[Node]:
     """Node groups as managed node pools make them: each pool one instance type and image
     (kernel, kubelet), spread over three zones; two pools are mid-way through an image
-    rollout. ``heterogeneous`` instead varies every attribute independently (a stress case)."""
+    rollout. ``heterogeneous`` instead varies every attribute independently (a stress case);
+    ``os_images``: the nodes report their OS image too."""
     nodes = []
     for i in range(n):
         p = i % len(POOLS)
@@ -98,6 +113,7 @@ def make_nodes(n: int, rng: random.Random, heterogeneous: bool = False) -> list[
                 unschedulable=rng.random() < 0.01,
                 kernel=kernel,
                 kubelet=kubelet,
+                os_image=OS_IMAGES[kernel] if os_images else None,
             )
         )
     return nodes
@@ -176,8 +192,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=10_000)
     ap.add_argument("--inject-only", action="store_true", help="only the inject verb on 1,000 documents")
+    ap.add_argument("--policy", help="the policy to decide with (default: the built-in one)")
+    ap.add_argument("--cluster", help="a cluster file whose ConfigMaps are added to the example's")
     args = ap.parse_args()
-    policy = load_policy()
+    policy = load_policy(args.policy)
+    if args.cluster:
+        docs = yaml.safe_load(Path(args.cluster).read_text())
+        for item in docs["items"] if docs.get("kind") == "List" else [docs]:
+            found = config_map_from_object(item) if item.get("kind") == "ConfigMap" else None
+            if found is not None:
+                CONFIG_MAPS[found[0]] = found[1]
     rng = random.Random(7)
     review = typical_review()
     raw = orjson.dumps(review)
@@ -209,7 +233,7 @@ def main() -> None:
                 }
             }
         }
-        merbridge = RedirectorState(ready=True, mode="linkerd", cni_mode=True)
+        merbridge = RedirectorState(ready=True, mode=policy.proxy.flavour, cni_mode=True)
         for n, hetero in ((10, False), (500, False), (5000, False), (5000, True)):
             nodes = make_nodes(n, rng, hetero)
             snap = build_snapshot(
@@ -399,7 +423,11 @@ def distinct_workload(review: dict) -> dict:
 
 def stages(review: dict, policy, calls: int) -> None:
     """Where a request's time goes on the server, for a distinct workload each time (what
-    the template memo serves) and for the very first pod of a template (a full decision)."""
+    the template memo serves) and for the very first pod of a template (a full decision);
+    then the first pod of a template in iptables mode with the generic flavour (which can use
+    either iptables backend) on nodes that do not report their OS image and on the same nodes
+    reporting it, where a pool without legacy iptables makes the pod's init container nft:
+    what working out the nodes' backends costs a decision."""
     import logging
 
     from webhook.serve.app import _log_line
@@ -417,18 +445,31 @@ def stages(review: dict, policy, calls: int) -> None:
     log.addHandler(logging.NullHandler())
     log.propagate = False
     log.setLevel(logging.INFO)
-    for label, fresh in (("a distinct workload (template memo)", False), ("first pod of a template", True)):
+    generic = load_policy_text("proxy: {flavour: generic, image: 'reg/proxy:1', initImage: 'reg/init:1', "
+                               "generic: {firewall: legacy}}")  # fmt: skip
+    reported = build_snapshot(
+        nodes=make_nodes(500, random.Random(3), os_images=True),
+        namespaces={"shop": {"mesh-injector.io/inject": "enabled"}},
+    )
+    runs = (
+        ("a distinct workload (template memo)", False, snap, policy, None),
+        ("first pod of a template", True, snap, policy, None),
+        ("generic, first pod, no OS images", True, snap, generic, "legacy"),
+        ("generic, first pod, OS images", True, reported, generic, "nft"),
+    )
+    for label, fresh, cluster, chosen, firewall in runs:
         times: dict[str, list[float]] = {k: [] for k in ("parse", "decide", "serialise", "log", "metrics")}
         for i in range(calls):
             body = raw.replace(b"__SEQ__", str(i).encode())
             if fresh:
-                snap.templates.clear()
+                cluster.templates.clear()
             t0 = time.perf_counter()
             parsed = orjson.loads(body)
             parse_review(parsed)  # what serve checks of the review before deciding
             t1 = time.perf_counter()
-            out = admit(parsed["request"], snap, policy)
+            out = admit(parsed["request"], cluster, chosen)
             t2 = time.perf_counter()
+            assert firewall is None or out.firewall == firewall, out.explanation
             orjson.dumps(build_response(parsed, out))
             t3 = time.perf_counter()
             log.info(_log_line(parsed["request"], out, out.result, t2 - t1).decode())

@@ -192,16 +192,17 @@ def test_check_table():
     )
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines()]
-    assert rows[0] == ["WORKLOAD", "MESHED", "MODE", "RESOURCES", "REASON"]
+    assert rows[0] == ["WORKLOAD", "MESHED", "MODE", "FIREWALL", "RESOURCES", "REASON"]
     table = {f"{r[0]} {r[1]}": r[2:] for r in rows[1:]}
-    # check applies the real opt-in rules: shop and payments opted in by namespace label
-    assert table["Deployment shop/checkout"][:4] == ["yes", "ebpf", "profile", "ebpf-capable"]
-    assert table["StatefulSet payments/ledger"][:4] == ["yes", "ebpf", "profile", "ebpf-capable"]
-    assert table["Job shop/migrate"][:4] == ["yes", "iptables", "profile", "batch-native-sidecar"]
-    assert table["ReplicaSet shop/legacy-rs"][:3] == ["no", "-", "-"]
-    assert table["ReplicaSet shop/legacy-rs"][3].startswith("host-network")
-    assert table["Deployment shop/web"][3].startswith("pod-disabled")
-    assert table["Service shop/checkout"][:3] == ["-", "-", "-"]
+    # check applies the real opt-in rules: shop and payments opted in by namespace label; the
+    # firewall backend is that of the init container's rules (none of ours in ebpf mode)
+    assert table["Deployment shop/checkout"][:5] == ["yes", "ebpf", "-", "profile", "ebpf-capable"]
+    assert table["StatefulSet payments/ledger"][:5] == ["yes", "ebpf", "-", "profile", "ebpf-capable"]
+    assert table["Job shop/migrate"][:5] == ["yes", "iptables", "legacy", "profile", "batch-native-sidecar"]
+    assert table["ReplicaSet shop/legacy-rs"][:4] == ["no", "-", "-", "-"]
+    assert table["ReplicaSet shop/legacy-rs"][4].startswith("host-network")
+    assert table["Deployment shop/web"][4].startswith("pod-disabled")
+    assert table["Service shop/checkout"][:4] == ["-", "-", "-", "-"]
 
 
 def test_check_names_the_vpa_that_sizes_a_proxy():
@@ -227,8 +228,9 @@ spec:
     out = run("check", "-f", "-", "--cluster", str(GOLDEN / "clusters" / "vpa.yaml"), stdin=manifest)
     assert out.returncode == 0, out.stderr
     rows = {" ".join(r.split()[:2]): r.split()[2:] for r in out.stdout.splitlines()[1:]}
-    assert rows["Deployment shop/checkout"][:3] == ["yes", "ebpf", "vpa/checkout"]
-    assert rows["Deployment shop/web"][:3] == ["yes", "ebpf", "profile"]  # its VPA leaves the proxy alone
+    assert rows["Deployment shop/checkout"][:4] == ["yes", "ebpf", "-", "vpa/checkout"]
+    # its VPA leaves the proxy alone
+    assert rows["Deployment shop/web"][:4] == ["yes", "ebpf", "-", "profile"]
 
 
 def test_recommend(tmp_path):

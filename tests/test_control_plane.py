@@ -167,7 +167,7 @@ def test_without_the_revisions_configmap_the_decision_says_so():
     out = admit(_request(), _with_mesh(None), ISTIO)
     assert out.injected
     why = "\n".join(out.detail().explanation)
-    assert "no mesh config: ConfigMap istio-system/istio-prod not found, the policy's values" in why
+    assert "no mesh config: ConfigMap istio-system/istio-prod not found" in why
     proxy = _proxy(out.pod)
     assert _env(proxy, "TRUST_DOMAIN") == "cluster.local"
     assert _env(proxy, "ISTIO_META_DNS_CAPTURE") is None

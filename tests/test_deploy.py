@@ -149,7 +149,11 @@ def test_rbac_is_least_privilege(rendered):
             elif "configmaps" in rule["resources"]:
                 # the flavours' control-plane ConfigMaps, by name; no other ConfigMap is readable
                 assert rule["resources"] == ["configmaps"]
-                assert rule["resourceNames"] == ["linkerd-identity-trust-roots", "istio"], rule
+                assert rule["resourceNames"] == [
+                    "linkerd-identity-trust-roots",
+                    "istio",
+                    "istio-sidecar-injector",
+                ], rule
                 for name in FLAVOURS:
                     policy = parse_policy(f"proxy: {{flavour: {name}, image: x, initImage: y}}", "test")
                     assert {n for _, n in config_maps(policy)} <= set(rule["resourceNames"]), name
@@ -636,4 +640,8 @@ def test_the_fleet_role_is_valid_and_grants_reads_and_restarts_only():
             assert verbs == {"list"}, rule
             assert "secrets" not in rule["resources"]
             if "configmaps" in rule["resources"]:
-                assert rule["resourceNames"] == ["linkerd-identity-trust-roots", "istio"]
+                assert rule["resourceNames"] == [
+                    "linkerd-identity-trust-roots",
+                    "istio",
+                    "istio-sidecar-injector",
+                ]

@@ -484,9 +484,7 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio"}, "data": {"mesh": mesh}},
         _preload_content=False,
     )
-    with serve_process(
-        world["certs"], "--kubeconfig", SERVER.kubeconfig, "--policy", str(policy)
-    ) as istio:
+    with serve_process(world["certs"], "--kubeconfig", SERVER.kubeconfig, "--policy", str(policy)) as istio:
         ready = world["certs"].client_context()
         eventually(lambda: httpx.get(istio.url + "/readyz", verify=ready).status_code == 200)
         name = register_webhook(world, istio.url, flavour="istio")
@@ -501,8 +499,12 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
         }
         try:
             pod = eventually(lambda: meshed_pod(core, ISTIO, "istio-proxy", containers=[app]), every=0.2)
+            # no istiod's injector ConfigMap yet: the policy's default version (1.30)
+            assert pod["spec"]["containers"][0]["image"] == "registry.istio.io/release/proxyv2:1.30.3"
+            followed = _istiod_installed_then_upgraded(core, app)
         finally:
             reg.delete_mutating_webhook_configuration(name, _preload_content=False)
+    assert followed == ["docker.io/istio/proxyv2:1.28.2", "docker.io/istio/proxyv2:1.30.3"]
     meta, spec = pod["metadata"], pod["spec"]
     assert names(pod, "containers")[0] == "istio-proxy"  # a 1.20 server: legacy placement
     assert meta["labels"]["security.istio.io/tlsMode"] == "istio"
@@ -541,6 +543,38 @@ def test_the_stored_istio_pod_is_what_istio_expects(world, webhook, tmp_path):
     token = next(v for v in spec["volumes"] if v["name"] == "istio-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "istio-ca"
     assert not any(k.startswith("linkerd.io/") for k in meta["annotations"])
+
+
+def _istiod_installed_then_upgraded(core: client.CoreV1Api, app: dict) -> list[str]:
+    """istiod 1.28.2's istio-sidecar-injector ConfigMap created, then replaced by 1.30.3's,
+    while serve runs: each time the next pod gets that version's image and shape within
+    10 s (serve's informer), with no restart. The images, in order."""
+    from tests.upstream.istiocp import injector_map, injector_values
+
+    seen = []
+    for version, tag in (("1.28", "1.28.2"), ("1.30", "1.30.3")):
+        values = injector_values(version, tag=tag, values={"global.hub": "docker.io/istio"})
+        body = injector_map(values)
+        if version == "1.28":
+            core.create_namespaced_config_map("istio-system", body, _preload_content=False)
+        else:
+            core.replace_namespaced_config_map(
+                body["metadata"]["name"], "istio-system", body, _preload_content=False
+            )
+        image = f"docker.io/istio/proxyv2:{tag}"
+
+        def next_pod(image=image):
+            got = meshed_pod(core, ISTIO, "istio-proxy", containers=[app])
+            return got if got and got["spec"]["containers"][0]["image"] == image else None
+
+        pod = eventually(next_pod, timeout=10, every=0.2)
+        volumes = {v["name"] for v in pod["spec"]["volumes"]}
+        assert "istio-ca-crl" in volumes  # 1.27 and later mount the CA's CRL
+        cpu = next(e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "ISTIO_CPU_LIMIT")
+        # 1.30's template divides by "1"; 1.28's leaves the divisor to the API server ("0")
+        assert cpu["valueFrom"]["resourceFieldRef"]["divisor"] == ("1" if version == "1.30" else "0")
+        seen.append(pod["spec"]["containers"][0]["image"])
+    return seen
 
 
 def test_the_deployed_role_reads_what_each_flavour_reads_and_no_other_configmap(world, tmp_path):
@@ -1316,7 +1350,7 @@ def test_the_api_server_accepts_every_pod_we_emit(world, capsys, pytestconfig):
         "generic": anchored_policy("proxy: {flavour: generic, image: reg/proxy:1, initImage: reg/init:1}"),
     }
 
-    from webhook.cluster.kubeapi import request as api_request
+    from webhook.kubeapi import request as api_request
 
     def dry_run(obj: dict) -> tuple[dict | None, str]:
         """A server-side dry-run create, by path (the generated client would refuse the

@@ -9,6 +9,7 @@ workload that never becomes available, a run interrupted mid-rollout.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -20,6 +21,8 @@ import pytest
 import yaml
 
 from webhook.admission import admit
+from webhook.cluster.snapshot import Node, build_snapshot
+from webhook.dataplane import FLAVOURS
 from webhook.fleet.audit import State, audit
 from webhook.fleet.rollout import Step, plan, rolled_out, run, unavailable_at_once
 from webhook.loading import load_policy, load_snapshot
@@ -161,6 +164,109 @@ def test_audit_cli_on_a_cluster_file(fleet, tmp_path):
         timeout=60,
     )
     assert yes.returncode == 2 and "restarting needs the cluster itself" in yes.stderr
+
+
+# --- upgrades: the mesh's version, the nodes' firewall ---------------------------------
+
+GENERIC = "proxy:\n  flavour: generic\n  image: registry.example.com/mesh-proxy:{tag}\n"
+GENERIC += "  initImage: registry.example.com/mesh-init:1\n  generic: {{firewall: legacy}}\n"
+
+
+def _pool(os_image: str, kubelet: str, kernel: str) -> list[Node]:
+    return [
+        Node(name=f"node-{i}", labels={"kubernetes.io/hostname": f"node-{i}"}, kernel=kernel, kubelet=kubelet,
+             os_image=os_image)
+        for i in range(3)
+    ]  # fmt: skip
+
+
+AL2023_132 = _pool("Amazon Linux 2023.7.20250623", "v1.32.5-eks-5d632ec", "6.1.141-155.222.amzn2023.x86_64")
+AL2023_133 = _pool("Amazon Linux 2023.8.20250808", "v1.33.3-eks-3a5e3c8", "6.12.37-61.105.amzn2023.x86_64")
+
+
+def _cluster(nodes: list[Node]):
+    namespaces = {"shop": {"mesh-injector.io/inject": "enabled"}}
+    return build_snapshot(nodes=nodes, namespaces=namespaces, built_at=NOW)
+
+
+def _iptables_pod(fleet) -> tuple[dict, dict]:
+    *_, pod, request = fleet
+    pod = copy.deepcopy(pod)
+    pod["metadata"].setdefault("annotations", {})["mesh-injector.io/interception"] = "iptables"
+    return pod, {**request, "object": pod}
+
+
+def _status(pod: dict) -> dict:
+    return json.loads(pod["metadata"]["annotations"]["mesh-injector.io/status"])
+
+
+def test_nodes_that_lost_legacy_iptables_make_their_pods_stale_on_the_firewall(fleet, tmp_path):
+    # injected while the pool ran Amazon Linux 2023 for 1.32: the mesh's legacy backend
+    policy = load_policy(policy_file(tmp_path, GENERIC.format(tag="1.4.0")))
+    pod, request = _iptables_pod(fleet)
+    live = jsonpatch.apply_patch(pod, admit(request, _cluster(AL2023_132), policy).patch)
+    assert _status(live)["firewall"] == "legacy"
+    (found,) = audit([live], _cluster(AL2023_132), policy).pods()
+    assert found.state is State.CURRENT, found
+    # the pool is upgraded to 1.33, whose nodes lack legacy: the pod would get nft now
+    report = audit([live], _cluster(AL2023_133), policy)
+    (found,) = report.pods()
+    assert found.state is State.STALE and found.reason == "firewall", found
+    assert [c.text() for c in found.changes] == ["firewall: legacy -> nft"]
+    # rollout restarts it like any stale workload
+    (step,) = plan(report.needing_restart())
+    assert step.workload == WorkloadKey("shop", "Deployment", "checkout") and step.left_alone is None
+    assert step.why == "1 stale (firewall)"
+
+
+def test_a_new_mesh_version_makes_pods_stale_naming_both_versions(fleet, tmp_path):
+    pod, request = _iptables_pod(fleet)
+    snapshot = _cluster(AL2023_132)
+    before = load_policy(policy_file(tmp_path, GENERIC.format(tag="1.4.0")))
+    live = jsonpatch.apply_patch(pod, admit(request, snapshot, before).patch)
+    assert _status(live)["meshVersion"] == "1.4.0"
+    now = load_policy(policy_file(tmp_path, GENERIC.format(tag="1.5.0")))
+    (found,) = audit([live], snapshot.derive(), now).pods()
+    assert found.state is State.STALE and found.reason == "version", found
+    assert [c.text() for c in found.changes][:2] == [
+        "version: 1.4.0 -> 1.5.0",
+        "proxy-image: registry.example.com/mesh-proxy:1.4.0 -> registry.example.com/mesh-proxy:1.5.0",
+    ]
+
+
+def test_the_version_alone_makes_a_pod_stale(fleet, monkeypatch):
+    """The control plane was upgraded and admission renders the same pod but for the version
+    it records (a mesh whose images a mirror pins, say): stale on the version alone."""
+    policy, snapshot, _, pod, request = fleet
+    plane = FLAVOURS[policy.proxy.flavour]
+
+    def at(version: str):
+        def control_plane(maps, policy):
+            return dataclasses.replace(plane.control_plane(maps, policy), version=version)
+
+        return dataclasses.replace(plane, control_plane=control_plane)
+
+    monkeypatch.setitem(FLAVOURS, plane.name, at("2.19"))
+    live = jsonpatch.apply_patch(pod, admit(request, snapshot.derive(), policy).patch)
+    assert _status(live)["meshVersion"] == "2.19"
+    monkeypatch.setitem(FLAVOURS, plane.name, at("2.20"))
+    (found,) = audit([live], snapshot.derive(), policy).pods()
+    assert found.state is State.STALE and [c.text() for c in found.changes] == ["version: 2.19 -> 2.20"]
+    monkeypatch.setitem(FLAVOURS, plane.name, at("2.19"))
+    (found,) = audit([live], snapshot.derive(), policy).pods()
+    assert found.state is State.CURRENT, found
+
+
+def test_an_injection_that_recorded_no_version_or_backend_is_judged_by_what_it_carries(fleet, tmp_path):
+    policy = load_policy(policy_file(tmp_path, GENERIC.format(tag="1.4.0")))
+    pod, request = _iptables_pod(fleet)
+    snapshot = _cluster(AL2023_132)
+    live = jsonpatch.apply_patch(pod, admit(request, snapshot, policy).patch)
+    status = _status(live)
+    del status["firewall"], status["meshVersion"]  # as injected before they were recorded
+    live["metadata"]["annotations"]["mesh-injector.io/status"] = json.dumps(status)
+    (found,) = audit([live], snapshot, policy).pods()
+    assert found.state is State.CURRENT, found
 
 
 # --- Merbridge restarted under ebpf pods ------------------------------------------------------

@@ -26,7 +26,7 @@ from tests import apiserver
 from tests.servers import Certs, serve_process
 from tests.support import TRUST_ANCHORS, eventually
 from tests.test_e2e import certs_cli, make_merbridge, make_node, register_webhook, sent_to
-from webhook.cluster.kubeapi import request
+from webhook.kubeapi import request
 
 # this module's API server with the controllers (tests/apiserver.py: its own run directory
 # and ports), and its kubeconfig

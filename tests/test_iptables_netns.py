@@ -3,8 +3,12 @@ iptables-restore inside a network namespace, proven with real TCP connections.
 
 Two namespaces joined by a veth pair: "pod" (the meshed pod) and "peer" (another host).
 Listeners answer with their own name, so each connection tells where it really arrived.
-Each backend an init image may ship is proven: iptables-legacy and iptables-nft (both from
-Debian's iptables), put first on the PATH as ``iptables-restore`` and ``iptables``.
+Each backend mesh-init can be given is proven, in its own pair of namespaces: the decision
+(the policy's ``proxy.generic.firewall`` here, no node being known to lack it) makes
+mesh-init run ``iptables-legacy-restore`` or ``iptables-nft-restore`` (both from Debian's
+iptables), and the rules must land in that backend's tables and not in the other's. The
+test's own ``iptables-restore`` and ``iptables`` (the trivial rule, flushing, listing) are
+that backend's too, put first on the PATH.
 
 Needs root, iproute2 and iptables (.ci/run installs them): without them the tests skip, or
 fail under CI (``CI`` set). Before our rules, a trivial rule is loaded with the same
@@ -30,8 +34,16 @@ from webhook.cluster.snapshot import build_snapshot
 from webhook.loading import parse_policy
 
 # the generic flavour: mesh-init carries the ruleset we render (the meshes' init images
-# render their own; tests/test_flavours.py checks the flags they are given)
-GENERIC = parse_policy("proxy: {flavour: generic, image: proxy:1, initImage: proxy-init:1}")
+# render their own; tests/test_flavours.py checks the flags they are given), loaded with the
+# backend the policy asks for
+BACKENDS = ("legacy", "nft")
+GENERIC = {
+    backend: parse_policy(
+        "proxy: {flavour: generic, image: proxy:1, initImage: proxy-init:1, "
+        f"generic: {{firewall: {backend}}}}}"
+    )
+    for backend in BACKENDS
+}
 
 POD_IP, PEER_IP = "10.251.0.2", "10.251.0.1"  # addresses inside namespaces this test creates
 APP_UID, PROXY_UID = 1000, 2102
@@ -85,7 +97,7 @@ def shim(directory, backend: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{directory}:{os.environ.get('PATH', '')}"}
 
 
-@pytest.fixture(scope="module", params=["legacy", "nft"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def netns(request, tmp_path_factory):
     backend = request.param
     if os.geteuid() != 0:
@@ -151,8 +163,9 @@ def netns(request, tmp_path_factory):
         sh("ip", "netns", "del", peer, check=False)
 
 
-def mesh_init_of(annotations: dict[str, str]) -> dict:
-    """The mesh-init container the real admission core builds for an iptables-mode pod."""
+def mesh_init_of(netns: dict, annotations: dict[str, str]) -> dict:
+    """The mesh-init container the real admission core builds for an iptables-mode pod, with
+    the backend this pair of namespaces is for: it runs that backend's iptables-restore."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -169,10 +182,12 @@ def mesh_init_of(annotations: dict[str, str]) -> dict:
     out = admit(
         {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod},
         build_snapshot(),
-        GENERIC,
+        GENERIC[netns["backend"]],
     )
-    assert out.pod is not None
-    return next(c for c in out.pod["spec"]["initContainers"] if c["name"] == "mesh-init")
+    assert out.pod is not None and out.firewall == netns["backend"], out.explanation
+    init = next(c for c in out.pod["spec"]["initContainers"] if c["name"] == "mesh-init")
+    assert f"| iptables-{netns['backend']}-restore --noflush" in init["command"][-1]
+    return init
 
 
 def connect(env: dict, ns: str, host: str, port: int, uid: int) -> str:
@@ -207,7 +222,7 @@ def fresh_nat(netns: dict) -> None:
 
 def test_ruleset_redirects_real_traffic(netns):
     init = mesh_init_of(
-        {"mesh-injector.io/skip-inbound-ports": "8081", "mesh-injector.io/skip-outbound-ports": "9091"}
+        netns, {"mesh-injector.io/skip-inbound-ports": "8081", "mesh-injector.io/skip-outbound-ports": "9091"}
     )
     rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
     fresh_nat(netns)
@@ -235,7 +250,7 @@ def test_ruleset_redirects_real_traffic(netns):
 
 
 def test_default_ruleset_loads_and_redirects_everything(netns):
-    init = mesh_init_of({})
+    init = mesh_init_of(netns, {})
     rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
     fresh_nat(netns)
     load(netns, init, rules)
@@ -247,10 +262,11 @@ def test_other_meshes_exclusions_reach_the_loaded_rules(netns):
     """Istio's and Linkerd's exclusion annotations, translated into our ruleset: the peer's
     address (an excluded range) and an excluded port leave directly, the rest is redirected."""
     init = mesh_init_of(
+        netns,
         {
             "traffic.sidecar.istio.io/excludeOutboundIPRanges": f"{PEER_IP}/32",
             "config.linkerd.io/skip-inbound-ports": "8081",
-        }
+        },
     )
     rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
     assert f"-A MESH_OUTBOUND -d {PEER_IP}/32 -j RETURN" in rules

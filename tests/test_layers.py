@@ -15,7 +15,8 @@ from webhook.dataplane import FLAVOURS
 
 ROOT = Path(__file__).resolve().parent.parent / "webhook"
 
-# Bottom to top. A module belongs to the layer of the longest name here that is it or holds it.
+# Bottom to top, by package (or top-level module): every module of a package is in its
+# package's layer, so an import between packages is allowed one way only.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # shared types, constants and parsers: what every layer may use
     (
@@ -32,25 +33,20 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "webhook.progress",
         "webhook.kubeschema",
         "webhook.policy",
-    ),
-    # what a decision reads and returns
-    (
-        "webhook.usage.samples",
-        "webhook.usage.history",
-        "webhook.cluster.snapshot",
-        "webhook.cluster.kubeapi",
-        "webhook.patch.diff",
         "webhook.outcome",
     ),
-    # the parts of a decision, and the sources that keep the cluster state current
-    (
-        "webhook.cluster",
-        "webhook.usage",
-        "webhook.decide",
-        "webhook.modes",
-        "webhook.dataplane",
-        "webhook.podsecurity",
-    ),
+    # what each mesh's data plane is, and what Pod Security allows
+    ("webhook.dataplane", "webhook.podsecurity"),
+    # talking to the API server
+    ("webhook.kubeapi",),
+    # observed usage, and the sources that keep it current
+    ("webhook.usage",),
+    # the cluster as a decision reads it (with its usage), and the caches that keep it current
+    ("webhook.cluster",),
+    # the parts of a decision: the pod, its nodes, its placement and size
+    ("webhook.decide",),
+    # the interception modes and the table that picks one
+    ("webhook.modes",),
     # the decision: admission orchestrates, patch applies it
     ("webhook.patch", "webhook.admission"),
     # the front ends
@@ -115,6 +111,25 @@ def test_no_module_imports_from_a_layer_above_its_own(module: str) -> None:
         if layer(target) > layer(module)
     ]
     assert upward == []
+
+
+def test_a_package_is_one_layer() -> None:
+    # no module is given a layer apart from its package's: an import that points up from a
+    # package cannot be allowed by listing the module it needs lower down
+    named = [name for names in LAYERS for name in names]
+    assert [name for name in named if name.count(".") > 1] == []
+    assert len(named) == len(set(named))
+    packages = {".".join(m.split(".")[:2]) for m in MODULES if m.count(".") >= 2}
+    assert packages <= set(named), packages - set(named)
+
+
+def test_the_layers_order_the_packages_that_used_to_import_each_other() -> None:
+    # the decision's parts below the modes that use them; a memo's key below the patch;
+    # usage below the cluster state that holds it
+    assert layer("webhook.decide.memo") < layer("webhook.modes.choice") < layer("webhook.patch.diff")
+    assert layer("webhook.usage.metricsapi") < layer("webhook.cluster.snapshot")
+    assert layer("webhook.kubeapi") < layer("webhook.usage.metricsapi")
+    assert layer("webhook.outcome") < layer("webhook.decide.memo")
 
 
 def test_no_modules_import_each_other_in_a_cycle() -> None:

@@ -303,3 +303,168 @@ def test_no_pod_is_emitted_in_a_mode_whose_mechanism_is_missing(c, p):
             assert any("setup" in w and "refused" in w for w in out.warnings), out.warnings
     # whatever the mode, nothing of the pod's own was dropped
     assert json.dumps(obj["spec"]["containers"][0]) in json.dumps(spec["containers"])
+
+
+# --- the iptables backend: never one an eligible node is known to lack --------------------
+
+# (osImage, kubeletVersion, kernelVersion) as nodes report them; None: not reported
+PLATFORMS = [
+    ("Amazon Linux 2023.8.20250808", "v1.33.3-eks-3a5e3c8", "6.12.37-61.105.amzn2023.x86_64"),
+    ("Amazon Linux 2023.7.20250623", "v1.32.5-eks-5d632ec", "6.1.141-155.222.amzn2023.x86_64"),
+    ("Bottlerocket OS 1.44.0 (aws-k8s-1.33)", "v1.33.1-eks-b9364f6", "6.12.37"),
+    ("Bottlerocket OS 1.39.1 (aws-k8s-1.32)", "v1.32.3-eks-473151a", "6.1.134"),
+    ("Bottlerocket OS 1.50.0 (aws-k8s-1.34)", "v1.34.1-eks-113cf36", "6.12.46"),
+    ("Ubuntu 24.04.2 LTS", "v1.33.1", "6.8.0-1029-aws"),
+    ("CentOS Linux 7 (Core)", "v1.28.15", "3.10.0-1160.119.1.el7.x86_64"),
+    (None, "v1.33.1", "6.6.0"),
+    ("Amazon Linux 2023.8.20250808", None, "6.12.37-61.105.amzn2023.x86_64"),
+]
+# what this test's operator says of their CentOS 7 nodes, beside the default policy's rules
+NO_NFT_ON_CENTOS = (
+    "interception: {iptables: {nodesWithout: ["
+    "{backend: legacy, osImage: 'Amazon Linux 2023*', minKubelet: '1.33'}, "
+    "{backend: legacy, osImage: 'Bottlerocket OS*', minKubelet: '1.33'}, "
+    "{backend: nft, osImage: 'CentOS Linux 7*'}]}}\n"
+)
+
+
+def lacks(platform: tuple[str | None, str | None, str | None], centos_without_nft: bool) -> set[str]:
+    """The backends a node's kernel is known to lack, read here from the node's own strings:
+    Amazon Linux 2023 and Bottlerocket from Kubernetes 1.33 on have no legacy iptables (the
+    facts the README cites), and CentOS 7 none of nft where the operator says so. A node that
+    does not say its OS or kubelet is not known to lack anything."""
+    image, kubelet, _ = platform
+    minor = int(kubelet.split(".")[1]) if kubelet and kubelet.startswith("v1.") else None
+    out = set()
+    if image and minor is not None and minor >= 33:
+        if image.startswith("Amazon Linux 2023") or image.startswith("Bottlerocket OS "):
+            out.add("legacy")
+    if image and image.startswith("CentOS Linux 7") and centos_without_nft:
+        out.add("nft")
+    return out
+
+
+fw_node = st.fixed_dictionaries(
+    {
+        # every platform, and more often one without legacy and CentOS (together: no backend in common)
+        "platform": st.sampled_from([*range(len(PLATFORMS)), 0, 0, 2, 6, 6]),
+        "kernel": st.just("6.1.0"),  # not read here: the platform's kernel is the node's
+        "pool": st.sampled_from(["a", "b"]),
+        "tainted": st.booleans(),
+        "cordoned": st.sampled_from([False, False, False, True]),
+    }
+)
+fw_cluster = st.fixed_dictionaries(
+    {
+        "nodes": st.lists(fw_node, min_size=0, max_size=5),
+        "flavour": st.sampled_from([*sorted(POLICIES), "generic"]),
+        "firewall": st.sampled_from(["legacy", "nft"]),  # the generic flavour's setting
+        "centos_without_nft": st.booleans(),
+        "runtime_class": st.sampled_from([None, {}, {"pool": "a"}]),
+    }
+)
+fw_pod = st.fixed_dictionaries(
+    {
+        "request": st.sampled_from([None, "iptables", "iptables", "microvm"]),
+        "fallback": st.just(None),
+        "skip_out": st.just(None),
+        "ranges": st.just(None),
+        "selector": st.sampled_from([None, "a", "b"]),
+        "tolerate": st.booleans(),
+        "pinned": st.sampled_from([None, None, 0, 2]),
+        "runtime": st.sampled_from([None, None, None, "kata-qemu", "gvisor"]),
+        "batch": st.just(False),
+        "init": st.just(None),  # no init container of the pod's own
+        "mb_port": st.just(False),
+    }
+)
+
+
+def fw_objects(c: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"kind": "Namespace", "metadata": {"name": "shop", "labels": {"mesh-injector.io/inject": "enabled"}}},
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "linkerd-identity-trust-roots", "namespace": "linkerd"},
+            "data": {"ca-bundle.crt": TRUST_ANCHORS},
+        },
+        {"kind": "RuntimeClass", "metadata": {"name": "gvisor"}, "handler": "runsc"},
+    ]
+    if c["runtime_class"] is not None:
+        rc: dict[str, Any] = {"kind": "RuntimeClass", "metadata": {"name": "kata-qemu"}}
+        rc["handler"] = "kata-qemu"
+        if c["runtime_class"]:
+            rc["scheduling"] = {"nodeSelector": c["runtime_class"]}
+        out.append(rc)
+    for i, n in enumerate(c["nodes"]):
+        image, kubelet, kernel = PLATFORMS[n["platform"]]
+        labels = {"kubernetes.io/hostname": f"n{i}", "pool": n["pool"]}
+        reported = (("osImage", image), ("kubeletVersion", kubelet), ("kernelVersion", kernel))
+        spec: dict[str, Any] = {"unschedulable": n["cordoned"]}
+        if n["tainted"]:
+            spec["taints"] = [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]
+        out.append(
+            {
+                "kind": "Node",
+                "metadata": {"name": f"n{i}", "labels": labels},
+                "spec": spec,
+                "status": {"nodeInfo": {k: v for k, v in reported if v}},
+            }
+        )
+    return out
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=fw_cluster, p=fw_pod)
+def test_no_init_container_gets_a_backend_an_eligible_node_lacks(c, p):
+    text = {
+        "generic": "proxy: {flavour: generic, image: reg/proxy:1, initImage: reg/init:1, "
+        f"generic: {{firewall: {c['firewall']}}}}}\n",
+        "istio": "proxy: {flavour: istio}\n",
+        "linkerd": "",
+    }[c["flavour"]]
+    policy = anchored_policy(text + (NO_NFT_ON_CENTOS if c["centos_without_nft"] else ""))
+    assert policy.proxy.flavour == c["flavour"]
+    snapshot = snapshot_from_objects(fw_objects(c), server_version=parse_kube_version("1.33"))
+    plane = flavour(c["flavour"])
+    obj = build_pod(p, proxy_uid=0)  # (the uid is only given to a pod's own init container)
+    request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": obj}
+    out = admit(copy.deepcopy(request), snapshot, policy)
+    # what the flavour says its control plane asks for, and what its init container can use
+    control = plane.control_plane(snapshot.config_maps, policy)
+    usable = {control.firewall, *control.firewalls}
+
+    def node_lacks(i: int) -> set[str]:
+        return lacks(PLATFORMS[c["nodes"][i]["platform"]], c["centos_without_nft"])
+
+    nodes = eligible(c, p, None)
+    if not out.injected:
+        event(f"skip {out.skip}")
+        if out.skip is not None and out.skip.value == "no-common-firewall":
+            # skipped only where no usable backend is had by every node the pod may land on
+            common = usable - set().union(*(node_lacks(i) for i in nodes))
+            assert nodes and not common, (common, out.explanation)
+        return
+    emitted = jsonpatch.apply_patch(obj, out.patch)
+    status = json.loads(emitted["metadata"]["annotations"]["mesh-injector.io/status"])
+    inits = {x["name"]: x for x in emitted["spec"].get("initContainers") or []}
+    event(f"{out.mode.value if out.mode else None}/{status.get('firewall')}")
+    if plane.init_name not in inits:
+        assert "firewall" not in status  # nothing of ours installs rules: no backend is claimed
+        return
+    backend = status["firewall"]
+    assert backend in usable
+    if plane.name == "generic":  # our own mesh-init: the backend is the binary it runs
+        assert f"| iptables-{backend}-restore --noflush" in inits["mesh-init"]["command"][-1]
+    runtime = emitted["spec"].get("runtimeClassName")
+    if runtime == "gvisor":
+        assert backend == "legacy", "gVisor's netstack loads legacy rules only"
+    elif runtime is not None:
+        assert backend == control.firewall, "a VM's guest kernel is not the nodes'"
+    else:
+        # the rules go through the node's kernel: every node the pod may land on has the
+        # backend, and the mesh's setting is left only where a node lacks it
+        for i in nodes:
+            assert backend not in node_lacks(i), (backend, PLATFORMS[c["nodes"][i]["platform"]])
+        if backend != control.firewall:
+            assert any(control.firewall in node_lacks(i) for i in nodes), out.explanation

@@ -101,7 +101,7 @@ DECODE_ERRORS = (
 def api_decodes():
     from kubernetes import client, config
 
-    from webhook.cluster.kubeapi import request
+    from webhook.kubeapi import request
 
     server = apiserver.started("mesh-injector-quantities")
     cfg = client.Configuration()

@@ -11,8 +11,10 @@ direct. Without the init container (the negative control) the app reaches the up
 directly. The same sandbox shows why Linkerd's proxy-init cannot run there: it refuses
 ``-m comment`` and ``-m multiport``.
 
-The init image is expected to ship iptables-legacy (gVisor refuses the nft backend), as
-Linkerd's proxy-init does; the test puts a legacy ``iptables-restore`` first on the PATH.
+gVisor refuses the nft backend, so the decision gives a gVisor pod the legacy one: the
+emitted command names ``iptables-legacy-restore`` (the init image ships it, as Debian's
+iptables package does). For an image whose plain ``iptables-restore`` is meant, the test
+still puts a legacy one first on the PATH.
 Needs root and runsc (.ci/run installs it); skipped with the reason where no sandbox can start,
 and failed instead under CI (``CI`` set).
 """
@@ -202,6 +204,7 @@ def test_the_emitted_init_container_redirects_inside_gvisor(sandbox):
     pod = emitted_gvisor_pod()
     assert pod["spec"]["runtimeClassName"] == "gvisor"
     init, proxy = _find(pod, "mesh-init"), _find(pod, "mesh-proxy")
+    assert "| iptables-legacy-restore --noflush" in init["command"][-1]  # gVisor has no nft backend
     env = {e["name"]: e["value"] for e in init["env"]}
     proxy_env = {e["name"]: e.get("value") for e in proxy["env"]}
     plan = {

@@ -6,10 +6,10 @@ import pytest
 
 from tests.support import anchored_policy
 from webhook.cluster.snapshot import Node, Taint, build_snapshot
+from webhook.decide.nodefacts import kernel_facts
 from webhook.decide.scheduling import eligible_nodes
 from webhook.decide.sizing import from_observed
 from webhook.loading import parse_policy
-from webhook.modes.base import kernel_facts
 from webhook.patch.diff import diff, escape
 from webhook.policy import PolicyError
 from webhook.usage.samples import Sample, parse_samples, summarize, weighted_percentile

@@ -36,6 +36,7 @@ from webhook.decide.podfacts import str_map
 from webhook.decide.resources import proxy_resources
 from webhook.decide.survey import survey
 from webhook.modes.choice import pick
+from webhook.modes.firewall import choose_firewall
 from webhook.outcome import Detail, Outcome, light
 from webhook.patch.diff import diff
 from webhook.patch.inject import claimed_runtime, mark_skipped, read_status, taken_off
@@ -229,6 +230,10 @@ def _decide(
     picked = pick(pod, annotations, found, plane, snapshot, policy, ctx)
     if isinstance(picked, Stop):
         return stop(picked)
+    # the iptables backend of the init container's rules, one every eligible node has
+    firewall = choose_firewall(picked, connected.control, found.elig, policy, ctx)
+    if isinstance(firewall, Stop):
+        return stop(firewall)
     # the placement and the proxy's resources, then the flavour renders it all onto the pod
     placed = place(
         picked.native_option, picked.adds.legacy_only, picked.mode, found.server, found.elig, policy, ctx,
@@ -238,8 +243,9 @@ def _decide(
         annotations, key, snapshot, policy, found.traits, ctx, native=placed.native, received=original
     )
     meshed = render(
-        original, pod, key, plane, connected, found, picked, placed, resources, policy, ctx, alias=alias
-    )
+        original, pod, key, plane, connected, found, picked, firewall, placed, resources, policy, ctx,
+        alias=alias,
+    )  # fmt: skip
     if isinstance(meshed, Stop):
         return stop(meshed)
 
@@ -252,6 +258,7 @@ def _decide(
         injected=True,
         mode=picked.mode,
         mode_reason=picked.choice.reason,
+        firewall=firewall.firewall if firewall is not None else None,
         resources=resources,
         workload=key,
         namespace=namespace,

@@ -375,7 +375,12 @@ def _check_record(r: DocResult) -> dict[str, Any]:
         }
     if o is None:
         return {**record, "meshed": None, "reason": "no pod template"}
-    record |= {"meshed": o.injected, "mode": o.mode.value if o.mode else None, "reason": o.reason}
+    record |= {
+        "meshed": o.injected,
+        "mode": o.mode.value if o.mode else None,
+        "firewall": o.firewall,
+        "reason": o.reason,
+    }
     if o.skip is not None:
         record["skip"] = {"reason": o.skip.value, "text": o.skip.text}
     if o.injected and o.resources is not None:
@@ -403,14 +408,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.output != "table":
         _emit([_check_record(r) for r in results], args.output)
         return _check_failures(results, failed)
-    rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "RESOURCES", "REASON")]
+    rows: list[Sequence[str]] = [("WORKLOAD", "MESHED", "MODE", "FIREWALL", "RESOURCES", "REASON")]
     for r in results:
         o = r.outcome
         if r.errors:
             more = f" (+{len(r.errors) - 1} more)" if len(r.errors) > 1 else ""
-            rows.append((r.ref, "error", "-", "-", f"invalid: {r.errors[0]}{more}"))
+            rows.append((r.ref, "error", "-", "-", "-", f"invalid: {r.errors[0]}{more}"))
         elif o is None:
-            rows.append((r.ref, "-", "-", "-", "no pod template"))
+            rows.append((r.ref, "-", "-", "-", "-", "no pod template"))
         elif o.injected:
             assert o.mode is not None and o.resources is not None
             rows.append(
@@ -418,13 +423,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                     r.ref,
                     "yes",
                     o.mode.value,
+                    o.firewall or "-",
                     o.resources.label,
                     o.reason + (f" ({len(o.warnings)} warning(s))" if o.warnings else ""),
                 )
             )
         else:
             assert o.skip is not None
-            rows.append((r.ref, "no", "-", "-", f"{o.skip.value}: {o.skip.text}"))
+            rows.append((r.ref, "no", "-", "-", "-", f"{o.skip.value}: {o.skip.text}"))
     print(_table(rows))
     for r in results:
         for error in r.errors:

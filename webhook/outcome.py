@@ -1,4 +1,4 @@
-"""What a decision returns (``Outcome``), and what is learnt while it is made (``Notes``)."""
+"""What a decision returns: the JSON Patch (``Patch``), the ``Outcome`` and its ``Detail``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.core import ProxyResources
-from webhook.patch.diff import Patch
 from webhook.reasons import Mode, ModeReason, Skip
 from webhook.workload import WorkloadKey
+
+# an RFC 6902 JSON Patch: what the decision asks the API server to apply
+Patch = list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,9 @@ class Outcome:
     injected: bool
     mode: Mode | None = None
     mode_reason: ModeReason | None = None
+    # the iptables backend the init container installs the rules with (None: nothing of
+    # ours installs rules)
+    firewall: str | None = None
     skip: Skip | None = None
     resources: ProxyResources | None = None
     workload: WorkloadKey | None = None

@@ -17,6 +17,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -171,9 +172,50 @@ class MicrovmRules:
     gvisor_handlers: tuple[str, ...] = ()
 
 
+# the two backends of iptables: the legacy x_tables kernel API, or nf_tables
+Firewall = Literal["legacy", "nft"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodesWithout:
+    """Nodes known to lack a firewall backend, by what each one reports in
+    ``status.nodeInfo``: its OS image (an fnmatch pattern), and where given, a kubelet and a
+    kernel at least this. Every condition given must hold; a node that does not report what a
+    condition reads is not known to match it."""
+
+    backend: Firewall
+    os_image: str = "*"
+    min_kubelet: KubeVersion | None = None
+    min_kernel: Kernel | None = None
+
+    def matches(self, os_image: str | None, kubelet: str | None, kernel: str | None) -> bool:
+        if not fnmatchcase(os_image or "", self.os_image):
+            return False
+        if self.min_kubelet is not None:
+            have = parse_kube_version(kubelet)
+            if have is None or have < self.min_kubelet:
+                return False
+        if self.min_kernel is not None:
+            running = parse_kernel(kernel)
+            if running is None or running < self.min_kernel:
+                return False
+        return True
+
+    def describe(self) -> str:
+        conditions = [f"osImage {self.os_image}"]
+        if self.min_kubelet is not None:
+            conditions.append(f"kubelet >= {self.min_kubelet}")
+        if self.min_kernel is not None:
+            conditions.append(f"kernel >= {self.min_kernel}")
+        return " and ".join(conditions)
+
+
 @dataclass(frozen=True, kw_only=True)
 class IptablesRules:
     cni_installs_rules: bool = False
+    # nodes whose kernel is known to lack a backend: the init container's rules are never
+    # installed with a backend an eligible node lacks
+    nodes_without: tuple[NodesWithout, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

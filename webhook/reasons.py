@@ -44,6 +44,9 @@ class Skip(StrEnum):
     INVALID_POD = "invalid-pod"
     NAME_COLLISION = "name-collision"
     UNSUPPORTED_VERSION = "unsupported-version"
+    UNKNOWN_REVISION = "unknown-revision"
+    UNSUPPORTED_TEMPLATE = "unsupported-template"
+    NO_COMMON_FIREWALL = "no-common-firewall"
 
     @property
     def text(self) -> str:
@@ -91,6 +94,14 @@ _SKIP_TEXT: dict[Skip, str] = {
     Skip.INVALID_POD: "the pod is not one the API server accepts; it is left for the API server to refuse",
     Skip.NAME_COLLISION: "the pod already has a container or volume named like one the proxy needs",
     Skip.UNSUPPORTED_VERSION: "the mesh's control plane is older than any version mesh-injector renders",
+    Skip.UNKNOWN_REVISION: (
+        "the pod or its namespace names a control-plane revision the policy does not serve"
+    ),
+    Skip.UNSUPPORTED_TEMPLATE: "the pod asks for an injection template mesh-injector does not render",
+    Skip.NO_COMMON_FIREWALL: (
+        "no iptables backend (legacy or nft) that every eligible node has can be used by the mesh's "
+        "init container"
+    ),
 }
 
 # Skips that concern pods that asked to be meshed: they get the skip-reason annotation
@@ -113,6 +124,9 @@ OPTED_IN_SKIPS = frozenset(
         Skip.SANDBOX_UNSUPPORTED,
         Skip.NAME_COLLISION,
         Skip.UNSUPPORTED_VERSION,
+        Skip.UNKNOWN_REVISION,
+        Skip.UNSUPPORTED_TEMPLATE,
+        Skip.NO_COMMON_FIREWALL,
     }
 )
 
@@ -137,6 +151,15 @@ class ModeReason(StrEnum):
     BATCH_NATIVE_SIDECAR = "batch-native-sidecar"
     HIGH_THROUGHPUT_GRPC = "high-throughput-grpc"
     EBPF_CAPABLE = "ebpf-capable"
+
+
+class FirewallReason(StrEnum):
+    """Why the init container installs its rules with this iptables backend."""
+
+    CONTROL_PLANE = "control-plane"  # the control plane's setting; no eligible node known to lack it
+    NODES = "nodes-lack-it"  # an eligible node lacks the control plane's: the other, which all have
+    GVISOR = "gvisor"  # gVisor's netstack has the legacy one only
+    GUEST_KERNEL = "guest-kernel"  # a VM sandbox: the guest's kernel, not the node's
 
 
 class ResourceSource(StrEnum):

@@ -8,8 +8,8 @@ built once (from ``kubectl get nodes,namespaces,services -A -o yaml`` output, or
 cache in the background) and then only read, so admissions never touch the network.
 
 Nodes are pre-grouped: nodes that share their labels (minus per-node identity labels such
-as ``kubernetes.io/hostname``), taints, cordon state, kernel, kubelet and the state of the
-redirector on them are one group, and scheduling constraints are evaluated per group. A
+as ``kubernetes.io/hostname``), taints, cordon state, kernel, kubelet, OS image and the state
+of the redirector on them are one group, and scheduling constraints are evaluated per group. A
 5,000-node cluster is usually a few dozen groups, which keeps admission time nearly flat in
 the number of nodes.
 """
@@ -111,6 +111,9 @@ class Node:
     unschedulable: bool = False
     kernel: str | None = None
     kubelet: str | None = None
+    # status.nodeInfo.osImage ("Amazon Linux 2023.8.20250808", "Bottlerocket OS 1.44.0
+    # (aws-k8s-1.33)"): with the kubelet and kernel, which firewall backends the node has
+    os_image: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,7 @@ class NodeGroup:
     kubelet: str | None
     nodes: tuple[Node, ...]
     redirector: RedirectorState | None = None  # None: no redirector pod on these nodes
+    os_image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,7 +266,8 @@ def group_nodes(
         common = tuple(sorted((k, v) for k, v in node.labels.items() if k not in identity))
         found = on_node.get(node.name)
         state = found[0] if found is not None else None
-        buckets[(common, node.taints, node.unschedulable, node.kernel, node.kubelet, state)].append(node)
+        key = (common, node.taints, node.unschedulable, node.kernel, node.kubelet, node.os_image, state)
+        buckets[key].append(node)
     groups = tuple(
         NodeGroup(
             labels=dict(common),
@@ -272,8 +277,9 @@ def group_nodes(
             kubelet=kubelet,
             nodes=tuple(members),
             redirector=state,
+            os_image=os_image,
         )
-        for (common, taints, unsched, kernel, kubelet, state), members in buckets.items()
+        for (common, taints, unsched, kernel, kubelet, os_image, state), members in buckets.items()
     )
     return groups, identity
 
@@ -371,7 +377,7 @@ def node_from_object(obj: Mapping[str, Any]) -> Node:
         for t in spec.get("taints") or []
         if isinstance(t, dict)
     )
-    kernel, kubelet = info.get("kernelVersion"), info.get("kubeletVersion")
+    kernel, kubelet, image = info.get("kernelVersion"), info.get("kubeletVersion"), info.get("osImage")
     return Node(
         name=str(meta.get("name", "")),
         labels=_str_map(meta.get("labels")),
@@ -379,6 +385,7 @@ def node_from_object(obj: Mapping[str, Any]) -> Node:
         unschedulable=spec.get("unschedulable") is True,
         kernel=kernel if isinstance(kernel, str) and kernel else None,
         kubelet=kubelet if isinstance(kubelet, str) and kubelet else None,
+        os_image=image if isinstance(image, str) and image else None,
     )
 
 

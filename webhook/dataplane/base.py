@@ -21,6 +21,22 @@ Ports = tuple[tuple[int, int], ...]
 ConfigMaps = Mapping[tuple[str, str], Mapping[str, str]]
 
 
+@dataclass(frozen=True, slots=True)
+class NativeDefault:
+    """Where the control plane's own injector would make its proxy a native sidecar, as data
+    (the placement is ours; where they differ the decision says so): always (``on`` True),
+    never (False), or where every node's kubelet is at least ``min_kubelet`` (``on`` None;
+    the pod's own node's, where it names one). ``annotation``: the pod annotation that
+    overrides it ("true"/"false"); ``why``: how the control plane is set."""
+
+    on: bool | None
+    min_kubelet: str = ""
+    annotation: str | None = None
+    why: str = ""
+    # (annotation, value, why) where its injector always keeps the proxy a regular container
+    regular: tuple[tuple[str, str, str], ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ControlPlane:
     """What a flavour read of its control plane's configuration in the cluster (or took from
@@ -37,6 +53,8 @@ class ControlPlane:
     # every backend this version's init container can be told to use
     firewall: Literal["legacy", "nft"] = "legacy"
     firewalls: tuple[Literal["legacy", "nft"], ...] = ("legacy",)
+    # where its own injector would place the proxy as a native sidecar (None: not known)
+    native: NativeDefault | None = None
     # why no pod can be meshed without it (Linkerd without trust anchors)
     missing: tuple[Skip, str] | None = None
     warnings: tuple[str, ...] = ()
@@ -96,11 +114,25 @@ class DataPlane:
     default_labels: Mapping[str, str] = field(default_factory=dict)
     # the pod's own containers' probes the mesh takes over: container -> field -> new probe
     probes: Mapping[str, Mapping[str, dict[str, Any]]] = field(default_factory=dict)
+    # items added to the pod's own containers' lists (container -> "env" or "volumeMounts"
+    # -> items), each only where the container has none of that name (Istio's proxyless
+    # gRPC: the bootstrap's path and the volume the agent writes it to)
+    appended: Mapping[str, Mapping[str, tuple[dict[str, Any], ...]]] = field(default_factory=dict)
     # the labels and annotations whose values are the workload's name
     named: frozenset[str] = frozenset()
     # for the decision's explanation, and what the pod asked of the mesh that is not done
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+
+class Refused(Exception):
+    """A flavour cannot render this pod as asked (an injection template it does not render):
+    the pod is not meshed, for this reason."""
+
+    def __init__(self, skip: Skip, text: str) -> None:
+        super().__init__(text)
+        self.skip = skip
+        self.text = text
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +185,12 @@ class Flavour:
     # watches and the dry-run verbs read; and what it makes of them for a decision
     config_maps: Callable[[Policy], tuple[tuple[str, str], ...]] = _no_config_maps
     control_plane: Callable[[ConfigMaps, Policy], ControlPlane]
+    # where the mesh runs several control planes a pod chooses by a label of its own or of
+    # its namespace (Istio's revisions): the one the pod joins, given the pod's and the
+    # namespace's labels (its ``missing`` says why none can be); None: ``control_plane``
+    control_for: Callable[[ConfigMaps, Policy, Mapping[str, str], Mapping[str, str]], ControlPlane] | None = (
+        None
+    )
     # what a dry run must be given where ``control_plane`` finds its configuration missing
     dry_run_needs: str = ""
     # name prefixes of the namespace annotations its pods inherit (written on the pod, as
@@ -180,6 +218,8 @@ class Flavour:
     mark_prefixes: tuple[str, ...] = ()
     # environment variables of its containers whose values name the workload
     named_env: tuple[str, ...] = ()
+    # what it may add to the pod's own containers' lists: (list, item name) pairs
+    appends: tuple[tuple[str, str], ...] = ()
     # volumes of names the pod itself asks the flavour to add (Istio's userVolume)
     requested_volumes: Callable[[Mapping[str, Any]], frozenset[str]] = lambda pod: frozenset()
 

@@ -2,15 +2,29 @@
 
 ``mesh-proxy`` learns its mode, protocol hint and pool size from ``MESH_PROXY_*``
 variables; in iptables mode ``mesh-init`` loads the ruleset ``webhook.dataplane.iptables`` renders
-(inbound to 4143, outbound to 4140, UID 2102 exempt), so the rules are ours and tested.
+(inbound to 4143, outbound to 4140, UID 2102 exempt), so the rules are ours and tested. It
+loads them with the backend the decision chose (``Build.firewall``): ``iptables-nft-restore``
+or ``iptables-legacy-restore``, both in Debian's (and Alpine's) iptables package. Without a
+control plane of its own, the backend it is asked for is the policy's
+(``proxy.generic.firewall``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from webhook.dataplane.base import Build, ConfigMaps, ControlPlane, DataPlane, Flavour, Ports, field_env
+from webhook.dataplane.base import (
+    Build,
+    ConfigMaps,
+    ControlPlane,
+    DataPlane,
+    Flavour,
+    Ports,
+    field_env,
+    image_tag,
+)
 from webhook.dataplane.iptables import (
     ADMIN_PORT,
     INBOUND_PORT,
@@ -19,12 +33,27 @@ from webhook.dataplane.iptables import (
     PROXY_UID,
     render_rules,
 )
-from webhook.policy import FlavourPolicy, Policy
+from webhook.policy import Firewall, FlavourPolicy, Policy
 from webhook.reasons import Mode
 
 PROXY = "mesh-proxy"
 INIT = "mesh-init"
 PROXY_VOLUME = "mesh-proxy-run"
+# the iptables-restore of each backend: mesh-init names the one chosen, never the image's
+# default ``iptables-restore`` (which is one or the other by the image's alternatives)
+RESTORE: Mapping[Firewall, str] = {"legacy": "iptables-legacy-restore", "nft": "iptables-nft-restore"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenericSettings:
+    """The policy's ``proxy.generic``: what a control plane would say for the contract proxy."""
+
+    # the backend mesh-init loads its rules with, where every eligible node has it
+    firewall: Firewall = "nft"
+
+
+def settings(policy: Policy) -> GenericSettings:
+    return policy.proxy.settings("generic")  # type: ignore[no-any-return]
 
 
 def _volume() -> dict[str, Any]:
@@ -80,12 +109,13 @@ def proxy_container(build: Build, policy: Policy) -> dict[str, Any]:
     return container
 
 
-def init_container(rules: str, policy: Policy) -> dict[str, Any]:
+def init_container(rules: str, firewall: Firewall, policy: Policy) -> dict[str, Any]:
+    load = f'printf "%s" "$MESH_IPTABLES_RULES" | {RESTORE[firewall]} --noflush'
     return {
         "name": INIT,
         "image": policy.proxy.init_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["/bin/sh", "-c", 'printf "%s" "$MESH_IPTABLES_RULES" | iptables-restore --noflush'],
+        "command": ["/bin/sh", "-c", load],
         "env": [{"name": "MESH_IPTABLES_RULES", "value": rules}],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": {
@@ -108,7 +138,7 @@ def rules_for(build: Build) -> str:
 
 
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
-    inits = (init_container(rules_for(build), policy),) if build.init_rules else ()
+    inits = (init_container(rules_for(build), build.firewall, policy),) if build.init_rules else ()
     return DataPlane(
         inits=inits,
         proxy=proxy_container(build, policy),
@@ -121,7 +151,14 @@ def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
 
 
 def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
-    return ControlPlane(line=f"data plane: generic ({policy.proxy.image})")
+    """No control plane of its own: the policy's images and backend; the contract proxy's
+    version is its image's tag (recorded on the pod, so audit sees an upgrade)."""
+    return ControlPlane(
+        line=f"data plane: generic ({policy.proxy.image})",
+        version=image_tag(policy.proxy.image or ""),
+        firewall=settings(policy).firewall,
+        firewalls=("nft", "legacy"),
+    )
 
 
 def describe(policy: Policy, cni: bool) -> list[str]:
@@ -131,7 +168,8 @@ def describe(policy: Policy, cni: bool) -> list[str]:
         + (
             "no init container (a CNI plugin installs the rules)"
             if cni
-            else f"{INIT} {policy.proxy.init_image}"
+            else f"{INIT} {policy.proxy.init_image} (iptables-nft-restore or iptables-legacy-restore: "
+            f"{settings(policy).firewall} unless a node lacks it)"
         ),
     ]
 
@@ -161,7 +199,7 @@ FLAVOUR = Flavour(
     reads_workload=False,
     render=render,
     describe=describe,
-    policy=FlavourPolicy(check=_check_policy),
+    policy=FlavourPolicy(settings=GenericSettings, check=_check_policy),
     never_redirected=never_redirected,
     # our ruleset: -m owner, -o lo, -d, --dport and REDIRECT, which gVisor's netstack loads
     rules_in_gvisor=True,

@@ -109,6 +109,10 @@ class MeshConfig:
     proxy: Mapping[str, Any]
     trust_domain: str | None
     warnings: tuple[str, ...] = ()
+    # an OpenTelemetry extension provider enriches spans with the OTel K8s service attributes
+    # (serviceAttributeEnrichment: OTEL_SEMANTIC_CONVENTIONS): Istio 1.30's injector then
+    # writes OTEL_RESOURCE_ATTRIBUTES
+    otel_semantic_conventions: bool = False
 
 
 def config_map_name(revision: str) -> str:
@@ -206,7 +210,14 @@ def parse_mesh(text: str, where: str) -> MeshConfig:
     if trust is not None and not (isinstance(trust, str) and trust):
         warnings.append(f"{where}: trustDomain {trust!r} is not applied: expected a name")
         trust = None
-    return MeshConfig(proxy, trust, tuple(warnings))
+    providers = doc.get("extensionProviders")
+    otel = isinstance(providers, list) and any(
+        isinstance(p, Mapping)
+        and isinstance(p.get("opentelemetry"), Mapping)
+        and p["opentelemetry"].get("serviceAttributeEnrichment") == "OTEL_SEMANTIC_CONVENTIONS"
+        for p in providers
+    )
+    return MeshConfig(proxy, trust, tuple(warnings), otel)
 
 
 def merged(base: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, Any]:

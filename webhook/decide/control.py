@@ -11,6 +11,7 @@ from typing import Any
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.core import Notes
 from webhook.dataplane.base import ControlPlane, Flavour
+from webhook.decide.placement import mesh_native
 from webhook.decide.podfacts import inherit, str_map
 from webhook.policy import Policy
 from webhook.reasons import Stop
@@ -21,6 +22,8 @@ class Connected:
     control: ControlPlane
     inherited: tuple[str, ...]  # the namespace annotations the pod inherited
     annotations: Mapping[str, str]  # the pod's, with those
+    # where the control plane's own injector would place the proxy (native?), and why
+    native: tuple[bool, str] | None = None
 
 
 def connect(
@@ -34,7 +37,12 @@ def connect(
 ) -> Connected | Stop:
     """The control plane's configuration, said in the explanation (a ``Stop`` where no pod
     can be meshed without what is missing); the inherited annotations are put on ``pod``."""
-    control = plane.control_plane(snapshot.config_maps, policy)
+    if plane.control_for is not None:
+        labels = str_map(pod["metadata"].get("labels"))
+        ns_labels = snapshot.namespaces.get(namespace, {})
+        control = plane.control_for(snapshot.config_maps, policy, labels, ns_labels)
+    else:
+        control = plane.control_plane(snapshot.config_maps, policy)
     if control.missing is not None:
         return Stop(*control.missing)
     ctx.lines.append(control.line)
@@ -44,4 +52,7 @@ def connect(
     if inherited:
         annotations = str_map(pod["metadata"].get("annotations"))
         ctx.lines.append(f"namespace {namespace}: the pod inherits {', '.join(inherited)}")
-    return Connected(control, inherited, annotations)
+    native = None
+    if control.native is not None:
+        native = mesh_native(control.native, annotations, pod["spec"].get("nodeName"), snapshot)
+    return Connected(control, inherited, annotations, native)

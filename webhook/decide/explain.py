@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from webhook.cluster.snapshot import ClusterSnapshot
+from webhook.decide.nodefacts import KernelFacts
 from webhook.decide.scheduling import Eligibility
-from webhook.modes.base import KernelFacts
 from webhook.podsecurity import Levels
 from webhook.policy import Policy
 

@@ -16,16 +16,21 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.core import ANN_STATUS
-from webhook.dataplane import flavour, others
+from webhook.core import ANN_STATUS, LABEL_MODE
+from webhook.dataplane import FLAVOURS, flavour, others
 from webhook.dataplane.base import LABEL_VALUE_MAX, Flavour
 from webhook.decide import podfacts
 from webhook.decide.autoscaler import autoscaler_for
-from webhook.decide.ours import WRITTEN_LABELS, WRITTEN_PREFIXES
-from webhook.outcome import Detail, Outcome, clone
-from webhook.patch.diff import Patch
+from webhook.outcome import Detail, Outcome, Patch, clone
 from webhook.policy import Policy
 from webhook.workload import WorkloadKey, protocol_from_services, workload_key
+
+# The labels an injection may write: ours, a flavour's marks and those named after the
+# workload's kind. A patch is a diff against the pod's own values of them, so pods share a
+# memoised outcome only where they agree on those values. (A mode writes annotations only,
+# ``modes.base.Interception``: the key holds every annotation anyway.)
+WRITTEN_LABELS = frozenset(mark for f in FLAVOURS.values() for mark in f.marks) | {LABEL_MODE}
+WRITTEN_PREFIXES = tuple(prefix for f in FLAVOURS.values() for prefix in f.mark_prefixes)
 
 
 def served(light: Outcome, detail: Callable[[], Detail], workload: WorkloadKey | None = None) -> Outcome:
@@ -96,7 +101,7 @@ def template_key(
       labels) and the VerticalPodAutoscaler that targets it;
     - the labels in ``labels_read``, by value, and whether the pod has labels at all;
     - the pod's values of every label an injection may write (the patch is a diff against
-      them, see ``webhook.decide.ours``).
+      them, see ``WRITTEN_LABELS``).
     """
     kind = request.get("kind")
     if not isinstance(kind, dict) or kind.get("kind") != "Pod":

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.core import Notes
+from webhook.dataplane.base import NativeDefault
 from webhook.decide.scheduling import Eligibility
 from webhook.policy import Policy
 from webhook.reasons import Mode
@@ -88,3 +91,48 @@ def place(
             f"({stop_hint})"
         )
     return placed
+
+
+def mesh_native(
+    default: NativeDefault, annotations: Mapping[str, str], node_name: object, snapshot: ClusterSnapshot
+) -> tuple[bool, str]:
+    """Where the control plane's own injector would place its proxy for this pod (native or
+    not, and why): the pod's annotation where ``default`` names one, else always or never,
+    else by kubelets: the pod's own node's where it names one, otherwise every node's
+    (Istio's ``DetectNativeSidecar``; once per snapshot, over its node groups)."""
+    for key, value, why in default.regular:
+        if str(annotations.get(key, "")).strip() == value:
+            return False, why
+    asked = annotations.get(default.annotation) if default.annotation else None
+    if asked in ("true", "false"):
+        return asked == "true", f"{default.annotation}: {asked}"
+    if default.on is not None:
+        return default.on, default.why
+    floor = parse_kube_version(default.min_kubelet)
+    named = snapshot.nodes.get(node_name) if isinstance(node_name, str) else None
+    if named is not None:
+        below = _below(((named.name, named.kubelet),), floor)
+    else:
+        key = ("mesh-native", default.min_kubelet)
+        cached = snapshot.memo.get(key)
+        if not isinstance(cached, tuple):
+            cached = (_below(((g.nodes[0].name, g.kubelet) for g in snapshot.groups), floor),)
+            snapshot.memo.put(key, cached, 256)
+        below = cached[0]
+    if floor is None or below == ("", ""):
+        return False, f"{default.why}; no node's kubelet is known"
+    if below is not None:
+        return False, f"{default.why}; node {below[0]}'s kubelet is {below[1] or 'unknown'}"
+    return True, f"{default.why}; every node's kubelet is at least {floor}"
+
+
+def _below(kubelets: Iterable[tuple[str, str | None]], floor: KubeVersion | None) -> tuple[str, str] | None:
+    """The first node whose kubelet is below ``floor`` (or unknown), as (name, kubelet);
+    ("", "") where there is no node; None where every one is at least ``floor``."""
+    seen = False
+    for name, kubelet in kubelets:
+        seen = True
+        version = parse_kube_version(kubelet or "")
+        if floor is None or version is None or version < floor:
+            return name, kubelet or ""
+    return None if seen else ("", "")

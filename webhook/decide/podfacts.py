@@ -5,13 +5,14 @@ protocol, a port the proxy needs, and what the pod inherits from its namespace."
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.core import PREFIX, Notes
 from webhook.dataplane import others
+from webhook.dataplane.base import Ports
 from webhook.dataplane.iptables import PortListError, merge_ranges, parse_ports
-from webhook.modes.base import Exclusions
 from webhook.policy import Policy
 from webhook.reasons import Skip
 from webhook.workload import protocol_from_container_ports, protocol_from_services
@@ -31,6 +32,15 @@ ENUMS = {
 }
 
 DEFAULTS = {"interception": "auto", "iptables-fallback": "true", "native-sidecar": "auto"}
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusions:
+    """Traffic the pod wants left alone (ours and the other meshes' annotations, merged)."""
+
+    inbound: Ports = ()
+    outbound: Ports = ()
+    cidrs: tuple[str, ...] = ()
 
 
 def str_map(value: object) -> Mapping[str, str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, RedirectorState, Taint
+from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, RedirectorState, RuntimeClass, Taint
 
 _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 # What the scheduler's NodeUnschedulable filter asks of a pod for a cordoned node: to
@@ -108,6 +108,27 @@ class Term:
         return best
 
 
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """Eligible nodes that report the same OS image, kubelet and kernel: what says which
+    firewall backends their kernel has."""
+
+    os_image: str | None
+    kubelet: str | None
+    kernel: str | None
+    count: int
+    names: tuple[str, ...]  # the first few of them
+
+    def describe(self) -> str:
+        more = f" and {self.count - len(self.names)} more" if self.count > len(self.names) else ""
+        what = ", ".join(
+            f"{key} {value}"
+            for key, value in (("osImage", self.os_image), ("kubelet", self.kubelet), ("kernel", self.kernel))
+            if value
+        )
+        return f"{', '.join(self.names)}{more} ({what or 'no nodeInfo'})"
+
+
 @dataclass(frozen=True)
 class Eligibility:
     """The nodes a pod may land on, reduced to what the decisions need."""
@@ -121,6 +142,12 @@ class Eligibility:
     excluded: Mapping[str, int] = field(default_factory=dict)
     # the redirector's states among them: (state or None for none, how many nodes, one of them)
     redirectors: tuple[tuple[RedirectorState | None, int, str], ...] = ()
+    # their distinct OS images, kubelets and kernels, with how many nodes and which
+    platforms: tuple[Platform, ...] = ()
+    # what the decision derives from these nodes and a part of the policy, kept with them (an
+    # Eligibility is memoised per scheduling constraints, so this is worked out once for all
+    # the pods that share them): (what, the policy's part) -> the result
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _requirements(exprs: object) -> tuple[Requirement, ...] | None:
@@ -196,6 +223,7 @@ def _summarize(
     kernels: set[str | None] = set()
     kubelets: set[str | None] = set()
     agents: dict[RedirectorState | None, list[Any]] = {}
+    platforms: dict[tuple[str | None, str | None, str | None], list[Any]] = {}
     count = 0
     for group, nodes in picked:
         if not nodes:
@@ -207,6 +235,13 @@ def _summarize(
         seen[0] += len(nodes)
         for n in nodes[: _SAMPLE - len(sample)]:
             sample.append(n.name)
+        platform = platforms.get((group.os_image, group.kubelet, group.kernel))
+        if platform is None:
+            platforms[(group.os_image, group.kubelet, group.kernel)] = [len(nodes), nodes[:_SAMPLE]]
+        else:
+            platform[0] += len(nodes)
+            if len(platform[1]) < _SAMPLE:
+                platform[1] = [*platform[1], *nodes[: _SAMPLE - len(platform[1])]]
     return Eligibility(
         count=count,
         total=total,
@@ -216,6 +251,10 @@ def _summarize(
         basis=basis,
         excluded={k: v for k, v in excluded.items() if v},
         redirectors=tuple((state, n, first) for state, (n, first) in agents.items()),
+        platforms=tuple(
+            Platform(image, kubelet, kernel, n, tuple(node.name for node in first))
+            for (image, kubelet, kernel), (n, first) in platforms.items()
+        ),
     )
 
 
@@ -256,7 +295,8 @@ def eligible_nodes(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligib
             return hit
     result = _eligible(snapshot, spec)
     if key is not None:
-        snapshot.memo.put(key, result, len(key) + 1024)  # an Eligibility is well under 1 KiB
+        # an Eligibility is well under 1 KiB, but for its platforms (a few hundred bytes each)
+        snapshot.memo.put(key, result, len(key) + 1024 + 256 * len(result.platforms))
     return result
 
 
@@ -276,6 +316,7 @@ def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility
             node.kubelet,
             (node,),
             agent[0] if agent is not None else None,
+            node.os_image,
         )
         return _summarize([(group, (node,))], total, f"spec.nodeName {node_name}", {})
 
@@ -337,3 +378,37 @@ def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility
     if cordons_tolerated and any(g.unschedulable for g in snapshot.groups):
         basis += " (cordoned nodes too: the pod tolerates node.kubernetes.io/unschedulable)"
     return _summarize(picked, total, basis, excluded)
+
+
+# --- the RuntimeClass a pod names -----------------------------------------------------
+
+
+def merged_spec(spec: Mapping[str, Any], rc: RuntimeClass) -> tuple[dict[str, Any] | None, str | None]:
+    """``spec`` with the RuntimeClass's scheduling merged as the API server merges it, or why
+    the API server would refuse the pod (a node selector that contradicts the class's)."""
+    out = dict(spec)
+    if rc.node_selector:
+        own = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
+        for key, value in rc.node_selector.items():
+            if key in own and own[key] != value:
+                return None, (
+                    f"the pod's nodeSelector {key}={own[key]} contradicts "
+                    f"RuntimeClass {rc.name}'s {key}={value}"
+                )
+        out["nodeSelector"] = {**own, **rc.node_selector}
+    if rc.tolerations:
+        own_tol = spec.get("tolerations") if isinstance(spec.get("tolerations"), list) else []
+        out["tolerations"] = [*own_tol, *rc.tolerations]
+    return out, None
+
+
+def nodes_spec(spec: Mapping[str, Any], snapshot: ClusterSnapshot) -> Mapping[str, Any]:
+    """What decides where a pod may land: its spec, with the scheduling of the RuntimeClass it
+    names merged in as the API server's RuntimeClass admission does (it has already run when a
+    webhook sees the pod; a manifest given to the dry-run has not been through it)."""
+    name = spec.get("runtimeClassName")
+    rc = snapshot.runtime_classes.get(name) if isinstance(name, str) else None
+    if rc is None:
+        return spec
+    merged, _ = merged_spec(spec, rc)
+    return merged if merged is not None else spec

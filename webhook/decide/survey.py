@@ -11,10 +11,9 @@ from typing import Any
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.core import Notes
 from webhook.decide.explain import kernel_line, nodes_line, pod_security_line, redirector_line
-from webhook.decide.scheduling import Eligibility, eligible_nodes
+from webhook.decide.nodefacts import KernelFacts, kernel_facts
+from webhook.decide.scheduling import Eligibility, eligible_nodes, nodes_spec
 from webhook.decide.traits import WorkloadTraits, workload_traits
-from webhook.modes.base import KernelFacts, kernel_facts
-from webhook.modes.microvm import nodes_spec
 from webhook.podsecurity.levels import Levels, namespace_levels
 from webhook.policy import Policy
 from webhook.versions import KubeVersion

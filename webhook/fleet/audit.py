@@ -8,10 +8,11 @@ outcome is compared with what the pod carries:
 - **missed**: admission would mesh it now, and it has no proxy of ours (created while the
   webhook was down, or skipped then for a reason that no longer holds);
 - **stale**: it carries our proxy and admission would now give it a different one, or none;
-  the fields that differ are named (flavour, proxy image, mode, placement, resources
-  beyond a tolerance, RuntimeClass, init container images), also where the injection was
-  edited since (its proxy's image changed by hand: compared with a fresh injection); or it
-  is an ebpf pod that its node's Merbridge no longer redirects (``redirector-restarted``:
+  the fields that differ are named (flavour, the mesh version it was rendered as, proxy
+  image, mode, the init container's iptables backend, placement, resources beyond a
+  tolerance, RuntimeClass, init container images), also where the injection was edited
+  since (its proxy's image changed by hand: compared with a fresh injection); or it is an
+  ebpf pod that its node's Merbridge no longer redirects (``redirector-restarted``:
   Merbridge started after the pod, and does not take that proxy's pods back);
 - **other-mesh**: another mesh owns it;
 - **out-of-scope**: not meshed, and admission would not mesh it now (the reason says why).
@@ -60,8 +61,8 @@ _OTHER_MESH_SKIPS = frozenset({Skip.OTHER_MESH, Skip.OTHER_MESH_OPT_OUT})
 class Change:
     """One field of the injection that admission would set differently now."""
 
-    # a slug: flavour, proxy-image, mode, placement, resources, runtime-class, init-image, meshed,
-    # redirector-restarted, proxy (edited since it was injected)
+    # a slug: flavour, version, proxy-image, mode, firewall, placement, resources, runtime-class,
+    # init-image, meshed, redirector-restarted, proxy (edited since it was injected)
     field: str
     has: str
     wants: str
@@ -209,10 +210,19 @@ def changes(live: Mapping[str, Any], wanted: Mapping[str, Any], tolerance: float
                 Change(name, str(a) if a is not None else "unset", str(b) if b is not None else "unset")
             )
 
+    def recorded(name: str, a: object, b: object) -> None:
+        """What an injection records of itself, compared where both sides record it: an
+        injection made before it was recorded is judged by what it carries (its images, its
+        mode), not flagged for the record alone."""
+        if a is not None and b is not None:
+            compare(name, a, b)
+
     compare("flavour", has.get("flavour"), wants.get("flavour"))
+    recorded("version", has.get("meshVersion"), wants.get("meshVersion"))
     pa, pb = _proxy(live, has), _proxy(wanted, wants)
     compare("proxy-image", pa.get("image"), pb.get("image"))
     compare("mode", has.get("mode"), wants.get("mode"))
+    recorded("firewall", has.get("firewall"), wants.get("firewall"))
     place = {True: "native sidecar", False: "regular container"}
     compare("placement", place.get(has.get("nativeSidecar")), place.get(wants.get("nativeSidecar")))
     if has.get("flavour") == wants.get("flavour"):

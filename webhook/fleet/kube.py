@@ -1,6 +1,6 @@
 """The fleet as the API server holds it: pods to audit, workloads to restart, budgets.
 
-Raw requests through the client's ``ApiClient`` (``cluster.kubeapi``), as everywhere else.
+Raw requests through the client's ``ApiClient`` (``webhook.kubeapi``), as everywhere else.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import orjson
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from webhook.cluster.kubeapi import lister, request
-from webhook.cluster.live import list_pages
 from webhook.errors import ClusterAccessError
 from webhook.fleet.rollout import RESTARTED_AT
+from webhook.kubeapi import list_pages, lister, request
 from webhook.workload import WorkloadKey
 
 _PATHS = {

@@ -22,10 +22,9 @@ from kubernetes import client
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from webhook.cluster.kubeapi import lister
-from webhook.cluster.live import Informer
 from webhook.cluster.snapshot import ClusterSnapshot, parse_time
 from webhook.fleet.audit import DEFAULT_TOLERANCE, State, audit_pod, is_live
+from webhook.kubeapi import Informer, lister
 from webhook.policy import Policy
 
 log = logging.getLogger("mesh_injector.fleet")

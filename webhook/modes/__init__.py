@@ -5,7 +5,8 @@ One module per mode (``ebpf``, ``iptables``, ``microvm``), each with the same sm
 for a pod (``missing``), whether the namespace admits what it adds (``blocked``), what it
 adds (``interception``) and how it is described (``supported_text`` for a pod, ``describe``
 for ``policy check``). ``choice`` holds the
-decision table that picks among them. Adding a mode is one module here, its entry in
+decision table that picks among them, and ``firewall`` the iptables backend the init
+container's rules are then installed with. Adding a mode is one module here, its entry in
 ``MODES`` and its row in the table.
 """
 

@@ -21,37 +21,11 @@ from typing import Any, Literal
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.dataplane.base import Flavour, Ports
+from webhook.decide.nodefacts import KernelFacts
+from webhook.decide.podfacts import Exclusions
 from webhook.decide.scheduling import Eligibility
-from webhook.policy import Interception as InterceptionRules
 from webhook.policy import Policy
 from webhook.reasons import ModeReason
-from webhook.versions import Kernel, parse_kernel
-
-
-@dataclass(frozen=True, slots=True)
-class KernelFacts:
-    lowest: Kernel | None
-    lowest_raw: str | None
-    unknown: str | None  # why the kernel is unknown, or None
-    ebpf: bool  # every eligible kernel is at least ebpf.minKernel or matches a capable pattern
-
-
-def kernel_facts(elig: Eligibility, rules: InterceptionRules) -> KernelFacts:
-    if elig.count == 0:
-        return KernelFacts(None, None, "no eligible node is known", False)
-    parsed: list[tuple[Kernel, str]] = []
-    for raw in elig.kernels:
-        kernel = parse_kernel(raw)
-        if kernel is None:
-            why = "an eligible node reports no kernel" if raw is None else f"kernel {raw!r} cannot be read"
-            return KernelFacts(None, None, why, False)
-        parsed.append((kernel, raw))  # type: ignore[arg-type]
-    lowest, lowest_raw = min(parsed)
-    ebpf = all(
-        k >= rules.ebpf.min_kernel or any(fnmatchcase(raw, p) for p in rules.ebpf.capable_kernels)
-        for k, raw in parsed
-    )
-    return KernelFacts(lowest, lowest_raw, None, ebpf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +55,6 @@ def sandbox_of(pod: Mapping[str, Any], snapshot: ClusterSnapshot, policy: Policy
         return None
     gvisor = any(fnmatchcase(c, p) for c in candidates for p in rules.gvisor_handlers)
     return Sandbox(name=name, handler=handler, gvisor=gvisor)
-
-
-@dataclass(frozen=True, slots=True)
-class Exclusions:
-    """Traffic the pod wants left alone (ours and the other meshes' annotations, merged)."""
-
-    inbound: Ports = ()
-    outbound: Ports = ()
-    cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

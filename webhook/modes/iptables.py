@@ -6,7 +6,9 @@ loading our own ruleset), or, where the policy says a CNI plugin does
 It works on any kernel, so it is the fallback of every other mode. Its init container adds
 NET_ADMIN and NET_RAW, which the ``baseline`` and ``restricted`` Pod Security levels reject:
 there it needs the CNI plugin. A sandboxed pod's traffic never crosses host-side rules; its
-rules go inside the sandbox, which is ``microvm``.
+rules go inside the sandbox, which is ``microvm``. Which iptables backend the init container
+uses (legacy or nft: one every eligible node has) is chosen next, in
+``webhook.modes.firewall``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ def supported_text(setting: Setting) -> str:
 
 def describe(policy: Policy, plane: Flavour) -> str:
     """What the mode needs and adds, for ``policy check``."""
-    installs = (
-        "the mesh's CNI plugin" if policy.interception.iptables.cni_installs_rules else "the init container"
+    rules = policy.interception.iptables
+    installs = "the mesh's CNI plugin" if rules.cni_installs_rules else "the init container"
+    without = "; ".join(f"no {r.backend} on {r.describe()}" for r in rules.nodes_without)
+    backend = (
+        ""
+        if rules.cni_installs_rules
+        else f"; the init container's iptables backend is one every eligible node has "
+        f"({without or 'no node is known to lack either'})"
     )
-    return f"{installs} installs the rules (the init container: privileged namespaces only)"
+    return f"{installs} installs the rules (the init container: privileged namespaces only){backend}"

@@ -20,14 +20,13 @@ gVisor's netstack accepts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from fnmatch import fnmatchcase
-from typing import Any
 
-from webhook.cluster.snapshot import ClusterSnapshot, RuntimeClass
+from webhook.cluster.snapshot import RuntimeClass
 from webhook.dataplane.base import Flavour
-from webhook.decide.scheduling import Eligibility, eligible_nodes
-from webhook.modes.base import Gap, Interception, Setting, kernel_facts
+from webhook.decide.nodefacts import kernel_facts
+from webhook.decide.scheduling import Eligibility, eligible_nodes, merged_spec
+from webhook.modes.base import Gap, Interception, Setting
 from webhook.policy import Policy
 from webhook.reasons import ModeReason, Skip
 
@@ -35,37 +34,6 @@ NEEDS = (
     "the policy's RuntimeClass (a VM sandbox such as Kata) in the cluster, nodes it schedules to at "
     "microvm.minKernel, a cluster at microvm.minServerVersion for auto, and a privileged namespace"
 )
-
-
-def merged_spec(spec: Mapping[str, Any], rc: RuntimeClass) -> tuple[dict[str, Any] | None, str | None]:
-    """``spec`` with the RuntimeClass's scheduling merged as the API server merges it, or why
-    the API server would refuse the pod (a node selector that contradicts the class's)."""
-    out = dict(spec)
-    if rc.node_selector:
-        own = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
-        for key, value in rc.node_selector.items():
-            if key in own and own[key] != value:
-                return None, (
-                    f"the pod's nodeSelector {key}={own[key]} contradicts "
-                    f"RuntimeClass {rc.name}'s {key}={value}"
-                )
-        out["nodeSelector"] = {**own, **rc.node_selector}
-    if rc.tolerations:
-        own_tol = spec.get("tolerations") if isinstance(spec.get("tolerations"), list) else []
-        out["tolerations"] = [*own_tol, *rc.tolerations]
-    return out, None
-
-
-def nodes_spec(spec: Mapping[str, Any], snapshot: ClusterSnapshot) -> Mapping[str, Any]:
-    """What decides where a pod may land: its spec, with the scheduling of the RuntimeClass it
-    names merged in as the API server's RuntimeClass admission does (it has already run when a
-    webhook sees the pod; a manifest given to the dry-run has not been through it)."""
-    name = spec.get("runtimeClassName")
-    rc = snapshot.runtime_classes.get(name) if isinstance(name, str) else None
-    if rc is None:
-        return spec
-    merged, _ = merged_spec(spec, rc)
-    return merged if merged is not None else spec
 
 
 def sandbox_nodes(setting: Setting, rc: RuntimeClass) -> tuple[Eligibility | None, str | None]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-Patch = list[dict[str, Any]]
+from webhook.outcome import Patch
 
 
 def escape(key: str) -> str:

@@ -29,7 +29,7 @@ from webhook import __version__
 from webhook.core import ANN_DECISION, ANN_SKIP, ANN_SOURCE, ANN_STATUS, LABEL_MODE, Notes
 from webhook.dataplane import FLAVOURS, NAMED_ENV, Build, DataPlane, Flavour
 from webhook.dataplane.base import label_value
-from webhook.decide.ours import OURS, Ours
+from webhook.patch.ours import OURS, Ours
 from webhook.policy import Policy
 from webhook.workload import WorkloadKey, workload_key
 
@@ -50,6 +50,11 @@ class Plan:
     # annotations the pod inherited from its namespace (already on the pod as decided):
     # recorded as added, so that re-injection takes them back
     inherited: tuple[str, ...] = ()
+    # recorded in the status, for audit to compare with what admission would give now: the
+    # iptables backend of the init container's rules (None: nothing of ours installs them)
+    # and the mesh version the pod was rendered as ("": not known)
+    firewall: str | None = None
+    mesh_version: str = ""
 
 
 # Fields the API server fills in with defaults when it stores a pod: an item we rendered
@@ -227,6 +232,7 @@ def strip(
     ):
         _drop_ours(spec, key, _names(status.get(key)), sums.get(key), known)
     _put_back_probes(spec, status.get("probes"), sums.get("probes"))
+    _take_back_appended(spec, status.get("appended"), sums.get("appended"), ours.appends)
     _put_back_values(meta, status.get("replaced"), removed)
     _put_back_removed(meta, status.get("removed"))
     # runtimeClassName: its value is the one a user writes for the same sandbox
@@ -285,13 +291,83 @@ def _take_probes(
     return taken
 
 
-PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+PROBES = ("readinessProbe", "livenessProbe", "startupProbe", "lifecycle")
+_AGENT_PATHS = ("/app-health/", "/app-lifecycle/")
 
 
 def _rewritten(probe: object) -> bool:
-    """A probe an injection of ours handed to the mesh's agent (``/app-health/...``)."""
-    get = probe.get("httpGet") if isinstance(probe, dict) else None
-    return isinstance(get, dict) and str(get.get("path", "")).startswith("/app-health/")
+    """A probe an injection of ours handed to the mesh's agent (``/app-health/...``), or
+    lifecycle hooks one of which it did (``/app-lifecycle/...``)."""
+    if not isinstance(probe, dict):
+        return False
+    handlers = [probe, *(h for h in probe.values() if isinstance(h, dict))]
+    return any(
+        isinstance(h.get("httpGet"), dict) and str(h["httpGet"].get("path", "")).startswith(_AGENT_PATHS)
+        for h in handlers
+    )
+
+
+def _append(
+    spec: dict[str, Any], appended: Mapping[str, Mapping[str, tuple[dict[str, Any], ...]]]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Add a flavour's items to the pod's own containers' lists (copies of them), each only
+    where the container has no item of that name (nor, for a mount, that path); what was
+    added, by container and list."""
+    added: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    if not appended:
+        return added
+    for key in ("initContainers", "containers"):
+        items = spec.get(key)
+        for i, c in enumerate(items if isinstance(items, list) else ()):
+            wanted = appended.get(c.get("name")) if isinstance(c, dict) else None
+            if not wanted:
+                continue
+            changed = dict(c)
+            for key_, new in wanted.items():
+                have = changed.get(key_) if isinstance(changed.get(key_), list) else []
+                names = {x.get("name") for x in have if isinstance(x, dict)}
+                paths = {x.get("mountPath") for x in have if isinstance(x, dict)}
+                fresh = [x for x in new if x["name"] not in names and x.get("mountPath", "") not in paths]
+                if fresh:
+                    changed[key_] = [*have, *fresh]
+                    added.setdefault(c["name"], {})[key_] = fresh
+            items[i] = changed
+    return added
+
+
+def _take_back_appended(
+    spec: dict[str, Any], listed: object, sums: object, allowed: frozenset[tuple[str, str]]
+) -> None:
+    """The items an injection added to the pod's own containers' lists, taken off (copies):
+    only those the status lists, of a name some flavour adds, still as we wrote them."""
+    if not isinstance(listed, dict) or not isinstance(sums, dict):
+        return
+    for key in ("initContainers", "containers"):
+        items = spec.get(key)
+        for i, c in enumerate(items if isinstance(items, list) else ()):
+            name = c.get("name") if isinstance(c, dict) else None
+            fields, prints = listed.get(name), sums.get(name)
+            if not isinstance(fields, dict) or not isinstance(prints, dict):
+                continue
+            changed = dict(c)
+            for key_, names in fields.items():
+                have, wrote = changed.get(key_), prints.get(key_)
+                if not isinstance(have, list) or not isinstance(wrote, dict) or not isinstance(names, list):
+                    continue
+                kept = [x for x in have if not _appended_by_us(x, key_, names, wrote, allowed)]
+                if len(kept) != len(have):
+                    if kept:
+                        changed[key_] = kept
+                    else:
+                        del changed[key_]
+            items[i] = changed
+
+
+def _appended_by_us(
+    item: object, key: str, names: list[Any], wrote: Mapping[str, Any], allowed: frozenset[tuple[str, str]]
+) -> bool:
+    name = item.get("name") if isinstance(item, dict) else None
+    return name in names and (key, name) in allowed and wrote.get(name) == fingerprint(item)
 
 
 def _put_back_probes(spec: dict[str, Any], taken: object, sums: object) -> None:
@@ -428,6 +504,7 @@ def apply_plan(
     had_volumes = _items(received, "volumes")
     spec["volumes"] = [*(spec.get("volumes") or []), *(_as_received(v, had_volumes) for v in plane.volumes)]
     taken = _take_probes(spec, plane.probes, had)
+    appended = _append(spec, plane.appended)
     added: dict[str, list[str]] = {"labels": [], "annotations": []}
     replaced: dict[str, dict[str, str]] = {}
     for key, always, defaults in (
@@ -476,6 +553,11 @@ def apply_plan(
             for c in spec.get(key) or ()
             if isinstance(c, dict) and c.get("name") in taken
         }
+    if appended:
+        sums["appended"] = {
+            c: {f: {x["name"]: fingerprint(x) for x in items} for f, items in fields.items()}
+            for c, fields in appended.items()
+        }
     if runtime_class:
         sums["runtimeClassName"] = fingerprint(runtime_class)
     status = {
@@ -491,12 +573,21 @@ def apply_plan(
     }
     if taken:
         status["probes"] = taken
+    if appended:
+        status["appended"] = {
+            c: {f: [x["name"] for x in items] for f, items in fields.items()}
+            for c, fields in appended.items()
+        }
     if replaced:
         status["replaced"] = replaced
     if removed:
         status["removed"] = {"annotations": removed}
     if runtime_class:
         status["runtimeClassName"] = runtime_class
+    if plan.firewall:
+        status["firewall"] = plan.firewall
+    if plan.mesh_version:
+        status["meshVersion"] = plan.mesh_version
     status["sums"] = {k: v for k, v in sums.items() if v}
     _set(meta, "annotations", ANN_STATUS, orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode())
     _set(meta, "annotations", ANN_DECISION, plan.decision)

@@ -9,11 +9,13 @@ from typing import Any
 
 from webhook.core import Notes, ProxyResources
 from webhook.dataplane import Build, Flavour
+from webhook.dataplane.base import Refused
 from webhook.decide.control import Connected
 from webhook.decide.memo import ALIAS
 from webhook.decide.placement import Placement
 from webhook.decide.survey import Survey
 from webhook.modes.choice import Picked
+from webhook.modes.firewall import Backend
 from webhook.patch.inject import NameCollision, Plan, apply_plan, shallow_pod
 from webhook.podsecurity import refusal
 from webhook.policy import Policy
@@ -29,6 +31,7 @@ def render(
     connected: Connected,
     found: Survey,
     picked: Picked,
+    firewall: Backend | None,
     placed: Placement,
     resources: ProxyResources,
     policy: Policy,
@@ -40,10 +43,17 @@ def render(
     or what the namespace's Pod Security level refuses. ``alias``: the flavour names the
     workload with a stand-in (a template memo entry puts each workload's name in)."""
     choice, excl = picked.choice, picked.setting.exclusions
+    rules = f"firewall {firewall.firewall}: {firewall.text}; " if firewall is not None else ""
     decision = (
-        f"{plane.name} proxy; mode {picked.mode.value}: {choice.text}; "
+        f"{plane.name} proxy; mode {picked.mode.value}: {choice.text}; {rules}"
         f"{placed.text}: {placed.why}{placed.batch_note}; resources: {resources.detail}"
     )
+    if connected.native is not None and connected.native[0] != placed.native:
+        theirs = "a native sidecar" if connected.native[0] else "a regular container"
+        ctx.lines.append(
+            f"placement: the control plane's own injector would make the proxy {theirs} here "
+            f"({connected.native[1]}); the placement is mesh-injector's ({placed.why})"
+        )
     sandbox = picked.setting.sandbox
     build = Build(
         mode=picked.mode,
@@ -58,7 +68,7 @@ def render(
         workload=WorkloadKey(workload.namespace, workload.kind, ALIAS) if alias else workload,
         batch=found.traits.batch,
         control=connected.control.config,
-        firewall=connected.control.firewall,
+        firewall=firewall.firewall if firewall is not None else connected.control.firewall,
     )
     plan = Plan(
         flavour=plane,
@@ -67,6 +77,8 @@ def render(
         annotations=picked.adds.annotations,
         runtime_class=picked.adds.runtime_class,
         inherited=connected.inherited,
+        firewall=firewall.firewall if firewall is not None else None,
+        mesh_version=connected.control.version,
     )
     meshed = shallow_pod(pod)
     try:
@@ -75,6 +87,8 @@ def render(
         return Stop(
             Skip.NAME_COLLISION, f"{Skip.NAME_COLLISION.text}: the pod's own {clash} would be duplicated"
         )
+    except Refused as refused:
+        return Stop(refused.skip, refused.text)
     if added.get("probes"):
         taken = "; ".join(f"{c}: {', '.join(fields)}" for c, fields in added["probes"].items())
         ctx.lines.append(f"probes: the {plane.name} agent runs them on the pod's behalf ({taken})")

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from webhook.cluster.kubeapi import request
 from webhook.errors import CertError
+from webhook.kubeapi import request
 from webhook.serve.certs import Bundle, generate, service_names
 
 log = logging.getLogger("mesh_injector.cabundle")

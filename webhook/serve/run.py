@@ -28,7 +28,7 @@ from prometheus_client import start_http_server
 from urllib3.exceptions import HTTPError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from webhook.cluster.live import RESOURCES, LiveClusterView, api_client, server_version
+from webhook.cluster.live import RESOURCES, LiveClusterView, UsageRefreshingView, api_client, server_version
 from webhook.cluster.snapshot import ClusterView, StaticClusterView, redirector_selector
 from webhook.dataplane import config_maps
 from webhook.errors import CertError, ClusterAccessError, ListenError, describe_error
@@ -44,7 +44,7 @@ from webhook.serve.tls import MemoryFiles, ReloadingTLS
 from webhook.usage.history import UsageHistory
 from webhook.usage.metricsapi import MetricsApiUsage
 from webhook.usage.prometheus import PrometheusUsage
-from webhook.usage.sources import FileUsage, PollingUsage, UsageRefreshingView, UsageSource
+from webhook.usage.sources import FileUsage, PollingUsage, UsageSource
 
 
 class _JsonLines(logging.Formatter):

@@ -21,10 +21,9 @@ from typing import Any
 import orjson
 from kubernetes import client
 
-from webhook.cluster.kubeapi import lister, request
-from webhook.cluster.live import Informer
 from webhook.core import LABEL_MODE
 from webhook.dataplane import PROXY_NAMES
+from webhook.kubeapi import Informer, lister, request
 from webhook.usage.history import UsageHistory
 from webhook.usage.samples import parse_reading, parse_timestamp
 from webhook.usage.sources import PollingUsage

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.errors import describe_error
 from webhook.memory import release_free_memory
 from webhook.policy import Sizing
@@ -184,31 +183,3 @@ class PollingUsage(UsageSource):
                 )
                 wait = min(self.interval, 2.0 * 2 ** min(failures, 5))
             self._stop.wait(max(0.05, wait))
-
-
-class UsageRefreshingView:
-    """A fixed cluster (``--cluster FILE``) whose usage comes from a live source: each
-    change of the summaries makes a new snapshot (with fresh memos) swapped in at once."""
-
-    def __init__(self, base: ClusterSnapshot, usage: UsageSource) -> None:
-        self._base = base
-        self.usage = usage
-        self._snapshot = self._with_usage()
-
-    def _with_usage(self) -> ClusterSnapshot:
-        return self._base.derive(usage=dict(self.usage.summaries()), built_at=time.time())
-
-    def start(self) -> None:
-        self.usage.start(self._refresh)
-
-    def stop(self) -> None:
-        self.usage.stop()
-
-    def _refresh(self) -> None:
-        self._snapshot = self._with_usage()
-
-    def snapshot(self) -> ClusterSnapshot:
-        return self._snapshot
-
-    def ready(self) -> bool:
-        return self.usage.ready()

@@ -1,15 +1,12 @@
 """What any injection of ours may write on a pod, from every registered flavour and mode.
 
-Re-injection takes off only such items (``webhook.patch.inject.strip``), and a patch is
-diffed against the pod's own values of the labels among them, so pods share a memoised
-outcome only where they agree on those values (``webhook.decide.memo``).
+Re-injection takes off only such items (``webhook.patch.inject.strip``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from webhook.core import LABEL_MODE
 from webhook.dataplane import FLAVOURS
 from webhook.modes import MARKS
 
@@ -25,6 +22,8 @@ class Ours:
     volumes: frozenset[str]
     marks: frozenset[str]
     mark_prefixes: tuple[str, ...]
+    # what may be added to the pod's own containers' lists: (list, item name)
+    appends: frozenset[tuple[str, str]] = frozenset()
 
     def mark(self, name: str) -> bool:
         return name in self.marks or name.startswith(self.mark_prefixes)
@@ -36,9 +35,5 @@ OURS = Ours(
     volumes=frozenset(v["name"] for f in FLAVOURS.values() for v in f.volumes),
     marks=frozenset(mark for f in FLAVOURS.values() for mark in f.marks) | MARKS,
     mark_prefixes=tuple(prefix for f in FLAVOURS.values() for prefix in f.mark_prefixes),
+    appends=frozenset(item for f in FLAVOURS.values() for item in f.appends),
 )
-
-# the labels an injection may write (ours, or a flavour's or a mode's mark, or one named
-# after the workload's kind): a patch is a diff against the pod's values of them
-WRITTEN_LABELS = OURS.marks | {LABEL_MODE}
-WRITTEN_PREFIXES = OURS.mark_prefixes
