@@ -198,7 +198,8 @@ def test_check_table():
     # firewall backend is that of the init container's rules (none of ours in ebpf mode)
     assert table["Deployment shop/checkout"][:5] == ["yes", "ebpf", "-", "profile", "ebpf-capable"]
     assert table["StatefulSet payments/ledger"][:5] == ["yes", "ebpf", "-", "profile", "ebpf-capable"]
-    assert table["Job shop/migrate"][:5] == ["yes", "iptables", "legacy", "profile", "batch-native-sidecar"]
+    # (no linkerd-config in the file: the policy's Linkerd 2.20, whose setting is nft)
+    assert table["Job shop/migrate"][:5] == ["yes", "iptables", "nft", "profile", "batch-native-sidecar"]
     assert table["ReplicaSet shop/legacy-rs"][:4] == ["no", "-", "-", "-"]
     assert table["ReplicaSet shop/legacy-rs"][4].startswith("host-network")
     assert table["Deployment shop/web"][4].startswith("pod-disabled")

@@ -150,6 +150,7 @@ def test_rbac_is_least_privilege(rendered):
                 # the flavours' control-plane ConfigMaps, by name; no other ConfigMap is readable
                 assert rule["resources"] == ["configmaps"]
                 assert rule["resourceNames"] == [
+                    "linkerd-config",
                     "linkerd-identity-trust-roots",
                     "istio",
                     "istio-sidecar-injector",
@@ -641,6 +642,7 @@ def test_the_fleet_role_is_valid_and_grants_reads_and_restarts_only():
             assert "secrets" not in rule["resources"]
             if "configmaps" in rule["resources"]:
                 assert rule["resourceNames"] == [
+                    "linkerd-config",
                     "linkerd-identity-trust-roots",
                     "istio",
                     "istio-sidecar-injector",

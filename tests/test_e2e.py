@@ -335,6 +335,7 @@ def create_pod(
     name: str | None = None,
     dry_run: bool = False,
     labels: dict | None = None,
+    annotations: dict | None = None,
     **spec,
 ) -> dict:
     body = {
@@ -355,6 +356,8 @@ def create_pod(
             **spec,
         },
     }
+    if annotations:
+        body["metadata"]["annotations"] = annotations
     kwargs = {"dry_run": "All"} if dry_run else {}
     return raw(core.create_namespaced_pod(ns, body, _preload_content=False, **kwargs))
 
@@ -454,10 +457,11 @@ def test_the_stored_linkerd_pod_is_what_linkerd_expects(world, webhook):
     meta, spec = pod["metadata"], pod["spec"]
     assert meta["labels"]["linkerd.io/control-plane-ns"] == "linkerd"
     assert meta["labels"]["linkerd.io/workload-ns"] == SHOP
-    assert meta["annotations"]["linkerd.io/proxy-version"] == "edge-24.8.2"
+    # no linkerd-config here: the policy's default version (2.20), as the decision says
+    assert meta["annotations"]["linkerd.io/proxy-version"] == "edge-26.6.3"
     assert len(meta["annotations"]["linkerd.io/trust-root-sha256"]) == 64
     proxy = spec["containers"][0]
-    assert proxy["image"] == "cr.l5d.io/linkerd/proxy:edge-24.8.2"
+    assert proxy["image"] == "cr.l5d.io/linkerd/proxy:edge-26.6.3"
     env = {e["name"]: e.get("value") for e in proxy["env"]}
     assert env["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"].strip() == TRUST_ANCHORS.strip()
     assert env["LINKERD2_PROXY_INBOUND_PORTS"] == "8080"
@@ -616,9 +620,10 @@ def test_the_deployed_role_reads_what_each_flavour_reads_and_no_other_configmap(
 
     docs = read("linkerd")
     maps = [d for d in docs if d["kind"] == "ConfigMap"]
-    assert [(m["metadata"]["namespace"], m["metadata"]["name"]) for m in maps] == [
-        ("linkerd", "linkerd-identity-trust-roots")
-    ]
+    # the trust roots, and linkerd-config where a test has created it: granted by name
+    found = {(m["metadata"]["namespace"], m["metadata"]["name"]) for m in maps}
+    assert ("linkerd", "linkerd-identity-trust-roots") in found
+    assert found <= {("linkerd", "linkerd-identity-trust-roots"), ("linkerd", "linkerd-config")}
     assert any(d["kind"] == "Node" for d in docs)
     read("istio")  # ConfigMap istio-system/istio: granted by name (present or not)
     with pytest.raises(client.ApiException) as refused:
@@ -684,6 +689,63 @@ def test_server_side_dry_run_shows_the_mutation_and_stores_nothing(world, webhoo
     with pytest.raises(client.ApiException) as err:
         core.read_namespaced_pod(name, SHOP, _preload_content=False)
     assert err.value.status == 404
+
+
+def _linkerd_config(version: str) -> dict:
+    """linkerd-config as Linkerd ``version`` installs it (the golden clusters' fixture)."""
+    import yaml
+
+    docs = yaml.safe_load((REPO / "tests" / "golden" / "clusters" / f"linkerd-{version}.yaml").read_text())
+    found = next(
+        d for d in docs["items"] if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "linkerd-config"
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "linkerd-config"},
+        "data": found["data"],
+    }
+
+
+def test_an_upgrade_of_linkerd_reaches_the_next_pod_without_a_restart(world, webhook):
+    """linkerd-config says 2.16, then (upgraded in place) 2.20, while serve runs: within 10
+    seconds the next pod is rendered as 2.20's injector renders it, by the same process."""
+    core = world["core"]
+    pid = webhook.proc.pid
+
+    def iptables_pod(image: str):
+        pod = create_pod(core, SHOP, annotations={"mesh-injector.io/interception": "iptables"})
+        proxy = next((c for c in pod["spec"]["containers"] if c["name"] == PROXY), None)
+        return pod if proxy is not None and proxy["image"] == image else None
+
+    core.create_namespaced_config_map("linkerd", _linkerd_config("2.16"), _preload_content=False)
+    try:
+        pod = eventually(lambda: iptables_pod("cr.l5d.io/linkerd/proxy:edge-24.8.2"), timeout=10, every=0.2)
+        init = pod["spec"]["initContainers"][-1]
+        assert init["name"] == "linkerd-init" and init["image"] == "cr.l5d.io/linkerd/proxy-init:v2.4.1"
+        assert "command" not in init and "--firewall-bin-path" not in init["args"]
+        assert "_pod_uid" not in {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+        core.replace_namespaced_config_map(
+            "linkerd-config", "linkerd", _linkerd_config("2.20"), _preload_content=False
+        )
+        upgraded = time.monotonic()
+        pod = eventually(lambda: iptables_pod("cr.l5d.io/linkerd/proxy:edge-26.6.3"), timeout=10, every=0.2)
+        assert time.monotonic() - upgraded < 10
+        init = pod["spec"]["initContainers"][-1]
+        assert init["image"] == "cr.l5d.io/linkerd/proxy:edge-26.6.3"
+        assert init["command"] == ["/usr/lib/linkerd/linkerd2-proxy-init"]
+        assert init["args"][:4] == [
+            "--firewall-bin-path",
+            "iptables-nft",
+            "--firewall-save-bin-path",
+            "iptables-nft-save",
+        ]
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert {"_pod_uid", "_pod_ip", "_pod_containerName", "LINKERD2_PROXY_CORES_MIN"} <= set(env)
+        assert pod["metadata"]["annotations"]["linkerd.io/proxy-version"] == "edge-26.6.3"
+        assert webhook.proc.pid == pid and webhook.proc.poll() is None  # no restart
+    finally:
+        core.delete_namespaced_config_map("linkerd-config", "linkerd", _preload_content=False)
 
 
 def test_kernel_change_is_followed_by_the_next_pod(world, webhook):

@@ -264,8 +264,12 @@ def test_policy_check_explains_the_flavour(tmp_path):
         return out.stdout
 
     text = check("")
-    assert "data plane: linkerd: linkerd-proxy cr.l5d.io/linkerd/proxy:edge-24.8.2" in text
+    assert "the version and settings of the control plane (ConfigMap linkerd/linkerd-config" in text
+    assert "without it Linkerd 2.20: cr.l5d.io/linkerd/proxy:edge-26.6.3" in text
     assert "ConfigMap linkerd/linkerd-identity-trust-roots" in text
+    assert "linkerd-init cr.l5d.io/linkerd/proxy:edge-26.6.3 (/usr/lib/linkerd/linkerd2-proxy-init)" in text
+    text = check('proxy: {linkerd: {version: "2.16"}}')
+    assert "without it Linkerd 2.16: cr.l5d.io/linkerd/proxy:edge-24.8.2" in text
     assert "linkerd-init cr.l5d.io/linkerd/proxy-init:v2.4.1" in text
     text = check("proxy: {flavour: istio, istio: {revision: canary}}")
     assert "istiod: istiod-canary.istio-system.svc:15012 (revision canary)" in text

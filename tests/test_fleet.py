@@ -77,7 +77,7 @@ def test_audit_classifies_current_stale_and_missed_and_names_the_fields(fleet):
     stale = states["checkout-7d9c8b6f5-bbbbb"]
     assert stale.state is State.STALE and stale.reason == "proxy-image"
     assert stale.changes[0].has == "cr.l5d.io/linkerd/proxy:edge-24.5.1"
-    assert stale.changes[0].wants == "cr.l5d.io/linkerd/proxy:edge-24.8.2"
+    assert stale.changes[0].wants == "cr.l5d.io/linkerd/proxy:edge-26.6.3"
     missed = states["checkout-7d9c8b6f5-ccccc"]
     assert missed.state is State.MISSED and missed.reason == "not-injected"
     assert w.state is State.MISSED and w.count(State.STALE) == 1 and w.restartable

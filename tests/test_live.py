@@ -257,7 +257,40 @@ def test_linkerd_trust_roots_are_watched(cluster):
     eventually(lambda: not view.snapshot().config_maps)
     out = admit(pod_request(), view.snapshot(), POLICY)
     assert not out.injected and out.skip is not None and out.skip.value == "no-trust-anchors"
-    assert server.requests("LIST", "configmaps") - lists == 1, "changes arrive by watch"
+    # one list per ConfigMap the flavour reads (linkerd-config and the trust roots), then watches
+    assert server.requests("LIST", "configmaps") - lists == 2, "changes arrive by watch"
+
+
+def test_the_linkerd_control_plane_config_is_watched(cluster):
+    """Linkerd's linkerd-config is watched: installing 2.16 and then upgrading to 2.20 reaches
+    the next pod without a restart, and a ConfigMap that is not YAML is named (the policy's
+    default version is used until it is fixed)."""
+    kube, view, _ = cluster
+    view.start()
+    assert view.wait_ready(30)
+    key = ("linkerd", "linkerd-config")
+
+    def config(values: str) -> dict:
+        return {"metadata": {"name": "linkerd-config", "namespace": "linkerd"}, "data": {"values": values}}
+
+    def proxy_of(out) -> dict:
+        return next(c for c in out.pod["spec"]["containers"] if c["name"] == "linkerd-proxy")
+
+    kube.put("configmaps", config("linkerdVersion: edge-24.8.2\nproxyInit: {iptablesMode: legacy}\n"))
+    eventually(lambda: "24.8.2" in str(view.snapshot().config_maps.get(key)))
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    assert proxy_of(out)["image"] == "cr.l5d.io/linkerd/proxy:edge-24.8.2"
+    assert "_pod_uid" not in {e["name"] for e in proxy_of(out)["env"]}
+    kube.put("configmaps", config("linkerdVersion: edge-26.6.3\n"))
+    eventually(lambda: "26.6.3" in str(view.snapshot().config_maps.get(key)))
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    assert proxy_of(out)["image"] == "cr.l5d.io/linkerd/proxy:edge-26.6.3"
+    assert "_pod_uid" in {e["name"] for e in proxy_of(out)["env"]}
+    kube.put("configmaps", config("proxy: [unclosed"))
+    eventually(lambda: "unclosed" in str(view.snapshot().config_maps.get(key)))
+    out = admit(pod_request(), view.snapshot(), POLICY)
+    assert out.injected and proxy_of(out)["image"] == "cr.l5d.io/linkerd/proxy:edge-26.6.3"
+    assert any("linkerd/linkerd-config values is not applied: not YAML" in w for w in out.warnings)
 
 
 def test_namespace_config_annotations_are_watched(cluster):

@@ -5,13 +5,16 @@ their files).
     python tests/upstream/record.py linkerd LINKERD2_GIT_DIR > tests/upstream/facts-linkerd.yaml
     python tests/upstream/record.py istio ISTIO_GIT_DIR 1.28.2 > tests/upstream/facts-istio-1.28.yaml
 
-Each directory is a clone (bare or not) of linkerd/linkerd2 or istio/istio; the tags read
-are edge-24.8.2 and, for Istio, the one given (1.23.2, 1.28.2, 1.30.3: one file per minor
-version). For Istio it also records the values its istiod chart puts in the
-``istio-sidecar-injector`` ConfigMap by default (the chart's ``values.yaml``, picked as its
-``istiod-injector-configmap.yaml`` picks them) and, per case, how that version's own test
-set the control plane up (``pkg/kube/inject/inject_test.go``): the tests build the
-ConfigMaps each case is injected with from these.
+Each directory is a clone (bare or not) of linkerd/linkerd2 or istio/istio. For Linkerd the
+tags read are each supported version's (``LINKERD_TAGS``), and a case also records the chart
+values its golden was made with (what ``cli/cmd/inject_test.go`` sets over the chart's
+defaults), so that the comparison gives our injector a ``linkerd-config`` saying the same.
+For Istio the tag is the one given (1.23.2, 1.28.2, 1.30.3: one file per minor version); it
+also records the values its istiod chart puts in the ``istio-sidecar-injector`` ConfigMap by
+default (the chart's ``values.yaml``, picked as its ``istiod-injector-configmap.yaml`` picks
+them) and, per case, how that version's own test set the control plane up
+(``pkg/kube/inject/inject_test.go``): the tests build the ConfigMaps each case is injected
+with from these.
 """
 
 from __future__ import annotations
@@ -22,24 +25,83 @@ from typing import Any
 
 import yaml
 
-LINKERD = "edge-24.8.2"
 L5D, IST = "cli/cmd/testdata/", "pkg/kube/inject/testdata/inject/"
-# case -> (repository, input, golden output, proxy container, init container)
-CASES = {
-    "linkerd-deployment": (
-        "linkerd",
-        L5D + "inject_emojivoto_deployment.input.yml",
-        L5D + "inject_emojivoto_deployment.golden.yml",
+# Linkerd version -> the tag of linkerd/linkerd2 that is it
+LINKERD_TAGS = {"2.16": "edge-24.8.2", "2.19": "version-2.19", "2.20": "version-2.20"}
+# the values a golden was made with, as inject_test.go sets them over the chart's: each dotted
+# path is assigned whole (values.ProxyInit.IgnoreInboundPorts = ..., values.Proxy.Inbound = ...)
+_IGNORES = {"proxyInit.ignoreInboundPorts": "22,8100-8102", "proxyInit.ignoreOutboundPorts": "5432"}
+_PARAMS = {
+    "proxy.inbound": {"scope": {"proto": {"appleSauce": "valueA", "blueberry": 3.14}}},
+    "proxy.outbound": {"scope": {"proto": {"applesauce": "valueA", "blueBerry": True}}},
+}
+_REQUESTS = {
+    "proxy.resources": {
+        "cpu": {"request": "110m", "limit": "160m"},
+        "memory": {"request": "100Mi", "limit": "150Mi"},
+    }
+}
+# Linkerd case -> (input, golden, the values the golden was made with over the chart's: the
+# same in each version's cli/cmd/inject_test.go)
+LINKERD_CASES: dict[str, tuple[str, str, dict]] = {
+    "deployment": ("inject_emojivoto_deployment.input.yml", "inject_emojivoto_deployment.golden.yml", {}),
+    "native-sidecar": (
+        "inject_emojivoto_deployment.input.yml",
+        "inject_emojivoto_deployment_native_sidecar.golden.yml",
+        {"proxy.nativeSidecar": True},
     ),
-    "linkerd-native-sidecar": (
-        "linkerd",
-        L5D + "inject_emojivoto_deployment.input.yml",
-        L5D + "inject_emojivoto_deployment_native_sidecar.golden.yml",
+    "udp": ("inject_emojivoto_deployment_udp.input.yml", "inject_emojivoto_deployment_udp.golden.yml", {}),
+    "pod": ("inject_emojivoto_pod.input.yml", "inject_emojivoto_pod.golden.yml", {}),
+    "statefulset": ("inject_emojivoto_statefulset.input.yml", "inject_emojivoto_statefulset.golden.yml", {}),
+    "controller-name": (
+        "inject_emojivoto_deployment_controller_name.input.yml",
+        "inject_emojivoto_deployment_controller_name.golden.yml",
+        {},
     ),
-    "linkerd-udp": (
-        "linkerd",
-        L5D + "inject_emojivoto_deployment_udp.input.yml",
-        L5D + "inject_emojivoto_deployment_udp.golden.yml",
+    "host-network-false": (
+        "inject_emojivoto_deployment_hostNetwork_false.input.yml",
+        "inject_emojivoto_deployment_hostNetwork_false.golden.yml",
+        {},
+    ),
+    "capabilities": (
+        "inject_emojivoto_deployment_capabilities.input.yml",
+        "inject_emojivoto_deployment_capabilities.golden.yml",
+        {},
+    ),
+    "proxy-ignores": (
+        "inject_emojivoto_deployment.input.yml",
+        "inject_emojivoto_deployment_proxyignores.golden.yml",
+        _IGNORES,
+    ),
+    "pod-proxy-ignores": (
+        "inject_emojivoto_pod.input.yml",
+        "inject_emojivoto_pod_proxyignores.golden.yml",
+        _IGNORES,
+    ),
+    "opaque-ports": (
+        "inject_emojivoto_deployment.input.yml",
+        "inject_emojivoto_deployment_opaque_ports.golden.yml",
+        {"proxy.opaquePorts": "3000,5000-6000,mysql"},
+    ),
+    "access-log": (
+        "inject_emojivoto_deployment.input.yml",
+        "inject_emojivoto_deployment_access_log.golden.yml",
+        {"proxy.accessLog": "apache"},
+    ),
+    "params": (
+        "inject_emojivoto_deployment.input.yml",
+        "inject_emojivoto_deployment_params.golden.yml",
+        _PARAMS,
+    ),
+    "cni": (
+        "inject_emojivoto_deployment.input.yml",
+        "inject_emojivoto_deployment_no_init_container.golden.yml",
+        {"cniEnabled": True},
+    ),
+    "pod-with-requests": (
+        "inject_emojivoto_pod_with_requests.input.yml",
+        "inject_emojivoto_pod_with_requests.golden.yml",
+        _REQUESTS,
     ),
 }
 
@@ -58,32 +120,31 @@ def _template(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return template.get("metadata") or {}, template["spec"]
 
 
-def facts(source: str, inp: dict[str, Any], out: dict[str, Any], proxy: str, init: str) -> dict[str, Any]:
+LINKERD_CONTAINERS = ("linkerd-proxy", "linkerd-init", "linkerd-network-validator")
+
+
+def linkerd_facts(source: str, version: str, values: dict, inp: dict[str, Any], out: dict[str, Any]) -> dict:
+    """Everything Linkerd's injector added to the pod: its containers whole (where each is),
+    its volumes whole, the labels and annotations; and the app containers' probes."""
     imeta, ispec = _template(inp)
     ometa, ospec = _template(out)
-    containers = {c["name"]: c for c in ospec.get("containers", []) + ospec.get("initContainers", [])}
-    p = containers[proxy]
-    fields = (
-        "args",
-        "env",
-        "ports",
-        "readinessProbe",
-        "livenessProbe",
-        "startupProbe",
-        "lifecycle",
-        "securityContext",
-        "volumeMounts",
-    )
+    added = {
+        key: [c for c in ospec.get(key, []) if c["name"] in LINKERD_CONTAINERS]
+        for key in ("initContainers", "containers")
+    }
+    own_volumes = {v["name"] for v in ispec.get("volumes", [])}
     own = {x["name"] for x in ispec.get("containers", []) + ispec.get("initContainers", [])}
     return {
         "source": source,
+        "version": version,
+        "values": values,
         "kind": inp["kind"],
         "name": inp["metadata"].get("name"),
         "namespace": inp["metadata"].get("namespace", "default"),
         "input": {"metadata": imeta, "spec": ispec},
-        "native": any(c["name"] == proxy for c in ospec.get("initContainers", [])),
-        "proxy": {k: p[k] for k in fields if k in p},
-        "init": {"name": init, "args": containers[init]["args"]} if init in containers else None,
+        "initContainers": added["initContainers"],
+        "containers": added["containers"],
+        "volumes": [v for v in ospec.get("volumes", []) if v["name"] not in own_volumes],
         "annotations": {
             k: v
             for k, v in (ometa.get("annotations") or {}).items()
@@ -92,7 +153,6 @@ def facts(source: str, inp: dict[str, Any], out: dict[str, Any], proxy: str, ini
         "labels": {
             k: v for k, v in (ometa.get("labels") or {}).items() if k not in (imeta.get("labels") or {})
         },
-        "volumes": [v["name"] for v in ospec.get("volumes", [])],
         "app_probes": {
             c["name"]: {k: c[k] for k in ("readinessProbe", "livenessProbe", "startupProbe") if k in c}
             for c in ospec.get("containers", []) + ospec.get("initContainers", [])
@@ -101,27 +161,30 @@ def facts(source: str, inp: dict[str, Any], out: dict[str, Any], proxy: str, ini
     }
 
 
+def main_linkerd(git_dir: str) -> None:
+    found = {}
+    for version, tag in LINKERD_TAGS.items():
+        for case, (input_path, golden_path, values) in LINKERD_CASES.items():
+            found[f"{version}/{case}"] = linkerd_facts(
+                f"linkerd/linkerd2 {tag}: {L5D}{golden_path}",
+                version,
+                values,
+                _show(git_dir, tag, L5D + input_path),
+                _show(git_dir, tag, L5D + golden_path),
+            )
+    print("# What Linkerd's injector (`linkerd inject`) adds to a pod at each supported version, recorded")
+    print("# from its own golden outputs (each case names its source, and the chart values it was made")
+    print("# with) by tests/upstream/record.py; tests/test_upstream_linkerd.py compares ours with them")
+    print("# field by field.")
+    print(yaml.safe_dump(found, sort_keys=False, width=100), end="")
+
+
 def main(mesh: str, git_dir: str, *tag: str) -> None:
     if mesh == "istio":
         istio(git_dir, *tag)
         return
-    tag, repo = LINKERD, "linkerd/linkerd2"
-    proxy, init = "linkerd-proxy", "linkerd-init"
-    found = {}
-    for case, (source, input_path, golden_path) in CASES.items():
-        if source != mesh:
-            continue
-        found[case] = facts(
-            f"{repo} {tag}: {golden_path}",
-            _show(git_dir, tag, input_path),
-            _show(git_dir, tag, golden_path),
-            proxy,
-            init,
-        )
-    print("# The fields Linkerd's injector writes for a given pod, recorded from its own golden outputs")
-    print("# (each case names its source) by tests/upstream/record.py; the test compares ours with")
-    print("# them field by field.")
-    print(yaml.safe_dump(found, sort_keys=False, width=100), end="")
+    main_linkerd(git_dir)
+
 
 
 ISTIO_REPO = "istio/istio"

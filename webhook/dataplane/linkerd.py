@@ -1,37 +1,39 @@
-"""The ``linkerd`` flavour: what ``linkerd inject`` gives a pod (Linkerd 2.16, edge-24.x).
+"""The ``linkerd`` flavour: what the installed Linkerd control plane's own injector gives a pod.
 
-``linkerd-proxy`` with the environment Linkerd's injector writes (control-plane addresses
-and identities derived from the control-plane namespace, cluster domain and trust domain;
-the trust anchors; the pod's inbound ports; listen addresses; the pod identity and
-destination context), its two ports, probes, security context and identity volumes; the
-``linkerd.io/*`` labels and annotations Linkerd's tools read. In iptables mode
-``linkerd-init`` runs proxy-init with the pod's skip ports added to Linkerd's own; with a
-CNI plugin installing the rules, ``linkerd-network-validator`` checks them, as Linkerd's
-CNI mode does. eBPF and microVM modes add no init container: the node agent redirects.
+Which Linkerd it is and how it is configured is read by ``linkerdcontrol`` (the control
+plane's ``linkerd-config`` and trust roots, one table per supported version); this module
+renders it, the same way for every version, with the pod's own config.linkerd.io
+annotations over it.
 
-Where we differ from ``linkerd inject`` (README: "Linkerd"): resources are ours; the proxy
-also drops ALL capabilities and runs with RuntimeDefault seccomp, so the pod passes the
-``restricted`` Pod Security level.
+``linkerd-proxy`` gets the environment Linkerd's injector writes (control-plane addresses
+and identities, the trust anchors, the pod's inbound ports, listen addresses, the pod
+identity and destination context), its ports, probes, security context and identity
+volumes; the ``linkerd.io/*`` labels and annotations Linkerd's tools read. In iptables
+mode ``linkerd-init`` runs proxy-init with the version's flags for the chosen firewall
+backend (``Build.firewall``); with a CNI plugin installing the rules, or under Merbridge,
+``linkerd-network-validator`` checks the redirect, as Linkerd's CNI mode does; in microvm
+mode ``linkerd-init`` runs inside the guest.
+
+Where we differ from Linkerd's injector (README: "Linkerd"): resources, placement and the
+interception mode are ours (what the control plane says of them is named in the
+explanation where it differs); the proxy also drops ALL capabilities, so the pod passes the
+``restricted`` Pod Security level; the skip-port annotations always say exactly what the
+redirect leaves alone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from webhook import __version__
 from webhook.dataplane.base import (
     Build,
-    ConfigMaps,
-    ControlPlane,
     DataPlane,
     Flavour,
     Ports,
     Redirect,
-    container_ports,
     field_env,
     image_tag,
     join,
@@ -39,53 +41,41 @@ from webhook.dataplane.base import (
     port_list,
 )
 from webhook.dataplane.iptables import PortListError, parse_ports
-from webhook.policy import FlavourPolicy, Policy, PortList
-from webhook.reasons import Skip
+from webhook.dataplane.linkerdcontrol import (
+    ADMIN,
+    CONFIG_MAP,
+    CONTROL,
+    DURATION,
+    END_ENTITY,
+    INBOUND,
+    INBOUND_POLICIES,
+    INIT,
+    INIT_UID,
+    KNOWN,
+    OUTBOUND,
+    PROXY,
+    TOKEN,
+    TRUST_ROOTS,
+    TRUST_ROOTS_KEY,
+    UID,
+    VALIDATOR,
+    VALUES_KEY,
+    XTABLES,
+    Config,
+    Firewall,
+    LinkerdSettings,
+    Release,
+    check_policy,
+    config_maps,
+    control_plane,
+    dig,
+    settings,
+    trust_root_sha256,
+)
+from webhook.policy import FlavourPolicy, Policy
+from webhook.reasons import Mode
 
-
-@dataclass(frozen=True, kw_only=True)
-class LinkerdSettings:
-    """Where Linkerd's control plane is and how ``linkerd inject`` would configure a proxy."""
-
-    namespace: str = "linkerd"
-    cluster_domain: str = "cluster.local"
-    trust_domain: str = "cluster.local"
-    image: str = "cr.l5d.io/linkerd/proxy:edge-24.8.2"
-    init_image: str = "cr.l5d.io/linkerd/proxy-init:v2.4.1"
-    # PEM bundle; when unset, the ConfigMap linkerd-identity-trust-roots in ``namespace``.
-    trust_anchors_pem: str | None = None
-    log_level: str = "warn,linkerd=info,hickory=error"
-    log_format: Literal["plain", "json"] = "plain"
-    cluster_networks: str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"
-    default_inbound_policy: Literal[
-        "all-unauthenticated", "all-authenticated", "cluster-authenticated", "cluster-unauthenticated", "deny"
-    ] = "all-unauthenticated"
-    opaque_ports: PortList = "25,587,3306,4444,5432,6379,9300,11211"
-    ignore_inbound_ports: PortList = "4567,4568"
-    ignore_outbound_ports: PortList = "4567,4568"
-
-
-def settings(policy: Policy) -> LinkerdSettings:
-    """The policy's ``proxy.linkerd``."""
-    return policy.proxy.settings("linkerd")  # type: ignore[no-any-return]
-
-
-def _check_policy(policy: Policy) -> str | None:
-    pem = settings(policy).trust_anchors_pem
-    if pem is not None and "-----BEGIN CERTIFICATE-----" not in pem:
-        return "proxy.linkerd.trustAnchorsPem: expected PEM certificates (-----BEGIN CERTIFICATE-----)"
-    return None
-
-
-PROXY = "linkerd-proxy"
-INIT = "linkerd-init"
-VALIDATOR = "linkerd-network-validator"
-XTABLES = "linkerd-proxy-init-xtables-lock"
-END_ENTITY = "linkerd-identity-end-entity"
-TOKEN = "linkerd-identity-token"
-INBOUND, OUTBOUND, CONTROL, ADMIN = 4143, 4140, 4190, 4191
-UID = 2102
-INIT_UID = 65534
+# --- a pod's own configuration: its config.linkerd.io annotations ------------------------
 
 # the owner kinds Linkerd labels a pod with: linkerd.io/proxy-<kind>
 _OWNER_LABEL = {
@@ -104,7 +94,9 @@ _OWNER_LABEL = {
 # without a word.
 CONFIG = "config.linkerd.io/"
 CONFIG_ALPHA = "config.alpha.linkerd.io/"
-# applied elsewhere: the proxy's resources (sizing) and the skip ports (the exclusions)
+CONFIG_BETA = "config.beta.linkerd.io/"
+# applied elsewhere: the proxy's resources (sizing) and the skip ports (the exclusions and
+# the rendering of the skip lists)
 _APPLIED_ELSEWHERE = frozenset(
     {
         "proxy-cpu-request",
@@ -119,7 +111,7 @@ _APPLIED_ELSEWHERE = frozenset(
 _NOT_APPLIED = {
     **dict.fromkeys(
         ("proxy-image", "proxy-version", "init-image", "init-image-version", "image-pull-policy"),
-        "the images are the policy's proxy.linkerd.image and initImage",
+        "the images are the control plane's (linkerd-config) or the policy's proxy.linkerd.image/initImage",
     ),
     **dict.fromkeys(
         ("debug-image", "debug-image-version", "debug-image-pull-policy", "enable-debug-sidecar"),
@@ -131,10 +123,11 @@ _NOT_APPLIED = {
     ),
     "pod-inbound-ports": "the inbound ports are read from the pod's containers and probes",
     **dict.fromkeys(
-        ("proxy-ephemeral-storage-request", "proxy-ephemeral-storage-limit"),
-        "the proxy's resources are sized by mesh-injector (CPU and memory)",
+        ("proxy-ephemeral-storage-request", "proxy-ephemeral-storage-limit", "proxy-cpu-ratio-limit"),
+        "the proxy's resources and threads are sized by mesh-injector (CPU and memory)",
     ),
     "proxy-enable-native-sidecar": "the placement is decided by the policy's nativeSidecar",
+    "proxy-await": "the proxy always holds the app until it is ready (mesh-injector's placement)",
 }
 _DURATIONS = {
     "proxy-inbound-connect-timeout": "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT",
@@ -142,49 +135,61 @@ _DURATIONS = {
     "proxy-outbound-discovery-cache-unused-timeout": "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT",
     "proxy-inbound-discovery-cache-unused-timeout": "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT",
 }
-_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-_INBOUND_POLICIES = (
-    "all-unauthenticated",
-    "all-authenticated",
-    "cluster-authenticated",
-    "cluster-unauthenticated",
-    "deny",
-    "audit",
-)
 HEADERS_OFF = ",[{headers}]=off,[{request}]=off"  # the chart's default: no headers or tokens in logs
-LINKERD_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211"  # the control plane's default
 
 
 @dataclass
 class PodConfig:
-    """What the pod's config.linkerd.io annotations set, checked; and the warnings."""
+    """The control plane's configuration with what the pod's config.linkerd.io annotations
+    set over it, checked; and the warnings."""
 
     log_level: str
     log_format: str
-    log_headers: bool = False
-    opaque_ports: str = ""
+    log_headers: bool
+    opaque_ports: str
     opaque_from_pod: bool = False
     inbound_policy: str = ""
     durations: dict[str, str] = field(default_factory=dict)
     detect_timeouts_off: tuple[str, ...] = ()
     require_identity: str = ""
+    access_log: str = ""
+    shutdown_grace_period: str = ""
+    shutdown_endpoint: bool | None = None
+    hostname_labels: bool = False
     warnings: list[str] = field(default_factory=list)
 
 
-def pod_config(pod: Mapping[str, Any], s: LinkerdSettings) -> PodConfig:
+def _applies(name: str, key: str, release: Release) -> bool:
+    """Whether ``release``'s injector reads this annotation (a newer one's is warned about)."""
+    newer = {"proxy-metrics-hostname-labels", "proxy-enable-native-sidecar", "proxy-additional-env"}
+    if key.startswith(CONFIG_BETA):
+        return f"beta:{name}" in release.annotations
+    if key.startswith(CONFIG) and name in newer:
+        return name in release.annotations
+    return True
+
+
+def pod_config(pod: Mapping[str, Any], c: Config) -> PodConfig:
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
     conf = PodConfig(
-        log_level=s.log_level,
-        log_format=s.log_format,
-        opaque_ports=s.opaque_ports,
-        inbound_policy=s.default_inbound_policy,
+        log_level=c.log_level,
+        log_format=c.log_format,
+        log_headers=c.log_headers,
+        opaque_ports=c.opaque_ports,
+        inbound_policy=c.default_inbound_policy,
+        durations=dict(c.durations),
+        detect_timeouts_off=c.detect_timeouts_off,
+        require_identity=c.require_identity,
+        access_log=c.access_log,
+        shutdown_grace_period=c.shutdown_grace_period,
+        hostname_labels=c.hostname_labels,
     )
     if not isinstance(annotations, Mapping):
         return conf
-    off: list[str] = []
+    off = set(conf.detect_timeouts_off)
     for key, value in sorted(annotations.items()):
-        if not isinstance(key, str) or not key.startswith((CONFIG, CONFIG_ALPHA)):
+        if not isinstance(key, str) or not key.startswith((CONFIG, CONFIG_ALPHA, CONFIG_BETA)):
             continue
         name = key.split("/", 1)[1]
         text = str(value).strip()
@@ -192,9 +197,11 @@ def pod_config(pod: Mapping[str, Any], s: LinkerdSettings) -> PodConfig:
         def refuse(why: str, key: str = key, text: str = text) -> None:
             conf.warnings.append(f"{key}: {text!r} is not applied: {why}")
 
-        if name in _APPLIED_ELSEWHERE:
+        if not _applies(name, key, c.release):
+            refuse(f"Linkerd {c.release.version}'s injector does not read it")
+        elif name in _APPLIED_ELSEWHERE:
             continue
-        if name == "proxy-log-level":
+        elif name == "proxy-log-level":
             conf.log_level = text if text else conf.log_level
         elif name == "proxy-log-format":
             if text in ("plain", "json"):
@@ -214,12 +221,12 @@ def pod_config(pod: Mapping[str, Any], s: LinkerdSettings) -> PodConfig:
             else:
                 conf.opaque_ports, conf.opaque_from_pod = text, True
         elif name == "default-inbound-policy":
-            if text in _INBOUND_POLICIES:
+            if text in INBOUND_POLICIES:
                 conf.inbound_policy = text
             else:
-                refuse("Linkerd takes " + ", ".join(_INBOUND_POLICIES))
+                refuse("Linkerd takes " + ", ".join(INBOUND_POLICIES))
         elif name in _DURATIONS:
-            if _DURATION.match(text):
+            if DURATION.match(text):
                 conf.durations[_DURATIONS[name]] = text
             else:
                 refuse("not a duration such as 100ms, 5s or 1m")
@@ -227,9 +234,10 @@ def pod_config(pod: Mapping[str, Any], s: LinkerdSettings) -> PodConfig:
             "proxy-disable-inbound-protocol-detect-timeout",
             "proxy-disable-outbound-protocol-detect-timeout",
         ):
-            if text.lower() == "true":
-                off.append("INBOUND" if "inbound" in name else "OUTBOUND")
-            elif text.lower() != "false":
+            way = "INBOUND" if "inbound" in name else "OUTBOUND"
+            if text.lower() in ("true", "false"):
+                (off.add if text.lower() == "true" else off.discard)(way)
+            else:
                 refuse("Linkerd takes true or false")
         elif name == "proxy-require-identity-inbound-ports":
             try:
@@ -238,180 +246,230 @@ def pod_config(pod: Mapping[str, Any], s: LinkerdSettings) -> PodConfig:
                 refuse(str(exc))
             else:
                 conf.require_identity = text
+        elif name == "access-log":
+            if text in ("apache", "json"):
+                conf.access_log = text
+            else:
+                refuse("Linkerd takes apache or json")
+        elif name == "shutdown-grace-period":
+            if DURATION.match(text):
+                conf.shutdown_grace_period = text
+            else:
+                refuse("not a duration such as 30s")
+        elif name == "proxy-admin-shutdown":
+            if text in ("enabled", "disabled"):
+                conf.shutdown_endpoint = text == "enabled"
+            else:
+                refuse("Linkerd takes enabled or disabled")
+        elif name == "proxy-metrics-hostname-labels":
+            if text.lower() in ("true", "false"):
+                conf.hostname_labels = text.lower() == "true"
+            else:
+                refuse("Linkerd takes true or false")
         else:
             refuse(_NOT_APPLIED.get(name, "mesh-injector does not support it"))
-    conf.detect_timeouts_off = tuple(off)
+    conf.detect_timeouts_off = tuple(w for w in ("OUTBOUND", "INBOUND") if w in off)
     return conf
 
 
-TRUST_ROOTS = "linkerd-identity-trust-roots"
-TRUST_ROOTS_KEY = "ca-bundle.crt"
+# --- rendering ---------------------------------------------------------------------------
 
 
-def config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
-    """The identity trust roots Linkerd publishes in its control plane's namespace; not read
-    where the policy gives the anchors."""
-    s = settings(policy)
-    return () if s.trust_anchors_pem else ((s.namespace, TRUST_ROOTS),)
+def _identity(c: Config, account: str) -> str:
+    return f"{account}.{c.namespace}.serviceaccount.identity.{c.namespace}.{c.trust_domain}"
 
 
-def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
-    """The trust anchors (the policy's, else the ConfigMap's PEM bundle); without them no
-    pod is meshed."""
-    s = settings(policy)
-    if s.trust_anchors_pem:
-        anchors, where = s.trust_anchors_pem, "policy proxy.linkerd.trustAnchorsPem"
-    else:
-        bundle = (maps.get((s.namespace, TRUST_ROOTS)) or {}).get(TRUST_ROOTS_KEY)
-        anchors = bundle if bundle is not None and "-----BEGIN CERTIFICATE-----" in bundle else None
-        where = f"ConfigMap {s.namespace}/{TRUST_ROOTS}"
-    if anchors is None:
-        text = (
-            f"no Linkerd trust anchors: {where} was not found and the policy sets no "
-            "proxy.linkerd.trustAnchorsPem; a proxy without them cannot get an identity"
-        )
-        return ControlPlane(line="", missing=(Skip.NO_TRUST_ANCHORS, text))
-    return ControlPlane(config=anchors, line=f"data plane: linkerd ({s.image}; trust anchors from {where})")
-
-
-def trust_root_sha256(pem: str) -> str:
-    return hashlib.sha256(pem.strip().encode()).hexdigest()
-
-
-def _identity(s: LinkerdSettings, account: str) -> str:
-    return f"{account}.{s.namespace}.serviceaccount.identity.{s.namespace}.{s.trust_domain}"
-
-
-def _inbound_ports(pod: Mapping[str, Any]) -> str:
-    """The app containers' ports and their readiness and liveness HTTP probes' numbered
-    ports, in the order Linkerd's injector writes them (sorted as text)."""
-    ports = {p["containerPort"] for p in container_ports(pod)}
-    containers = (pod.get("spec") or {}).get("containers")
-    for c in containers if isinstance(containers, list) else ():
-        for probe in ("readinessProbe", "livenessProbe"):
-            handler = c.get(probe) if isinstance(c, dict) else None
-            action = handler.get("httpGet") if isinstance(handler, dict) else None
-            port = action.get("port") if isinstance(action, dict) else None
-            if type(port) is int:
-                ports.add(port)
+def _inbound_ports(pod: Mapping[str, Any], with_inits: bool) -> str:
+    """The app containers' ports (and, from 2.20, the init containers') and their readiness
+    and liveness HTTP probes' numbered ports, in the order Linkerd's injector writes them
+    (sorted as text)."""
+    spec = pod.get("spec") or {}
+    keys = ("initContainers", "containers") if with_inits else ("containers",)
+    ports: set[int] = set()
+    for key in keys:
+        items = spec.get(key)
+        for c in items if isinstance(items, list) else ():
+            if not isinstance(c, dict):
+                continue
+            for p in c.get("ports") or () if isinstance(c.get("ports"), list) else ():
+                if isinstance(p, dict) and type(p.get("containerPort")) is int:
+                    ports.add(p["containerPort"])
+            for probe in ("readinessProbe", "livenessProbe"):
+                action = (c.get(probe) or {}).get("httpGet") if isinstance(c.get(probe), dict) else None
+                port = action.get("port") if isinstance(action, dict) else None
+                if type(port) is int:
+                    ports.add(port)
     return ",".join(sorted(str(p) for p in ports))
 
 
-def proxy_env(
-    build: Build, pod: Mapping[str, Any], s: LinkerdSettings, conf: PodConfig
-) -> list[dict[str, Any]]:
-    svc = f"{s.namespace}.svc.{s.cluster_domain}."
+def _listen(c: Config, port: int) -> str:
+    return f"{'0.0.0.0' if c.disable_ipv6 else '[::]'}:{port}"
+
+
+def proxy_env(build: Build, pod: Mapping[str, Any], c: Config, conf: PodConfig) -> list[dict[str, Any]]:
+    release = c.release
+    svc = f"{c.namespace}.svc.{c.cluster_domain}."
     env: list[dict[str, Any]] = [
         field_env("_pod_name", "metadata.name"),
         field_env("_pod_ns", "metadata.namespace"),
-        field_env("_pod_nodeName", "spec.nodeName"),
     ]
-    threads = build.resources.threads()
-    if threads is not None:
-        env.append({"name": "LINKERD2_PROXY_CORES", "value": str(threads[0])})
+    if release.pod_env:
+        env += [field_env("_pod_uid", "metadata.uid"), field_env("_pod_ip", "status.podIP")]
+    env.append(field_env("_pod_nodeName", "spec.nodeName"))
+    if release.pod_env:
+        env.append({"name": "_pod_containerName", "value": PROXY})
+    env += _cores_env(build, c)
     if conf.require_identity:
         env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY", "value": conf.require_identity})
     # a Job's app can stop a regular-container proxy: linkerd-await --shutdown, or POST
     # /shutdown on the admin port (README: "Jobs on clusters without native sidecars")
-    shutdown = "true" if build.batch and not build.native else "false"
-    env.append({"name": "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "value": shutdown})
+    if conf.shutdown_endpoint is not None:
+        shutdown = conf.shutdown_endpoint
+    else:
+        shutdown = c.shutdown_endpoint or (build.batch and not build.native)
+    env.append({"name": "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "value": "true" if shutdown else "false"})
     env += [
         {"name": "LINKERD2_PROXY_LOG", "value": conf.log_level + ("" if conf.log_headers else HEADERS_OFF)},
         {"name": "LINKERD2_PROXY_LOG_FORMAT", "value": conf.log_format},
         {"name": "LINKERD2_PROXY_DESTINATION_SVC_ADDR", "value": f"linkerd-dst-headless.{svc}:8086"},
-        {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS", "value": s.cluster_networks},
+        {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS", "value": c.cluster_networks},
         {"name": "LINKERD2_PROXY_POLICY_SVC_ADDR", "value": f"linkerd-policy.{svc}:8090"},
         {"name": "LINKERD2_PROXY_POLICY_WORKLOAD", "value": '{"ns":"$(_pod_ns)", "pod":"$(_pod_name)"}\n'},
         {"name": "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "value": conf.inbound_policy},
-        {"name": "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "value": s.cluster_networks},
-        {"name": "LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT", "value": "3s"},
-        {"name": "LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "value": "5m"},
-        {"name": "LINKERD2_PROXY_CONTROL_STREAM_LIFETIME", "value": "1h"},
-        *(
-            {"name": name, "value": conf.durations.get(name, default)}
-            for name, default in (
-                ("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "100ms"),
-                ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "1000ms"),
-                ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "5s"),
-                ("LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT", "90s"),
-            )
-        ),
+        {"name": "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "value": c.cluster_networks},
+        {"name": "LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT", "value": c.streams[0]},
+        {"name": "LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "value": c.streams[1]},
+        {"name": "LINKERD2_PROXY_CONTROL_STREAM_LIFETIME", "value": c.streams[2]},
+        *({"name": name, "value": value} for name, value in _durations(conf)),
         *(
             {"name": f"LINKERD2_PROXY_{way}_DETECT_TIMEOUT", "value": "365d"}
             for way in conf.detect_timeouts_off
         ),
-        {"name": "LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "value": f"0.0.0.0:{CONTROL}"},
-        {"name": "LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "value": f"0.0.0.0:{ADMIN}"},
+        {"name": "LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "value": _listen(c, CONTROL)},
+        {"name": "LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "value": _listen(c, ADMIN)},
         {"name": "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "value": f"127.0.0.1:{OUTBOUND}"},
-        {"name": "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS", "value": f"127.0.0.1:{OUTBOUND}"},
-        {"name": "LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "value": f"0.0.0.0:{INBOUND}"},
+        {
+            "name": "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS",
+            "value": f"127.0.0.1:{OUTBOUND}" + ("" if c.disable_ipv6 else f",[::1]:{OUTBOUND}"),
+        },
+        {"name": "LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "value": _listen(c, INBOUND)},
         field_env("LINKERD2_PROXY_INBOUND_IPS", "status.podIPs"),
     ]
-    ports = _inbound_ports(pod)
+    ports = _inbound_ports(pod, release.init_container_ports)
     if ports:
         env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS", "value": ports})
+    suffixes = "." if c.external_profiles else f"svc.{c.cluster_domain}."
     env += [
-        {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES", "value": f"svc.{s.cluster_domain}."},
+        {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES", "value": suffixes},
         {"name": "LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE", "value": "10000ms"},
         {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_KEEPALIVE", "value": "10000ms"},
-        {"name": "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "value": "10s"},
-        {"name": "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "value": "3s"},
-        {"name": "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "value": "10s"},
-        {"name": "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "value": "3s"},
-        {"name": "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "value": conf.opaque_ports},
+    ]
+    if release.user_timeouts:
+        env += [
+            {"name": "LINKERD2_PROXY_INBOUND_ACCEPT_USER_TIMEOUT", "value": "30s"},
+            {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_USER_TIMEOUT", "value": "30s"},
+        ]
+    if release.hostname_labels:
+        env.append(
+            {
+                "name": "LINKERD2_PROXY_OUTBOUND_METRICS_HOSTNAME_LABELS",
+                "value": str(conf.hostname_labels).lower(),
+            }
+        )
+    env += [{"name": name, "value": value} for name, value in c.params]
+    if conf.opaque_ports:
+        env.append(
+            {"name": "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "value": conf.opaque_ports}
+        )
+    env += [
         {
             "name": "LINKERD2_PROXY_DESTINATION_CONTEXT",
             "value": '{"ns":"$(_pod_ns)", "nodeName":"$(_pod_nodeName)", "pod":"$(_pod_name)"}\n',
         },
         field_env("_pod_sa", "spec.serviceAccountName"),
-        {"name": "_l5d_ns", "value": s.namespace},
-        {"name": "_l5d_trustdomain", "value": s.trust_domain},
+        {"name": "_l5d_ns", "value": c.namespace},
+        {"name": "_l5d_trustdomain", "value": c.trust_domain},
         {"name": "LINKERD2_PROXY_IDENTITY_DIR", "value": "/var/run/linkerd/identity/end-entity"},
-        {
-            "name": "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
-            "value": (build.control or "").strip() + "\n",
-        },
+        {"name": "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", "value": c.anchors.strip() + "\n"},
         {"name": "LINKERD2_PROXY_IDENTITY_TOKEN_FILE", "value": f"/var/run/secrets/tokens/{TOKEN}"},
         {"name": "LINKERD2_PROXY_IDENTITY_SVC_ADDR", "value": f"linkerd-identity-headless.{svc}:8080"},
         {
             "name": "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
-            "value": f"$(_pod_sa).$(_pod_ns).serviceaccount.identity.{s.namespace}.{s.trust_domain}",
+            "value": f"$(_pod_sa).$(_pod_ns).serviceaccount.identity.{c.namespace}.{c.trust_domain}",
         },
-        {"name": "LINKERD2_PROXY_IDENTITY_SVC_NAME", "value": _identity(s, "linkerd-identity")},
-        {"name": "LINKERD2_PROXY_DESTINATION_SVC_NAME", "value": _identity(s, "linkerd-destination")},
-        {"name": "LINKERD2_PROXY_POLICY_SVC_NAME", "value": _identity(s, "linkerd-destination")},
+        {"name": "LINKERD2_PROXY_IDENTITY_SVC_NAME", "value": _identity(c, "linkerd-identity")},
+        {"name": "LINKERD2_PROXY_DESTINATION_SVC_NAME", "value": _identity(c, "linkerd-destination")},
+        {"name": "LINKERD2_PROXY_POLICY_SVC_NAME", "value": _identity(c, "linkerd-destination")},
     ]
+    if conf.access_log:
+        env.append({"name": "LINKERD2_PROXY_ACCESS_LOG", "value": conf.access_log})
+    if conf.shutdown_grace_period:
+        env.append({"name": "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "value": conf.shutdown_grace_period})
     return env
 
 
-def proxy_container(
-    build: Build, pod: Mapping[str, Any], s: LinkerdSettings, conf: PodConfig
-) -> dict[str, Any]:
-    ready = {"httpGet": {"path": "/ready", "port": ADMIN}}
+def _durations(conf: PodConfig) -> list[tuple[str, str]]:
+    order = (
+        "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT",
+        "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT",
+        "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT",
+        "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT",
+    )
+    return [(name, conf.durations[name]) for name in order if conf.durations.get(name)]
+
+
+def _cores_env(build: Build, c: Config) -> list[dict[str, Any]]:
+    """The proxy's worker threads: the count the CPU we size pays for (``Build.resources``);
+    where a VerticalPodAutoscaler sizes the proxy, what the control plane says (as Linkerd
+    writes it: ``proxy.cores``, or from 2.19 ``proxy.runtime.workers``)."""
+    threads = build.resources.threads()
+    if threads is not None:
+        n = str(threads[0])
+        return [{"name": "LINKERD2_PROXY_CORES", "value": n}] + (
+            [{"name": "LINKERD2_PROXY_CORES_MIN", "value": n}] if c.release.workers else []
+        )
+    if c.workers is None:
+        return []
+    minimum, maximum, ratio = c.workers
+    env = [{"name": "LINKERD2_PROXY_CORES", "value": str(minimum)}]
+    if c.release.workers:
+        env.append({"name": "LINKERD2_PROXY_CORES_MIN", "value": str(minimum)})
+        if maximum is not None:
+            env.append({"name": "LINKERD2_PROXY_CORES_MAX", "value": str(maximum)})
+        if ratio is not None:
+            env.append({"name": "LINKERD2_PROXY_CORES_MAX_RATIO", "value": ratio})
+    return env
+
+
+def _probe(c: Config, name: str, path: str) -> dict[str, Any]:
+    """A probe as the chart writes it (a zero is left out, as the API's JSON leaves it)."""
+    return {"httpGet": {"path": path, "port": ADMIN}, **{k: v for k, v in c.probes[name].items() if v}}
+
+
+def proxy_container(build: Build, pod: Mapping[str, Any], c: Config, conf: PodConfig) -> dict[str, Any]:
+    security: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if c.gid >= 0:
+        security["runAsGroup"] = c.gid
     container: dict[str, Any] = {
         "name": PROXY,
-        "image": s.image,
-        "imagePullPolicy": "IfNotPresent",
-        "env": proxy_env(build, pod, s, conf),
-        "livenessProbe": {
-            "httpGet": {"path": "/live", "port": ADMIN},
-            "initialDelaySeconds": 10,
-            "timeoutSeconds": 1,
-        },
+        "image": c.image,
+        "imagePullPolicy": c.pull_policy,
+        "env": proxy_env(build, pod, c, conf),
+        "livenessProbe": _probe(c, "livenessProbe", "/live"),
         "ports": [
             {"containerPort": INBOUND, "name": "linkerd-proxy"},
             {"containerPort": ADMIN, "name": "linkerd-admin"},
         ],
-        "readinessProbe": {**ready, "initialDelaySeconds": 2, "timeoutSeconds": 1},
+        "readinessProbe": _probe(c, "readinessProbe", "/ready"),
         "resources": build.resources.as_k8s(),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": security,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"mountPath": "/var/run/linkerd/identity/end-entity", "name": END_ENTITY},
@@ -420,14 +478,17 @@ def proxy_container(
     }
     if build.native:
         container["restartPolicy"] = "Always"
-        container["startupProbe"] = {**ready, "failureThreshold": 120, "periodSeconds": 1}
+        container["startupProbe"] = _probe(c, "startupProbe", "/ready")
     else:
         # the app starts once the proxy is ready (the proxy is the first container)
-        container["lifecycle"] = {
+        lifecycle: dict[str, Any] = {
             "postStart": {
                 "exec": {"command": ["/usr/lib/linkerd/linkerd-await", "--timeout=2m", f"--port={ADMIN}"]}
             }
         }
+        if c.wait_before_exit:
+            lifecycle["preStop"] = {"exec": {"command": ["/bin/sleep", str(c.wait_before_exit)]}}
+        container["lifecycle"] = lifecycle
     return container
 
 
@@ -441,44 +502,113 @@ _INIT_SECURITY_BASE = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 _INIT_RESOURCES = {"limits": {"cpu": "100m", "memory": "50Mi"}, "requests": {"cpu": "10m", "memory": "10Mi"}}
+# proxy-init's flags for each firewall backend (without any, it runs iptables-legacy)
+FIREWALL_FLAGS: Mapping[Firewall, tuple[str, ...]] = {
+    "legacy": (),
+    "nft": ("--firewall-bin-path", "iptables-nft", "--firewall-save-bin-path", "iptables-nft-save"),
+}
 
 
-def init_args(build: Build, s: LinkerdSettings) -> list[str]:
-    """proxy-init's flags: Linkerd's own, with the pod's skip ports added to Linkerd's."""
-    args = [
-        "--ipv6=false",
+def _minus(ranges: Ports, taken: Ports) -> Ports:
+    """The ports of ``ranges`` that ``taken`` does not cover, as ranges."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        start = lo
+        for tlo, thi in taken:
+            if thi < start or tlo > hi:
+                continue
+            if tlo > start:
+                out.append((start, tlo - 1))
+            start = max(start, thi + 1)
+        if start <= hi:
+            out.append((start, hi))
+    return tuple(out)
+
+
+def _own(pod: Mapping[str, Any], name: str) -> tuple[str, Ports] | None:
+    """The pod's own (or inherited) ``config.linkerd.io/<name>`` port list, read as Linkerd
+    reads it; None where it has none (or one that is not a port list: the exclusions step
+    already named it)."""
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    raw = annotations.get(CONFIG + name) if isinstance(annotations, Mapping) else None
+    if raw is None:
+        return None
+    text = ",".join(item.strip() for item in str(raw).split(",") if item.strip())
+    try:
+        return text, parse_ports(text)
+    except PortListError:
+        return None
+
+
+def skip_lists(build: Build, pod: Mapping[str, Any], c: Config, policy: Policy) -> tuple[str, str]:
+    """(inbound, outbound): the ports the redirect leaves alone besides the proxy's own, as
+    ``linkerd-init`` is given them and as the pod's skip annotations must say them.
+
+    Linkerd's own: the pod's ``config.linkerd.io/skip-*-ports`` where it has one (it replaces
+    the control plane's ``proxyInit.ignore*Ports``, as Linkerd's injector does), else the
+    control plane's (with a CNI plugin: none, the plugin's own apply); ours and the other
+    meshes' exclusions are added. Under Merbridge (ebpf): what it is told
+    (``never_redirected``) and the pod's exclusions."""
+    if build.mode is Mode.EBPF:
+        ins, outs = _never(policy)
+        return join(ins, port_list(_minus(build.skip_inbound, parse_ports(ins)))), join(
+            outs, port_list(_minus(build.skip_outbound, parse_ports(outs)))
+        )
+    out = []
+    # a CNI plugin (linkerd-cni) applies the pod's annotation, else its own configuration,
+    # never the control plane's proxyInit ports
+    cni = build.validator
+    for name, default, extra in (
+        ("skip-inbound-ports", "" if cni else c.ignore_inbound, build.skip_inbound),
+        ("skip-outbound-ports", "" if cni else c.ignore_outbound, build.skip_outbound),
+    ):
+        own = _own(pod, name)
+        base_text, base = own if own is not None else (default, parse_ports(default))
+        out.append(join(base_text, port_list(_minus(extra, base))))
+    return out[0], out[1]
+
+
+def init_args(build: Build, c: Config, inbound: str, outbound: str, subnets: str) -> list[str]:
+    """proxy-init's flags, as the version's chart writes them for the chosen backend."""
+    args = [*FIREWALL_FLAGS[build.firewall]]
+    if c.disable_ipv6:
+        args.append("--ipv6=false")
+    args += [
         "--incoming-proxy-port",
         str(INBOUND),
         "--outgoing-proxy-port",
         str(OUTBOUND),
         "--proxy-uid",
         str(UID),
-        "--inbound-ports-to-ignore",
-        join(f"{CONTROL},{ADMIN}", s.ignore_inbound_ports, port_list(build.skip_inbound)),
     ]
-    outbound = join(s.ignore_outbound_ports, port_list(build.skip_outbound))
+    if c.gid >= 0:
+        args += ["--proxy-gid", str(c.gid)]
+    args += ["--inbound-ports-to-ignore", join(f"{CONTROL},{ADMIN}", inbound)]
     if outbound:
         args += ["--outbound-ports-to-ignore", outbound]
-    if build.skip_cidrs:
-        args += ["--subnets-to-ignore", ",".join(build.skip_cidrs)]
+    if subnets:
+        args += ["--subnets-to-ignore", subnets]
     return args
 
 
-def init_container(build: Build, s: LinkerdSettings) -> dict[str, Any]:
+def init_container(build: Build, c: Config, inbound: str, outbound: str, subnets: str) -> dict[str, Any]:
     security = {**_INIT_SECURITY_BASE, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}}
-    return {
-        "args": init_args(build, s),
-        "image": s.init_image,
-        "imagePullPolicy": "IfNotPresent",
+    container: dict[str, Any] = {
+        "args": init_args(build, c, inbound, outbound, subnets),
+        "image": c.init_image,
+        "imagePullPolicy": c.init_pull_policy,
         "name": INIT,
         "resources": _INIT_RESOURCES,
         "securityContext": security,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"mountPath": "/run", "name": XTABLES}],
     }
+    if c.release.init_command:
+        container["command"] = list(c.release.init_command)
+    return container
 
 
-def validator_container(s: LinkerdSettings) -> dict[str, Any]:
+def validator_container(c: Config) -> dict[str, Any]:
     return {
         "args": [
             "--log-format",
@@ -486,19 +616,21 @@ def validator_container(s: LinkerdSettings) -> dict[str, Any]:
             "--log-level",
             "debug",
             "--connect-addr",
-            "1.1.1.1:20001",
+            "1.1.1.1:20001" if c.disable_ipv6 else "[fd00::1]:20001",
             "--listen-addr",
-            f"0.0.0.0:{OUTBOUND}",
+            f"0.0.0.0:{OUTBOUND}" if c.disable_ipv6 else f"[::]:{OUTBOUND}",
             "--timeout",
             "10s",
         ],
         "command": ["/usr/lib/linkerd/linkerd2-network-validator"],
-        "image": s.image,
-        "imagePullPolicy": "IfNotPresent",
+        "image": c.image,
+        "imagePullPolicy": c.pull_policy,
         "name": VALIDATOR,
         "resources": _INIT_RESOURCES,
-        "securityContext": {**_INIT_SECURITY_BASE, "capabilities": {"drop": ["ALL"]}},
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            **{k: v for k, v in _INIT_SECURITY_BASE.items() if k != "privileged"},
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
 
 
@@ -526,76 +658,135 @@ def _identity_volumes() -> list[dict[str, Any]]:
     ]
 
 
+def _subnets(build: Build, pod: Mapping[str, Any], c: Config) -> tuple[str, list[str]]:
+    """proxy-init's ``--subnets-to-ignore`` (inbound connections from these sources are not
+    redirected): the pod's ``config.linkerd.io/skip-subnets``, else the control plane's
+    ``proxyInit.skipSubnets``; and a warning for the outbound destinations the pod asks to
+    leave alone, which proxy-init cannot."""
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    own = annotations.get(CONFIG + "skip-subnets") if isinstance(annotations, Mapping) else None
+    mine = [p.strip() for p in str(own).split(",") if p.strip()] if own is not None else []
+    subnets = ",".join(mine) if own is not None else c.skip_subnets
+    outbound = [cidr for cidr in build.skip_cidrs if cidr not in mine and cidr.split("/")[0] not in mine]
+    if not outbound:
+        return subnets, []
+    return subnets, [
+        f"outbound traffic to {', '.join(outbound)} still goes through the proxy: Linkerd's proxy-init "
+        "leaves only inbound connections from listed subnets alone (--subnets-to-ignore), never "
+        "outbound destinations; skip those ports (mesh-injector.io/skip-outbound-ports) instead"
+    ]
+
+
+def _notes(build: Build, c: Config) -> list[str]:
+    """Where the control plane would decide otherwise than mesh-injector did."""
+    notes = list(c.notes)
+    if not c.await_proxy:
+        notes.append(
+            "the control plane's proxy.await is false; the proxy still holds the app until it is ready "
+            "(mesh-injector's placement)"
+        )
+    if build.mode is not Mode.EBPF and build.init_rules and c.cni_enabled:
+        notes.append(
+            "the control plane says cniEnabled (linkerd-cni installs the rules), but the policy's "
+            "interception.iptables.cniInstallsRules is false: linkerd-init is added"
+        )
+    if build.validator and build.mode is Mode.IPTABLES and not c.cni_enabled:
+        notes.append(
+            "the policy says a CNI plugin installs the rules (cniInstallsRules); the control plane's "
+            "cniEnabled is false"
+        )
+    return notes
+
+
 def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
-    s = settings(policy)
+    c: Config = build.control
     inits: tuple[dict[str, Any], ...] = ()
     volumes: list[dict[str, Any]] = []
+    inbound, outbound = skip_lists(build, pod, c, policy)
+    warnings: list[str] = []
     if build.init_rules:
-        inits = (init_container(build, s),)
+        subnets, problems = _subnets(build, pod, c)
+        warnings += problems
+        inits = (init_container(build, c, inbound, outbound, subnets),)
         volumes.append(_xtables_volume())
     elif build.validator:
-        inits = (validator_container(s),)
+        inits = (validator_container(c),)
     volumes += _identity_volumes()
-    labels = {"linkerd.io/control-plane-ns": s.namespace, "linkerd.io/workload-ns": build.workload.namespace}
+    labels = {"linkerd.io/control-plane-ns": c.namespace, "linkerd.io/workload-ns": build.workload.namespace}
     owner = _OWNER_LABEL.get(build.workload.kind)
     named = frozenset({f"linkerd.io/proxy-{owner}"} if owner is not None else ())
     if owner is not None:
         labels[f"linkerd.io/proxy-{owner}"] = label_value(build.workload.name)
+    conf = pod_config(pod, c)
     annotations = {
         "linkerd.io/created-by": f"mesh-injector/{__version__}",
-        "linkerd.io/proxy-version": image_tag(s.image) or s.image,
-        "linkerd.io/trust-root-sha256": trust_root_sha256(build.control or ""),
+        "linkerd.io/proxy-version": image_tag(c.image) or c.image,
+        "linkerd.io/trust-root-sha256": trust_root_sha256(c.anchors),
     }
-    conf = pod_config(pod, s)
-    # what Linkerd's destination service reads from the pod: the ports its proxy does not
-    # front (no mTLS or HTTP/2 hints for them) and, where ours differ from the control
-    # plane's default, the opaque ports
+    # what Linkerd's destination service reads from the pod, always exactly what the proxy
+    # does: the ports the redirect leaves alone (no mTLS or HTTP/2 hints for them), and the
+    # opaque ports where they are not the control plane's default (which it assumes)
     told: dict[str, str] = {}
-    if build.skip_inbound:
-        told[CONFIG + "skip-inbound-ports"] = port_list(build.skip_inbound)
-    if not conf.opaque_from_pod and conf.opaque_ports != LINKERD_OPAQUE_PORTS:
+    if inbound:
+        annotations[CONFIG + "skip-inbound-ports"] = inbound
+    if outbound:
+        annotations[CONFIG + "skip-outbound-ports"] = outbound
+    if not conf.opaque_from_pod and conf.opaque_ports != c.opaque_default:
         told[CONFIG + "opaque-ports"] = conf.opaque_ports
     threads = build.resources.threads()
-    notes = (f"threads: {threads[0]} proxy worker(s), from {threads[1]}",) if threads else ()
+    notes = [f"threads: {threads[0]} proxy worker(s), from {threads[1]}"] if threads else []
     return DataPlane(
         inits=inits,
-        proxy=proxy_container(build, pod, s, conf),
+        proxy=proxy_container(build, pod, c, conf),
         volumes=tuple(volumes),
         labels=labels,
         annotations=annotations,
         default_annotations=told,
         named=named,
-        notes=notes,
-        warnings=tuple(conf.warnings),
+        notes=(*notes, *_notes(build, c)),
+        warnings=(*conf.warnings, *warnings),
     )
 
 
-def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
-    """The control and admin ports, and the policy's ignore ports (Linkerd's defaults)."""
+def _never(policy: Policy) -> tuple[str, str]:
+    """The policy's ignore ports, else the default version's (Linkerd's 4567,4568)."""
     s = settings(policy)
-    try:
-        inbound, outbound = parse_ports(s.ignore_inbound_ports), parse_ports(s.ignore_outbound_ports)
-    except PortListError:  # proxy-init would refuse them too; the policy check says so
-        inbound, outbound = (), ()
-    return tuple(sorted({(CONTROL, CONTROL), (ADMIN, ADMIN), *inbound})), outbound
+    chart = KNOWN[s.version].values["proxyInit"]
+    ins = s.ignore_inbound_ports if s.ignore_inbound_ports is not None else chart["ignoreInboundPorts"]
+    outs = s.ignore_outbound_ports if s.ignore_outbound_ports is not None else chart["ignoreOutboundPorts"]
+    return ins, outs
+
+
+def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
+    """The control and admin ports, and the policy's ignore ports (else the default
+    version's: Linkerd's 4567,4568): what Merbridge is told to leave alone."""
+    ins, outs = _never(policy)
+    return tuple(sorted({(CONTROL, CONTROL), (ADMIN, ADMIN), *parse_ports(ins)})), parse_ports(outs)
 
 
 def describe(policy: Policy, cni: bool) -> list[str]:
     s = settings(policy)
+    release = KNOWN[s.version]
     anchors = (
         "from the policy (proxy.linkerd.trustAnchorsPem)"
         if s.trust_anchors_pem
         else f"from ConfigMap {s.namespace}/{TRUST_ROOTS}, key {TRUST_ROOTS_KEY} "
         "(watched by serve; read from --cluster or --kubeconfig by the dry-run verbs)"
     )
-    svc = f"{s.namespace}.svc.{s.cluster_domain}."
+    image = s.image or f"{dig(release.values, 'proxy.image.name')}:{release.edge}"
+    init = s.init_image or (
+        f"{image} ({release.init_command[0]})"
+        if release.init_command
+        else "{}:{}".format(*(dig(release.values, f"proxyInit.image.{k}") for k in ("name", "version")))
+    )
+    where = f"ConfigMap {s.namespace}/{CONFIG_MAP}"
     return [
-        f"data plane: linkerd: {PROXY} {s.image}",
-        f"  control plane: namespace {s.namespace}; destination linkerd-dst-headless.{svc}:8086, "
-        f"policy linkerd-policy.{svc}:8090, identity linkerd-identity-headless.{svc}:8080",
-        f"  identity: trust domain {s.trust_domain}; trust anchors {anchors}",
-        "  iptables mode: "
-        + (f"{VALIDATOR} (a CNI plugin installs the rules)" if cni else f"{INIT} {s.init_image}"),
+        f"data plane: linkerd: {PROXY}, the version and settings of the control plane ({where}, key "
+        f"{VALUES_KEY}; supported {', '.join(KNOWN)}); without it Linkerd {release.version}: {image}",
+        f"  control plane: namespace {s.namespace}; destination linkerd-dst-headless, policy linkerd-policy, "
+        "identity linkerd-identity-headless (in its namespace, at its cluster domain)",
+        f"  identity: trust anchors {anchors}",
+        "  iptables mode: " + (f"{VALIDATOR} (a CNI plugin installs the rules)" if cni else f"{INIT} {init}"),
     ]
 
 
@@ -615,7 +806,7 @@ FLAVOUR = Flavour(
     reads_workload=True,
     render=render,
     describe=describe,
-    policy=FlavourPolicy(settings=LinkerdSettings, check=_check_policy),
+    policy=FlavourPolicy(settings=LinkerdSettings, check=check_policy),
     config_maps=config_maps,
     control_plane=control_plane,
     dry_run_needs=(
@@ -623,7 +814,7 @@ FLAVOUR = Flavour(
         "-n linkerd linkerd-identity-trust-roots -o yaml`, or --kubeconfig, or set "
         "proxy.linkerd.trustAnchorsPem in --policy"
     ),
-    inherits=(CONFIG, CONFIG_ALPHA),
+    inherits=(CONFIG, CONFIG_ALPHA, CONFIG_BETA),
     redirect=Redirect(mode="linkerd", uid=UID, outbound=OUTBOUND, inbound=INBOUND, repaired=False),
     never_redirected=never_redirected,
     validator_under_redirector=True,
@@ -637,8 +828,9 @@ FLAVOUR = Flavour(
         "linkerd.io/proxy-version",
         "linkerd.io/trust-root-sha256",
         CONFIG + "skip-inbound-ports",
+        CONFIG + "skip-outbound-ports",
         CONFIG + "opaque-ports",
     ),
     # linkerd.io/proxy-<kind>; and the config annotations a pod inherits from its namespace
-    mark_prefixes=("linkerd.io/proxy-", CONFIG, CONFIG_ALPHA),
+    mark_prefixes=("linkerd.io/proxy-", CONFIG, CONFIG_ALPHA, CONFIG_BETA),
 )

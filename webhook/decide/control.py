@@ -26,6 +26,18 @@ class Connected:
     native: tuple[bool, str] | None = None
 
 
+def control_plane(plane: Flavour, snapshot: ClusterSnapshot, policy: Policy) -> ControlPlane:
+    """What ``plane`` reads of its control plane in ``snapshot``: made once per snapshot and
+    policy (its ConfigMaps change only with a new snapshot), not once per pod."""
+    key = ("control-plane", plane.name, id(policy))
+    found = snapshot.memo.get(key)
+    if isinstance(found, tuple) and found[0] is policy:
+        return found[1]  # type: ignore[no-any-return]
+    control = plane.control_plane(snapshot.config_maps, policy)
+    snapshot.memo.put(key, (policy, control), 4096)  # the entry keeps the policy: its id stays its own
+    return control
+
+
 def connect(
     plane: Flavour,
     pod: dict[str, Any],
@@ -42,7 +54,7 @@ def connect(
         ns_labels = snapshot.namespaces.get(namespace, {})
         control = plane.control_for(snapshot.config_maps, policy, labels, ns_labels)
     else:
-        control = plane.control_plane(snapshot.config_maps, policy)
+        control = control_plane(plane, snapshot, policy)
     if control.missing is not None:
         return Stop(*control.missing)
     ctx.lines.append(control.line)

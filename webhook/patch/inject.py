@@ -516,7 +516,9 @@ def apply_plan(
             own = present.get(name)
             if own == value:
                 continue  # the pod's own value, left as the pod's
-            if isinstance(own, str):
+            if isinstance(own, str) and not (key == "annotations" and name in plan.inherited):
+                # the pod's own value, put back when it is stripped (one inherited from the
+                # namespace is not the pod's: it is inherited again, as the namespace says then)
                 replaced.setdefault(key, {})[name] = own
             _set(meta, key, name, value)
             added[key].append(name)
