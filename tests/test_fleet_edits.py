@@ -21,7 +21,9 @@ from webhook.loading import load_policy, load_snapshot
 ROOT = Path(__file__).parent.parent
 NOW = 1_780_000_000.0
 PROXY = "linkerd-proxy"
-INJECTED = "cr.l5d.io/linkerd/proxy:edge-24.8.2"  # what the default policy's Linkerd 2.16 adds
+# what examples/cluster.yaml's control plane (Linkerd 2.20, linkerd-config: proxy image
+# cr.l5d.io/linkerd/proxy, version edge-26.6.3) has its pods given
+INJECTED = "cr.l5d.io/linkerd/proxy:edge-26.6.3"
 
 
 def injected_pod() -> tuple[dict, object, object]:
