@@ -115,7 +115,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     M(
         "decide/scheduling.py",
-        "if group.unschedulable and not cordon_tolerated:",
+        "if group.unschedulable and not cordons_tolerated:",
         "if False:",
         "cordoned nodes count",
     ),
