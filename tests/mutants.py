@@ -91,14 +91,14 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     M(
         "decide/scheduling.py",
-        "return not self.key or self.key == taint.key",
-        "return self.key == taint.key",
+        "if self.key and self.key != taint.key:",
+        "if self.key != taint.key:",
         "an empty-key Exists toleration no longer tolerates everything",
     ),
     M(
         "decide/scheduling.py",
-        "return self.key == taint.key and self.value == taint.value",
-        "return self.key == taint.key",
+        'return self.operator == "Equal" and self.value == taint.value',
+        'return self.operator == "Equal"',
         "Equal ignores the taint's value",
     ),
     M(
@@ -538,6 +538,36 @@ MUTANTS: tuple[Mutant, ...] = (
         "Linkerd's CNI plugin not told the skipped outbound ports",
     ),
     M(
+        "dataplane/linkerd.py",
+        'if c.gid >= 0:\n        security["runAsGroup"] = c.gid',
+        "if False:\n        pass",
+        "linkerd-proxy not run in the control plane's proxy group",
+    ),
+    M(
+        "dataplane/linkerd.py",
+        'args += ["--proxy-gid", str(c.gid)]',
+        "pass",
+        "proxy-init not told the proxy's group",
+    ),
+    M(
+        "dataplane/linkerd.py",
+        "if key.startswith(CONFIG) and name in newer:\n        return name in release.annotations",
+        "if key.startswith(CONFIG) and name in newer:\n        return True",
+        "an annotation only a newer injector reads applied for an older control plane",
+    ),
+    M(
+        "dataplane/linkerdcontrol.py",
+        "if edge <= last:",
+        "if edge < last:",
+        "the last edge release of a line read as the next line",
+    ),
+    M(
+        "dataplane/linkerdcontrol.py",
+        "if _line(r) <= version.line and (version.edge is None or r.first_edge <= version.edge)",
+        "if _line(r) <= version.line",
+        "an edge release from before its line's injector rendered as that line",
+    ),
+    M(
         "dataplane/istio.py",
         'args += ["-d", _join(str(PROM_PORT), str(HEALTH_PORT), t.inbound(style))]',
         'args += ["-d", _join(str(PROM_PORT), str(HEALTH_PORT))]',
@@ -805,6 +835,8 @@ NO_SERVER = (
     "tests/test_control_plane.py",
     "tests/test_upstream_linkerd.py",
     "tests/test_upstream_istio.py",
+    "tests/test_linkerd_versions.py",
+    "tests/test_istio_versions.py",
     "tests/test_memo_reads.py",
     "tests/test_roundtrip.py",
     "tests/test_fleet.py",
@@ -814,7 +846,12 @@ NO_SERVER = (
 FIRST = {
     "decide": ("tests/test_units.py", "tests/test_golden.py"),
     "modes": ("tests/test_golden.py", "tests/test_mechanisms.py"),
-    "dataplane": ("tests/test_golden.py", "tests/test_flavours.py", "tests/test_upstream_linkerd.py"),
+    "dataplane": (
+        "tests/test_golden.py",
+        "tests/test_flavours.py",
+        "tests/test_linkerd_versions.py",
+        "tests/test_upstream_linkerd.py",
+    ),
     "patch": ("tests/test_units.py", "tests/test_golden.py", "tests/test_ownership.py"),
     "usage": ("tests/test_units.py", "tests/test_history.py"),
 }
