@@ -979,6 +979,7 @@ RULES = [
         _UNTAINTED | {"cordoned"},
     ),
     ("spec.nodeName: that node, whatever its taints", {"nodeName": "no-execute"}, {"no-execute"}),
+    ("spec.nodeName of no known node: none", {"nodeName": "not-a-node"}, set()),
 ]
 
 
