@@ -20,9 +20,17 @@ pod's interface. What it needs, read from its source (commit 561fc00, release 0.
   ``excludeOutboundIPRanges`` (``controller/pod.go``), in every mesh mode: single ports
   (ranges are dropped), IPv4 ranges only, at most 20 entries each (the same for the pod's own
   ``include*`` lists, which it reads too: a longer one rules ebpf out), and 7 inbound entries are
-  Merbridge's own (Istio's ports). Linkerd's control and admin ports (4190, 4191) are not
-  among them, so they are excluded here, or a meshed Prometheus's scrape of 4191 and
+  Merbridge's own (Istio's ports). It is told what the mesh's own rules would leave alone
+  (``ControlPlane.rules``: the installed control plane's settings, each replaced by the pod's
+  own annotation as the mesh's injector reads it), and the pod's exclusions, so ebpf and
+  iptables send the same traffic to the proxy; what it cannot be told (a rule on inbound
+  sources, a setting that is no list of ports or ranges) rules ebpf out. Linkerd's control and
+  admin ports (4190, 4191) are not among its own, or a meshed Prometheus's scrape of 4191 and
   ``linkerd viz tap`` on 4190 would be sent to the inbound proxy.
+- **Pods of other modes**: Merbridge does not look at the mode we chose. Its controller counts
+  any pod with the mesh's proxy as a regular container beside another, and its CNI plugin
+  takes any pod marked ``sidecar.istio.io/status`` beside two regular containers; both are
+  kept off a pod that is not ebpf's (``hands_off``).
 
 - **Pods it breaks**: in CNI mode its plugin opens a listener on 0.0.0.0:39807 in the pod's
   network namespace when the pod is created (``internal/cni-server/cni-plugin.go``), and from
@@ -507,6 +515,8 @@ def describe(policy: Policy, plane: Flavour) -> str:
         f"Merbridge pods ({policy.redirector_namespace} -l {agent.selector}) Ready with --mode "
         f"{plane.redirect.mode}{cni} on every eligible node, kernels >= {rules.ebpf.min_kernel}; "
         f"{inits}; no container port or probe on {REDIRECTOR_PORT}; "
-        f"legacy placement, Merbridge's exclusion annotations{validator}; after a restart Merbridge "
-        f"{repaired} the {plane.proxy_name} pods that started before it (audit: redirector-restarted)"
+        f"legacy placement, Merbridge's exclusion annotations (what the control plane's own rules leave "
+        f"alone, and the pod's){validator}; after a restart Merbridge {repaired} the {plane.proxy_name} pods "
+        "that started before it (audit: redirector-restarted); pods of other modes on its nodes are kept "
+        f"off it ({INCLUDE_INBOUND}, {CNI_SKIP})"
     )
