@@ -78,6 +78,8 @@ OPTIONAL = {
     "init_name",
     "managed_fields_untouched",
     "proxies",
+    "init_args",  # the init container's whole argument list (of init_name where given)
+    "rules_contain",  # lines of the generic mesh-init's iptables ruleset
 }
 KNOWN = ALWAYS | SKIPPED | SKIPPED_OPTIONAL | INJECTED | OPTIONAL
 
@@ -152,7 +154,9 @@ def init_skip(pod: dict[str, Any], flavour: str) -> dict[str, str | None]:
         found = re.findall(rf"^-A {chain} -p tcp --dport (\S+) -j RETURN$", rules, re.M)
         return ",".join(p.replace(":", "-") for p in found) or None
 
-    ranges = re.findall(r"^-A MESH_OUTBOUND -d (\S+) -j RETURN$", rules, re.M)
+    # skipped subnets are sources of inbound traffic; an outbound range is a destination
+    ranges = re.findall(r"^-A MESH_INBOUND -s (\S+) -j RETURN$", rules, re.M)
+    ranges += re.findall(r"^-A MESH_OUTBOUND -d (\S+) -j RETURN$", rules, re.M)
     return {
         "inbound": ports("MESH_INBOUND"),
         "outbound": ports("MESH_OUTBOUND"),
@@ -310,6 +314,15 @@ def _check_injected(exp: dict[str, Any], flavour: str, original: Any, pod: Any, 
         assert names(spec, "containers")[0] == exp["first_container"]
     if "init_name" in exp:
         assert exp["init_name"] in names(spec, "initContainers")
+    if "init_args" in exp:
+        init = container(pod, exp.get("init_name", names_of["init"]))
+        assert init is not None and init["args"] == exp["init_args"], init
+    if "rules_contain" in exp:
+        init = container(pod, FLAVOUR["generic"]["init"])
+        assert init is not None
+        rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES").splitlines()
+        for line in exp["rules_contain"]:
+            assert line in rules, (line, rules)
     if exp.get("managed_fields_untouched"):
         assert meta["managedFields"] == original["metadata"]["managedFields"]
     # the user's containers are untouched, but for the items the status lists as added to
