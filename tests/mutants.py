@@ -379,9 +379,15 @@ MUTANTS: tuple[Mutant, ...] = (
     M("modes/ebpf.py", "if not state.ready:", "if False:", "a Merbridge pod that is not Ready accepted"),
     M(
         "modes/ebpf.py",
-        "if _width(excl.outbound) > MAX_ITEMS or len(outbound) > MAX_ITEMS:",
-        "if len(outbound) > 10 * MAX_ITEMS:",
-        "more exclusions than Merbridge holds",
+        "if _width(every_out) > MAX_ITEMS:",
+        "if _width(every_out) > 10 * MAX_ITEMS:",
+        "more outbound exclusions than Merbridge holds",
+    ),
+    M(
+        "modes/ebpf.py",
+        "too_many = len(inbound) > room_in",
+        "too_many = len(inbound) > MAX_ITEMS",
+        "inbound exclusions counted as if Merbridge's own ports took no room",
     ),
     M("modes/ebpf.py", "if v6:\n", "if False:\n", "an IPv6 exclusion given to Merbridge"),
     M(

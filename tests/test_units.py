@@ -1309,3 +1309,29 @@ def test_which_pods_ebpf_refuses(spec, annotations, policy, cni, expected):
         assert len(warned) == 1 and "39807" in warned[0], out.warnings
     else:
         assert warned == [], out.warnings
+
+
+@pytest.mark.parametrize(("count", "expected"), [(9, "ebpf"), (10, "iptables")])
+def test_merbridge_holds_twenty_inbound_ports_seven_of_them_its_own(count, expected):
+    """Merbridge keeps 20 single inbound ports, 7 its own (15000, 15001, 15006, 15008, 15020,
+    15021, 15090); Linkerd's proxy leaves 4190 and 4191 alone and its chart 4567 and 4568:
+    so 9 more of the pod's fit, and a tenth does not."""
+    from webhook.admission import admit
+    from webhook.cluster.snapshot import redirector_selector, snapshot_from_objects
+
+    chosen = anchored_policy("")
+    snapshot = snapshot_from_objects(
+        _merbridge_node(True), server_version=KubeVersion(1, 32), redirector=redirector_selector(chosen)
+    )
+    ports = ",".join(str(9001 + i) for i in range(count))
+    annotations = {"mesh-injector.io/skip-inbound-ports": ports}
+    meta = {"name": "p", "namespace": "shop", "annotations": annotations}
+    pod = {"metadata": meta, "spec": {"containers": [APP]}}
+    out = admit(
+        {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod},
+        snapshot,
+        chosen,
+    )
+    assert out.injected and out.mode is not None and out.mode.value == expected, out.explanation
+    if expected == "iptables":
+        assert any("13 single ports Merbridge holds beside its 7" in w for w in out.warnings), out.warnings
