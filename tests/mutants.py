@@ -11,8 +11,8 @@ against it, the ones most likely to catch it first, stopping at the first failur
 is *caught* when a test fails, *survived* when every one passes; a survivor that no test can
 catch (the same behaviour by another road) says why in ``equivalent`` and is listed apart.
 
-    python -m tests.mutants                 # all of them (about 20 minutes on 2 idle cores)
-    python -m tests.mutants -j 2            # two at a time, each in its own copy
+    python -m tests.mutants                 # all of them (about 25 minutes on 2 cores)
+    python -m tests.mutants -j 2            # two at a time, each in its own copy (12-28 min)
     python -m tests.mutants -k sizing       # those whose file or text matches
     python -m tests.mutants --list          # what they are, and whether each still applies
 
