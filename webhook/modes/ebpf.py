@@ -54,7 +54,8 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot, RedirectorState
-from webhook.dataplane.base import Flavour, Ports
+from webhook.dataplane.base import Flavour, Kept, Ports
+from webhook.decide.podfacts import Exclusions
 from webhook.modes.base import Gap, Interception, Setting, ports_text
 from webhook.policy import Policy
 from webhook.reasons import ModeReason
@@ -137,10 +138,22 @@ def _width(ports: Ports) -> int:
     return sum(hi - lo + 1 for lo, hi in ports)
 
 
+# Merbridge's annotations by what they are made of (the policy, the ports the flavour never
+# redirects under it, the pod's exclusions): pods with the same exclusions, most of them
+# none, share one answer.
+_KEPT = Kept()
+
+
 def _annotations(setting: Setting) -> tuple[dict[str, str], str | None]:
-    """Merbridge's exclusion annotations for the pod, or why they cannot say what it needs."""
-    never_in, never_out = setting.plane.never_redirected(setting.policy)
-    excl = setting.exclusions
+    """Merbridge's exclusion annotations for the pod (a copy of its own), or why they cannot
+    say what it needs."""
+    plane, policy, excl = setting.plane, setting.policy, setting.exclusions
+    found, why = _KEPT.get(policy, (plane.never_redirected, excl), lambda: _made(plane, policy, excl))
+    return dict(found), why
+
+
+def _made(plane: Flavour, policy: Policy, excl: Exclusions) -> tuple[Mapping[str, str], str | None]:
+    never_in, never_out = plane.never_redirected(policy)
     inbound = sorted({p for p in (*_expand(never_in), *_expand(excl.inbound)) if p not in OWN_INBOUND})
     outbound = sorted(set(_expand(never_out)) | set(_expand(excl.outbound)))
     room_in = MAX_ITEMS - len(OWN_INBOUND)
