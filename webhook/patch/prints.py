@@ -97,10 +97,13 @@ class _Texts:
 
 
 # The canonical texts of the parts of items (a container's variables, mounts, probes,
-# security context...) by their JSON, and the fingerprints of label and annotation values:
-# pure functions of it, so kept for the process (2 MiB at most each).
+# security context...) by their JSON, and the fingerprints of whole items and of label and
+# annotation values: pure functions of it, so kept for the process (2 MiB at most each; an
+# item of more than 16 KiB of JSON is not kept).
 _PARTS = _Texts()
+_ITEMS = _Texts(limit=1024, max_part=32 << 10)
 _VALUES = _Texts()
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _digest(text: bytes) -> str:
@@ -113,6 +116,8 @@ def _part(node: object) -> bytes:
     kind = type(node)
     if kind is dict:
         return _kept(node)
+    if kind in _SCALARS:
+        return orjson.dumps(node)
     if kind is not list:
         return canonical_text(node)
     kept = _PARTS.data.get
@@ -129,6 +134,8 @@ def _part(node: object) -> bytes:
                 text = canonical_text(item)
                 _PARTS.put(key, text)
             texts.append(text)
+        elif type(item) in _SCALARS:
+            texts.append(orjson.dumps(item))
         else:
             texts.append(canonical_text(item))
     return b"[" + b",".join(texts) + b"]"  # type: ignore[arg-type]
@@ -161,10 +168,16 @@ def fingerprint(item: object) -> str:
         return found  # type: ignore[return-value]
     if type(item) is not dict or (item.get("name") in NAMED_ENV and "value" in item):
         return _digest(canonical_text(item))
-    if not all(type(k) is str for k in item):
+    try:
+        key = orjson.dumps(item)
+    except TypeError:
         return _digest(canonical_text(item))  # what orjson refuses, refused the same way
-    fields = [orjson.dumps(k) + b":" + _part(item[k]) for k in sorted(item) if k not in UNPRINTED]
-    return _digest(b"{" + b",".join(fields) + b"}")
+    found = _ITEMS.data.get(key)
+    if found is None:
+        fields = [orjson.dumps(k) + b":" + _part(item[k]) for k in sorted(item) if k not in UNPRINTED]
+        found = _digest(b"{" + b",".join(fields) + b"}")
+        _ITEMS.put(key, found)
+    return found  # type: ignore[return-value]
 
 
 def value_sum(value: str, named: bool) -> str:
@@ -176,4 +189,5 @@ def value_sum(value: str, named: bool) -> str:
 def forget() -> None:
     """Drop what is kept (for a measurement of the cost without it)."""
     _PARTS.clear()
+    _ITEMS.clear()
     _VALUES.clear()
