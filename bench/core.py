@@ -459,7 +459,7 @@ def stages(review: dict, policy, calls: int) -> None:
 
     from webhook.serve.app import _log_line
     from webhook.serve.metrics import Metrics
-    from webhook.serve.review import build_response
+    from webhook.serve.review import build_response, parse_review
 
     snap = build_snapshot(
         nodes=make_nodes(500, random.Random(3)),
@@ -492,6 +492,7 @@ def stages(review: dict, policy, calls: int) -> None:
                 cluster.templates.clear()
             t0 = time.perf_counter()
             parsed = orjson.loads(body)
+            parse_review(parsed)  # what serve checks of the review before deciding
             t1 = time.perf_counter()
             out = admit(parsed["request"], cluster, chosen)
             t2 = time.perf_counter()

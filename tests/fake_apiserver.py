@@ -80,7 +80,8 @@ class FakeAPIServer:
         self.rv = 100
         self.compacted = 0  # watches from a resourceVersion at or below this get 410 Gone
         self.version = version
-        self.fail_lists = 0
+        # resource -> how many of its next lists fail with a 500
+        self.fail_lists: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.list_calls = dict.fromkeys(KINDS, 0)
         self.watch_calls = dict.fromkeys(KINDS, 0)
         self.generation = 0  # bumped to drop every open watch
@@ -217,8 +218,8 @@ class FakeAPIServer:
 
             def _list(self, resource: str, query: dict[str, str]) -> None:
                 server.list_calls[resource] += 1
-                if server.fail_lists > 0:
-                    server.fail_lists -= 1
+                if server.fail_lists[resource] > 0:
+                    server.fail_lists[resource] -= 1
                     return self._json(
                         500,
                         {

@@ -400,7 +400,11 @@ def test_bad_usage_line_is_named(tmp_path):
         (("serve", "--metrics-api"), "--metrics-api needs the cluster: --kubeconfig or --in-cluster"),
         (
             ("serve", "--usage", "u.csv", "--prometheus", "http://127.0.0.1:9"),
-            "--usage, --prometheus and --metrics-api are three usage sources: give one",
+            "--usage and --prometheus are 2 usage sources: give one (--usage, --prometheus or --metrics-api)",
+        ),
+        (
+            ("serve", "--usage", "u.csv", "--prometheus", "http://127.0.0.1:9", "--metrics-api"),
+            "--usage, --prometheus and --metrics-api are 3 usage sources: give one",
         ),
         (("recommend",), "recommend needs one usage source: --usage FILE or --prometheus URL"),
         (

@@ -475,7 +475,74 @@ def test_a_render_before_the_image_is_set_fails_loudly():
             [_tool("kubectl"), "kustomize", str(SOURCE / overlay)], capture_output=True, text=True, timeout=60
         )
         assert out.returncode != 0, overlay
-        assert "options.index 1 is out of bounds for value mesh-injector" in out.stderr, out.stderr
+        assert NO_TAG in out.stderr, out.stderr
+
+
+NO_TAG = "nothing selected by ConfigMap.[noVer].[noGrp]/mesh-injector-image-needs-a-tag-or-digest"
+
+
+@pytest.mark.parametrize(
+    ("image", "renders"),
+    [
+        ({"newName": "registry.example.com:5000/platform/mesh-injector"}, None),
+        ({"newName": "registry.example.com:5000/platform/mesh-injector", "newTag": "0.1.0"}, ":0.1.0"),
+        ({"newName": "localhost:5000/mesh-injector", "newTag": "dev"}, ":dev"),
+        ({"newName": "localhost:5000/mesh-injector"}, None),
+        ({"newName": "registry.example.com/platform/mesh-injector"}, None),
+        ({"newName": "mesh-injector"}, None),
+        ({"newName": "registry.example.com:5000/mesh-injector", "digest": "sha256:" + "cd" * 32}, "@sha256:"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_the_image_check_looks_at_the_last_path_segment(image, renders, tmp_path):
+    """A registry port is a ':' too: registry:5000/platform/mesh-injector has no tag, and
+    used to pass the check and deploy :latest."""
+    shutil.copytree(SOURCE, tmp_path / "deploy")
+    _with_image(tmp_path / "deploy", **image)
+    out = subprocess.run(
+        [_tool("kubectl"), "kustomize", str(tmp_path / "deploy" / "overlays" / "self-managed")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if renders is None:
+        assert out.returncode != 0 and NO_TAG in out.stderr, out.stderr
+        return
+    assert out.returncode == 0, out.stderr
+    images = {
+        c["image"]
+        for o in yaml.safe_load_all(out.stdout)
+        if o and o["kind"] in ("Deployment", "Job")
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    assert len(images) == 1 and next(iter(images)).startswith(image["newName"] + renders)
+
+
+def _job_name(tmp_path: Path, tag: str) -> str:
+    root = tmp_path / tag
+    shutil.copytree(SOURCE, root)
+    _with_image(root, newName=IMAGE, newTag=tag)
+    out = subprocess.run(
+        [_tool("kubectl"), "kustomize", str(root / "overlays" / "self-managed")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return one([d for d in yaml.safe_load_all(out.stdout) if d], "Job")["metadata"]["name"]
+
+
+def test_the_certificate_job_is_named_after_the_image_it_runs(tmp_path):
+    """A Job's pod template is immutable: one name per image lets `kubectl apply -k` with a
+    new image create a new Job instead of failing on the old one (tests/test_deploy_upgrade.py
+    applies both to a real API server)."""
+    first, again, other = (
+        _job_name(tmp_path, "0.1.0"),
+        _job_name(tmp_path / "x", "0.1.0"),
+        _job_name(tmp_path, "0.2.0"),
+    )
+    assert first == again and first != other
+    assert all(re.fullmatch(r"mesh-injector-certs-[a-z0-9]{10}", n) for n in (first, other))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

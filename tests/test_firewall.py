@@ -173,7 +173,8 @@ def test_the_other_backend_where_the_mesh_asks_for_nft_and_a_node_lacks_it():
 
 def test_no_common_backend_is_a_skip_naming_the_nodes():
     policy = parse_policy(
-        GENERIC % "legacy"
+        GENERIC
+        % "legacy"
         + "interception: {iptables: {nodesWithout: [{backend: legacy, osImage: 'Amazon Linux 2023*'}, "
         "{backend: nft, osImage: 'Ubuntu*'}]}}\n"
     )

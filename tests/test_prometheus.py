@@ -297,3 +297,50 @@ def test_history_memory_is_bounded_per_workload(prom):
     # 2,017 readings for db, yet a handful of buckets a slot
     assert stats.readings > 5000
     assert stats.buckets < 5 * 60
+
+
+def test_a_point_that_cannot_be_a_proxys_reading_is_skipped_and_counted(tmp_path, caplog):
+    """Two pods scraped alike for an hour; db-0's memory gauge is +Inf throughout (an
+    exporter's overflow) and web's CPU counter is fine: web's readings are all kept, each of
+    db-0's points is refused once and counted, and the poll logs one line naming one."""
+    end = int(time.time() // STEP * STEP - STEP)
+    start = end - 3600
+    lines = {"cpu": [], "memory": [], "owner": []}
+    pods = (
+        ("shop", "web-59c6b7d8f4-k2x4p", "ReplicaSet", "web-59c6b7d8f4", "50331648"),
+        ("data", "db-0", "StatefulSet", "db", "+Inf"),
+    )
+    for ns, pod, kind, owner, memory in pods:
+        labels = f'namespace="{ns}",pod="{pod}",container="mesh-proxy"'
+        for i, t in enumerate(range(start, end + 1, 60)):
+            lines["cpu"].append(f"container_cpu_usage_seconds_total{{{labels}}} {6.0 * i} {t}")
+            lines["memory"].append(f"container_memory_working_set_bytes{{{labels}}} {memory} {t}")
+            lines["owner"].append(
+                f'kube_pod_owner{{namespace="{ns}",pod="{pod}",owner_kind="{kind}",owner_name="{owner}",'
+                f'owner_is_controller="true"}} 1 {t}'
+            )
+    data = tmp_path / "data.om"
+    with data.open("w") as f:
+        for name, kind, key in (
+            ("container_cpu_usage_seconds", "counter", "cpu"),
+            ("container_memory_working_set_bytes", "gauge", "memory"),
+            ("kube_pod_owner", "gauge", "owner"),
+        ):
+            f.write(f"# TYPE {name} {kind}\n" + "\n".join(lines[key]) + "\n")
+        f.write("# EOF\n")
+    backfill(data, tmp_path / "tsdb")
+    source = PrometheusUsage("", UsageHistory(POLICY.sizing), step=STEP, lag=0)
+    with prometheus(tmp_path / "tsdb") as url, caplog.at_level("WARNING", logger="mesh_injector.usage"):
+        source.url = url
+        got = source.once(now=end + 10)
+    web = got[WorkloadKey("shop", "Deployment", "web")]
+    # a grid point every 5 minutes of the hour: 13 memory points, 12 CPU rates (none at the first)
+    points = (end - start) // STEP + 1
+    assert web.count == points - 1 and web.cpu_max == pytest.approx(0.1) and web.memory_max == 48 * 2**20
+    assert WorkloadKey("data", "StatefulSet", "db") not in got
+    assert source.refused == {"value": points, "time": 0}, "each of db-0's memory points, once"
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        f"usage from prometheus: skipped {points} reading(s) that cannot be a proxy's: "
+        "pod data/db-0: memory '+Inf' is out of range (a proxy's reading is finite and below 10^15); ..."
+    )

@@ -81,7 +81,6 @@ DOCUMENTS = [
     "tagged: !!str 123\nbinary: !!binary aGVsbG8=\nset: !!set {a, b}\n",
     "list: &l [1, 2]\nagain: *l\n",
     "- plain\n- 'quoted: yes'\n- |\n  literal\n  block\n- >\n  folded\n  text\n",
-    "dup: 1\ndup: 2\n",  # the last one wins, as in PyYAML
     "",
     "--- 1\n--- [a]\n---\n",
 ]
@@ -125,10 +124,24 @@ def test_a_scalar_that_does_not_fit_its_tag_is_a_yaml_error_saying_where(text, w
     assert not isinstance(theirs.value, yaml.YAMLError)
 
 
-def test_a_recursive_alias_is_left_to_pyyaml():
-    text = "a: &x [1, *x]\n"
-    loaded = yamltext.load(text)
-    assert loaded["a"][1] is loaded["a"]  # PyYAML's own constructor built it
+def test_where_pyyaml_reads_on_silently_the_reader_refuses_and_says_where():
+    """PyYAML keeps the last of a key named twice and builds a list that holds itself;
+    Kubernetes' decoder refuses both (strict field validation, go-yaml's alias checks)."""
+    assert yaml.safe_load("dup: 1\ndup: 2\n") == {"dup": 2}
+    with pytest.raises(yamltext.DuplicateKeyError) as twice:
+        yamltext.load_all("dup: 1\ndup: 2\n")
+    assert (
+        twice.value.problem
+        == "key 'dup' appears twice (line 1 and line 2); the second would silently replace the first"
+    )
+    loaded = yaml.safe_load("a: &x [1, *x]\n")
+    assert loaded["a"][1] is loaded["a"]
+    with pytest.raises(yamltext.AliasError) as recursive:
+        yamltext.load("a: &x [1, *x]\n")
+    assert (
+        recursive.value.problem
+        == "an alias refers to the sequence it is in (anchored at line 1): it would never end"
+    )
 
 
 DEPLOYMENT = """\

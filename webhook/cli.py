@@ -12,7 +12,7 @@ import gc
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,13 +30,17 @@ from webhook.fleet.audit import Report, State, audit
 from webhook.fleet.rollout import Fleet, budgets_of, plan, run
 from webhook.loading import (
     InputError,
+    bundle_namespaces,
+    has_documents,
     load_policy,
     load_snapshot,
     manifest_sources,
     parse_document,
     parse_documents,
     read_text,
+    refuse_duplicate_keys,
     shown,
+    with_bundle_namespaces,
 )
 from webhook.manifests.process import DocResult, process
 from webhook.manifests.roundtrip import (
@@ -121,11 +125,13 @@ def cmd_review(args: argparse.Namespace) -> int:
     policy = _policy(args)
     snapshot = _snapshot(args, policy, _now(args.now))
     review = parse_document(read_text(args.file), args.file)
+    request = review.get("request") if isinstance(review, dict) else None
+    if isinstance(request, dict):
+        _check_review_object(request, args.file)  # all of the pod, where serve checks what it reads
     try:
         request = parse_review(review)
     except ReviewError as exc:
         raise CliError(f"{shown(args.file)}: {exc}") from None
-    _check_review_object(request, args.file)
     outcome = admit(request, snapshot, policy)
     views = {"response": lambda: build_response(review, outcome), "patch": lambda: outcome.patch}
     views["pod"] = lambda: outcome.pod
@@ -193,21 +199,70 @@ def _skip_file(exc: InputError | CliError, sources: list[str]) -> None:
     print(f"mesh-injector: error: {exc}", file=sys.stderr)
 
 
+class _Inputs:
+    """The manifests given (``-f``, repeatable; directories walked), each read when asked:
+    standard input once, then from memory (it is read twice, for its Namespaces first)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.sources = [source for given in args.filename for source in manifest_sources(given)]
+        self._stdin: str | InputError | None = None
+
+    def text(self, source: str) -> str:
+        if source != "-":
+            return read_text(source)
+        if self._stdin is None:
+            try:
+                self._stdin = read_text("-")
+            except InputError as exc:
+                self._stdin = exc  # standard input is gone once read: so is what was wrong with it
+        if isinstance(self._stdin, InputError):
+            raise self._stdin
+        return self._stdin
+
+    def readable(self) -> Iterator[tuple[str, str]]:
+        for source in self.sources:
+            try:
+                yield source, self.text(source)
+            except InputError:
+                continue  # reported when it is processed
+
+    def named(self) -> str:
+        return shown(self.sources[0]) if len(self.sources) == 1 else f"the {len(self.sources)} files given"
+
+
+def _bundle_snapshot(args: argparse.Namespace, inputs: _Inputs, verb: str) -> tuple[Policy, ClusterSnapshot]:
+    """The policy, and the snapshot with the Namespaces the manifests define over the
+    cluster's. Refuses an input with nothing in it: an empty pipe is what a failed
+    ``kubectl get ... |`` leaves, and it must not look like a clean result."""
+    texts = list(inputs.readable())
+    if len(texts) == len(inputs.sources) and not any(has_documents(text) for _, text in texts):
+        raise CliError(
+            f"{inputs.named()}: empty input, nothing to {verb} (did the command before the pipe fail?)"
+        )
+    policy = _policy(args)
+    snapshot, notes = with_bundle_namespaces(
+        _snapshot(args, policy, _now(args.now)), bundle_namespaces(texts)
+    )
+    for note in notes:
+        print(f"mesh-injector: note: {note}", file=sys.stderr)
+    return policy, snapshot
+
+
 def _manifest_results(args: argparse.Namespace) -> tuple[list[DocResult], int]:
     """Every workload's result, and how many files could not be read (each reported on
     stderr; as with ``inject``, a single input that cannot be used is an error of its own)."""
     _batch_collections()
-    policy = _policy(args)
-    snapshot = _snapshot(args, policy, _now(args.now))
+    inputs = _Inputs(args)
+    policy, snapshot = _bundle_snapshot(args, inputs, "check")
     results: list[DocResult] = []
     failed = 0
-    sources = [source for given in args.filename for source in manifest_sources(given)]
+    sources = inputs.sources
     progress = Progress(len(sources))
     for source in sources:
         progress.next_file()
         found: list[DocResult] = []
         try:
-            for doc in parse_documents(read_text(source), source):
+            for doc in parse_documents(inputs.text(source), source):
                 res = _processed(doc, source, snapshot, policy, args)[1]
                 progress.document(sum(1 for r in res if r.outcome is not None or r.errors))
                 found.extend(res)
@@ -227,13 +282,13 @@ def cmd_inject(args: argparse.Namespace) -> int:
     is reported and skipped, the others are still written, and the exit status is 1; a
     single input that cannot be used is one line and exit 2, like every other input error."""
     _batch_collections()
-    policy = _policy(args)
-    snapshot = _snapshot(args, policy, _now(args.now))
+    inputs = _Inputs(args)
+    policy, snapshot = _bundle_snapshot(args, inputs, "inject")
     failed = 0
     blind = 0  # workloads a cluster's state would have meshed
     invalid = 0  # workloads the API server would refuse: left as they are
     written = ""  # the last output that had content
-    sources = [source for given in args.filename for source in manifest_sources(given)]
+    sources = inputs.sources
     progress = Progress(len(sources))
     for source in sources:
         results: list[DocResult] = []
@@ -246,9 +301,10 @@ def cmd_inject(args: argparse.Namespace) -> int:
             return new
 
         try:
-            text = read_text(source)
+            text = inputs.text(source)
             document = json_document(text)
             if document is not NOT_JSON:
+                refuse_duplicate_keys(text, source)
                 out = rewrite_json(text, document, change)
             else:
                 out = "".join(rewrite_yaml(parse_chunks(text, source), change))
@@ -625,17 +681,8 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def _dry_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster state for the dry run")
-    g.add_argument(
-        "--cluster",
-        metavar="FILE",
-        help="output of: kubectl get nodes,namespaces,services -A -o yaml (with Linkerd, add its "
-        "ConfigMaps: kubectl get configmap -n linkerd linkerd-config linkerd-identity-trust-roots -o yaml)",
-    )
-    g.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        help="read nodes, namespaces, Services and the mesh's control-plane ConfigMaps from a cluster, once",
-    )
+    g.add_argument("--cluster", metavar="FILE", help=flagtypes.CLUSTER_HELP)
+    g.add_argument("--kubeconfig", metavar="FILE", help=f"{flagtypes.KUBECONFIG_HELP}, once")
     g.add_argument("--server-version", metavar="VERSION", help="the API server's version, e.g. 1.32")
     g.add_argument("--usage", metavar="FILE", help="observed proxy usage samples (CSV or JSON lines)")
     g.add_argument(
@@ -690,7 +737,10 @@ class _Formatter(argparse.HelpFormatter):
             "%(default)" not in text
             and "default" not in text
             and action.option_strings
-            and default not in (None, False, True, argparse.SUPPRESS, [])
+            and default is not None
+            and not isinstance(default, bool)  # a switch; and 1 == True must not hide a count's 1
+            and default is not argparse.SUPPRESS
+            and default != []
         ):
             text += " (default: %(default)s)"
         return text
@@ -838,11 +888,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# flags that name files: the file system takes any bytes, so they are not text to check
+_PATH_FLAGS = frozenset(
+    {"file", "filename", "cluster", "usage", "policy", "kubeconfig"}
+    | {"tls_cert", "tls_key", "ca_bundle", "out"}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         flagtypes.resolve_environment(args)
+        flagtypes.refuse_undecodable(args, _PATH_FLAGS)
         return int(args.func(args))
     except (
         CliError,
@@ -855,6 +913,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         PrometheusError,
         ListenError,
         flagtypes.EnvironmentValueError,
+        flagtypes.TextValueError,
     ) as exc:
         print(f"mesh-injector: error: {exc}", file=sys.stderr)
         return 2

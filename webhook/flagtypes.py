@@ -14,6 +14,19 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+# What a cluster file holds: what the README's snapshot commands ("Dry-run on a laptop")
+# collect, and what --kubeconfig and serve read from a live cluster.
+CLUSTER_HELP = (
+    "the cluster as kubectl prints it: kubectl get nodes,namespaces,services,runtimeclasses -A -o yaml, "
+    "then appended: the mesh control plane's ConfigMaps (Linkerd: linkerd-config and "
+    "linkerd-identity-trust-roots in linkerd; Istio: istio-sidecar-injector and istio in istio-system) "
+    "and Merbridge's pods (kubectl get pods -n linkerd|istio-system -l app=merbridge -o yaml)"
+)
+KUBECONFIG_HELP = (
+    "read from this cluster what a --cluster file holds: Nodes, Namespaces, Services, RuntimeClasses, "
+    "the mesh control plane's ConfigMaps and Merbridge's pods"
+)
+
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 
@@ -156,3 +169,26 @@ def resolve_environment(args: argparse.Namespace) -> None:
     for key, value in vars(args).items():
         if isinstance(value, _FromEnvironment):
             setattr(args, key, value.value())
+
+
+class TextValueError(ValueError):
+    """A flag's text is not UTF-8 (the shell passed bytes Python could only keep as
+    surrogates): it would break every JSON written of it further on."""
+
+
+def refuse_undecodable(args: argparse.Namespace, paths: frozenset[str]) -> None:
+    """``TextValueError`` naming the first flag (not one of the file ``paths``, which the
+    file system takes as bytes) whose text is not UTF-8."""
+    for dest, value in vars(args).items():
+        if dest in paths:
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    bad = ord(text[exc.start])
+                    byte = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+                    raise TextValueError(
+                        f"--{dest.replace('_', '-')}: not UTF-8 text ({byte} at offset {exc.start})"
+                    ) from None

@@ -25,12 +25,16 @@ Manifests of an API version the schema does not have (``extensions/v1beta1``, Op
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from webhook import quantity
 
 # the kinds whose pod template admission reads: (apiVersion, kind) -> definition name
 _ROOTS = (
@@ -44,6 +48,7 @@ _ROOTS = (
     "io.k8s.api.batch.v1.CronJob",
 )
 TEMPLATE = "io.k8s.api.core.v1.PodTemplateSpec"
+QUANTITY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
 MAX_FINDINGS = 20  # per document: enough to fix a file, not a screenful per typo
 
 _JSON_TYPES = {
@@ -136,14 +141,11 @@ def _walk(
     actual = _type_of(value)
     allowed: list[str] = spec["type"]
     if not _fits(actual, allowed):
-        shown = (
-            f"{actual} ({json.dumps(value, default=str)})"
-            if actual in ("string", "integer", "number", "boolean")
-            else actual
-        )
-        if len(shown) > 80:
-            shown = shown[:77] + "...)"
-        errors.append(f"{path or '.'}: expected {_expected(allowed)}, got {_article(shown)}")
+        errors.append(f"{path or '.'}: expected {_expected(allowed)}, got {_article(_shown(actual, value))}")
+        return
+    if spec.get("format") == "quantity" and not quantity.decodes(value):
+        got = _article(_shown(actual, value))
+        errors.append(f"{path}: expected a quantity such as 250m or 1Gi, got {got}")
         return
     if actual == "object":
         properties = spec.get("properties")
@@ -171,6 +173,133 @@ def _walk(
             _walk(item, spec["items"], f"{path}[{i}]", errors, warnings, definitions)
 
 
+# --- a part of the schema, for the paths a reader reads ---------------------------------
+
+
+def subset(definition: str, paths: Iterable[str]) -> dict[str, Any]:
+    """The part of ``definition``'s schema that ``paths`` reach: each a dotted path of
+    fields, ``[]`` for an array's items and ``{}`` for a map's values
+    (``spec.containers[].ports[].containerPort``, ``metadata.labels{}``). The types are
+    the Kubernetes API's; what ``paths`` do not name is not part of it."""
+    definitions = _schema()["definitions"]
+
+    def resolved(spec: dict[str, Any]) -> dict[str, Any]:
+        return definitions[spec["ref"]] if "ref" in spec else spec
+
+    root: dict[str, Any] = {"type": resolved({"ref": definition})["type"]}
+    for path in paths:
+        schema, node = resolved({"ref": definition}), root
+        for step in _steps(path):
+            if step in ("[]", "{}"):
+                key = "items" if step == "[]" else "values"
+                schema = resolved(schema[key])
+                node = node.setdefault(key, {"type": schema["type"]})
+            else:
+                schema = resolved(schema["properties"][step])
+                node = node.setdefault("properties", {}).setdefault(step, {"type": schema["type"]})
+    return root
+
+
+def _steps(path: str) -> list[str]:
+    steps: list[str] = []
+    for part in path.split("."):
+        name = part.replace("[]", "").replace("{}", "")
+        if name:
+            steps.append(name)
+        steps += [part[i : i + 2] for i in range(len(name), len(part), 2)]
+    return steps
+
+
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+
+
+# A part of the schema compiled for ``first_wrong_type``: a function of a value that returns
+# (the value of a wrong type, where it is below the value, the JSON types allowed there), or
+# None. It is written as Python source from the part (one ``if`` per field, one loop per
+# list or map, no call per object), since it runs on every review ``serve`` answers: walking
+# the part as data cost four times as much.
+Checker = Callable[[Any], "tuple[Any, str, tuple[str, ...]] | None"]
+
+
+def compiled(spec: dict[str, Any]) -> Checker:
+    """A checker of ``spec`` (from ``subset``). Types are compared by identity (a JSON value
+    decoded by orjson or json is of exactly these types; a bool is not an integer); null
+    is read as absent, as the API server decodes it."""
+    lines: list[str] = ["def check(v0):"]
+    consts: dict[str, Any] = {}
+    names = itertools.count(1)
+
+    def types_of(part: dict[str, Any]) -> str:
+        n = next(names)
+        consts[f"T{n}"] = frozenset({type(None), *(t for name in part["type"] for t in _PYTHON_TYPES[name])})
+        consts[f"A{n}"] = tuple(part["type"])
+        return str(n)
+
+    def fail(var: str, n: str, where: str) -> str:
+        return f"return {var}, f{where!r}, A{n}"
+
+    def emit(var: str, part: dict[str, Any], where: str, pad: str) -> None:
+        n = types_of(part)
+        lines.append(f"{pad}if type({var}) not in T{n}: {fail(var, n, where)}")
+        fields, inner = part.get("properties") or {}, part.get("values") or part.get("items")
+        if not fields and inner is None:
+            return
+        lines.append(f"{pad}if {var} is not None:")
+        pad += "    "
+        for key, sub in fields.items():
+            v = f"v{next(names)}"
+            lines.append(f"{pad}{v} = {var}.get({key!r})")
+            lines.append(f"{pad}if {v} is not None:")
+            emit(v, sub, f"{where}.{key}", pad + "    ")
+        if inner is None:
+            return
+        i, v = f"i{next(names)}", f"v{next(names)}"
+        if "properties" not in inner and "values" not in inner and "items" not in inner:
+            m = types_of(inner)  # entries are scalars: typed at once, searched only when wrong
+            entries = f"{var}.values()" if "values" in part else var
+            lines.append(f"{pad}if not set(map(type, {entries})) <= T{m}:")
+            pad += "    "
+        pairs = f"{var}.items()" if "values" in part else f"enumerate({var})"
+        lines.append(f"{pad}for {i}, {v} in {pairs}:")
+        emit(v, inner, where + (f".{{{i}}}" if "values" in part else f"[{{{i}}}]"), pad + "    ")
+
+    emit("v0", spec, "", "    ")
+    lines.append("    return None")
+    namespace: dict[str, Any] = dict(consts)
+    exec(compile("\n".join(lines), "<kubeschema checker>", "exec"), namespace)
+    checker: Checker = namespace["check"]
+    return checker
+
+
+def first_wrong_type(value: Any, checker: Checker, path: str) -> str | None:
+    """Where ``value`` has a type the part ``checker`` was compiled from does not allow,
+    as a finding (``request.object.spec.containers[0].ports: expected an array, got a string
+    ("80")``); None when it has none."""
+    wrong = checker(value)
+    if wrong is None:
+        return None
+    found, where, allowed = wrong
+    got = _article(_shown(_type_of(found), found))
+    return f"{path}{where}: expected {_expected(list(allowed))}, got {got}"
+
+
+def _shown(actual: str, value: Any) -> str:
+    shown = (
+        f"{actual} ({json.dumps(value, default=str)})"
+        if actual in ("string", "integer", "number", "boolean")
+        else actual
+    )
+    return shown[:77] + "...)" if len(shown) > 80 else shown
+
+
 def _article(shown: str) -> str:
     return ("an " if shown[0] in "aeio" else "a ") + shown if shown != "null" else shown
 
@@ -189,7 +318,10 @@ def _compact(prop: dict[str, Any], defs: dict[str, Any], todo: list[str]) -> dic
         if "properties" in target:
             todo.append(name)
             return {"ref": name}
-        return _compact(target, defs, todo)  # Time, FieldsV1, Quantity, IntOrString: a leaf
+        leaf = _compact(target, defs, todo)  # Time, FieldsV1, Quantity, IntOrString: a leaf
+        if name == QUANTITY:
+            leaf["format"] = "quantity"  # its text is checked too: the JSON schema does not
+        return leaf
     if "oneOf" in prop:
         # a value fits exactly one choice: null, allowed by both of IntOrString's, fits none
         choices = [_types(choice.get("type")) for choice in prop["oneOf"]]

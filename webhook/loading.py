@@ -6,8 +6,9 @@ file and, where it can, the line: the CLI prints it and exits 2; the server refu
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from webhook.cluster.snapshot import (
     ClusterSnapshot,
     SnapshotError,
     build_snapshot,
+    flatten_items,
+    namespace_from_object,
     redirector_selector,
     snapshot_from_objects,
     with_kernel,
@@ -65,7 +68,9 @@ def read_text(source: str) -> str:
             ) from None
     path = Path(source)
     try:
-        return path.read_text(encoding="utf-8")
+        # as bytes, then decoded: reading as text would turn every CRLF into LF, and inject
+        # writes unchanged documents back byte for byte
+        return path.read_bytes().decode("utf-8")
     except IsADirectoryError:
         raise InputError(f"{source}: is a directory") from None
     except OSError as exc:
@@ -75,10 +80,48 @@ def read_text(source: str) -> str:
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> InputError:
+    refused = yamltext.refusal(exc, shown(source))
+    if refused is not None:
+        return InputError(refused)
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or "syntax error"
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     return InputError(f"{shown(source)}: not valid JSON or YAML{where}: {problem}")
+
+
+class _Twice(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) > 1:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Twice(key)
+            seen.add(key)
+
+
+def refuse_duplicate_keys(text: str, source: str) -> None:
+    """``InputError`` naming the key and its lines where a JSON object in ``text`` names a
+    key twice (orjson, like every JSON parser, silently keeps the last; the API server's
+    strict field validation refuses it). The check costs about one more parse."""
+    try:
+        json.loads(text, object_pairs_hook=_once_each)
+    except _Twice as twice:
+        try:  # JSON is YAML: its composer knows where each key was written
+            yamltext.load(text)
+        except yamltext.DuplicateKeyError as exc:
+            raise InputError(yamltext.refusal(exc, shown(source))) from None
+        except yaml.YAMLError:
+            pass
+        raise InputError(
+            f"{shown(source)}: key {twice.key!r} appears twice in one object; "
+            "the second would silently replace the first"
+        ) from None
+    except (ValueError, RecursionError):
+        pass  # what orjson read is the reading; this only looks for keys named twice
 
 
 def parse_document(text: str, source: str) -> Any:
@@ -88,10 +131,13 @@ def parse_document(text: str, source: str) -> Any:
         raise InputError(f"{shown(source)}: empty input")
     if stripped[0] in "{[":
         try:
-            return orjson.loads(text)
+            document = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             if stripped[0] == "{" and source.endswith(".json"):
                 raise InputError(f"{shown(source)}: not valid JSON: {exc}") from None
+        else:
+            refuse_duplicate_keys(text, source)
+            return document
     try:
         docs = [d for d in yamltext.load_all(text) if d is not None]
     except yaml.YAMLError as exc:
@@ -212,3 +258,57 @@ def _infer_server_version(snapshot: ClusterSnapshot) -> ClusterSnapshot:
         server_version=newest,
         source=f"{snapshot.source}; server version {newest} inferred from the newest kubelet",
     )
+
+
+def bundle_namespaces(
+    texts: Iterable[tuple[str, str]],
+) -> dict[str, tuple[str, dict[str, str], dict[str, str]]]:
+    """The Namespaces manifests define themselves, as (source, text) pairs: name -> (where,
+    labels, annotations). A file that cannot be read here is left to the caller's own
+    reading, which reports it; a text without the word is not parsed at all."""
+    found: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {}
+    for source, text in texts:
+        if "Namespace" not in text:
+            continue
+        try:
+            objects = flatten_items(parse_documents(text, source))
+        except (InputError, SnapshotError):
+            continue
+        for obj in objects:
+            if obj.get("kind") == "Namespace" and obj.get("apiVersion") == "v1":
+                name, (labels, annotations) = namespace_from_object(obj)
+                if name:
+                    found[name] = (shown(source), labels, annotations)
+    return found
+
+
+def with_bundle_namespaces(
+    snapshot: ClusterSnapshot, found: dict[str, tuple[str, dict[str, str], dict[str, str]]]
+) -> tuple[ClusterSnapshot, list[str]]:
+    """``snapshot`` with the Namespaces of the manifests over its own, as they will be on the
+    cluster once applied together; a note for each that says otherwise than the cluster's."""
+    if not found:
+        return snapshot, []
+    notes = []
+    for name, (where, labels, notes_on_it) in sorted(found.items()):
+        known = snapshot.namespaces.get(name)
+        if known is not None and (
+            dict(known) != labels or dict(snapshot.namespace_annotations.get(name, {})) != notes_on_it
+        ):
+            notes.append(
+                f"Namespace {name} from {where} is used over the one in {snapshot.source.split(';')[0]} "
+                "(their labels or annotations differ)"
+            )
+    labelled = {**snapshot.namespaces, **{n: labels for n, (_, labels, _) in found.items()}}
+    annotated = {n: a for n, a in snapshot.namespace_annotations.items() if n not in found}
+    annotated |= {n: a for n, (_, _, a) in found.items() if a}
+    return snapshot.derive(namespaces=labelled, namespace_annotations=annotated), notes
+
+
+def has_documents(text: str) -> bool:
+    """Whether ``text`` holds anything but blank lines, comments and document markers."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and stripped not in ("---", "..."):
+            return True
+    return False

@@ -351,13 +351,35 @@ def _quote_hint(value: Any) -> str:
     return ""
 
 
+class _Written(float):
+    """A YAML float that remembers how it was written (``5.10``, read as 5.1)."""
+
+    written: str
+
+
+def _as_written(data: Any, node: Any) -> Any:
+    """``data`` (the policy as read) with each float replaced by a ``_Written`` of its text
+    in the file, found at the same place in the composed ``node``."""
+    if isinstance(data, dict) and isinstance(node, yaml.MappingNode):
+        keys = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+        return {k: _as_written(v, keys.get(k)) for k, v in data.items()}
+    if isinstance(data, list) and isinstance(node, yaml.SequenceNode) and len(node.value) == len(data):
+        return [_as_written(v, n) for v, n in zip(data, node.value, strict=True)]
+    if type(data) is float and isinstance(node, yaml.ScalarNode):
+        number = _Written(data)
+        number.written = node.value
+        return number
+    return data
+
+
 def _version_text(value: Any, path: str, what: str) -> str:
     """A version's text; a YAML float is refused, since it has lost its trailing zeros
     (``5.10`` reads as 5.1, ``1.30`` as 1.3)."""
     if isinstance(value, float):
+        written = getattr(value, "written", repr(value))
+        read = f", which reads as {float(value)!r}" if written != repr(float(value)) else ""
         raise PolicyError(
-            f"{path}: {value!r} is a YAML number, and numbers lose trailing zeros ({value}0 reads as "
-            f'{value}): write the version in quotes, e.g. "{value}0" or "{value}"'
+            f'{path}: {written} is a YAML number{read}: write the version in quotes, "{written}"'
         )
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise PolicyError(f"{path}: expected {what}, got {value!r}")
@@ -567,7 +589,7 @@ def _check(policy: Policy, flavours: Flavours) -> Policy:
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yamltext.load(text, unique_keys=True)
+        data = yamltext.load(text)
     except yaml.composer.ComposerError as exc:
         if "single document" not in str(exc):
             raise PolicyError(f"{source}: not valid YAML ({exc.problem})") from None
@@ -577,6 +599,9 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
             "merge them into one or remove the extra '---'"
         ) from None
     except yaml.YAMLError as exc:
+        refused = yamltext.refusal(exc, source)
+        if refused is not None:
+            raise PolicyError(refused) from None
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
@@ -585,7 +610,7 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy is a YAML mapping, got {type(data).__name__}")
-    return data
+    return _as_written(data, yaml.compose(text, Loader=yamltext.Loader))
 
 
 def default_policy_text() -> str:

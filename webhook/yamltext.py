@@ -83,6 +83,8 @@ def _build(node: Node) -> Any:
         for key, value in node.value:
             if key.tag != _STR:
                 raise _Elsewhere  # a merge key, or a key that is not a string
+            if key.value in out:
+                _refuse_duplicates(node)
             out[key.value] = _build(value)
         return out
     if tag == _SEQ and isinstance(node, SequenceNode):
@@ -99,13 +101,22 @@ def _build(node: Node) -> Any:
     raise _Elsewhere
 
 
-def construct(loader: Loader, node: Node) -> Any:
+def construct(loader: Loader, node: Node, budget: Budget | None = None) -> Any:
     """The document ``loader`` composed into ``node``, as PyYAML's safe constructor builds
-    it (an alias becomes a copy of its anchor's value rather than the same object)."""
+    it (an alias becomes a copy of its anchor's value rather than the same object).
+
+    Refused (``Refused``, naming the line): a mapping that names a key twice, and aliases
+    that would make the input (all of whose documents share ``budget``) hold more values
+    than it spells out by over ``budget.limit``, or that refer to a collection they are in."""
+    if budget is None:
+        budget = Budget()
+    if budget.anchors:
+        vet(node, budget)  # before anything is built: a few hundred bytes can mean billions
     try:
         return _build(node)
     except (_Elsewhere, RecursionError):
         pass
+    _refuse_duplicates(node)
     try:
         return loader.construct_document(node)
     except (KeyError, ValueError, TypeError, AttributeError):
@@ -142,34 +153,64 @@ def _unreadable(loader: Loader, node: Node) -> ScalarNode | None:
 
 
 def load_all(text: str) -> list[Any]:
-    """Every document in ``text`` (an empty one is None)."""
+    """Every document in ``text`` (an empty one is None); see ``construct`` for what is
+    refused."""
     loader = Loader(text)
+    budget = Budget(text)
     try:
         docs = []
         while loader.check_node():
             node = loader.get_node()
-            docs.append(construct(loader, node) if node is not None else None)
+            docs.append(construct(loader, node, budget) if node is not None else None)
         return docs
     finally:
         loader.dispose()
 
 
-def load(text: str, unique_keys: bool = False) -> Any:
-    """The single document in ``text``. With ``unique_keys``, a mapping that names a key
-    twice raises ``DuplicateKeyError`` (PyYAML keeps the last silently)."""
+def load(text: str) -> Any:
+    """The single document in ``text``; see ``construct`` for what is refused."""
     loader = Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        if unique_keys:
-            _refuse_duplicates(node)
-        return construct(loader, node)
+        return construct(loader, node, Budget(text))
     finally:
         loader.dispose()
 
 
-class DuplicateKeyError(yaml.MarkedYAMLError):
+# What aliases may add to the values of one input (all its documents together), beyond what
+# it spells out: a manifest's anchors repeat a few blocks (environment, probes, labels), a
+# few hundred values; a few hundred bytes of nested aliases can mean billions, built in
+# minutes and gigabytes. Kubernetes' own YAML decoder (go-yaml) refuses excessive aliasing
+# alike; this budget keeps a refused input under a second and a few MB.
+ALIAS_BUDGET = 100_000
+
+
+class Budget:
+    """The alias budget of one input: ``left`` values aliases may still add."""
+
+    def __init__(self, text: str = "&", limit: int = ALIAS_BUDGET) -> None:
+        self.limit = self.left = limit
+        self.anchors = "&" in text  # without an anchor there is no alias to expand
+
+
+class Refused(yaml.MarkedYAMLError):
+    """Well-formed YAML refused for what it would mean: its problem says what, its mark where."""
+
+
+def refusal(exc: yaml.YAMLError, source: str, first_line: int = 0) -> str | None:
+    """The one-line message of a ``Refused`` document of ``source`` (whose text starts at
+    line ``first_line + 1`` of the file), or None for any other YAML error."""
+    if not isinstance(exc, Refused):
+        return None
+    mark = exc.problem_mark
+    return (
+        f"{source}: line {first_line + mark.line + 1}: {exc.problem}" if mark else f"{source}: {exc.problem}"
+    )
+
+
+class DuplicateKeyError(Refused):
     """A mapping names one key twice: which, and both lines."""
 
     def __init__(self, key: str, first: yaml.Mark, again: yaml.Mark) -> None:
@@ -181,6 +222,78 @@ class DuplicateKeyError(yaml.MarkedYAMLError):
         self.key = key
 
 
+class AliasError(Refused):
+    """Aliases that expand past the budget, or refer to a collection they are in."""
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return []
+
+
+def vet(node: Node, budget: Budget) -> None:
+    """Count the values ``node`` holds once every alias is expanded, without expanding any
+    (each distinct node is sized once), and take what aliases add from ``budget``; refuse a
+    mapping that names a key twice and an alias inside the collection it names."""
+    sizes: dict[int, int] = {}
+    uses: dict[int, int] = {}
+    nodes: dict[int, Node] = {}
+    open_: set[int] = set()  # collections whose values are being sized: the path from the root
+    todo: list[tuple[Node, bool]] = [(node, False)]
+    while todo:
+        current, done = todo.pop()
+        key = id(current)
+        if done:
+            open_.discard(key)
+            size = 1
+            for child in _children(current):
+                size += sizes[id(child)]
+                uses[id(child)] = uses.get(id(child), 0) + 1
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise AliasError(
+                problem=f"an alias refers to the {current.id} it is in (anchored at line "
+                f"{current.start_mark.line + 1}): it would never end",
+                problem_mark=current.start_mark,
+            )
+        nodes[key] = current
+        if isinstance(current, MappingNode):
+            _unique_keys(current)
+        children = _children(current)
+        if not children:
+            sizes[key] = 1
+            continue
+        open_.add(key)
+        todo.append((current, True))
+        todo.extend((child, False) for child in reversed(children) if id(child) not in sizes)
+    added = sizes[id(node)] - len(sizes)
+    if added > budget.left:
+        worst = max((k for k, n in uses.items() if n > 1), key=lambda k: (uses[k] - 1) * sizes[k])
+        at = nodes[worst].start_mark
+        raise AliasError(
+            problem=f"refused: aliases repeat the {nodes[worst].id} anchored on this line "
+            f"{uses[worst] - 1:,} times, and expanded this input would hold {sizes[id(node)]:,} values "
+            f"where it spells out {len(sizes):,} (aliases may add at most {budget.limit:,})",
+            problem_mark=at,
+        )
+    budget.left -= added
+
+
+def _unique_keys(node: MappingNode) -> None:
+    keys: dict[tuple[str, str], yaml.Mark] = {}
+    for key, _ in node.value:
+        if isinstance(key, ScalarNode):
+            first = keys.setdefault((key.tag, key.value), key.start_mark)
+            if first is not key.start_mark:
+                raise DuplicateKeyError(key.value, first, key.start_mark)
+
+
 def _refuse_duplicates(node: Node) -> None:
     todo = [node]
     seen: set[int] = set()
@@ -190,13 +303,8 @@ def _refuse_duplicates(node: Node) -> None:
             continue
         seen.add(id(current))
         if isinstance(current, MappingNode):
-            keys: dict[tuple[str, str], yaml.Mark] = {}
-            for key, value in current.value:
-                if isinstance(key, ScalarNode):
-                    first = keys.setdefault((key.tag, key.value), key.start_mark)
-                    if first is not key.start_mark:
-                        raise DuplicateKeyError(key.value, first, key.start_mark)
-                todo.append(value)
+            _unique_keys(current)
+            todo.extend(value for _, value in current.value)
         elif isinstance(current, SequenceNode):
             todo.extend(current.value)
 

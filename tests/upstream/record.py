@@ -186,6 +186,7 @@ def main(mesh: str, git_dir: str, *tag: str) -> None:
     main_linkerd(git_dir)
 
 
+
 ISTIO_REPO = "istio/istio"
 CHART = "manifests/charts/istio-control/istio-discovery/values.yaml"
 # case -> (input, golden output, how that version's test set the control plane up: values

@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -76,6 +77,10 @@ def redirector_pods(selector: PodSelector) -> tuple[str, dict[str, str]]:
 def api_client(kubeconfig: str | None = None, *, in_cluster: bool = False) -> client.ApiClient:
     """An API client from a kubeconfig file or the in-cluster service account."""
     cfg = client.Configuration()
+    if kubeconfig and not in_cluster and not Path(kubeconfig).is_file():
+        # the client's own words for it are "Invalid kube-config file. No configuration found."
+        why = "a directory, not a file" if Path(kubeconfig).is_dir() else "no such file"
+        raise ClusterAccessError(f"{kubeconfig}: cannot load Kubernetes credentials ({why})")
     try:
         if in_cluster:
             config.load_incluster_config(client_configuration=cfg)

@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import yaml
 
+from webhook import yamltext
+
 VALUES_KEY = "values"
 CONFIG_KEY = "config"
 NAME = "istio-sidecar-injector"
@@ -61,7 +63,7 @@ def _document(text: str, where: str, warnings: list[str]) -> Mapping[str, Any] |
         doc = orjson.loads(text)
     except orjson.JSONDecodeError as json_error:
         try:
-            doc = yaml.safe_load(text)
+            doc = yamltext.load(text)  # refuses an alias bomb and a key named twice
         except yaml.YAMLError as exc:
             if text.lstrip().startswith(("{", "[")):  # JSON, as the chart writes it: its error
                 problem = str(json_error)

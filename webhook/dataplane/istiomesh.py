@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from webhook import yamltext
+
 MESH_KEY = "mesh"
 POD_ANNOTATION = "proxy.istio.io/config"
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"  # pilot-agent's own default
@@ -195,7 +197,7 @@ def proxy_fields(raw: object, where: str) -> tuple[dict[str, Any], list[str]]:
 def parse_mesh(text: str, where: str) -> MeshConfig:
     """The ``mesh`` key of Istio's mesh ConfigMap (parsed once per distinct text)."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yamltext.load(text)  # refuses an alias bomb and a key named twice
     except yaml.YAMLError as exc:
         problem = str(exc).replace("\n", " ")
         return MeshConfig({}, None, (f"{where} is not applied: not YAML ({problem})",))
@@ -235,7 +237,7 @@ def pod_fields(annotations: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
     if raw is None:
         return {}, []
     try:
-        doc = yaml.safe_load(str(raw))
+        doc = yamltext.load(str(raw))
     except yaml.YAMLError as exc:
         problem = str(exc).replace("\n", " ")
         return {}, [f"{POD_ANNOTATION} is not applied: not YAML ({problem})"]

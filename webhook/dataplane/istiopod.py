@@ -271,7 +271,7 @@ def app_probes(
                 continue
             named = {
                 p["name"]: p["containerPort"]
-                for p in c.get("ports") or []
+                for p in (c.get("ports") if isinstance(c.get("ports"), list) else ())
                 if isinstance(p, dict) and isinstance(p.get("name"), str) and "containerPort" in p
             }
             for field, suffix in _PROBES:

@@ -126,9 +126,7 @@ def mesh_native(
     return True, f"{default.why}; every node's kubelet is at least {floor}"
 
 
-def _below(
-    kubelets: Iterable[tuple[str, str | None]], floor: KubeVersion | None
-) -> tuple[str, str] | None:
+def _below(kubelets: Iterable[tuple[str, str | None]], floor: KubeVersion | None) -> tuple[str, str] | None:
     """The first node whose kubelet is below ``floor`` (or unknown), as (name, kubelet);
     ("", "") where there is no node; None where every one is at least ``floor``."""
     seen = False

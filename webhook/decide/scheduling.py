@@ -4,7 +4,9 @@ This mirrors the scheduler's hard filters that decide feasibility from the pod s
 ``spec.nodeName``; ``nodeSelector``; required node affinity (terms ORed, expressions and
 fields ANDed inside a term; ``In``, ``NotIn``, ``Exists``, ``DoesNotExist``, ``Gt``,
 ``Lt``; ``matchFields`` on ``metadata.name``); ``NoSchedule``/``NoExecute`` taints the pod
-does not tolerate; cordoned nodes. Resource fit and pod (anti-)affinity are not
+does not tolerate; cordoned nodes, unless the pod tolerates
+``node.kubernetes.io/unschedulable:NoSchedule`` (as the NodeUnschedulable filter asks; the
+DaemonSet controller gives daemon pods that toleration). Resource fit and pod (anti-)affinity are not
 considered: they change minute to minute, and the lowest kernel over a superset is the
 safe answer.
 """
@@ -20,6 +22,9 @@ import orjson
 from webhook.cluster.snapshot import ClusterSnapshot, Node, NodeGroup, RedirectorState, RuntimeClass, Taint
 
 _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+# What the scheduler's NodeUnschedulable filter asks of a pod for a cordoned node: to
+# tolerate this taint (the DaemonSet controller gives every daemon pod that toleration).
+CORDON = Taint("node.kubernetes.io/unschedulable", "", "NoSchedule")
 _SAMPLE = 3
 
 
@@ -31,11 +36,16 @@ class Toleration:
     effect: str
 
     def tolerates(self, taint: Taint) -> bool:
+        """Kubernetes' rule (``Toleration.ToleratesTaint``): an empty effect or key matches
+        any; ``Exists`` any value, ``Equal`` (the default) the same value; any other
+        operator nothing."""
         if self.effect and self.effect != taint.effect:
             return False
+        if self.key and self.key != taint.key:
+            return False
         if self.operator == "Exists":
-            return not self.key or self.key == taint.key
-        return self.key == taint.key and self.value == taint.value
+            return True
+        return self.operator == "Equal" and self.value == taint.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +172,9 @@ def _requirements(exprs: object) -> tuple[Requirement, ...] | None:
 
 def _terms(spec: Mapping[str, Any]) -> list[Term] | None:
     """The required affinity's terms; None when the pod has no required node affinity."""
-    affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    )
+    affinity: Any = spec
+    for key in ("affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution"):
+        affinity = affinity.get(key) if isinstance(affinity, dict) else None
     if not isinstance(affinity, dict):
         return None
     terms = []
@@ -329,9 +339,10 @@ def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility
     sel_cands = _candidates_by_group(snapshot, [selector_term]) if sel_per_node else None
     excluded = {"cordoned": 0, "untolerated taints": 0, "selector or affinity": 0}
     picked: list[tuple[NodeGroup, Sequence[Node]]] = []
+    cordons_tolerated = any(t.tolerates(CORDON) for t in tolerations)
     for gi, group in enumerate(snapshot.groups):
         size = len(group.nodes)
-        if group.unschedulable:
+        if group.unschedulable and not cordons_tolerated:
             excluded["cordoned"] += size
             continue
         if not _tolerated(group.taints, tolerations):
@@ -364,6 +375,8 @@ def _eligible(snapshot: ClusterSnapshot, spec: Mapping[str, Any]) -> Eligibility
         if present
     ]
     basis = "taints and cordons" + ("" if not constraints else ", " + ", ".join(constraints))
+    if cordons_tolerated and any(g.unschedulable for g in snapshot.groups):
+        basis += " (cordoned nodes too: the pod tolerates node.kubernetes.io/unschedulable)"
     return _summarize(picked, total, basis, excluded)
 
 

@@ -10,9 +10,10 @@ outcome is compared with what the pod carries:
 - **stale**: it carries our proxy and admission would now give it a different one, or none;
   the fields that differ are named (flavour, the mesh version it was rendered as, proxy
   image, mode, the init container's iptables backend, placement, resources beyond a
-  tolerance, RuntimeClass, init container images); or it is an ebpf pod that its node's
-  Merbridge no longer redirects (``redirector-restarted``: Merbridge started after the pod,
-  and does not take that proxy's pods back);
+  tolerance, RuntimeClass, init container images), also where the injection was edited
+  since (its proxy's image changed by hand: compared with a fresh injection); or it is an
+  ebpf pod that its node's Merbridge no longer redirects (``redirector-restarted``:
+  Merbridge started after the pod, and does not take that proxy's pods back);
 - **other-mesh**: another mesh owns it;
 - **out-of-scope**: not meshed, and admission would not mesh it now (the reason says why).
 
@@ -30,7 +31,7 @@ from typing import Any
 
 from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot, parse_time
-from webhook.core import ANN_SKIP
+from webhook.core import ANN_SKIP, ANN_STATUS
 from webhook.dataplane import FLAVOURS
 from webhook.modes.ebpf import lost_on_restart
 from webhook.patch.inject import read_status
@@ -61,7 +62,7 @@ class Change:
     """One field of the injection that admission would set differently now."""
 
     # a slug: flavour, version, proxy-image, mode, firewall, placement, resources, runtime-class,
-    # init-image, meshed, redirector-restarted
+    # init-image, meshed, redirector-restarted, proxy (edited since it was injected)
     field: str
     has: str
     wants: str
@@ -247,6 +248,37 @@ def changes(live: Mapping[str, Any], wanted: Mapping[str, Any], tolerance: float
     return out
 
 
+def _edited_injection(
+    pod: Mapping[str, Any], snapshot: ClusterSnapshot, policy: Policy, tolerance: float
+) -> list[Change]:
+    """What differs from a fresh injection, for a pod whose injection was edited since (its
+    proxy's image, say): admission leaves such a pod alone (``proxy-already-present``), so it
+    is decided again without what the status lists as ours. Empty when that is not meshed."""
+    status = read_status(pod) or {}
+    meta = dict(_meta(pod))
+    added = {k: set(status.get(k) or ()) for k in ("containers", "initContainers", "volumes")}
+    spec = dict(pod.get("spec") or {})
+    for key, names in added.items():
+        if isinstance(spec.get(key), list):
+            spec[key] = [c for c in spec[key] if not (isinstance(c, dict) and c.get("name") in names)]
+    for key in ("annotations", "labels"):
+        listed = set(status.get(key) or ()) | ({ANN_STATUS} if key == "annotations" else set())
+        if isinstance(meta.get(key), dict):
+            meta[key] = {k: v for k, v in meta[key].items() if k not in listed}
+    request = {
+        "uid": "audit",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "operation": "CREATE",
+        "namespace": str(meta.get("namespace") or "default"),
+        "object": {**pod, "metadata": meta, "spec": spec},
+    }
+    fresh = admit(request, snapshot, policy)
+    if not fresh.injected or fresh.pod is None:
+        return []
+    found = changes(pod, fresh.pod, tolerance)
+    return found or [Change("proxy", "changed since it was injected", "as admission adds it")]
+
+
 def _lost_redirect(pod: Mapping[str, Any], snapshot: ClusterSnapshot) -> Change | None:
     """An ebpf pod of ours that its node's Merbridge no longer redirects (see
     ``modes.ebpf.lost_on_restart``)."""
@@ -281,6 +313,13 @@ def audit_pod(
         text = skip.text if skip is not None else "not meshed"
         if skip in _OTHER_MESH_SKIPS:
             return PodAudit(namespace, name, key, State.OTHER_MESH, skip.value if skip else "", text)
+        if ours and skip is Skip.PROXY_PRESENT:
+            edited = _edited_injection(pod, snapshot, policy, tolerance)
+            if edited:  # admission does not take back what was changed since: say what changed
+                return PodAudit(
+                    namespace, name, key, State.STALE, edited[0].field, "; ".join(c.text() for c in edited),
+                    tuple(edited),
+                )  # fmt: skip
         if ours:
             change = Change("meshed", "yes", f"no ({skip.value if skip else 'skipped'})")
             return PodAudit(

@@ -87,6 +87,33 @@ def _copy_path(doc: dict[str, Any], path: tuple[str, ...]) -> tuple[dict[str, An
     return top, node
 
 
+# What the DaemonSet controller adds to every daemon pod it creates
+# (AddOrUpdateDaemonPodTolerations in Kubernetes' pkg/controller/daemon/util): its pods stay
+# on nodes under pressure, cordoned (unschedulable) or not ready, and a host-network one on a
+# node whose network is not set up yet.
+DAEMON_TOLERATIONS: tuple[dict[str, str], ...] = (
+    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+    {"key": "node.kubernetes.io/disk-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/memory-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/pid-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
+)
+HOST_NETWORK_TOLERATION = {
+    "key": "node.kubernetes.io/network-unavailable",
+    "operator": "Exists",
+    "effect": "NoSchedule",
+}
+
+
+def _daemon_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A DaemonSet template's pod spec as its controller creates the pods: with the daemon
+    tolerations the template does not already have."""
+    own = spec.get("tolerations") if isinstance(spec.get("tolerations"), list) else []
+    wanted = [*DAEMON_TOLERATIONS, *((HOST_NETWORK_TOLERATION,) if spec.get("hostNetwork") is True else ())]
+    return {**spec, "tolerations": [*own, *(t for t in wanted if t not in own)]}
+
+
 def _as_pod(doc: dict[str, Any], template: dict[str, Any], kind: str, namespace: str) -> dict[str, Any]:
     if kind == "Pod":
         pod = dict(doc)
@@ -105,7 +132,10 @@ def _as_pod(doc: dict[str, Any], template: dict[str, Any], kind: str, namespace:
             "controller": True,
         }
     ]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec") or {}}
+    spec = template.get("spec") or {}
+    if kind == "DaemonSet" and isinstance(spec, dict):
+        spec = _daemon_spec(spec)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
 def _write_back(doc: dict[str, Any], template: dict[str, Any], kind: str, pod: dict[str, Any]) -> None:
@@ -120,7 +150,13 @@ def _write_back(doc: dict[str, Any], template: dict[str, Any], kind: str, pod: d
     original_meta = template.get("metadata") or {}
     meta = {k: v for k, v in pod["metadata"].items() if k in original_meta or k in ("labels", "annotations")}
     template["metadata"] = meta
-    template["spec"] = pod["spec"]
+    spec = pod["spec"]
+    original = template.get("spec")
+    if kind == "DaemonSet" and isinstance(original, dict):  # the controller's tolerations are its own
+        spec = {k: v for k, v in spec.items() if k != "tolerations"}
+        if "tolerations" in original:
+            spec["tolerations"] = original["tolerations"]
+    template["spec"] = spec
 
 
 def process(

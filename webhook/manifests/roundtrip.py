@@ -29,7 +29,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, ScalarString, SingleQuotedScalarString
 
 from webhook import yamltext
-from webhook.loading import InputError
+from webhook.loading import InputError, shown
 from webhook.patch.diff import diff
 
 # a document separator: '---' at the start of a line, alone or followed by a space
@@ -67,6 +67,17 @@ def split_documents(text: str) -> list[Chunk]:
             split = start + 3 + (len(rest) - len(rest.lstrip(" \t")))
         chunks.append(Chunk(text[start:split], text[split:end]))
     return chunks
+
+
+def line_ending(text: str) -> str:
+    """The line ending ``text`` is written with (its first one): what added lines use."""
+    first = text.find("\n")
+    return "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
+
+
+def ended(text: str, ending: str) -> str:
+    """``text`` (written with ``\\n``) with ``ending`` for every line end."""
+    return text if ending == "\n" else text.replace("\r\n", "\n").replace("\n", ending)
 
 
 def _yaml_for(body: str) -> YAML:
@@ -129,9 +140,10 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[s
     starts = [0]
     for line in lines:
         starts.append(starts[-1] + len(line))
+    ending = line_ending(text)
     if not text.endswith("\n"):
-        text += "\n"
-        starts[-1] += 1
+        text += ending
+        starts[-1] += len(ending)
     # (offset, parent path) -> [indent, mapping or list of what is added there]
     groups: dict[tuple[int, str], list[Any]] = {}
     # additions inside flow collections, in patch order: (offset, text, text with 0 values)
@@ -177,7 +189,11 @@ def _spliced(text: str, root: yaml.Node, patch: list[dict[str, Any]]) -> tuple[s
     for (at, where), (indent, value) in groups.items():
         zeros = dict.fromkeys(value, 0) if isinstance(value, dict) else [0] * len(value)
         by_offset.setdefault(at, []).append(
-            (-where.count("/"), yamltext.dump(value, indent), yamltext.dump(zeros, indent))
+            (
+                -where.count("/"),
+                ended(yamltext.dump(value, indent), ending),
+                ended(yamltext.dump(zeros, indent), ending),
+            )
         )
     for at, added_text, zeros_text in flows:
         by_offset.setdefault(at, []).append((0, added_text, zeros_text))
@@ -285,7 +301,7 @@ def _edited(chunk: Chunk, root: yaml.Node, doc: Any, patch: list[dict[str, Any]]
     jsonpatch.apply_patch(edited_doc, _for_editor(patch), in_place=True)
     out = io.StringIO()
     rt.dump(edited_doc, out)
-    edited = out.getvalue()
+    edited = ended(out.getvalue(), line_ending(body))
     if not body.endswith("\n") and body:
         edited = edited.rstrip("\n")
     return chunk.head + edited
@@ -300,18 +316,22 @@ def parse_chunks(text: str, source: str) -> Iterator[Parsed]:
     objects are gone before the next one is read, so a large manifest never holds them all
     (and the garbage collector never walks them all again and again)."""
     line = 0
+    budget = yamltext.Budget(text)  # what aliases may add, over all of the input's documents
     for chunk in split_documents(text):
         doc = node = None
         if _has_content(chunk.body):
             loader = yamltext.Loader(chunk.head + chunk.body)
             try:
                 node = loader.get_single_node()
-                doc = yamltext.construct(loader, node) if node is not None else None
+                doc = yamltext.construct(loader, node, budget) if node is not None else None
             except yaml.YAMLError as exc:
+                refused = yamltext.refusal(exc, shown(source), line)
+                if refused is not None:
+                    raise InputError(refused) from None
                 mark = getattr(exc, "problem_mark", None)
                 where = f" at line {line + mark.line + 1}, column {mark.column + 1}" if mark else ""
                 problem = getattr(exc, "problem", None) or "syntax error"
-                raise InputError(f"{source}: not valid JSON or YAML{where}: {problem}") from None
+                raise InputError(f"{shown(source)}: not valid JSON or YAML{where}: {problem}") from None
             finally:
                 loader.dispose()
         yield chunk, doc, node
@@ -341,7 +361,7 @@ def rewrite_yaml(chunks: Iterable[Parsed], change: Change) -> Iterator[str]:
             rt = _yaml_for(chunk.body)
             out = io.StringIO()
             rt.dump(_for_editor(new), out)
-            yield chunk.head + out.getvalue()
+            yield chunk.head + ended(out.getvalue(), line_ending(chunk.body))
 
 
 def _has_content(body: str) -> bool:
@@ -358,7 +378,7 @@ def rewrite_json(text: str, document: Any, change: Change) -> str:
     new = change(document)
     if new is document or (isinstance(document, dict) and not diff(document, new)):
         return text
-    return orjson.dumps(new, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return ended(orjson.dumps(new, option=orjson.OPT_INDENT_2).decode() + "\n", line_ending(text))
 
 
 def is_json(text: str) -> bool:

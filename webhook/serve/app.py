@@ -165,7 +165,17 @@ def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | Non
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def _log_line(review_request: dict[str, Any], outcome: Outcome | None, result: str, seconds: float) -> bytes:
+def _log_line(
+    review_request: dict[str, Any],
+    outcome: Outcome | None,
+    result: str,
+    seconds: float,
+    warnings: int | None = None,
+) -> bytes:
+    """The admission's JSON log line; ``warnings``: how many the response carries (an internal
+    error sends one with no outcome), by default the outcome's."""
+    if warnings is None:
+        warnings = len(outcome.warnings) if outcome else 0
     obj = review_request.get("object") if isinstance(review_request.get("object"), dict) else {}
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     return orjson.dumps(
@@ -180,7 +190,7 @@ def _log_line(review_request: dict[str, Any], outcome: Outcome | None, result: s
             "outcome": result,
             "mode": outcome.mode.value if outcome and outcome.mode else None,
             "reason": outcome.reason if outcome else None,
-            "warnings": len(outcome.warnings) if outcome else 0,
+            "warnings": warnings,
             "duration_ms": round(seconds * 1000, 3),
         }
     )
@@ -259,7 +269,8 @@ class AdmissionEndpoint:
         state = self.state
         ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise RequestRefused(415, f"content type {ctype or 'none'!r} is not application/json")
+            said = f"content type {ctype!r} is" if ctype else "a request without a Content-Type header is"
+            raise RequestRefused(415, f"{said} not application/json")
         body, held = await read_limited(scope, receive, state.max_body, state.read_timeout, state.budget)
         try:
             review = orjson.loads(body)
@@ -288,7 +299,8 @@ class AdmissionEndpoint:
         seconds = time.perf_counter() - start
         state.metrics.count(result, mode, outcome.skip.value if outcome and outcome.skip else None, seconds)
         if review_request.get("dryRun") is not True:
-            state.log_line(_log_line(review_request, outcome, result, seconds))
+            sent = len(body["response"].get("warnings") or ())  # what the API server is told
+            state.log_line(_log_line(review_request, outcome, result, seconds, sent))
         return orjson.dumps(body)
 
 

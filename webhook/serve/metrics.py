@@ -48,6 +48,22 @@ class CallbackCounter(Collector):
         yield CounterMetricFamily(self.name, self.documentation, value=float(self.read()))
 
 
+class LabelledCallbackCounter(Collector):
+    """A counter per value of one label, read from its owner when scraped; the owner's
+    mapping has a fixed set of keys (the label's values)."""
+
+    def __init__(
+        self, name: str, documentation: str, label: str, read: Callable[[], Mapping[str, int]]
+    ) -> None:
+        self.name, self.documentation, self.label, self.read = name, documentation, label, read
+
+    def collect(self) -> Any:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in sorted(self.read().items()):
+            family.add_metric([value], float(count))
+        yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -140,8 +156,14 @@ class Metrics:
         for resource, read in stale.items():
             gauge.labels(resource).set_function(read)
 
-    def track_usage(self, age: Callable[[], float], failures: Callable[[], int]) -> None:
-        """Exported only where observed usage has a source."""
+    def track_usage(
+        self,
+        age: Callable[[], float],
+        failures: Callable[[], int],
+        refused: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
+        """Exported only where observed usage has a source; ``refused``: where it is a live
+        source, the readings it skipped by why (``value``, ``time``)."""
         Gauge(
             "mesh_injector_usage_age_seconds",
             "Seconds since observed usage was last read successfully (0 for a samples file)",
@@ -152,3 +174,13 @@ class Metrics:
                 "mesh_injector_usage_read_failures", "Failed reads of observed usage since start", failures
             )
         )
+        if refused is not None:
+            self.registry.register(
+                LabelledCallbackCounter(
+                    "mesh_injector_usage_readings_refused",
+                    "Readings of a live usage source skipped because a CPU or memory value is not a "
+                    "finite quantity in range (value) or a time is not one (time)",
+                    "reason",
+                    refused,
+                )
+            )

@@ -41,11 +41,7 @@ def add_commands(sub: argparse._SubParsersAction, *, serve: Command, certs: Comm
         help="how often to look for a new cert",
     )
     p.add_argument("--policy", metavar="FILE")
-    p.add_argument(
-        "--cluster",
-        metavar="FILE",
-        help="static cluster state: kubectl get nodes,namespaces,services -A -o yaml",
-    )
+    p.add_argument("--cluster", metavar="FILE", help=f"static cluster state: {flagtypes.CLUSTER_HELP}")
     p.add_argument("--usage", metavar="FILE", help="observed proxy usage samples")
     p.add_argument(
         "--prometheus",
@@ -84,7 +80,7 @@ def add_commands(sub: argparse._SubParsersAction, *, serve: Command, certs: Comm
     p.add_argument(
         "--kubeconfig",
         metavar="FILE",
-        help="watch nodes, namespaces, Services here",
+        help=flagtypes.KUBECONFIG_HELP.replace("read from", "watch in"),
     )
     p.add_argument(
         "--in-cluster",

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import orjson
 
+from webhook import kubeschema as schema
 from webhook.outcome import Outcome
 
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
@@ -23,15 +25,15 @@ class ReviewError(ValueError):
 
 
 def parse_review(review: object) -> dict[str, Any]:
-    """The review's ``request``, checked for what the response needs."""
+    """The review's ``request``, checked for what the response needs and for the types of
+    what admission reads of its object."""
     if not isinstance(review, dict):
         raise ReviewError(f"expected an AdmissionReview object, got {type(review).__name__}")
-    if review.get("kind") != "AdmissionReview":
-        raise ReviewError(f"kind is {review.get('kind')!r}, expected 'AdmissionReview'")
-    if review.get("apiVersion") not in API_VERSIONS:
-        raise ReviewError(
-            f"apiVersion is {review.get('apiVersion')!r}, expected one of {', '.join(API_VERSIONS)}"
-        )
+    for field, expected in (("kind", ("AdmissionReview",)), ("apiVersion", API_VERSIONS)):
+        if review.get(field) not in expected:
+            allowed = " or ".join(repr(e) for e in expected)
+            found = "missing" if review.get(field) is None else f"{review.get(field)!r}"
+            raise ReviewError(f"{field} is {found}, expected {allowed}")
     request = review.get("request")
     if not isinstance(request, dict):
         raise ReviewError("the review has no request object")
@@ -39,40 +41,81 @@ def parse_review(review: object) -> dict[str, Any]:
     if not isinstance(uid, str) or not uid:
         raise ReviewError("request.uid is missing or empty")
     obj = request.get("object")
+    if obj is None and request.get("operation") == "CREATE":
+        raise ReviewError("request.object is missing: a CREATE review carries the object being created")
     if obj is not None and not isinstance(obj, dict):
         raise ReviewError(f"request.object must be an object, got {type(obj).__name__}")
-    if isinstance(obj, dict):
-        _check_shape(obj)
+    if isinstance(obj, dict) and _is_pod(request):
+        wrong = schema.first_wrong_type(obj, _pod_reads(), "request.object")
+        if wrong is not None:
+            raise ReviewError(wrong)
     return request
 
 
-# Where the API server always sends a JSON object or array (it decoded the Pod), a wrong
-# type means the request did not come from it: refuse the request rather than guess.
-_SHAPE = (
-    (("metadata",), dict),
-    (("spec",), dict),
-    (("metadata", "labels"), dict),
-    (("metadata", "annotations"), dict),
-    (("metadata", "ownerReferences"), list),
-    (("spec", "containers"), list),
-    (("spec", "initContainers"), list),
-    (("spec", "volumes"), list),
-    (("spec", "tolerations"), list),
-    (("spec", "nodeSelector"), dict),
-    (("spec", "affinity"), dict),
+def _is_pod(request: dict[str, Any]) -> bool:
+    kind = request.get("kind")
+    return not isinstance(kind, dict) or kind.get("kind") in (None, "Pod")
+
+
+# What admission reads of a pod, each path with the type the Kubernetes API gives it. The
+# API server sends an object it decoded into those types, so a wrong type at any of these
+# means the request did not come from it: refused with 400 naming the path, rather than
+# guessed at (what admission does not read is not checked: that costs nothing per review).
+_CONTAINER = (
+    "name",
+    "image",
+    "restartPolicy",
+    "ports[].name",
+    "ports[].containerPort",
+    "ports[].hostPort",
+    "ports[].protocol",
+    "resources.requests{}",
+    "resources.limits{}",
+    *(
+        f"{probe}.{field}"
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe")
+        for field in (
+            "httpGet.path",
+            "httpGet.port",
+            "httpGet.host",
+            "httpGet.scheme",
+            "httpGet.httpHeaders[].name",
+            "httpGet.httpHeaders[].value",
+            "tcpSocket.port",
+            "tcpSocket.host",
+            "grpc.port",
+            "grpc.service",
+            "timeoutSeconds",
+        )
+    ),
+)
+_TERM = ("key", "operator", "values[]")
+_AFFINITY = "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[]"
+POD_READS = (
+    "metadata.name",
+    "metadata.generateName",
+    "metadata.namespace",
+    "metadata.labels{}",
+    "metadata.annotations{}",
+    *(f"metadata.ownerReferences[].{f}" for f in ("apiVersion", "kind", "name", "uid", "controller")),
+    *(f"spec.{key}[].{field}" for key in ("containers", "initContainers") for field in _CONTAINER),
+    "spec.volumes[].name",
+    "spec.nodeName",
+    "spec.nodeSelector{}",
+    "spec.runtimeClassName",
+    "spec.hostNetwork",
+    "spec.restartPolicy",
+    *(f"spec.tolerations[].{f}" for f in ("key", "operator", "value", "effect")),
+    *(f"spec.{_AFFINITY}.{part}[].{f}" for part in ("matchExpressions", "matchFields") for f in _TERM),
+    "spec.securityContext.runAsNonRoot",
+    "spec.securityContext.runAsUser",
+    "spec.securityContext.seccompProfile.type",
 )
 
 
-def _check_shape(obj: dict[str, Any]) -> None:
-    for path, kind in _SHAPE:
-        node: Any = obj
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None and not isinstance(node, kind):
-            expected = "an object" if kind is dict else "an array"
-            raise ReviewError(
-                f"request.object.{'.'.join(path)} must be {expected}, got {type(node).__name__}"
-            )
+@cache
+def _pod_reads() -> schema.Checker:
+    return schema.compiled(schema.subset("io.k8s.api.core.v1.Pod", POD_READS))
 
 
 def response_body(

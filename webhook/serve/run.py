@@ -44,7 +44,7 @@ from webhook.serve.tls import MemoryFiles, ReloadingTLS
 from webhook.usage.history import UsageHistory
 from webhook.usage.metricsapi import MetricsApiUsage
 from webhook.usage.prometheus import PrometheusUsage
-from webhook.usage.sources import FileUsage, UsageSource
+from webhook.usage.sources import FileUsage, PollingUsage, UsageSource
 
 
 class _JsonLines(logging.Formatter):
@@ -164,6 +164,15 @@ def build_server(
     return uvicorn.Server(config)
 
 
+def where(host: str, port: int) -> str:
+    """An address the server listens on, as a person reads it: a wildcard address says that
+    every interface of the machine is reachable (the quick start binds 127.0.0.1)."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+    if host in ("0.0.0.0", "::", ""):
+        return f"{shown} (every {'IPv4 ' if host == '0.0.0.0' else ''}address of this machine)"
+    return shown
+
+
 def listen(host: str, port: int, what: str) -> socket.socket:
     """A bound socket for ``what``, taken before anything else starts, so a port in use is
     one line and exit 2 rather than a traceback after threads and certificates exist."""
@@ -246,9 +255,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     view: ClusterView
     if args.webhook_config and not (args.kubeconfig or in_cluster):
         raise ClusterAccessError("--webhook-config needs the cluster: --kubeconfig or --in-cluster")
-    sources = [bool(args.usage), bool(args.prometheus), bool(args.metrics_api)]
-    if sum(sources) > 1:
-        raise ClusterAccessError("--usage, --prometheus and --metrics-api are three usage sources: give one")
+    given = [
+        f
+        for f, v in (
+            ("--usage", args.usage),
+            ("--prometheus", args.prometheus),
+            ("--metrics-api", args.metrics_api),
+        )
+        if v
+    ]
+    if len(given) > 1:
+        raise ClusterAccessError(
+            f"{', '.join(given[:-1])} and {given[-1]} are {len(given)} usage sources: give one "
+            "(--usage, --prometheus or --metrics-api)"
+        )
     if args.metrics_api and not (args.kubeconfig or in_cluster):
         raise ClusterAccessError("--metrics-api needs the cluster: --kubeconfig or --in-cluster")
     api = api_client(args.kubeconfig, in_cluster=in_cluster) if (args.kubeconfig or in_cluster) else None
@@ -310,7 +330,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     metrics.track(policy_loaded=policy_loaded, snapshot_built=lambda: view.snapshot().built_at)
     metrics.usage_workloads.set_function(lambda: len(view.snapshot().usage))
     if usage is not None:
-        metrics.track_usage(usage.age_seconds, lambda: getattr(usage, "failures", 0))
+        metrics.track_usage(
+            usage.age_seconds,
+            lambda: getattr(usage, "failures", 0),
+            usage.refused.copy if isinstance(usage, PollingUsage) else None,
+        )
     metrics.track_certificate(lambda: tls.expiry, lambda: tls.reloads)
     fleet: FleetWatch | None = None
     if live is not None:
@@ -358,8 +382,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if fleet is not None:
         fleet.start()
     log.info(
-        f"serving https://{args.host}:{args.port}/mutate, metrics on http://{args.metrics_host}:{args.metrics_port}"
-        f"/metrics; cluster: {source}"
+        f"listening on {where(args.host, args.port)} for the webhook (https: POST /mutate, GET /healthz, "
+        f"/readyz) and on {where(args.metrics_host, args.metrics_port)} for GET /metrics (http); "
+        f"cluster: {source}"
     )
     # uvicorn handles SIGTERM/SIGINT while serving, then restores the previous handlers and
     # re-raises the signal; with these no-op handlers in place, run() returns and the
@@ -378,7 +403,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.run(sockets=[https_socket])
     finally:
         log.info(
-            f"stopping after {time.monotonic() - started:.0f}s: requests in flight finished, watches closed"
+            f"stopping after serving for {time.monotonic() - started:.0f}s: requests in flight finished, "
+            "watches closed"
         )
         tls.stop()
         trimmer.stop()

@@ -24,6 +24,7 @@ import os
 import ssl
 import threading
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from webhook.serve.certs import not_after
@@ -114,7 +115,11 @@ class ReloadingTLS:
             return False
         self._current, self._digest, self.expiry = ctx, digest, expiry
         self.reloads += 1
-        log.info("serving certificate reloaded from %s (expires %s)", self.cert, int(expiry))
+        log.info(
+            "serving certificate reloaded from %s (valid until %s)",
+            self.cert,
+            datetime.fromtimestamp(expiry, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
         return True
 
     def start(self) -> None:

@@ -24,9 +24,8 @@ from kubernetes import client
 from webhook.core import LABEL_MODE
 from webhook.dataplane import PROXY_NAMES
 from webhook.kubeapi import Informer, lister, request
-from webhook.quantity import parse_quantity
 from webhook.usage.history import UsageHistory
-from webhook.usage.samples import parse_timestamp
+from webhook.usage.samples import parse_reading, parse_timestamp
 from webhook.usage.sources import PollingUsage
 from webhook.workload import WorkloadKey, workload_key
 
@@ -128,8 +127,8 @@ class MetricsApiUsage(PollingUsage):
             pod_key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
             try:
                 t = parse_timestamp(item.get("timestamp"))
-            except ValueError:
-                self.history.dropped += 1
+            except ValueError as exc:
+                self.refuse("time", f"PodMetrics {pod_key}: {exc}")
                 continue
             seen[pod_key] = t
             if self._seen.get(pod_key) == t:
@@ -139,14 +138,14 @@ class MetricsApiUsage(PollingUsage):
                 self.unmatched += 1
                 continue
             for container in item.get("containers") or []:
-                if container.get("name") not in PROXY_NAMES:
+                if not isinstance(container, dict) or container.get("name") not in PROXY_NAMES:
                     continue
-                usage = container.get("usage") or {}
+                usage = container.get("usage") if isinstance(container.get("usage"), dict) else {}
                 try:
-                    cpu = float(parse_quantity(usage.get("cpu")))
-                    memory = float(parse_quantity(usage.get("memory")))
-                except (ValueError, TypeError, ArithmeticError):
-                    self.history.dropped += 1
+                    cpu = parse_reading(usage.get("cpu"), "cpu")
+                    memory = parse_reading(usage.get("memory"), "memory")
+                except ValueError as exc:
+                    self.refuse("value", f"PodMetrics {pod_key}: {exc}")
                     continue
                 self.history.add(key, t, cpu, memory)
         self._seen = seen

@@ -42,7 +42,7 @@ import orjson
 from webhook.dataplane import PROXY_NAMES
 from webhook.policy import Sizing
 from webhook.usage.history import UsageHistory
-from webhook.usage.samples import UsageSummary
+from webhook.usage.samples import UsageSummary, checked_reading, parse_timestamp
 from webhook.usage.sources import PollingUsage
 from webhook.workload import _CRONJOB_JOB, WorkloadKey
 
@@ -182,6 +182,29 @@ class PrometheusUsage(PollingUsage):
         series = int(float(rows[0]["value"][1])) if rows else 0
         return max(1, min(10_000, self.max_points // max(1, series)))
 
+    def _time(self, raw: object, pod: tuple[str, str]) -> float | None:
+        """A point's time, or None (counted) when it is not a time."""
+        try:
+            return parse_timestamp(raw)
+        except ValueError as exc:
+            self.refuse("time", f"pod {pod[0]}/{pod[1]}: {exc}")
+            return None
+
+    def _value(self, raw: object, what: str, pod: tuple[str, str]) -> float | None:
+        """A point's CPU (cores) or memory (bytes), or None (counted) when it cannot be a
+        proxy's: NaN, an infinity, negative or absurdly large (Prometheus writes a sample
+        value as a decimal string, ``"NaN"`` and ``"+Inf"`` included)."""
+        try:
+            number = float(raw)  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            self.refuse("value", f"pod {pod[0]}/{pod[1]}: {what} {raw!r} is not a number")
+            return None
+        try:
+            return checked_reading(number, what, raw)
+        except ValueError as exc:
+            self.refuse("value", f"pod {pod[0]}/{pod[1]}: {exc}")
+            return None
+
     def poll(self, until: float) -> None:
         step = self.interval
         if self.done_until is None:
@@ -213,12 +236,18 @@ class PrometheusUsage(PollingUsage):
                         continue
                     if what == "oom":
                         for t, _ in row.get("values") or []:
-                            self.history.add_oom(key, float(t))
+                            at = self._time(t, pod_id)
+                            if at is not None:
+                                self.history.add_oom(key, at)
                         continue
                     series = points.setdefault(pod_id, {})
                     for t, v in row.get("values") or []:
-                        cell = series.setdefault(float(t), [math.nan, math.nan])
-                        cell[0 if what == "cpu" else 1] = float(v)
+                        at = self._time(t, pod_id)
+                        value = self._value(v, what, pod_id)
+                        if at is None or value is None:
+                            continue
+                        cell = series.setdefault(at, [math.nan, math.nan])
+                        cell[0 if what == "cpu" else 1] = value
             for pod_id, series in points.items():
                 # a reading needs both (a pod that just started or just ended has one)
                 self.history.add_many(

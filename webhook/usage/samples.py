@@ -22,12 +22,12 @@ import csv
 import io
 import itertools
 import json
+import math
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import InvalidOperation
 from pathlib import Path
 from typing import TextIO
 
@@ -110,31 +110,65 @@ def summarize_all(
 # --- the samples file ----------------------------------------------------------------
 
 
+# a reading's time: Unix seconds from the epoch to the end of year 9999 (what a date can say)
+LATEST = 253402300799.0
+# no proxy uses 10^15 cores or bytes (1P): a reading above is a unit mistake, and it keeps
+# infinities (``1e400``) and their overflows out of the sizes
+MOST = 1e15
+
+
 def parse_timestamp(raw: object) -> float:
+    """A reading's time: RFC 3339 or Unix seconds, in range (``ValueError`` saying what is
+    wrong otherwise)."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return float(raw)
+        return _in_range(float(raw), raw)
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError("missing timestamp")
     text = raw.strip()
     try:
-        return float(text)
+        return _in_range(float(text), raw)
+    except ValueError as exc:
+        if "is not a time" in str(exc):
+            raise
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        pass
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        raise ValueError(
+            f"timestamp {raw!r} is not an RFC 3339 time (2026-11-20T10:00:00Z) or Unix seconds"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    return _in_range(dt.timestamp(), raw)
 
 
-def _quantity(raw: object, what: str) -> float:
+def _in_range(seconds: float, raw: object) -> float:
+    if not (math.isfinite(seconds) and 0 <= seconds <= LATEST):
+        raise ValueError(
+            f"timestamp {raw!r} is not a time between 1970 and 9999 (Unix seconds 0-{LATEST:.0f})"
+        )
+    return seconds
+
+
+def parse_reading(raw: object, what: str) -> float:
+    """A CPU (cores) or memory (bytes) reading: a Kubernetes quantity or a bare number, finite,
+    not negative, below ``MOST`` (``ValueError`` saying what is wrong otherwise)."""
     if isinstance(raw, bool) or raw is None or raw == "":
         raise ValueError(f"missing {what}")
     try:
-        value = float(parse_quantity(raw))
-    except (ValueError, InvalidOperation, TypeError):
+        value = float(parse_quantity(raw.strip() if isinstance(raw, str) else raw))
+    except (ValueError, ArithmeticError, TypeError):
         raise ValueError(f"{what} {raw!r} is not a quantity") from None
+    return checked_reading(value, what, raw)
+
+
+def checked_reading(value: float, what: str, raw: object) -> float:
+    """``value`` (read from ``raw``) when it can be a proxy's reading, else ``ValueError``."""
+    if math.isnan(value):
+        raise ValueError(f"{what} {raw!r} is not a quantity")
     if value < 0:
         raise ValueError(f"{what} {raw!r} is negative")
+    if value >= MOST:
+        raise ValueError(f"{what} {raw!r} is out of range (a proxy's reading is finite and below 10^15)")
     return value
 
 
@@ -155,6 +189,8 @@ def _key(row: Mapping[str, object]) -> WorkloadKey:
     ns, workload = row.get("namespace"), row.get("workload")
     if not isinstance(ns, str) or not ns:
         raise ValueError("missing namespace")
+    if workload is None or workload == "":
+        raise ValueError("missing workload (Kind/name, e.g. Deployment/web)")
     if not isinstance(workload, str) or "/" not in workload:
         raise ValueError(f"workload {workload!r} must be Kind/name, e.g. Deployment/web")
     kind, _, name = workload.partition("/")
@@ -196,27 +232,29 @@ def _parse(lines: TextIO, source: str) -> dict[WorkloadKey, SampleColumns]:
     """Read line by line: a big file is never held whole in memory."""
     out: dict[WorkloadKey, SampleColumns] = defaultdict(SampleColumns)
     first = ""
+    skipped = -1  # blank lines before the first one
     while not first.strip():
         first = lines.readline()
+        skipped += 1
         if not first:
             return {}
     rows: Iterable[tuple[int, Mapping[str, object]]]
     if first.lstrip().startswith("{"):
-        rows = _json_rows(itertools.chain([first], lines), source)
+        rows = _json_rows(itertools.chain([first], lines), source, skipped)
     else:
         reader = csv.DictReader(itertools.chain([first], lines))
         needed = {"namespace", "workload", "timestamp", "cpu", "memory"}
         missing = needed - set(reader.fieldnames or [])
         if missing:
-            raise UsageError(f"{source}: line 1: header lacks {', '.join(sorted(missing))}")
-        rows = ((i + 2, r) for i, r in enumerate(reader))
+            raise UsageError(f"{source}: line {skipped + 1}: header lacks {', '.join(sorted(missing))}")
+        rows = _csv_rows(reader, source, skipped)
     for line, row in rows:
         try:
             out[_key(row)].append(
                 Sample(
                     timestamp=parse_timestamp(row.get("timestamp")),
-                    cpu=_quantity(row.get("cpu"), "cpu"),
-                    memory=_quantity(row.get("memory"), "memory"),
+                    cpu=parse_reading(row.get("cpu"), "cpu"),
+                    memory=parse_reading(row.get("memory"), "memory"),
                     oom=_flag(row.get("oom")),
                 )
             )
@@ -225,8 +263,24 @@ def _parse(lines: TextIO, source: str) -> dict[WorkloadKey, SampleColumns]:
     return dict(out)
 
 
-def _json_rows(lines: Iterable[str], source: str) -> Iterable[tuple[int, Mapping[str, object]]]:
-    for i, line in enumerate(lines, start=1):
+def _csv_rows(
+    reader: csv.DictReader, source: str, skipped: int
+) -> Iterable[tuple[int, Mapping[str, object]]]:
+    """Rows with every field of the header (a line of another shape is named, not misread)."""
+    header = [f for f in reader.fieldnames or [] if f]
+    for row in reader:
+        missing = [f for f in header if row.get(f) is None]
+        if missing:
+            given = len(header) - len(missing)
+            raise UsageError(
+                f"{source}: line {skipped + reader.line_num}: {given} of the header's {len(header)} "
+                f"comma-separated fields (no {', '.join(missing)})"
+            )
+        yield skipped + reader.line_num, row
+
+
+def _json_rows(lines: Iterable[str], source: str, skipped: int) -> Iterable[tuple[int, Mapping[str, object]]]:
+    for i, line in enumerate(lines, start=skipped + 1):
         if not line.strip():
             continue
         try:

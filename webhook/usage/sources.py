@@ -26,6 +26,9 @@ from webhook.usage.samples import UsageSummary, load_samples, summarize_all
 from webhook.workload import WorkloadKey
 
 log = logging.getLogger("mesh_injector.usage")
+# why a live source skips a reading: a CPU or memory value that is not a finite quantity in
+# range, or a time that is not one (the label values of mesh_injector_usage_readings_refused)
+REFUSALS = ("value", "time")
 
 
 class UsageSource:
@@ -88,6 +91,16 @@ class PollingUsage(UsageSource):
         self.last_success = 0.0
         self.failures = 0
         self.clock: Callable[[], float] = time.monotonic
+        # readings skipped because a value or a time could not be a reading, by which
+        self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
+        self._refusals: list[str] = []  # since the last poll: the first few, for the log
+
+    def refuse(self, what: str, detail: str) -> None:
+        """Skip one reading whose ``what`` (``value`` or ``time``) is not one a proxy can
+        have: it is counted, and the poll's log line names the first few."""
+        self.refused[what] += 1
+        if len(self._refusals) < 3 and detail not in self._refusals:
+            self._refusals.append(detail)
 
     # implemented by each source: read everything up to the grid point ``until``
     def poll(self, until: float) -> None:
@@ -126,7 +139,18 @@ class PollingUsage(UsageSource):
     def once(self, now: float | None = None) -> Mapping[WorkloadKey, UsageSummary]:
         """One poll up to the last aligned time before ``now``; the new summaries."""
         until = self.aligned(time.time() if now is None else now)
-        self.poll(until)
+        before = sum(self.refused.values())
+        try:
+            self.poll(until)
+        finally:
+            skipped = sum(self.refused.values()) - before
+            if skipped:
+                log.warning(
+                    f"usage from {self.name}: skipped {skipped} reading(s) that cannot be a proxy's: "
+                    + "; ".join(self._refusals)
+                    + ("; ..." if skipped > len(self._refusals) else "")
+                )
+            self._refusals = []
         self._summaries = self.history.summaries(until)
         release_free_memory()
         self.last_success = time.time()
