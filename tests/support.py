@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +34,20 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 ANCHORS_POLICY = GOLDEN / "linkerd-anchors.yaml"
 TRUST_ANCHORS = (GOLDEN / "trust-anchors.pem").read_text()
 K8S_SCHEMA_VERSION = "1.33"
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``mesh-injector ARGS`` as a user runs it (``python -m webhook``), from the repository's
+    root, with this environment; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT.parent,
+        env=dict(os.environ),
+    )
 
 
 @dataclass

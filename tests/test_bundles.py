@@ -9,15 +9,14 @@ exit 2 instead of a header and exit 0."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.support import ANCHORS_POLICY
+from tests.support import run_cli as run
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = str(REPO / "examples" / "cluster.yaml")  # shop: opted in, no Pod Security label
@@ -42,18 +41,6 @@ DEPLOYMENT = {
         },
     },
 }
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
 
 
 def bundle(tmp_path: Path) -> Path:

@@ -14,22 +14,12 @@ import pytest
 import yaml
 
 from tests.support import ANCHORS_POLICY, GOLDEN, MANIFEST_CASES, compare_golden, validate_k8s
+from tests.support import run_cli as run
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 MIXED = str(GOLDEN / "clusters" / "mixed.yaml")
 NOW = "2026-11-27T12:00:00Z"
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
 
 
 def test_console_script_is_installed():

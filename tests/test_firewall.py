@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.support import GOLDEN
+from tests.support import run_cli as run
 from webhook.admission import admit
 from webhook.cluster.snapshot import Node, RuntimeClass, build_snapshot, node_from_object
 from webhook.dataplane import FLAVOURS
@@ -36,12 +35,6 @@ AL2023_132 = ("Amazon Linux 2023.7.20250623", "v1.32.5-eks-5d632ec", "6.1.141-15
 BOTTLEROCKET_133 = ("Bottlerocket OS 1.44.0 (aws-k8s-1.33)", "v1.33.1-eks-b9364f6", "6.12.37")
 BOTTLEROCKET_132 = ("Bottlerocket OS 1.39.1 (aws-k8s-1.32)", "v1.32.3-eks-473151a", "6.1.134")
 UBUNTU = ("Ubuntu 24.04.2 LTS", "v1.33.1", "6.8.0-1029-aws")
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args], input=stdin, capture_output=True, text=True, timeout=60
-    )
 
 
 def nodes(prefix: str, platform: tuple[str, str, str], count: int = 2, **labels: str) -> list[Node]:

@@ -116,6 +116,11 @@ def test_golden(path):
         if "firewall_reason" in exp:
             line = f"firewall: {exp['firewall']} ({exp['firewall_reason']}):"
             assert any(e.startswith(line) for e in out.explanation), out.explanation
+        if "annotations" in exp:
+            # what Merbridge and the meshes read of the pod: a value, or null for absent
+            annotations = patched["metadata"].get("annotations") or {}
+            for key, want in exp["annotations"].items():
+                assert annotations.get(key) == want, (key, annotations.get(key))
         if "decision_contains" in exp:
             for text in exp["decision_contains"]:
                 assert text in patched["metadata"]["annotations"]["mesh-injector.io/decision"]

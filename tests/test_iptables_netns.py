@@ -276,3 +276,19 @@ def test_other_meshes_exclusions_reach_the_loaded_rules(netns):
     assert connect(netns, pod, PEER_IP, 80, APP_UID) == "peer-80"  # the excluded range
     assert connect(netns, peer, POD_IP, 8081, 0) == "app-8081"  # Linkerd's skip-inbound-ports
     assert connect(netns, peer, POD_IP, 8080, 0) == "proxy-inbound"
+
+
+def test_linkerds_skip_subnets_leave_inbound_sources_alone(netns):
+    """config.linkerd.io/skip-subnets is proxy-init's --subnets-to-ignore: inbound connections
+    from those sources reach the app directly. Translated into our ruleset it is a rule on the
+    source in the inbound chain: the peer (in the range) reaches the app port directly, while
+    the app's own outbound connections to the same peer still go to the proxy (it is not a
+    destination exclusion)."""
+    init = mesh_init_of(netns, {"config.linkerd.io/skip-subnets": f"{PEER_IP}/32"})
+    rules = next(e["value"] for e in init["env"] if e["name"] == "MESH_IPTABLES_RULES")
+    assert f"-A MESH_INBOUND -s {PEER_IP}/32 -j RETURN" in rules and f"-d {PEER_IP}/32" not in rules
+    fresh_nat(netns)
+    load(netns, init, rules)
+    pod, peer = netns["pod"], netns["peer"]
+    assert connect(netns, peer, POD_IP, 8080, 0) == "app"  # from the skipped source: the app itself
+    assert connect(netns, pod, PEER_IP, 80, APP_UID) == "proxy-outbound"  # to it: through the proxy

@@ -633,10 +633,20 @@ def test_under_merbridge_the_annotation_says_what_merbridge_is_told():
     out = admit(req, mixed, POLICY)
     assert out.injected and out.mode is not None and out.mode.value == "ebpf", out.explanation
     annotations = jsonpatch.apply_patch(req["object"], out.patch)["metadata"]["annotations"]
-    assert annotations["traffic.sidecar.istio.io/excludeInboundPorts"] == "3306,4190,4191,4567,4568,7000"
-    assert annotations["config.linkerd.io/skip-inbound-ports"] == "4567,4568,3306,7000"
+    # the pod's own skip-inbound-ports replaces the control plane's 4567,4568, as linkerd-init
+    # is told in iptables mode; outbound it has none, so the control plane's hold
+    assert annotations["traffic.sidecar.istio.io/excludeInboundPorts"] == "3306,4190,4191,7000"
+    assert annotations["config.linkerd.io/skip-inbound-ports"] == "3306,7000"
     assert annotations["traffic.sidecar.istio.io/excludeOutboundPorts"] == "4567,4568,9000"
     assert annotations["config.linkerd.io/skip-outbound-ports"] == "4567,4568,9000"
+    # the same pod in iptables mode: linkerd-init leaves the same ports alone
+    req = request({**own, "mesh-injector.io/interception": "iptables"})
+    req["object"]["spec"]["nodeSelector"] = {"pool": "general"}
+    out = admit(req, mixed, POLICY)
+    pod = jsonpatch.apply_patch(req["object"], out.patch)
+    assert arg(pod, "--inbound-ports-to-ignore") == "4190,4191,3306,7000"
+    assert arg(pod, "--outbound-ports-to-ignore") == "4567,4568,9000"
+    assert skipped(pod) == ("3306,7000", "4567,4568,9000")
 
 
 def test_with_a_cni_plugin_the_annotation_is_what_the_plugin_applies():

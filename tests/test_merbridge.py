@@ -12,6 +12,13 @@ port through the inbound proxy but the ports the pod excludes (Linkerd's admin p
 them) directly; Linkerd's validator passes. The negative control runs the same pods with
 nothing attached: every connection bypasses the proxy, and the validator fails.
 
+What the mesh's own rules leave alone (the installed control plane's settings, the pod's own
+annotations) Merbridge leaves alone too: its parse of the ebpf pod's annotations is compared
+with what linkerd-init and istio-init are told for the same pod, and the control plane's ports
+are shown bypassing the proxy under the real programs. Pods given another mode (proxyless gRPC
+in mode none, Istio pods in iptables mode) are shown broken by Merbridge without the
+annotations that keep it off them, and working with them.
+
 Needs root (bpf, mounts, network namespaces) and clang, bpftool, make and iproute2
 (.ci/run installs them); skipped with the reason where the kernel or the tools refuse, and
 failed instead under CI (``CI`` set), where they are all there.
@@ -91,11 +98,16 @@ OLDER = KubeVersion(1, 28)  # no native sidecars: the proxy is a regular contain
 
 
 def admitted(
-    flavour_name: str, pod: dict[str, Any], policy_text: str = "", server: KubeVersion = MODERN
+    flavour_name: str,
+    pod: dict[str, Any],
+    policy_text: str = "",
+    server: KubeVersion = MODERN,
+    extra: tuple[dict[str, Any], ...] = (),
 ) -> Outcome:
     """``pod`` admitted in namespace shop of a one-node cluster (this machine's kernel, kubelet
     1.32) where Merbridge runs Ready in CNI mode for the flavour's mesh (Linkerd's, for a
-    flavour Merbridge does not know)."""
+    flavour Merbridge does not know); ``extra``: more objects in the cluster (a control
+    plane's ConfigMap)."""
     policy = anchored_policy(f"proxy: {{flavour: {flavour_name}}}\n{policy_text}")
     selector = redirector_selector(policy)
     redirect = flavour(flavour_name).redirect
@@ -125,6 +137,7 @@ def admitted(
             "metadata": {"name": "linkerd-identity-trust-roots", "namespace": "linkerd"},
             "data": {"ca-bundle.crt": TRUST_ANCHORS},
         },
+        *extra,
     ]
     snapshot = snapshot_from_objects(objects, server_version=server, redirector=selector)
     request = {"uid": "u", "operation": "CREATE", "kind": {"kind": "Pod"}, "namespace": "shop", "object": pod}
@@ -551,10 +564,10 @@ def test_an_init_container_is_refused_under_ebpf_and_reaches_its_server_in_the_f
     to a proxy port nothing listens on yet, and refused; once the proxy runs, the same
     connection reaches the database through it. What admission chooses instead for the same
     pod (iptables; the legacy placement of a cluster without native sidecars, where the
-    mesh's init container runs after the pod's own): for Linkerd Merbridge does not take the
-    pod, and the init container reaches the database directly; for Istio it does (the pod
-    carries sidecar.istio.io/status beside two containers), so its init container is refused
-    there too, which the decision warns about; with native sidecars Merbridge leaves it alone."""
+    mesh's init container runs after the pod's own): Merbridge does not take the pod (for
+    Istio, whose pods carry sidecar.istio.io/status, because the pod is told to be left
+    alone), and the init container reaches the database directly; with native sidecars
+    Merbridge leaves it alone too."""
     plane = flavour(plane_name)
     progs = programs[plane.redirect.mode]
     wait = WAIT_FOR_DB["name"]
@@ -581,14 +594,11 @@ def test_an_init_container_is_refused_under_ebpf_and_reaches_its_server_in_the_f
     assert inits == [wait, plane.init_name], inits  # the mesh's rules come after the pod's own
     seen = started(progs, pod, plane_name)
     assert seen["stopped_at"] == plane.init_name, seen
-    if plane_name == "linkerd":
-        assert not seen["marked"] and _direct(seen[wait]), seen
-        assert len(fallback.warnings) == 1, fallback.warnings
-    else:
-        assert seen["marked"] and REFUSED in seen[wait]["error"], seen
-        assert any("Merbridge on node node-1" in w and "refused" in w for w in fallback.warnings), (
-            fallback.warnings
-        )
+    # Merbridge's CNI plugin leaves the pod alone: Linkerd's carries no sidecar.istio.io/status,
+    # Istio's carries sidecar.istio.io/inject "false" (without it, the plugin would take it and
+    # refuse its init container: see test_an_iptables_istio_pod_is_kept_off_merbridges_cni_plugin)
+    assert not seen["marked"] and _direct(seen[wait]), seen
+    assert len(fallback.warnings) == 1, fallback.warnings
 
     native = admitted(plane_name, pod_with_init())
     assert native.mode is not None and native.mode.value == "iptables", native.explanation
@@ -625,3 +635,511 @@ def test_native_placement_sends_an_init_container_through_the_running_proxy(prog
     seen = started(progs, pod, "generic")
     assert _direct(seen[wait]), seen  # before the rules
     assert _via_proxy(seen[f"{wait}, again"]), seen  # the same connection once rules and proxy are in
+
+
+# --- what the control plane's own rules leave alone, Merbridge leaves alone -------------------
+
+GOLDEN_CLUSTERS = Path(__file__).parent / "golden" / "clusters"
+OWN_INBOUND = {15006, 15001, 15008, 15090, 15021, 15020, 15000}  # parsePodConfigFromAnnotations
+
+
+def _config_map(cluster: str, name: str) -> dict[str, Any]:
+    import yaml
+
+    items = yaml.safe_load((GOLDEN_CLUSTERS / f"{cluster}.yaml").read_text())["items"]
+    return json.loads(
+        json.dumps(next(i for i in items if i["kind"] == "ConfigMap" and i["metadata"]["name"] == name))
+    )
+
+
+def linkerd_config(ignore_in: str, ignore_out: str, skip_subnets: str = "") -> dict[str, Any]:
+    """Linkerd 2.20's linkerd-config (its chart's values) with these proxyInit settings."""
+    cm = _config_map("linkerd-2.20", "linkerd-config")
+    values = cm["data"]["values"]
+    for key, value in (
+        ("ignoreInboundPorts", ignore_in),
+        ("ignoreOutboundPorts", ignore_out),
+        ("skipSubnets", skip_subnets),
+    ):
+        values, n = re.subn(rf"(\n  {key}:)[^\n]*", rf"\g<1> {json.dumps(value)}", values)
+        assert n == 1, key
+    cm["data"]["values"] = values
+    return cm
+
+
+def istio_injector(**proxy: str) -> dict[str, Any]:
+    """istiod 1.28.2's istio-sidecar-injector (its chart's values) with these global.proxy settings."""
+    cm = _config_map("istio-1.28", "istio-sidecar-injector")
+    values = json.loads(cm["data"]["values"])
+    values["global"]["proxy"].update(proxy)
+    cm["data"]["values"] = json.dumps(values)
+    return cm
+
+
+def _ports(config: bytes, offset: int) -> set[int]:
+    return {
+        p for i in range(20) if (p := int.from_bytes(config[offset + 2 * i : offset + 2 * i + 2], "little"))
+    }
+
+
+def _cidrs(config: bytes, offset: int) -> set[str]:
+    import ipaddress
+
+    out = set()
+    for i in range(20):
+        net, mask = config[offset + 8 * i : offset + 8 * i + 4], config[offset + 8 * i + 4]
+        if net != b"\0\0\0\0":
+            out.add(str(ipaddress.ip_network((net, mask))))
+    return out
+
+
+def merbridge_leaves(pod: dict[str, Any]) -> dict[str, Any]:
+    """What Merbridge's controller makes of the pod's annotations (its podConfig, ported in
+    the harness), as sets: inbound ports left alone (its own seven taken out: they are Istio's
+    ports, which it leaves alone for every mesh), only these inbound ports (None: every one),
+    outbound ports and destinations left alone."""
+    config = mb.pod_config(pod["metadata"].get("annotations") or {})
+    only_in = _ports(config, 324)
+    return {
+        "inbound": _ports(config, 404) - OWN_INBOUND,
+        "only_inbound": only_in or None,
+        "outbound": _ports(config, 444),
+        "destinations": _cidrs(config, 4),
+    }
+
+
+def _expand(items: list[str]) -> set[int]:
+    out: set[int] = set()
+    for item in items:
+        lo, _, hi = item.replace(":", "-").partition("-")
+        out |= set(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def proxy_init_leaves(pod: dict[str, Any]) -> dict[str, Any]:
+    """What linkerd-init leaves alone, read from its arguments by the test's model of proxy-init."""
+    from tests.proxyinit import parse
+
+    init = _container(pod, "linkerd-init", "initContainers")
+    assert init is not None
+    flags = parse(init["args"])
+    return {
+        "inbound": _expand(flags.inbound_ignore) - OWN_INBOUND,
+        "only_inbound": None,
+        "outbound": _expand(flags.outbound_ignore),
+        "destinations": set(),
+        "sources": set(flags.subnets),
+    }
+
+
+def istio_init_leaves(pod: dict[str, Any]) -> dict[str, Any]:
+    """What istio-init leaves alone, read from its arguments by the test's model of istio-iptables
+    (-d applies where -b is "*")."""
+    from tests.istio_rules import from_args, split
+
+    init = _container(pod, "istio-init", "initContainers")
+    assert init is not None
+    c = from_args(init["args"])
+    return {
+        "inbound": (_expand(split(c.inbound_exclude)) if c.inbound_include == "*" else set()) - OWN_INBOUND,
+        "only_inbound": None if c.inbound_include == "*" else _expand(split(c.inbound_include)),
+        "outbound": _expand(split(c.outbound_ports_exclude)),
+        "destinations": set(split(c.outbound_ranges_exclude)),
+    }
+
+
+BARE = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web-0", "namespace": "shop"},
+    "spec": {
+        "containers": [
+            {"name": "web", "image": "registry.example.com/web:1", "ports": [{"containerPort": 8080}]}
+        ]
+    },
+}
+
+
+def _with(annotations: dict[str, str]) -> dict[str, Any]:
+    pod = json.loads(json.dumps(BARE))
+    pod["metadata"]["annotations"] = dict(annotations)
+    return pod
+
+
+LINKERD_PLANES = [
+    # the chart's defaults
+    (linkerd_config("4567,4568", "4567,4568"), {}),
+    # more ports than the chart's, a range among them
+    (linkerd_config("4567,4568,25,9000-9003", "4567,4568,3306"), {}),
+    # the pod's own lists replace the control plane's, ours are added
+    (
+        linkerd_config("4567,4568,25", "4567,4568,3306"),
+        {
+            "config.linkerd.io/skip-inbound-ports": "7000",
+            "config.linkerd.io/skip-outbound-ports": "5432",
+            "mesh-injector.io/skip-outbound-ports": "6379",
+        },
+    ),
+]
+ISTIO_PLANES = [
+    (istio_injector(), {}),
+    (
+        istio_injector(
+            excludeInboundPorts="9000", excludeOutboundPorts="5432,6379", excludeIPRanges="169.254.169.254/32"
+        ),
+        {},
+    ),
+    (istio_injector(includeInboundPorts="8080,9090", excludeOutboundPorts="5432"), {}),
+    (
+        istio_injector(excludeInboundPorts="9000", excludeIPRanges="169.254.169.254/32"),
+        {
+            "traffic.sidecar.istio.io/excludeInboundPorts": "7000",
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.9.0.0/16",
+            "mesh-injector.io/skip-inbound-ports": "7001",
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("plane_name", "config_map", "annotations"),
+    [("linkerd", cm, a) for cm, a in LINKERD_PLANES] + [("istio", cm, a) for cm, a in ISTIO_PLANES],
+)
+def test_merbridge_leaves_alone_what_the_meshs_init_container_would(plane_name, config_map, annotations):
+    """The same pod under the same control plane, in ebpf mode and in iptables mode: what
+    Merbridge's controller reads from the ebpf pod (its own parse of the annotations) leaves
+    alone the ports and destinations the mesh's init container is told to leave alone (read
+    from its arguments by the test's models of proxy-init and istio-iptables)."""
+    ebpf = admitted(plane_name, _with(annotations), extra=(config_map,))
+    assert ebpf.mode is not None and ebpf.mode.value == "ebpf", ebpf.explanation
+    iptables = admitted(
+        plane_name, _with({**annotations, "mesh-injector.io/interception": "iptables"}), extra=(config_map,)
+    )
+    assert iptables.mode is not None and iptables.mode.value == "iptables", iptables.explanation
+    seen = merbridge_leaves(dict(ebpf.pod or {}))
+    if plane_name == "linkerd":
+        told = proxy_init_leaves(dict(iptables.pod or {}))
+        assert told.pop("sources") == set()
+    else:
+        told = istio_init_leaves(dict(iptables.pod or {}))
+    assert seen == told, (seen, told)
+
+
+def _emitted_bare(plane_name: str, config_map: dict[str, Any] | None) -> dict[str, Any]:
+    """An ebpf pod with app ports 8080 and 9102 and no skip annotations of its own."""
+    pod = json.loads(json.dumps(BARE))
+    pod["spec"]["containers"][0]["ports"].append({"containerPort": 9102})
+    out = admitted(plane_name, pod, extra=(config_map,) if config_map else ())
+    assert out.mode is not None and out.mode.value == "ebpf", out.explanation
+    return dict(out.pod or {})
+
+
+@pytest.mark.parametrize("plane_name", ["linkerd", "istio"])
+def test_the_control_planes_own_exclusions_reach_merbridges_programs(programs, plane_name):
+    """A control plane that leaves inbound port 9102 and outbound port 9090 alone (linkerd-config's
+    proxyInit ignore ports; istiod's global.proxy exclusions), no skip annotation on the pod:
+    under Merbridge's real programs a peer's proxy reaches 9102 directly and the app reaches
+    9090 directly, as the mesh's own init container would let them; with the charts' defaults
+    both go through the proxy."""
+    progs = programs[flavour(plane_name).redirect.mode]
+    if plane_name == "linkerd":
+        told = linkerd_config("4567,4568,9102", "4567,4568,9090")
+    else:
+        told = istio_injector(excludeInboundPorts="9102", excludeOutboundPorts="9090")
+    for config_map, direct in ((told, True), (None, False)):
+        pod = _emitted_bare(plane_name, config_map)
+        with Node(progs.cgroup_root) as node:
+            register(progs, pod)
+            progs.attach(node.parent)
+            try:
+                seen = run_pods(node, progs, pod, plane_name)
+            finally:
+                progs.detach(node.parent)
+        assert seen["app"]["8080"]["tag"] == "proxy", seen
+        assert seen["proxy_to_peer"]["8080"]["tag"] == "inbound-proxy", seen
+        if direct:
+            assert seen["app"]["9090"]["tag"] == "upstream:9090", seen
+            assert seen["proxy_to_peer"]["9102"]["tag"] == "metrics", seen
+        else:
+            assert seen["app"]["9090"]["tag"] == "proxy", seen
+            assert seen["proxy_to_peer"]["9102"]["tag"] == "inbound-proxy", seen
+
+
+# --- pods of other modes, kept off Merbridge ----------------------------------------------
+
+GRPC = {"inject.istio.io/templates": "grpc-agent"}
+GRPC_PORT = 9090
+
+
+def grpc_pod(*apps: str, native: bool = True) -> dict[str, Any]:
+    annotations = dict(GRPC)
+    if not native:
+        annotations["mesh-injector.io/native-sidecar"] = "false"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "rates-0", "namespace": "shop", "annotations": annotations},
+        "spec": {
+            "containers": [
+                {
+                    "name": app,
+                    "image": f"registry.example.com/{app}:1",
+                    "ports": [{"containerPort": GRPC_PORT}],
+                }
+                for app in apps
+            ]
+        },
+    }
+
+
+def _without(pod: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``pod`` as it would be without the annotations that keep Merbridge off it."""
+    bare = json.loads(json.dumps(pod))
+    for key in keys:
+        del bare["metadata"]["annotations"][key]
+    return bare
+
+
+def _proxy_to(
+    node: Node, progs: mb.Programs, caller: dict[str, Any], target: dict[str, Any]
+) -> dict[str, Any]:
+    """An Istio ebpf pod (A) whose Envoy connects to the proxyless pod (B), with the state
+    Merbridge's Go side keeps for each: B serves its gRPC port only (no Envoy, nothing on 15006)."""
+    consts = mb.mesh_constants("istio")
+    progs.forget()
+    for ns, ip, pod in ((NS_A, A_IP, caller), (NS_B, B_IP, target)):
+        if mb.cni_plugin_handles(pod):
+            progs.update(
+                "mark_pod_ips_map", mb.mark_of(f"/var/run/netns/{ns}").to_bytes(4, "little"), mb.ip_key(ip)
+            )
+        if mb.controller_counts(pod, "istio"):
+            progs.update(
+                "local_pod_ips", mb.ip_key(ip), mb.pod_config(pod["metadata"].get("annotations") or {})
+            )
+    plan_b = {
+        "cgroup": str(node.cgroups[NS_B]),
+        "mark": mb.mark_of(f"/var/run/netns/{NS_B}"),
+        "marked": mb.cni_plugin_handles(target),
+        "servers": {"rates": GRPC_PORT},
+    }
+    plan_a = {
+        "cgroup": str(node.cgroups[NS_A]),
+        "mark": mb.mark_of(f"/var/run/netns/{NS_A}"),
+        "upstream_ip": UPSTREAM,
+        "upstream_ports": [],
+        "proxy": {"uid": consts["SIDECAR_USER_ID"], "bind": "0.0.0.0", "port": consts["OUT_REDIRECT_PORT"]},
+        "app_uid": APP_UID,
+        "peer_ip": B_IP,
+        "peer_ports": [GRPC_PORT],
+    }
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", NS_B, sys.executable, str(POD), "target", json.dumps(plan_b)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and "ready" in server.stdout.readline()
+        progs.attach(node.parent)
+        try:
+            done = subprocess.run(
+                ["ip", "netns", "exec", NS_A, sys.executable, str(POD), "caller", json.dumps(plan_a)],
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+        finally:
+            progs.detach(node.parent)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])["proxy_to_peer"][str(GRPC_PORT)]
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_proxyless_pod_with_a_regular_agent_is_kept_off_merbridges_controller(programs):
+    """Merbridge's controller counts a grpc-agent pod whose agent is a regular container
+    (istio-proxy beside another container), so a meshed Envoy on the node connecting to it is
+    sent to port 15006, where nothing listens in a proxyless pod: refused. The pod mesh-injector
+    emits carries an inbound list of one port Merbridge always leaves alone: the Envoy's
+    connection reaches the gRPC server."""
+    out = admitted("istio", grpc_pod("rates", native=False))
+    assert (
+        out.mode is not None and out.mode.value == "none" and out.mode_reason.value == "nothing-to-redirect"
+    )
+    kept = dict(out.pod or {})
+    assert (
+        _container(kept, "istio-proxy") is not None
+        and _container(kept, "istio-init", "initContainers") is None
+    )
+    assert mb.controller_counts(kept, "istio") and not mb.cni_plugin_handles(kept)  # DISABLE_ENVOY
+    caller = emitted("istio")
+    with Node(programs["istio"].cgroup_root) as node:
+        seen = _proxy_to(node, programs["istio"], caller, kept)
+    assert seen.get("tag") == "rates" and seen.get("port") == GRPC_PORT, seen
+    exposed = _without(kept, "traffic.sidecar.istio.io/includeInboundPorts")
+    with Node(programs["istio"].cgroup_root) as node:
+        seen = _proxy_to(node, programs["istio"], caller, exposed)
+    assert REFUSED in seen.get("error", ""), seen
+
+
+def test_a_proxyless_pod_with_two_apps_is_kept_off_merbridges_cni_plugin(programs):
+    """A grpc-agent pod whose agent is a native sidecar beside two app containers: Merbridge's CNI
+    plugin takes it (sidecar.istio.io/status beside two regular containers; it looks for
+    DISABLE_ENVOY only on a regular istio-proxy) and sends its apps' connections to port 15001,
+    where nothing listens: refused. The pod mesh-injector emits says sidecar.istio.io/inject
+    "false", which the plugin honours: the app reaches its server."""
+    out = admitted("istio", grpc_pod("rates", "metrics"))
+    assert out.mode is not None and out.mode.value == "none", out.explanation
+    kept = dict(out.pod or {})
+    assert _container(kept, "istio-proxy", "initContainers") is not None
+    assert not mb.controller_counts(kept, "istio")
+    steps = [{"do": "connect", "name": "rates", "uid": APP_UID, "host": B_IP, "port": DB_PORT}]
+    exposed = _without(kept, "sidecar.istio.io/inject")
+    progs = programs["istio"]
+    for pod, fine in ((kept, True), (exposed, False)):
+        marked = mb.cni_plugin_handles(pod)
+        assert marked is not fine
+        with Node(progs.cgroup_root) as node:
+            progs.forget()
+            if marked:
+                progs.update(
+                    "mark_pod_ips_map",
+                    mb.mark_of(f"/var/run/netns/{NS_A}").to_bytes(4, "little"),
+                    mb.ip_key(A_IP),
+                )
+            progs.attach(node.parent)
+            try:
+                seen = play(node, pod, steps, marked)
+            finally:
+                progs.detach(node.parent)
+        if fine:
+            assert _direct(seen["rates"]), seen
+        else:
+            assert REFUSED in seen["rates"]["error"], seen
+
+
+def _restore() -> str | None:
+    import shutil
+
+    return next((t for t in ("iptables-nft-restore", "iptables-legacy-restore") if shutil.which(t)), None)
+
+
+def test_an_iptables_istio_pod_is_kept_off_merbridges_cni_plugin(programs):
+    """An Istio pod in iptables mode with two app containers and its proxy a native sidecar,
+    skipping outbound port 5432: istio-init's rules (the test's model of istio-iptables, loaded
+    with the real iptables-restore) send the app's connections to Envoy but 5432's. Merbridge's
+    CNI plugin would take the pod too (sidecar.istio.io/status beside two regular containers)
+    and, its controller not counting a native proxy, apply none of the pod's exclusions: 5432
+    would go through Envoy as well. The pod mesh-injector emits says sidecar.istio.io/inject
+    "false": 5432 reaches the database directly, 8080 through Envoy."""
+    from tests.istio_rules import from_args, iptables, restore_text
+
+    loader = _restore()
+    if loader is None:
+        unavailable("no iptables-nft-restore or iptables-legacy-restore (apt-get install iptables)")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-0",
+            "namespace": "shop",
+            "annotations": {
+                "mesh-injector.io/interception": "iptables",
+                "mesh-injector.io/skip-outbound-ports": "5432",
+            },
+        },
+        "spec": {
+            "containers": [
+                {"name": "web", "image": "registry.example.com/web:1", "ports": [{"containerPort": 8080}]},
+                {"name": "sync", "image": "registry.example.com/sync:1"},
+            ]
+        },
+    }
+    out = admitted("istio", pod)
+    assert out.mode is not None and out.mode.value == "iptables", out.explanation
+    kept = dict(out.pod or {})
+    init = _container(kept, "istio-init", "initContainers")
+    proxy = _container(kept, "istio-proxy", "initContainers")
+    assert init is not None and proxy is not None  # native: Merbridge's controller does not count it
+    assert not mb.controller_counts(kept, "istio")
+    version = tuple(
+        int(x)
+        for x in json.loads(kept["metadata"]["annotations"]["mesh-injector.io/status"])["meshVersion"].split(
+            "."
+        )
+    )
+    rules = restore_text(iptables(version, from_args(init["args"])))
+    consts = mb.mesh_constants("istio")
+    steps = [
+        {
+            "do": "rules",
+            "name": "istio-init",
+            "command": ["sh", "-c", f'printf "%s" "$RULES" | {loader}'],
+            "env": {"RULES": rules},
+        },
+        {
+            "do": "proxy",
+            "name": "istio-proxy",
+            "uid": consts["SIDECAR_USER_ID"],
+            "bind": "0.0.0.0",
+            "port": consts["OUT_REDIRECT_PORT"],
+        },
+        {"do": "connect", "name": "to 5432", "uid": APP_UID, "host": B_IP, "port": DB_PORT},
+        {"do": "connect", "name": "to 8080", "uid": APP_UID, "host": B_IP, "port": 8080},
+    ]
+    exposed = _without(kept, "sidecar.istio.io/inject")
+    progs = programs["istio"]
+    for shown, fine in ((kept, True), (exposed, False)):
+        marked = mb.cni_plugin_handles(shown)
+        assert marked is not fine
+        with Node(progs.cgroup_root) as node:
+            progs.forget()
+            if marked:
+                progs.update(
+                    "mark_pod_ips_map",
+                    mb.mark_of(f"/var/run/netns/{NS_A}").to_bytes(4, "little"),
+                    mb.ip_key(A_IP),
+                )
+            progs.attach(node.parent)
+            try:
+                seen = play_against(node, steps, marked, {"db": DB_PORT, "web": 8080})
+            finally:
+                progs.detach(node.parent)
+        assert seen["istio-init"]["ok"], seen
+        via = seen["to 8080"]
+        assert via.get("tag") == "proxy" and via.get("orig") == f"{B_IP}:8080", seen
+        if fine:
+            assert _direct(seen["to 5432"]), seen
+        else:
+            assert _via_proxy(seen["to 5432"]), seen
+
+
+def play_against(
+    node: Node, steps: list[dict[str, Any]], marked: bool, servers: dict[str, int]
+) -> dict[str, Any]:
+    """``play`` with these servers on the other host (B, outside the mesh)."""
+    peer = {"cgroup": str(node.cgroups[NS_B]), "marked": False, "servers": servers}
+    plan = {
+        "cgroup": str(node.cgroups[NS_A]),
+        "mark": mb.mark_of(f"/var/run/netns/{NS_A}"),
+        "marked": marked,
+        "steps": steps,
+    }
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", NS_B, sys.executable, str(POD), "target", json.dumps(peer)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and "ready" in server.stdout.readline()
+        done = subprocess.run(
+            ["ip", "netns", "exec", NS_A, sys.executable, str(POD), "play", json.dumps(plan)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        server.kill()
+        server.wait()

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.servers import serve_process
+from tests.support import run_cli as run
 from webhook.cli import build_parser
 from webhook.loading import parse_policy
 from webhook.policy import PolicyError
@@ -24,17 +22,6 @@ from webhook.serve.run import where
 from webhook.serve.tls import ReloadingTLS
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
 
 
 def test_serve_says_where_it_listens_and_how_long_it_served(certs):

@@ -9,9 +9,6 @@ in a server-side dry-run create, and whether it decodes as a quantity must be wh
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import apiserver
+from tests.support import run_cli as run
 from webhook import kubeschema as schema
 from webhook.quantity import decodes
 
@@ -34,18 +32,6 @@ def pod(cpu: object) -> dict:
         "metadata": {"name": "q", "namespace": "shop"},
         "spec": {"containers": [{"name": "app", "image": "app:1", "resources": {"requests": {"cpu": cpu}}}]},
     }
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
 
 
 FINDING = (

@@ -19,23 +19,12 @@ import pytest
 
 from tests.servers import thread_server
 from tests.support import EXAMPLE, JSON, load_case
+from tests.support import run_cli as run
 from webhook.cluster.snapshot import StaticClusterView
 from webhook.serve.app import AppState
 
 REPO = Path(__file__).resolve().parent.parent
 CASE = load_case(sorted((REPO / "tests" / "golden" / "cases").iterdir())[0])
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
 
 
 def without(path: list[str]) -> dict:

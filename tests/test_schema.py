@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import K8S_SCHEMA_VERSION
+from tests.support import run_cli as run
 from webhook import kubeschema as schema
 from webhook.serve.review import POD_READS, ReviewError, parse_review
 
@@ -50,18 +48,6 @@ DEPLOYMENT: dict[str, Any] = {
         },
     },
 }
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
 
 
 def _definitions_file() -> Path:

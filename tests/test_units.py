@@ -410,10 +410,13 @@ def test_other_mesh_exclusions_are_parsed_and_bad_ones_reported():
             "config.linkerd.io/skip-outbound-ports": "25,8000-8100",
             "traffic.sidecar.istio.io/excludeOutboundIPRanges": "169.254.169.254/32,10.0.0.1/8",
             "config.linkerd.io/skip-inbound-ports": "not-a-port",
+            "config.linkerd.io/skip-subnets": "192.168.10.0/24",
         }
     )
     assert found.outbound == ((25, 25), (5432, 5432), (6379, 6379), (8000, 8100))
     assert found.cidrs == ("169.254.169.254/32", "10.0.0.0/8")
+    # Linkerd's skip-subnets are inbound sources (proxy-init's --subnets-to-ignore), never destinations
+    assert found.sources == ("192.168.10.0/24",)
     assert found.inbound == () and len(found.problems) == 1 and "skip-inbound-ports" in found.problems[0]
     assert opt_out({"sidecar.istio.io/inject": "False"}, {}) == 'label sidecar.istio.io/inject: "false"'
     assert opt_out({}, {"linkerd.io/inject": "enabled"}) is None

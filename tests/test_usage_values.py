@@ -8,7 +8,6 @@ loaded and every verb then ended in a traceback (``OverflowError`` in the sizes,
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from prometheus_client import generate_latest
 from tests.fake_apiserver import FakeAPIServer, meshed_pod, pod_metrics
 from tests.servers import free_port
 from tests.support import GOLDEN, anchored_policy, eventually
+from tests.support import run_cli as run
 from webhook.cluster.live import api_client
 from webhook.serve.metrics import Metrics
 from webhook.usage.history import UsageHistory
@@ -33,17 +33,6 @@ GOOD = "shop,Deployment/web,2026-11-20T10:00:00Z,120m,48Mi\n"
 NOW = "2026-11-21T00:00:00Z"
 POLICY = anchored_policy("sizing: {minSamples: 1, minSpan: 1m}")
 WEB = WorkloadKey("shop", "Deployment", "web")
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
 
 
 # (the bad line, what the one-line message says of it)

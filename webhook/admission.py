@@ -228,7 +228,7 @@ def _decide(
         return stop(connected)
     annotations = connected.annotations
     found = survey(pod, annotations, entry.ns_labels, namespace, key, snapshot, policy, ctx)
-    picked = pick(pod, annotations, found, plane, snapshot, policy, ctx)
+    picked = pick(pod, annotations, found, plane, connected.control, snapshot, policy, ctx)
     if isinstance(picked, Stop):
         return stop(picked)
     # the iptables backend of the init container's rules, one every eligible node has

@@ -15,6 +15,9 @@ class Mode(StrEnum):
     EBPF = "ebpf"
     IPTABLES = "iptables"
     MICROVM = "microvm"
+    # nothing is redirected: the flavour says the pod's traffic needs no redirect (its app
+    # talks to the proxy itself); never asked for by annotation
+    NONE = "none"
 
 
 class Skip(StrEnum):
@@ -151,6 +154,8 @@ class ModeReason(StrEnum):
     BATCH_NATIVE_SIDECAR = "batch-native-sidecar"
     HIGH_THROUGHPUT_GRPC = "high-throughput-grpc"
     EBPF_CAPABLE = "ebpf-capable"
+    # the flavour says the pod's traffic needs no redirect (proxyless gRPC): mode none
+    NOTHING_TO_REDIRECT = "nothing-to-redirect"
 
 
 class FirewallReason(StrEnum):

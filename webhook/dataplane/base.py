@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from ipaddress import ip_network
 from typing import Any, Literal, TypeVar
 
 from webhook.core import ProxyResources
+from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.policy import FlavourPolicy, Policy
 from webhook.reasons import Mode, Skip
 from webhook.workload import WorkloadKey
@@ -39,6 +41,58 @@ class NativeDefault:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RedirectRules:
+    """What the control plane's own redirect rules leave alone on a pod that says nothing of
+    its own, read once from its configuration: so that a mechanism that is not the mesh's
+    (Merbridge) can be told the same and every mode agrees on what reaches the proxy.
+
+    ``proxy_inbound``: the proxy's own ports, left alone whatever the pod says. The lists
+    below are the control plane's settings; the pod annotation ``pod_keys`` names for a list
+    replaces it on a pod that carries one, as the mesh's injector reads it. ``sources``:
+    inbound connections from these ranges are left alone (a rule on the source, not the
+    destination). ``only_*``: where the rules redirect only some ports or destinations (None:
+    every one). ``problems``: settings that could not be read as ports or ranges."""
+
+    proxy_inbound: Ports = ()
+    inbound: Ports = ()
+    outbound: Ports = ()
+    destinations: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    only_inbound: Ports | None = None
+    only_outbound: Ports | None = None
+    only_destinations: tuple[str, ...] | None = None
+    # "inbound", "outbound", "destinations", "sources", "only_inbound", ... -> pod annotation
+    pod_keys: Mapping[str, str] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    def for_pod(self, annotations: Mapping[str, Any]) -> RedirectRules:
+        """The rules as they hold for a pod: each list the pod's own annotation replaces is
+        that annotation's value (one that does not parse leaves the control plane's, as the
+        mesh's injector falls back to it; the exclusions step named it), and each ``only_*``
+        list it replaces is dropped (the pod's own list holds, read from the pod itself)."""
+        own = {name: annotations[key] for name, key in self.pod_keys.items() if key in annotations}
+        if not own:
+            return self
+        changes: dict[str, Any] = {}
+        for name, raw in own.items():
+            text = str(raw)
+            if name.startswith("only_"):
+                changes[name] = None
+            elif name in ("inbound", "outbound"):
+                try:
+                    changes[name] = parse_ports(text.replace(":", "-"))
+                except PortListError:
+                    pass
+            else:
+                try:
+                    nets = [str(ip_network(p.strip(), strict=False)) for p in text.split(",") if p.strip()]
+                except ValueError:
+                    continue
+                changes[name] = tuple(nets)
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ControlPlane:
     """What a flavour read of its control plane's configuration in the cluster (or took from
     the policy), for one decision: handed to its renderer as ``Build.control``."""
@@ -56,6 +110,8 @@ class ControlPlane:
     firewalls: tuple[Literal["legacy", "nft"], ...] = ("legacy",)
     # where its own injector would place the proxy as a native sidecar (None: not known)
     native: NativeDefault | None = None
+    # what its own redirect rules leave alone (what Merbridge is told, under ebpf)
+    rules: RedirectRules = field(default_factory=RedirectRules)
     # why no pod can be meshed without it (Linkerd without trust anchors)
     missing: tuple[Skip, str] | None = None
     warnings: tuple[str, ...] = ()
@@ -82,6 +138,7 @@ class Build:
     skip_inbound: Ports = ()
     skip_outbound: Ports = ()
     skip_cidrs: tuple[str, ...] = ()  # outbound destinations left alone
+    skip_sources: tuple[str, ...] = ()  # inbound connections from these ranges left alone
     workload: WorkloadKey
     batch: bool = False
     control: Any = None  # ControlPlane.config: what the flavour read of its control plane
@@ -154,8 +211,8 @@ class Redirect:
     repaired: bool = False
 
 
-def _no_ports(policy: Policy) -> tuple[Ports, Ports]:
-    return (), ()
+def _always_redirected(pod: Mapping[str, Any], control: ControlPlane) -> str | None:
+    return None
 
 
 def _no_config_maps(policy: Policy) -> tuple[tuple[str, str], ...]:
@@ -199,9 +256,13 @@ class Flavour:
     inherits: tuple[str, ...] = ()
     # Merbridge's mode for this proxy; None: Merbridge does not recognise it (no ebpf)
     redirect: Redirect | None = None
-    # (inbound, outbound) ports the mesh's own rules never redirect: the proxy's admin and
-    # control ports, the mesh's default skip ports
-    never_redirected: Callable[[Policy], tuple[Ports, Ports]] = _no_ports
+    # why a pod's traffic needs no redirect at all (its app talks to the proxy itself, as a
+    # proxyless gRPC app does), given the control plane it joins; None for a pod whose traffic
+    # the proxy must receive. Asked before the mode is chosen: such a pod gets mode "none".
+    no_redirect: Callable[[Mapping[str, Any], ControlPlane], str | None] = _always_redirected
+    # the mesh's own rules can leave inbound connections from given sources alone (the pod's
+    # skip-subnets); where they cannot, no mode does it and the flavour says so
+    skips_sources: bool = False
     # the mesh's network validator works under Merbridge (it is not redirected otherwise)
     validator_under_redirector: bool = False
     # the init container's rules use only iptables features gVisor's netstack accepts;
@@ -210,6 +271,9 @@ class Flavour:
     gvisor_gap: str = ""
     # the flavour writes sidecar.istio.io/status itself (Merbridge's CNI plugin needs it)
     writes_sidecar_status: bool = False
+    # the pod annotations the mesh's CNI plugin reads where it installs the rules (then no mode
+    # may write them for another reader)
+    cni_reads: tuple[str, ...] = ()
     # what it may add, so that re-injection takes off only what is provably ours: the names
     # of its containers, every volume it renders, the labels and annotations it writes (and
     # name prefixes of those named after the workload's kind)

@@ -21,7 +21,7 @@ from webhook.dataplane.base import (
     ControlPlane,
     DataPlane,
     Flavour,
-    Ports,
+    RedirectRules,
     field_env,
     image_tag,
 )
@@ -133,7 +133,10 @@ def init_container(rules: str, firewall: Firewall, policy: Policy) -> dict[str, 
 
 def rules_for(build: Build) -> str:
     return render_rules(
-        skip_inbound=build.skip_inbound, skip_outbound=build.skip_outbound, skip_cidrs=build.skip_cidrs
+        skip_inbound=build.skip_inbound,
+        skip_outbound=build.skip_outbound,
+        skip_cidrs=build.skip_cidrs,
+        skip_sources=build.skip_sources,
     )
 
 
@@ -146,8 +149,8 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     )
 
 
-def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
-    return ((ADMIN_PORT, ADMIN_PORT),), ()
+# what our ruleset always leaves alone: the proxy's admin port
+RULES = RedirectRules(proxy_inbound=((ADMIN_PORT, ADMIN_PORT),))
 
 
 def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
@@ -158,6 +161,7 @@ def control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
         version=image_tag(policy.proxy.image or ""),
         firewall=settings(policy).firewall,
         firewalls=("nft", "legacy"),
+        rules=RULES,
     )
 
 
@@ -200,7 +204,7 @@ FLAVOUR = Flavour(
     render=render,
     describe=describe,
     policy=FlavourPolicy(settings=GenericSettings, check=_check_policy),
-    never_redirected=never_redirected,
+    skips_sources=True,
     # our ruleset: -m owner, -o lo, -d, --dport and REDIRECT, which gVisor's netstack loads
     rules_in_gvisor=True,
     containers=(PROXY, INIT),

@@ -73,7 +73,12 @@ def render_rules(
     skip_inbound: tuple[tuple[int, int], ...] = (),
     skip_outbound: tuple[tuple[int, int], ...] = (),
     skip_cidrs: tuple[str, ...] = (),
+    skip_sources: tuple[str, ...] = (),
 ) -> str:
+    """The ``nat`` rules ``mesh-init`` loads: inbound to the proxy's inbound port but the admin
+    port, the skipped ports and connections from the skipped sources; outbound (but the
+    proxy's own, loopback's and the skipped ports' and destinations') to its outbound port.
+    IPv4 rules: IPv6 ranges are not written."""
     lines = [
         "*nat",
         ":PREROUTING ACCEPT [0:0]",
@@ -86,6 +91,7 @@ def render_rules(
         f"-A MESH_INBOUND -p tcp --dport {ADMIN_PORT} -j RETURN",
     ]
     lines += [f"-A MESH_INBOUND -p tcp {_dport(lo, hi)} -j RETURN" for lo, hi in skip_inbound]
+    lines += [f"-A MESH_INBOUND -s {cidr} -j RETURN" for cidr in skip_sources if ":" not in cidr]
     lines += [
         f"-A MESH_INBOUND -p tcp -j REDIRECT --to-ports {INBOUND_PORT}",
         "-A OUTPUT -p tcp -j MESH_OUTBOUND",

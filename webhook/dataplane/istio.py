@@ -29,6 +29,7 @@ seccomp, so the pod passes ``restricted`` in every mode but iptables.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,12 +47,14 @@ from webhook.dataplane.base import (
     NativeDefault,
     Ports,
     Redirect,
+    RedirectRules,
     Refused,
     container_ports,
     field_env,
     image_tag,
     label_value,
 )
+from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.dataplane.istioinjector import (
     Injector,
     InjectorConfig,
@@ -617,7 +620,73 @@ def _control(
         firewall="nft" if control.native_nftables else release.iptables,
         firewalls=firewalls,
         native=native,
+        rules=redirect_rules(control.capture),
         warnings=tuple(warnings),
+    )
+
+
+# the pod's own traffic annotations that replace each of the control plane's global.proxy
+# capture settings, as Istio's injector reads them
+POD_KEYS = {
+    "inbound": "traffic.sidecar.istio.io/excludeInboundPorts",
+    "outbound": "traffic.sidecar.istio.io/excludeOutboundPorts",
+    "destinations": "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+    "only_inbound": "traffic.sidecar.istio.io/includeInboundPorts",
+    "only_destinations": "traffic.sidecar.istio.io/includeOutboundIPRanges",
+    "only_outbound": "traffic.sidecar.istio.io/includeOutboundPorts",
+}
+
+
+def _capture_ports(text: str, name: str, problems: list[str]) -> Ports:
+    """A port list as istio-iptables hands it to iptables (``8000:8100`` is a range there)."""
+    try:
+        return parse_ports(text.replace(":", "-"))
+    except PortListError as exc:
+        problems.append(f"global.proxy.{name} {text!r}: {exc}")
+        return ()
+
+
+def _capture_ranges(text: str, name: str, problems: list[str]) -> tuple[str, ...]:
+    out = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            problems.append(f"global.proxy.{name} {item!r} is not an IP range")
+    return tuple(out)
+
+
+def redirect_rules(capture: Capture) -> RedirectRules:
+    """What istio-init leaves alone on a pod without its own traffic annotations: the agent's
+    and Envoy's own inbound ports (``-d 15090,15021,15020``) and the control plane's
+    ``global.proxy`` capture settings. ``includeInboundPorts`` and ``includeIPRanges`` narrow
+    what is redirected (``*``: everything; an empty list: nothing); ``includeOutboundPorts``
+    adds ports to what the ranges redirect, which a list of ranges cannot say."""
+    problems: list[str] = []
+    only_destinations = None
+    if capture.include_ranges != "*":
+        only_destinations = _capture_ranges(capture.include_ranges, "includeIPRanges", problems)
+        if not only_destinations:
+            problems.append("global.proxy.includeIPRanges is empty: no outbound traffic is redirected")
+        if capture.include_outbound:
+            problems.append(
+                f"global.proxy.includeOutboundPorts {capture.include_outbound!r} adds ports beside "
+                f"includeIPRanges {capture.include_ranges!r}"
+            )
+    only_inbound = None
+    if capture.include_inbound != "*":
+        only_inbound = _capture_ports(capture.include_inbound, "includeInboundPorts", problems)
+    return RedirectRules(
+        proxy_inbound=((STATUS_PORT, STATUS_PORT), (HEALTH_PORT, HEALTH_PORT), (PROM_PORT, PROM_PORT)),
+        inbound=_capture_ports(capture.exclude_inbound, "excludeInboundPorts", problems),
+        outbound=_capture_ports(capture.exclude_outbound, "excludeOutboundPorts", problems),
+        destinations=_capture_ranges(capture.exclude_ranges, "excludeIPRanges", problems),
+        only_inbound=only_inbound,
+        only_destinations=only_destinations,
+        pod_keys=POD_KEYS,
+        problems=tuple(problems),
     )
 
 
@@ -1354,18 +1423,19 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
         probes=probes,
         named=frozenset({"service.istio.io/canonical-name"} if named else ()),
         notes=tuple(notes),
-        warnings=(*warnings, *conf.warnings, *setup.warnings, *_capture_warnings(build, c)),
+        warnings=(*warnings, *conf.warnings, *setup.warnings, *_sources_warning(build)),
     )
 
 
-def _capture_warnings(build: Build, c: IstioControl) -> list[str]:
-    """The control plane's capture defaults reach the pod through istio-init's flags and the
-    CNI plugin's annotations; Merbridge reads only the pod's own annotations."""
-    if build.init is not None or c.capture == Capture():
+def _sources_warning(build: Build) -> list[str]:
+    """Inbound sources the pod asks to leave alone (Linkerd's ``skip-subnets``, translated):
+    istio-iptables, Istio's CNI plugin and Merbridge all match inbound traffic by port only."""
+    if not build.skip_sources:
         return []
     return [
-        "the control plane's global.proxy capture settings (include/exclude IP ranges and ports) are not "
-        f"applied in {build.mode.value} mode: only the pod's own traffic annotations are"
+        f"inbound connections from {', '.join(build.skip_sources)} (config.linkerd.io/skip-subnets) still go "
+        "through the proxy: Istio's rules leave inbound traffic alone by port only, never by source; skip "
+        "the ports those clients use (mesh-injector.io/skip-inbound-ports) instead"
     ]
 
 
@@ -1382,6 +1452,26 @@ GRPC_APP_MOUNTS = (
 )
 
 
+def no_redirect(pod: Mapping[str, Any], control: ControlPlane) -> str | None:
+    """Why a pod needs no redirect: it asks for the proxyless ``grpc-agent`` template (which
+    the control plane has). Its app speaks xDS to the agent itself and calls its peers
+    directly, so no mode's mechanism has anything to do for it. A template that is not
+    rendered is refused when the pod is rendered, not here."""
+    c = control.config
+    if not isinstance(c, IstioControl) or TEMPLATES not in _annotations(pod):
+        return None
+    try:
+        template, _ = _templates(pod, c)
+    except Refused:
+        return None
+    if template != "grpc-agent":
+        return None
+    return (
+        f"proxyless gRPC ({TEMPLATES}: grpc-agent): the app speaks xDS to the agent itself and calls its "
+        "peers directly, so nothing is redirected"
+    )
+
+
 def render_grpc_agent(
     build: Build, pod: Mapping[str, Any], c: IstioControl, warnings: list[str]
 ) -> DataPlane:
@@ -1391,16 +1481,7 @@ def render_grpc_agent(
     no init container is added whatever the mode."""
     conf = pod_config(pod)
     setup = proxy_setup(build, pod, c, envoy=False)
-    notes = [
-        *setup.notes,
-        f"proxyless gRPC ({TEMPLATES}: grpc-agent): the app speaks xDS to the agent itself, so nothing "
-        f"is redirected: no init container, and {build.mode.value} mode installs nothing for this pod",
-    ]
-    if build.mode.value == "microvm":
-        warnings.append(
-            "microvm mode puts this proxyless gRPC pod in a VM sandbox although nothing is intercepted; "
-            "annotate it mesh-injector.io/interception: iptables to keep its own runtime"
-        )
+    notes = list(setup.notes)
     network = _network(pod, c)
     env = [
         {"name": "ISTIO_META_GENERATOR", "value": "grpc"},
@@ -1495,12 +1576,6 @@ def render_grpc_agent(
 # ---------------------------------------------------------------------------- the flavour
 
 
-def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
-    """What istio-iptables' -d always leaves to the pod: Envoy's Prometheus port, the health
-    and status ports."""
-    return ((HEALTH_PORT, HEALTH_PORT), (STATUS_PORT, STATUS_PORT), (PROM_PORT, PROM_PORT)), ()
-
-
 def describe(policy: Policy, cni: bool) -> list[str]:
     s = settings(policy)
     control = control_plane({}, policy).config
@@ -1546,7 +1621,8 @@ FLAVOUR = Flavour(
     control_plane=control_plane,
     control_for=control_for,
     redirect=Redirect(mode="istio", uid=UID, outbound=15001, inbound=15006, repaired=True),
-    never_redirected=never_redirected,
+    no_redirect=no_redirect,
+    cni_reads=(*CNI_ANNOTATIONS, "sidecar.istio.io/inject"),
     gvisor_gap="istio-iptables' rules are not shown to load in gVisor's netstack",
     writes_sidecar_status=True,
     containers=(PROXY, INIT, VALIDATION),

@@ -617,17 +617,12 @@ def skip_lists(build: Build, pod: Mapping[str, Any], c: Config, policy: Policy) 
     Linkerd's own: the pod's ``config.linkerd.io/skip-*-ports`` where it has one (it replaces
     the control plane's ``proxyInit.ignore*Ports``, as Linkerd's injector does), else the
     control plane's (with a CNI plugin: none, the plugin's own apply); ours and the other
-    meshes' exclusions are added. Under Merbridge (ebpf): what it is told
-    (``never_redirected``) and the pod's exclusions."""
-    if build.mode is Mode.EBPF:
-        (ins, outs), (ins_ports, outs_ports) = _KEPT.get(policy, "never", lambda: _never_parsed(policy))
-        return join(ins, port_list(_minus(build.skip_inbound, ins_ports))), join(
-            outs, port_list(_minus(build.skip_outbound, outs_ports))
-        )
+    meshes' exclusions are added. Under Merbridge (ebpf) the same: it is told what
+    linkerd-init would leave alone (``ControlPlane.rules``)."""
     out = []
     # a CNI plugin (linkerd-cni) applies the pod's annotation, else its own configuration,
     # never the control plane's proxyInit ports
-    cni = build.validator
+    cni = build.validator and build.mode is Mode.IPTABLES
     for name, default, extra in (
         ("skip-inbound-ports", "" if cni else c.ignore_inbound, build.skip_inbound),
         ("skip-outbound-ports", "" if cni else c.ignore_outbound, build.skip_outbound),
@@ -822,31 +817,6 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
     )
 
 
-def _never(policy: Policy) -> tuple[str, str]:
-    """The policy's ignore ports, else the default version's (Linkerd's 4567,4568)."""
-    s = settings(policy)
-    chart = KNOWN[s.version].values["proxyInit"]
-    ins = s.ignore_inbound_ports if s.ignore_inbound_ports is not None else chart["ignoreInboundPorts"]
-    outs = s.ignore_outbound_ports if s.ignore_outbound_ports is not None else chart["ignoreOutboundPorts"]
-    return ins, outs
-
-
-def _never_parsed(policy: Policy) -> tuple[tuple[str, str], tuple[Ports, Ports]]:
-    ins, outs = _never(policy)
-    return (ins, outs), (parse_ports(ins), parse_ports(outs))
-
-
-def never_redirected(policy: Policy) -> tuple[Ports, Ports]:
-    """The control and admin ports, and the policy's ignore ports (else the default
-    version's: Linkerd's 4567,4568): what Merbridge is told to leave alone (once per policy)."""
-    return _KEPT.get(policy, "never-redirected", lambda: _never_redirected(policy))
-
-
-def _never_redirected(policy: Policy) -> tuple[Ports, Ports]:
-    _, (ins, outs) = _never_parsed(policy)
-    return tuple(sorted({(CONTROL, CONTROL), (ADMIN, ADMIN), *ins})), outs
-
-
 def describe(policy: Policy, cni: bool) -> list[str]:
     s = settings(policy)
     release = KNOWN[s.version]
@@ -899,7 +869,7 @@ FLAVOUR = Flavour(
     ),
     inherits=(CONFIG, CONFIG_ALPHA, CONFIG_BETA),
     redirect=Redirect(mode="linkerd", uid=UID, outbound=OUTBOUND, inbound=INBOUND, repaired=False),
-    never_redirected=never_redirected,
+    skips_sources=True,
     validator_under_redirector=True,
     gvisor_gap="proxy-init writes -m comment and matches port lists with -m multiport",
     containers=(PROXY, INIT, VALIDATOR),

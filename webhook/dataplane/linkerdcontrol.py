@@ -19,6 +19,7 @@ warning and the default kept; a version older than any known stops the decision.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
-from webhook.dataplane.base import ConfigMaps, ControlPlane, NativeDefault, image_tag
+from webhook.dataplane.base import ConfigMaps, ControlPlane, NativeDefault, RedirectRules, image_tag
 from webhook.dataplane.iptables import PortListError, parse_ports
 from webhook.policy import Policy, PortList
 from webhook.reasons import Skip
@@ -856,7 +857,40 @@ def read_control_plane(maps: ConfigMaps, policy: Policy) -> ControlPlane:
         firewall=config.firewall,
         firewalls=FIREWALLS,
         native=native,
+        rules=redirect_rules(config),
         warnings=tuple(warnings),
+    )
+
+
+# the pod annotations that replace the control plane's proxy-init lists, as Linkerd's
+# injector reads them (the namespace's, inherited, count as the pod's)
+POD_KEYS = {
+    "inbound": "config.linkerd.io/skip-inbound-ports",
+    "outbound": "config.linkerd.io/skip-outbound-ports",
+    "sources": "config.linkerd.io/skip-subnets",
+}
+
+
+def redirect_rules(config: Config) -> RedirectRules:
+    """What linkerd-init leaves alone on a pod without its own skip annotations: the proxy's
+    control and admin ports, ``proxyInit.ignoreInboundPorts``/``ignoreOutboundPorts``, and
+    inbound connections from ``proxyInit.skipSubnets`` (``--subnets-to-ignore``: a rule on the
+    source in proxy-init's inbound chain)."""
+    sources, problems = [], []
+    for item in (p.strip() for p in config.skip_subnets.split(",")):
+        if not item:
+            continue
+        try:
+            sources.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            problems.append(f"proxyInit.skipSubnets {item!r} is not an IP range")
+    return RedirectRules(
+        proxy_inbound=((CONTROL, CONTROL), (ADMIN, ADMIN)),
+        inbound=parse_ports(config.ignore_inbound),
+        outbound=parse_ports(config.ignore_outbound),
+        sources=tuple(sources),
+        pod_keys=POD_KEYS,
+        problems=tuple(problems),
     )
 
 

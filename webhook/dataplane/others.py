@@ -5,7 +5,10 @@ A pod another mesh already owns (its proxy or init container, or the annotation 
 injector writes) never gets our proxy: two proxies would fight over the same traffic.
 Their opt-outs count as the pod's own (``otherMeshes.respectOptOuts`` in the policy), and
 their exclusion annotations are translated into ours, so a workload moving to us keeps the
-exclusions it relies on (databases, SMTP, the metadata server).
+exclusions it relies on (databases, SMTP, the metadata server), each as what it means:
+Linkerd's ``config.linkerd.io/skip-subnets`` is proxy-init's ``--subnets-to-ignore``, which
+leaves inbound connections *from* those ranges alone (a rule on the source in its inbound
+chain), never outbound destinations; Istio's ``excludeOutboundIPRanges`` are destinations.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ OPT_OUTS = (
     ("annotation", "sidecar.istio.io/inject", "false", "Istio"),
     ("annotation", "linkerd.io/inject", "disabled", "Linkerd"),
 )
-# annotation -> (which of ours it adds to, mesh)
+# annotation -> which of ours it adds to: inbound or outbound ports, outbound destinations
+# ("cidrs"), or inbound sources
 EXCLUSIONS = {
     "traffic.sidecar.istio.io/excludeInboundPorts": "inbound",
     "traffic.sidecar.istio.io/excludeOutboundPorts": "outbound",
     "traffic.sidecar.istio.io/excludeOutboundIPRanges": "cidrs",
     "config.linkerd.io/skip-inbound-ports": "inbound",
     "config.linkerd.io/skip-outbound-ports": "outbound",
-    "config.linkerd.io/skip-subnets": "cidrs",
+    "config.linkerd.io/skip-subnets": "sources",
 }
 LABELS_READ = ("sidecar.istio.io/inject",)
 
@@ -77,14 +81,15 @@ def opt_out(labels: Mapping[str, Any], annotations: Mapping[str, Any]) -> str | 
 class Exclusions:
     inbound: tuple[tuple[int, int], ...] = ()
     outbound: tuple[tuple[int, int], ...] = ()
-    cidrs: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()  # outbound destinations
+    sources: tuple[str, ...] = ()  # inbound connections from these ranges
     used: tuple[str, ...] = ()  # the annotations that were translated
     problems: tuple[str, ...] = field(default=())
 
 
 def exclusions(annotations: Mapping[str, Any]) -> Exclusions:
     ports: dict[str, list[tuple[int, int]]] = {"inbound": [], "outbound": []}
-    cidrs: list[str] = []
+    ranges: dict[str, list[str]] = {"cidrs": [], "sources": []}
     used: list[str] = []
     problems: list[str] = []
     for key, kind in EXCLUSIONS.items():
@@ -92,7 +97,7 @@ def exclusions(annotations: Mapping[str, Any]) -> Exclusions:
         if raw is None:
             continue
         text = str(raw).strip()
-        if kind == "cidrs":
+        if kind in ranges:
             try:
                 nets = [
                     str(ipaddress.ip_network(p.strip(), strict=False)) for p in text.split(",") if p.strip()
@@ -100,7 +105,7 @@ def exclusions(annotations: Mapping[str, Any]) -> Exclusions:
             except ValueError as exc:
                 problems.append(f"annotation {key}: {exc}; ignored")
                 continue
-            cidrs += nets
+            ranges[kind] += nets
         else:
             try:
                 ports[kind] += parse_ports(text)
@@ -111,7 +116,8 @@ def exclusions(annotations: Mapping[str, Any]) -> Exclusions:
     return Exclusions(
         inbound=merge_ranges(ports["inbound"]),
         outbound=merge_ranges(ports["outbound"]),
-        cidrs=tuple(dict.fromkeys(cidrs)),
+        cidrs=tuple(dict.fromkeys(ranges["cidrs"])),
+        sources=tuple(dict.fromkeys(ranges["sources"])),
         used=tuple(used),
         problems=tuple(problems),
     )

@@ -40,7 +40,8 @@ class Exclusions:
 
     inbound: Ports = ()
     outbound: Ports = ()
-    cidrs: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()  # outbound destinations
+    sources: tuple[str, ...] = ()  # inbound connections from these ranges
 
 
 def str_map(value: object) -> Mapping[str, str]:
@@ -158,15 +159,16 @@ def pod_exclusions(annotations: Mapping[str, Any], policy: Policy, ctx: Notes) -
         except PortListError as exc:
             ctx.warn(f"annotation {PREFIX}{name}: {exc}; no ports skipped")
     cidrs: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
     if policy.other_meshes.translate_exclusions:
         found = others.exclusions(annotations)
         for problem in found.problems:
             ctx.warn(problem)
         if found.used:
             skips = [merge_ranges((*skips[0], *found.inbound)), merge_ranges((*skips[1], *found.outbound))]
-            cidrs = found.cidrs
+            cidrs, sources = found.cidrs, found.sources
             ctx.lines.append(f"exclusions: translated {', '.join(found.used)}")
-    return Exclusions(inbound=skips[0], outbound=skips[1], cidrs=cidrs)
+    return Exclusions(inbound=skips[0], outbound=skips[1], cidrs=cidrs, sources=sources)
 
 
 def inherit(

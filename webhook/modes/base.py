@@ -20,7 +20,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from webhook.cluster.snapshot import ClusterSnapshot
-from webhook.dataplane.base import Flavour, Ports
+from webhook.dataplane.base import ControlPlane, Flavour, Ports
 from webhook.decide.nodefacts import KernelFacts
 from webhook.decide.podfacts import Exclusions
 from webhook.decide.scheduling import Eligibility
@@ -66,6 +66,7 @@ class Setting:
     snapshot: ClusterSnapshot
     policy: Policy
     plane: Flavour
+    control: ControlPlane  # what the flavour read of its control plane (its redirect rules)
     pod: Mapping[str, Any]  # the pod as received, with any earlier injection of ours taken off
     annotations: Mapping[str, Any]
     sandbox: Sandbox | None

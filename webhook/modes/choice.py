@@ -1,5 +1,9 @@
 """Which interception mode a pod gets: the decision table.
 
+Before the table: a pod whose flavour says its traffic needs no redirect (``Flavour.no_redirect``:
+a proxyless gRPC app) gets ``none`` (``nothing-to-redirect``), whatever it asks for and
+wherever it runs: no mechanism, so nothing to refuse and nothing to fall back from.
+
 ``auto`` (the first row that holds wins)::
 
     pod already in a sandbox RuntimeClass                       -> microvm   sandboxed-pod
@@ -25,6 +29,9 @@ microvm -> ebpf -> iptables, with a warning. Reaching iptables is refused when t
 namespace's Pod Security level rejects (``baseline``, ``restricted``) unless a CNI plugin
 installs the rules. A sandboxed pod can only be meshed inside its sandbox: any other
 annotation is overridden with a warning, and the pod is skipped where that cannot work.
+
+A pod given another mode than ebpf gets the annotations that keep Merbridge's hands off it
+where Merbridge runs (``webhook.modes.ebpf.hands_off``): it does not look at our mode.
 """
 
 from __future__ import annotations
@@ -35,13 +42,13 @@ from typing import Any
 
 from webhook.cluster.snapshot import ClusterSnapshot
 from webhook.core import Notes
-from webhook.dataplane.base import Flavour
+from webhook.dataplane.base import ControlPlane, Flavour
 from webhook.decide.placement import native_placement
 from webhook.decide.podfacts import pod_exclusions, pod_option
 from webhook.decide.survey import Survey
 from webhook.modes import MODES
 from webhook.modes.base import Interception, Setting, sandbox_of
-from webhook.modes.ebpf import early_inits_taken_anyway
+from webhook.modes.ebpf import hands_off
 from webhook.policy import Policy
 from webhook.reasons import Mode, ModeReason, Skip, Stop
 
@@ -118,7 +125,17 @@ def _requested(setting: Setting, traits: PodTraits) -> Choice:
     raise AssertionError("iptables is present wherever the pod is not sandboxed")
 
 
+def _nothing_to_redirect(why: str, traits: PodTraits) -> Choice:
+    warning = None
+    if traits.requested != "auto":
+        warning = f"mesh-injector: interception {traits.requested} is not applied: {why}"
+    return Choice(Mode.NONE, ModeReason.NOTHING_TO_REDIRECT, why, warning=warning)
+
+
 def choose_mode(setting: Setting, traits: PodTraits) -> Choice:
+    why = setting.plane.no_redirect(setting.pod, setting.control)
+    if why is not None:
+        return _nothing_to_redirect(why, traits)
     if setting.sandbox is not None:
         return _sandboxed(setting, traits)
     if traits.requested in (m.value for m in Mode):
@@ -171,6 +188,7 @@ def pick(
     annotations: Mapping[str, str],
     found: Survey,
     plane: Flavour,
+    control: ControlPlane,
     snapshot: ClusterSnapshot,
     policy: Policy,
     ctx: Notes,
@@ -184,6 +202,7 @@ def pick(
         snapshot=snapshot,
         policy=policy,
         plane=plane,
+        control=control,
         pod=pod,
         annotations=annotations,
         sandbox=sandbox_of(pod, snapshot, policy),
@@ -209,13 +228,13 @@ def pick(
         return Stop(choice.skip, choice.text)
     if choice.warning:
         ctx.warn(choice.warning)
-    if choice.mode is Mode.IPTABLES:  # its placement is the one native_placement gives
-        redirected = early_inits_taken_anyway(setting, native_possible)
-        if redirected:
-            ctx.warn(redirected)
     ctx.lines.append(
         f"mode: {choice.mode.value} ({choice.reason.value if choice.reason else ''}): {choice.text}"
     )
     adds = MODES[choice.mode].interception(setting)
+    if choice.mode is not Mode.EBPF:  # its placement is the one native_placement gives
+        adds, warning = hands_off(setting, adds, native_possible)
+        if warning:
+            ctx.warn(warning)
     ctx.lines.extend(adds.notes)
     return Picked(choice.mode, choice, setting, adds, native_option)

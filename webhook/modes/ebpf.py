@@ -20,9 +20,17 @@ pod's interface. What it needs, read from its source (commit 561fc00, release 0.
   ``excludeOutboundIPRanges`` (``controller/pod.go``), in every mesh mode: single ports
   (ranges are dropped), IPv4 ranges only, at most 20 entries each (the same for the pod's own
   ``include*`` lists, which it reads too: a longer one rules ebpf out), and 7 inbound entries are
-  Merbridge's own (Istio's ports). Linkerd's control and admin ports (4190, 4191) are not
-  among them, so they are excluded here, or a meshed Prometheus's scrape of 4191 and
+  Merbridge's own (Istio's ports). It is told what the mesh's own rules would leave alone
+  (``ControlPlane.rules``: the installed control plane's settings, each replaced by the pod's
+  own annotation as the mesh's injector reads it), and the pod's exclusions, so ebpf and
+  iptables send the same traffic to the proxy; what it cannot be told (a rule on inbound
+  sources, a setting that is no list of ports or ranges) rules ebpf out. Linkerd's control and
+  admin ports (4190, 4191) are not among its own, or a meshed Prometheus's scrape of 4191 and
   ``linkerd viz tap`` on 4190 would be sent to the inbound proxy.
+- **Pods of other modes**: Merbridge does not look at the mode we chose. Its controller counts
+  any pod with the mesh's proxy as a regular container beside another, and its CNI plugin
+  takes any pod marked ``sidecar.istio.io/status`` beside two regular containers; both are
+  kept off a pod that is not ebpf's (``hands_off``).
 
 - **Pods it breaks**: in CNI mode its plugin opens a listener on 0.0.0.0:39807 in the pod's
   network namespace when the pod is created (``internal/cni-server/cni-plugin.go``), and from
@@ -48,13 +56,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot, RedirectorState
-from webhook.dataplane.base import Flavour, Kept, Ports
+from webhook.dataplane.base import Flavour, Kept, Ports, RedirectRules
+from webhook.dataplane.iptables import merge_ranges
 from webhook.decide.podfacts import Exclusions
 from webhook.modes.base import Gap, Interception, Setting, ports_text
 from webhook.policy import Policy
@@ -69,12 +79,24 @@ NEEDS = (
 EXCLUDE_INBOUND = "traffic.sidecar.istio.io/excludeInboundPorts"
 EXCLUDE_OUTBOUND = "traffic.sidecar.istio.io/excludeOutboundPorts"
 EXCLUDE_RANGES = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
+# the only inbound ports and outbound destinations Merbridge redirects, where a list is given
+INCLUDE_INBOUND = "traffic.sidecar.istio.io/includeInboundPorts"
+INCLUDE_RANGES = "traffic.sidecar.istio.io/includeOutboundIPRanges"
 # the mark Merbridge's CNI plugin requires before it redirects a pod
 CNI_MARK = "sidecar.istio.io/status"
 # a pod annotated with it "false" is ignored by Merbridge's CNI plugin
 CNI_SKIP = "sidecar.istio.io/inject"
-# what ebpf mode writes on a pod (taken off again on re-injection)
-MARKS = (EXCLUDE_INBOUND, EXCLUDE_OUTBOUND, EXCLUDE_RANGES, CNI_MARK)
+# what ebpf mode writes on a pod, and what keeps Merbridge's hands off a pod of another mode
+# (taken off again on re-injection)
+MARKS = (
+    EXCLUDE_INBOUND,
+    EXCLUDE_OUTBOUND,
+    EXCLUDE_RANGES,
+    INCLUDE_INBOUND,
+    INCLUDE_RANGES,
+    CNI_MARK,
+    CNI_SKIP,
+)
 # internal/cni-server/cni-plugin.go: the listener its CNI plugin opens in every pod it handles
 # (bpf/headers/mesh.h: SOCK_IP_MARK_PORT)
 REDIRECTOR_PORT = 39807
@@ -138,47 +160,90 @@ def _width(ports: Ports) -> int:
     return sum(hi - lo + 1 for lo, hi in ports)
 
 
-# Merbridge's annotations by what they are made of (the policy, the ports the flavour never
-# redirects under it, the pod's exclusions): pods with the same exclusions, most of them
-# none, share one answer.
+# Merbridge's annotations by what they are made of (the mesh's rules as they hold for the
+# pod, every field but the annotation names they were read with; the pod's exclusions;
+# whether the flavour's rules can leave sources alone): pods alike in these, most pods of
+# a control plane, share one answer, kept per policy.
 _KEPT = Kept()
+_RULES_READ = tuple(f.name for f in fields(RedirectRules) if f.name != "pod_keys")
 
 
 def _annotations(setting: Setting) -> tuple[dict[str, str], str | None]:
-    """Merbridge's exclusion annotations for the pod (a copy of its own), or why they cannot
-    say what it needs."""
-    plane, policy, excl = setting.plane, setting.policy, setting.exclusions
-    found, why = _KEPT.get(policy, (plane.never_redirected, excl), lambda: _made(plane, policy, excl))
+    """Merbridge's annotations for the pod: what the mesh's own rules would leave alone (the
+    control plane's settings, or the pod's own annotation where it replaces one, as the
+    mesh's injector reads them; ``ControlPlane.rules``) and the pod's exclusions, so that ebpf
+    and iptables send the same traffic to the proxy; or why they cannot say that (a copy of
+    the answer kept for pods alike)."""
+    rules = setting.control.rules.for_pod(setting.annotations)
+    excl, skips_sources = setting.exclusions, setting.plane.skips_sources
+    key = (tuple(getattr(rules, name) for name in _RULES_READ), excl, skips_sources)
+    found, why = _KEPT.get(setting.policy, key, lambda: _made(rules, excl, skips_sources))
     return dict(found), why
 
 
-def _made(plane: Flavour, policy: Policy, excl: Exclusions) -> tuple[Mapping[str, str], str | None]:
-    never_in, never_out = plane.never_redirected(policy)
-    inbound = sorted({p for p in (*_expand(never_in), *_expand(excl.inbound)) if p not in OWN_INBOUND})
-    outbound = sorted(set(_expand(never_out)) | set(_expand(excl.outbound)))
-    room_in = MAX_ITEMS - len(OWN_INBOUND)
-    if _width(excl.inbound) > MAX_ITEMS or len(inbound) > room_in:
+def _made(
+    rules: RedirectRules, excl: Exclusions, skips_sources: bool
+) -> tuple[Mapping[str, str], str | None]:
+    if rules.problems:
+        return {}, f"the control plane's {rules.problems[0]}, which Merbridge cannot be told"
+    sources = tuple(dict.fromkeys((*rules.sources, *excl.sources)))
+    if sources and skips_sources:
         return {}, (
-            f"the pod excludes inbound ports {ports_text(excl.inbound)}; with the proxy's own that is more "
-            f"than the {room_in} single ports Merbridge holds beside its {len(OWN_INBOUND)}"
+            f"the mesh's rules leave inbound connections from {', '.join(sources)} alone (a rule on the "
+            "source), which Merbridge cannot: it leaves inbound traffic alone by port only"
         )
-    if _width(excl.outbound) > MAX_ITEMS or len(outbound) > MAX_ITEMS:
+    room_in = MAX_ITEMS - len(OWN_INBOUND)
+    asked_in = merge_ranges((*rules.inbound, *excl.inbound))
+    every_in = merge_ranges((*rules.proxy_inbound, *asked_in))
+    if _width(every_in) > MAX_ITEMS + len(OWN_INBOUND):
+        inbound: list[int] = []
+        too_many = True
+    else:
+        inbound = [p for p in _expand(every_in) if p not in OWN_INBOUND]
+        too_many = len(inbound) > room_in
+    if too_many:
         return {}, (
-            f"the pod excludes outbound ports {ports_text(excl.outbound)}; Merbridge holds at most "
+            f"the pod excludes inbound ports {ports_text(excl.inbound)}; with the mesh's own "
+            f"({ports_text(merge_ranges((*rules.proxy_inbound, *rules.inbound)))}) that is more than the "
+            f"{room_in} single ports Merbridge holds beside its {len(OWN_INBOUND)}"
+        )
+    every_out = merge_ranges((*rules.outbound, *excl.outbound))
+    if _width(every_out) > MAX_ITEMS:
+        mesh = f" and the mesh's rules {ports_text(rules.outbound)}" if rules.outbound else ""
+        return {}, (
+            f"the pod excludes outbound ports {ports_text(excl.outbound)}{mesh}; Merbridge holds at most "
             f"{MAX_ITEMS} single ports"
         )
-    v6 = [c for c in excl.cidrs if ipaddress.ip_network(c, strict=False).version == 6]
+    cidrs = tuple(dict.fromkeys((*rules.destinations, *excl.cidrs)))
+    v6 = [c for c in cidrs if ipaddress.ip_network(c, strict=False).version == 6]
     if v6:
         return {}, f"the pod excludes IPv6 range {v6[0]}; Merbridge applies exclusions to IPv4 only"
-    if len(excl.cidrs) > MAX_ITEMS:
-        return {}, f"the pod excludes {len(excl.cidrs)} IP ranges; Merbridge holds at most {MAX_ITEMS}"
+    if len(cidrs) > MAX_ITEMS:
+        return {}, f"the pod excludes {len(cidrs)} IP ranges; Merbridge holds at most {MAX_ITEMS}"
     out: dict[str, str] = {}
     if inbound:
         out[EXCLUDE_INBOUND] = ",".join(map(str, inbound))
-    if outbound:
-        out[EXCLUDE_OUTBOUND] = ",".join(map(str, outbound))
-    if excl.cidrs:
-        out[EXCLUDE_RANGES] = ",".join(excl.cidrs)
+    if every_out:
+        out[EXCLUDE_OUTBOUND] = ",".join(map(str, _expand(every_out)))
+    if cidrs:
+        out[EXCLUDE_RANGES] = ",".join(cidrs)
+    if rules.only_inbound is not None:
+        if _width(rules.only_inbound) > MAX_ITEMS:
+            return {}, (
+                f"the control plane redirects inbound ports {ports_text(rules.only_inbound)} only; Merbridge "
+                f"holds at most {MAX_ITEMS} single ports"
+            )
+        # an empty list redirects nothing inbound: a port Merbridge always leaves alone says so
+        out[INCLUDE_INBOUND] = ",".join(map(str, _expand(rules.only_inbound) or [OWN_INBOUND[0]]))
+    if rules.only_destinations is not None:
+        only = rules.only_destinations
+        v6 = [c for c in only if ipaddress.ip_network(c, strict=False).version == 6]
+        if v6 or len(only) > MAX_ITEMS:
+            return {}, (
+                f"the control plane redirects outbound traffic to {', '.join(only)} only; Merbridge holds at "
+                f"most {MAX_ITEMS} IPv4 ranges"
+            )
+        out[INCLUDE_RANGES] = ",".join(only)
     return out, None
 
 
@@ -302,30 +367,70 @@ def early_inits(pod: Mapping[str, Any], proxy_uid: int) -> list[str]:
     return out
 
 
-def early_inits_taken_anyway(setting: Setting, native: bool) -> str | None:
-    """A warning for a pod given another mode whose init containers Merbridge redirects all
-    the same: its CNI plugin takes every pod that carries ``sidecar.istio.io/status`` beside
-    two regular containers, whatever the mode, on the nodes where it runs in CNI mode; a
-    flavour that writes that annotation itself (Istio's) has it on every pod. With the proxy a
-    native sidecar (started before the init containers, and leaving one regular container
-    only) nothing is refused; in the legacy placement the init containers are."""
+def hands_off(setting: Setting, adds: Interception, native: bool) -> tuple[Interception, str | None]:
+    """For a pod given another mode than ebpf: the annotations that keep Merbridge from
+    redirecting it as well, where Merbridge runs or may run (a pod of it, Ready or not, on a
+    node the pod may land on), and what is said of it; with a warning where they cannot be
+    written. Merbridge does not look at the mode we chose:
+
+    - its controller counts a pod whose proxy is a regular container beside another one, in
+      its own ``--mode`` (``IsIstioInjectedSidecar``); then a meshed proxy on the same node
+      that connects to the pod is sent to the pod's inbound port (``mb_connect.c``) and, in CNI
+      mode, so is every connection from another node (``mb_tc.c``), whatever ports the pod's
+      own rules leave alone, and on a pod whose app is the server itself (proxyless gRPC), to
+      a port nothing listens on. An inbound list of one port it always leaves alone
+      (``includeInboundPorts``, read in ``parsePodConfigFromAnnotations``) leaves it no port to
+      send there;
+    - its CNI plugin takes every pod that carries ``sidecar.istio.io/status`` beside two or
+      more regular containers (``ignorePodIstio``, every mesh mode but Kuma's and OSM's) and
+      sends all of its connections to the proxy's outbound port from the pod's start, but
+      loopback's and the proxy's own: its own init containers' are refused (the proxy is not
+      up yet), the exclusions its rules hold are ignored, and an app without an outbound
+      listener beside it (proxyless gRPC) reaches nothing. ``sidecar.istio.io/inject: "false"``
+      makes the plugin leave the pod alone; Istio's injector reads it only on a pod it has not
+      injected (ours carries its status annotation), and Istio's CNI plugin only where it
+      installs the rules, when neither is written (``Flavour.cni_reads``).
+    """
     plane = setting.plane
-    if native or not plane.writes_sidecar_status or plane.redirect is None:
-        return None
-    if setting.policy.interception.ebpf.allow_init_containers:
-        return None
-    if str(setting.annotations.get(CNI_SKIP, "")).strip().lower() == "false":
-        return None
-    early = early_inits(setting.pod, plane.redirect.uid)
-    nodes = [node for state, _, node in setting.elig.redirectors if state and state.ready and state.cni_mode]
-    if not early or not nodes:
-        return None
-    return (
-        f"mesh-injector: the pod's init containers ({', '.join(early)}) run before {plane.proxy_name}, a "
-        f"regular container here, and Merbridge on node {nodes[0]} redirects every pod marked "
-        f"{CNI_MARK} whatever its mode: their connections would be refused (run them as uid "
-        f"{plane.redirect.uid}, exclude the ports they use, or use native sidecars, Kubernetes 1.29+)"
+    agents = [(state, node) for state, _, node in setting.elig.redirectors if state is not None]
+    if not agents or plane.redirect is None:
+        return adds, None
+    containers = [c for c in _items((setting.pod.get("spec") or {}).get("containers")) if isinstance(c, dict)]
+    regular = len(containers) + (0 if native else 1)
+    counted = [node for state, node in agents if not native and state.mode == plane.redirect.mode]
+    marked = [node for state, node in agents if state.cni_mode] if plane.writes_sidecar_status else []
+    if regular < 2 or str(setting.annotations.get(CNI_SKIP, "")).strip().lower() == "false":
+        marked = []
+    held = plane.cni_reads if adds.init == "validator" else ()
+    written: dict[str, str] = {}
+    said: list[str] = []
+    if counted and INCLUDE_INBOUND not in held:
+        written[INCLUDE_INBOUND] = str(OWN_INBOUND[0])
+        said.append(
+            f"{INCLUDE_INBOUND}={OWN_INBOUND[0]} (its controller counts the pod: no inbound connection to it "
+            "is sent to the proxy by Merbridge)"
+        )
+    warning = None
+    if marked and CNI_SKIP not in held:
+        written[CNI_SKIP] = "false"
+        said.append(f'{CNI_SKIP}="false" (its CNI plugin would take the pod: it leaves it alone)')
+    elif marked and not native and not setting.policy.interception.ebpf.allow_init_containers:
+        early = early_inits(setting.pod, plane.redirect.uid)
+        if early:
+            warning = (
+                f"mesh-injector: the pod's init containers ({', '.join(early)}) run before "
+                f"{plane.proxy_name}, a regular container here, and Merbridge on node {marked[0]} redirects "
+                f"every pod marked {CNI_MARK} whatever its mode, which cannot be kept off while the mesh's "
+                "CNI plugin installs the rules: their connections would be refused (run them as uid "
+                f"{plane.redirect.uid}, exclude the ports they use, or use native sidecars, Kubernetes 1.29+)"
+            )
+    if not written:
+        return adds, warning
+    node = (counted or marked)[0]
+    note = (
+        f"merbridge: kept off the pod (Merbridge on node {node} does not look at its mode): {'; '.join(said)}"
     )
+    return replace(adds, annotations={**adds.annotations, **written}, notes=(*adds.notes, note)), warning
 
 
 def lost_on_restart(
@@ -428,6 +533,8 @@ def describe(policy: Policy, plane: Flavour) -> str:
         f"Merbridge pods ({policy.redirector_namespace} -l {agent.selector}) Ready with --mode "
         f"{plane.redirect.mode}{cni} on every eligible node, kernels >= {rules.ebpf.min_kernel}; "
         f"{inits}; no container port or probe on {REDIRECTOR_PORT}; "
-        f"legacy placement, Merbridge's exclusion annotations{validator}; after a restart Merbridge "
-        f"{repaired} the {plane.proxy_name} pods that started before it (audit: redirector-restarted)"
+        f"legacy placement, Merbridge's exclusion annotations (what the control plane's own rules leave "
+        f"alone, and the pod's){validator}; after a restart Merbridge {repaired} the {plane.proxy_name} pods "
+        "that started before it (audit: redirector-restarted); pods of other modes on its nodes are kept "
+        f"off it ({INCLUDE_INBOUND}, {CNI_SKIP})"
     )

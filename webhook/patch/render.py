@@ -65,6 +65,7 @@ def render(
         skip_inbound=excl.inbound,
         skip_outbound=excl.outbound,
         skip_cidrs=excl.cidrs,
+        skip_sources=excl.sources,
         workload=WorkloadKey(workload.namespace, workload.kind, ALIAS) if alias else workload,
         batch=found.traits.batch,
         control=connected.control.config,

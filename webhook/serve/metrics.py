@@ -14,7 +14,8 @@ from prometheus_client.registry import Collector
 from webhook.reasons import Mode, Skip
 
 OUTCOMES = ("injected", "skipped", "error")
-MODES = (*(m.value for m in Mode), "none")
+# the mode of a meshed pod ("none": nothing redirected), or "none" for a pod not meshed
+MODES = tuple(dict.fromkeys((*(m.value for m in Mode), "none")))
 BUCKETS = (
     0.00005,
     0.0001,
