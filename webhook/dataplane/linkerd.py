@@ -69,10 +69,10 @@ from webhook.dataplane.linkerdcontrol import (
     check_policy,
     config_maps,
     control_plane,
-    dig,
     settings,
     trust_root_sha256,
 )
+from webhook.nested import dotted
 from webhook.policy import FlavourPolicy, Policy
 from webhook.reasons import Mode
 
@@ -826,11 +826,11 @@ def describe(policy: Policy, cni: bool) -> list[str]:
         else f"from ConfigMap {s.namespace}/{TRUST_ROOTS}, key {TRUST_ROOTS_KEY} "
         "(watched by serve; read from --cluster or --kubeconfig by the dry-run verbs)"
     )
-    image = s.image or f"{dig(release.values, 'proxy.image.name')}:{release.edge}"
+    image = s.image or f"{dotted(release.values, 'proxy.image.name')}:{release.edge}"
     init = s.init_image or (
         f"{image} ({release.init_command[0]})"
         if release.init_command
-        else "{}:{}".format(*(dig(release.values, f"proxyInit.image.{k}") for k in ("name", "version")))
+        else "{}:{}".format(*(dotted(release.values, f"proxyInit.image.{k}") for k in ("name", "version")))
     )
     where = f"ConfigMap {s.namespace}/{CONFIG_MAP}"
     return [
