@@ -412,13 +412,40 @@ BARE_YAML = (
 
 def distinct_workload(review: dict) -> dict:
     """``review`` with ``__SEQ__`` in everything that names its workload (Deployment,
-    ReplicaSet, ``app`` label, generateName): replaced per request, a new workload each."""
-    meta = review["request"]["object"]["metadata"]
+    ReplicaSet, ``app`` label, generateName), and ``__TPL__`` (a string) and ``"__PORT__"``
+    (a number, quotes included) in what a changed Deployment changes in its pod template: the
+    image tag, a variable's value, an annotation, the container's port. ``fill`` replaces them:
+    a new workload, or a new template, per request."""
+    pod = review["request"]["object"]
+    meta = pod["metadata"]
     meta["generateName"] = "checkout-__SEQ__-7d9c8b6f5-"
     meta["labels"]["app"] = "checkout-__SEQ__"
     meta["ownerReferences"][0]["name"] = "checkout-__SEQ__-7d9c8b6f5"
     meta["ownerReferences"][0]["uid"] = "5d7c5d0e-__SEQ__"
+    meta.setdefault("annotations", {})["example.com/build"] = "__TPL__"
+    app = pod["spec"]["containers"][0]
+    app["image"] = app["image"] + "-__TPL__"
+    if app.get("env"):
+        app["env"][len(app["env"]) // 2]["value"] = "__TPL__"
+    app["ports"][0]["containerPort"] = "__PORT__"
     return review
+
+
+def fill(raw: bytes, workload: str = "0", template: str = "0", port: int = 9090) -> bytes:
+    """A review of ``distinct_workload``'s placeholders filled in: ``workload`` names the
+    workload, ``template`` and ``port`` set the template's varying parts (a new value of
+    either is a pod template seen for the first time)."""
+    return (
+        raw.replace(b"__SEQ__", workload.encode())
+        .replace(b"__TPL__", template.encode())
+        .replace(b'"__PORT__"', str(port).encode())
+    )
+
+
+def template_port(i: int) -> int:
+    """A container port per template, away from the ports a decision reads (Merbridge's
+    in-pod 39807, the meshes' proxy ports and default opaque ports)."""
+    return 10000 + i % 20000
 
 
 def stages(review: dict, policy, calls: int) -> None:
@@ -460,7 +487,7 @@ def stages(review: dict, policy, calls: int) -> None:
     for label, fresh, cluster, chosen, firewall in runs:
         times: dict[str, list[float]] = {k: [] for k in ("parse", "decide", "serialise", "log", "metrics")}
         for i in range(calls):
-            body = raw.replace(b"__SEQ__", str(i).encode())
+            body = fill(raw, workload=str(i))
             if fresh:
                 cluster.templates.clear()
             t0 = time.perf_counter()

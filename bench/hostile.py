@@ -110,7 +110,7 @@ def main() -> None:
         big = json.dumps(large_review()).encode()
         assert len(big) + 64 < MAX_BODY, len(big)
         (d / "big.json").write_bytes(big)
-        (d / "flood.lua").write_text(LUA.format(body=d / "big.json", unique="true"))
+        (d / "flood.lua").write_text(LUA.format(body=d / "big.json", vary="workload"))
         normal = json.dumps(typical_review()).encode()
         port, mport = free_port(), free_port()
         devnull = open("/dev/null", "w")

@@ -1,22 +1,31 @@
 """Benchmark of the webhook over TLS against a bare FastAPI endpoint, in the same run.
 
-    python bench/server.py [--seconds 10]
+    python bench/server.py [--seconds 10] [--rounds 3] [--against DIR]
 
-Both servers get the same ~5 KB pod review (the one bench/core.py uses) from wrk:
-throughput at 16 connections, and p50/p99 latency at 1 connection, in two scenarios:
-identical pods (a ReplicaSet scaling up) and a distinct workload on every request (its
-Deployment, ReplicaSet, labels and generateName all differ: many Deployments rolling at
-once). The bare baseline is FastAPI on uvicorn with uvloop and httptools, the fastest stack
+Both servers get the same ~6 KB pod review (the one bench/core.py uses) from wrk:
+throughput at 16 connections, and p50/p99 latency at 1 connection, in three scenarios:
+
+- identical pods (a ReplicaSet scaling up);
+- a new pod template on every request: the image tag, a variable's value, an annotation and
+  the container's port change, and the workload with them (a changed Deployment rolling
+  out, a namespace of one-off Jobs, a restarted webhook with nothing memoised): each
+  request is decided and rendered from scratch;
+- a sibling template: the same template, a different workload on every request (its
+  Deployment, ReplicaSet, ``app`` label and generateName; many Deployments of one chart).
+
+The bare baseline is FastAPI on uvicorn with uvloop and httptools, the fastest stack
 uvicorn has. mesh-injector runs exactly as `mesh-injector serve` does (its log line per
 admission goes to /dev/null), deciding against examples/cluster.yaml, so every request is
-a real injection. Rounds alternate bare and mesh-injector; each round's ratios are printed
-and the medians last.
+a real injection. ``--against DIR`` also serves the mesh-injector of another checkout (the
+code before a change) in the same rounds. Rounds alternate the servers' order; each
+round's ratios are printed and the medians last.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -35,21 +44,49 @@ from tests.servers import free_port
 from webhook.serve.certs import generate, write_bundle
 
 REPO = Path(__file__).resolve().parent.parent
+# The review has bench/core.py's placeholders; each wrk thread fills them: the same values
+# every request ("none"), a new workload per request ("workload"), or a new template and
+# workload per request ("template"). A run's id (a wrk argument) keeps later runs from
+# meeting the templates of earlier ones in the server's memo.
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open("{body}", "rb")
-local body = f:read("*a")
+local template = f:read("*a")
 f:close()
-local unique = {unique}
+local vary = "{vary}"
+local function filled(seq, tpl, port)
+  local body = template:gsub("__SEQ__", seq)
+  body = body:gsub("__TPL__", tpl)
+  body = body:gsub('"__PORT__"', tostring(port))
+  return body
+end
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local run = "0"
+function init(args)
+  run = (args[1] or "0") .. "-" .. tostring(tid or 0)
+end
 local n = 0
-wrk.body = body
+wrk.body = filled("0", "0", 9090)
 request = function()
-  if not unique then return wrk.format() end
-  n = n + 1  -- a distinct pod each request: nothing can be reused but the workload's eligibility
-  return wrk.format(nil, nil, nil, (body:gsub("__SEQ__", tostring(n) .. "-" .. tostring(math.random(1e9)))))
+  if vary == "none" then return wrk.format() end
+  n = n + 1
+  local seq = run .. "-" .. tostring(n)
+  if vary == "workload" then return wrk.format(nil, nil, nil, filled(seq, "0", 9090)) end
+  return wrk.format(nil, nil, nil, filled(seq, seq, 10000 + n % 20000))
 end
 """
+SCENARIOS = (
+    ("identical pods (ReplicaSet)", "none"),
+    ("a new pod template per request", "template"),
+    ("a sibling template (new workload)", "workload"),
+)
+# the targets against the bare endpoint: (throughput ratio at least, 1-connection p99 ratio at most)
+TARGETS = {"none": (0.9, 1.3), "template": (0.5, 1.3)}
 
 
 def wait_port(port: int) -> None:
@@ -70,7 +107,14 @@ def to_ms(text: str) -> float:
 
 
 def wrk(
-    url: str, lua: Path, connections: int, seconds: int, *, refusals_ok: bool = False, timeout: int = 2
+    url: str,
+    lua: Path,
+    connections: int,
+    seconds: int,
+    *,
+    refusals_ok: bool = False,
+    timeout: int = 2,
+    run: str = "0",
 ) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -87,6 +131,8 @@ def wrk(
             "-s",
             str(lua),
             url,
+            "--",
+            run,
         ],
         capture_output=True,
         text=True,
@@ -113,10 +159,43 @@ def serve_command(certs: Path, port: int, metrics_port: int) -> list[str]:
     ]
 
 
+def start_mesh(certs: Path, code: Path | None, devnull: object) -> tuple[subprocess.Popen, int]:
+    """`mesh-injector serve` of this checkout, or of the checkout at ``code`` (``python -m
+    webhook`` run there imports that one's package)."""
+    port = free_port()
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    proc = subprocess.Popen(
+        serve_command(certs, port, free_port()),
+        stdout=devnull,
+        stderr=devnull,
+        cwd=code or REPO,
+        env=env,
+    )
+    return proc, port
+
+
+def injects(certs: Path, port: int, body: Path) -> None:
+    """The server really meshes the review (a JSON patch in its answer)."""
+    check = subprocess.run(
+        [
+            *("curl", "-sS", "--cacert", str(certs / "ca.crt"), "-H", "Content-Type: application/json"),
+            *("--data-binary", f"@{body}", f"https://127.0.0.1:{port}/mutate"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(check.stdout)["response"]["patchType"] == "JSONPatch", check.stdout
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--against", type=Path, help="also serve the mesh-injector of this checkout (code before a change)"
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -125,79 +204,84 @@ def main() -> None:
         write_bundle(generate(dns=["localhost"], ips=["127.0.0.1"], days=1), d)
         review = distinct_workload(typical_review())
         (d / "review.json").write_text(json.dumps(review))
-        for unique in ("false", "true"):
-            (d / f"post-{unique}.lua").write_text(LUA.format(body=d / "review.json", unique=unique))
-        mesh_port, metrics_port, bare_port = free_port(), free_port(), free_port()
-        devnull = open("/dev/null", "w")
-        mesh = subprocess.Popen(serve_command(d, mesh_port, metrics_port), stdout=devnull, stderr=devnull)
-        bare = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "bench" / "bare_app.py"),
-                str(bare_port),
-                str(d / "tls.crt"),
-                str(d / "tls.key"),
-            ],
-            stdout=devnull,
-            stderr=devnull,
+        for _, vary in SCENARIOS:
+            (d / f"post-{vary}.lua").write_text(LUA.format(body=d / "review.json", vary=vary))
+        # one filled-in review, to check that each server really meshes it
+        (d / "one.json").write_text(
+            json.dumps(review).replace("__SEQ__", "0").replace("__TPL__", "0").replace('"__PORT__"', "9090")
         )
-        try:
-            wait_port(mesh_port)
-            wait_port(bare_port)
-            check = subprocess.run(
-                [
-                    "curl",
-                    "-sS",
-                    "--cacert",
-                    str(d / "ca.crt"),
-                    "-H",
-                    "Content-Type: application/json",
-                    "--data-binary",
-                    f"@{d / 'review.json'}",
-                    f"https://127.0.0.1:{mesh_port}/mutate",
-                ],
-                capture_output=True,
-                text=True,
+        devnull = open("/dev/null", "w")
+        bare_port = free_port()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(REPO / "bench" / "bare_app.py"), str(bare_port), str(d / "tls.crt"),
+                 str(d / "tls.key")],
+                stdout=devnull,
+                stderr=devnull,
             )
-            assert json.loads(check.stdout)["response"]["patchType"] == "JSONPatch", check.stdout
+        ]  # fmt: skip
+        servers = [("bare FastAPI endpoint", bare_port)]
+        for name, code in (("mesh-injector", None), ("mesh-injector (against)", args.against)):
+            if name == "mesh-injector" or code is not None:
+                proc, port = start_mesh(d, code.resolve() if code else None, devnull)
+                procs.append(proc)
+                servers.append((name, port))
+        try:
+            for _, port in servers:
+                wait_port(port)
+            for _, port in servers[1:]:
+                injects(d, port, d / "one.json")
             size = len(json.dumps(review["request"]["object"]))
             print(
                 f"pod {size} bytes, review {len(json.dumps(review))} bytes; wrk {args.seconds}s per run, TLS"
+                + (f"; against {args.against}" if args.against else "")
             )
-            scenarios = (
-                ("identical pods (ReplicaSet)", "post-false.lua"),
-                ("a distinct workload per request", "post-true.lua"),
-            )
-            servers = (("bare FastAPI endpoint", bare_port), ("mesh-injector", mesh_port))
-            for _, lua in scenarios:
+            runs = iter(range(1, 1 << 30))
+            for _, vary in SCENARIOS:
                 for _, port in servers:
-                    wrk(f"https://127.0.0.1:{port}/mutate", d / lua, 4, 2)  # warm-up
-            ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in scenarios}
+                    url = f"https://127.0.0.1:{port}/mutate"
+                    wrk(url, d / f"post-{vary}.lua", 4, 2, run=f"w{next(runs)}")  # warm-up
+            names = [name for name, _ in servers[1:]]
+            ratios: dict[tuple[str, str], list[tuple[float, float]]] = {
+                (scenario, name): [] for scenario, _ in SCENARIOS for name in names
+            }
             for rnd in range(1, args.rounds + 1):
-                for scenario, lua in scenarios:
+                for scenario, vary in SCENARIOS:
                     got = {}
-                    for name, port in servers if rnd % 2 else servers[::-1]:
-                        url = f"https://127.0.0.1:{port}/mutate"
-                        got[name] = (wrk(url, d / lua, 16, args.seconds), wrk(url, d / lua, 1, args.seconds))
-                    (bm, b1), (mm, m1) = got["bare FastAPI endpoint"], got["mesh-injector"]
-                    ratios[scenario].append((mm["rps"] / bm["rps"], m1["p99"] / b1["p99"]))
+                    order = servers if rnd % 2 else servers[::-1]
+                    for name, port in order:
+                        url, lua = f"https://127.0.0.1:{port}/mutate", d / f"post-{vary}.lua"
+                        got[name] = (
+                            wrk(url, lua, 16, args.seconds, run=f"r{next(runs)}"),
+                            wrk(url, lua, 1, args.seconds, run=f"r{next(runs)}"),
+                        )
+                    bm, b1 = got["bare FastAPI endpoint"]
                     for name, (many, one) in got.items():
                         print(
-                            f"round {rnd} {scenario:<32} {name:<22} 16 conns: {many['rps']:7.0f} req/s   "
+                            f"round {rnd} {scenario:<34} {name:<24} 16 conns: {many['rps']:7.0f} req/s   "
                             f"1 conn: p50 {one['p50']:.2f} ms  p99 {one['p99']:.2f} ms"
                         )
+                    for name in names:
+                        mm, m1 = got[name]
+                        ratios[(scenario, name)].append((mm["rps"] / bm["rps"], m1["p99"] / b1["p99"]))
+                        print(
+                            f"round {rnd} ratio {name} / bare, {scenario}: throughput "
+                            f"{ratios[(scenario, name)][-1][0]:.2f}x, 1-conn p99 "
+                            f"{ratios[(scenario, name)][-1][1]:.2f}x"
+                        )
+            for scenario, vary in SCENARIOS:
+                least, most = TARGETS.get(vary, (None, None))
+                for name in names:
+                    rs = ratios[(scenario, name)]
                     print(
-                        f"round {rnd} ratio mesh-injector / bare, {scenario}: throughput "
-                        f"{ratios[scenario][-1][0]:.2f}x, 1-conn p99 {ratios[scenario][-1][1]:.2f}x"
+                        f"median of {len(rs)} rounds, {name}, {scenario}: throughput "
+                        f"{statistics.median(r[0] for r in rs):.2f}x"
+                        + (f" (target >= {least})" if least else "")
+                        + f", 1-conn p99 {statistics.median(r[1] for r in rs):.2f}x"
+                        + (f" (target <= {most})" if most else "")
                     )
-            for scenario, rs in ratios.items():
-                print(
-                    f"median of {len(rs)} rounds, {scenario}: throughput "
-                    f"{statistics.median(r[0] for r in rs):.2f}x (target >= 0.8), 1-conn p99 "
-                    f"{statistics.median(r[1] for r in rs):.2f}x (target <= 1.5)"
-                )
         finally:
-            for p in (mesh, bare):
+            for p in procs:
                 p.terminate()
                 p.wait(timeout=30)
 

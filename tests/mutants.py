@@ -694,7 +694,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "a forged status strips the user's container",
     ),
     M(
-        "patch/inject.py",
+        "patch/prints.py",
         "return hashlib.sha256(text).hexdigest()[:16]",
         "return hashlib.sha256(text).hexdigest()[:1]",
         "fingerprints of one hex digit",

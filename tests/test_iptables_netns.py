@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
-import uuid
 
 import pytest
 
+from tests.netns import connect, pod_and_peer, skip_unless_nat
+from tests.netns import run as sh
 from tests.support import unavailable
 from webhook.admission import admit
 from webhook.cluster.snapshot import build_snapshot
@@ -48,41 +46,6 @@ GENERIC = {
 POD_IP, PEER_IP = "10.251.0.2", "10.251.0.1"  # addresses inside namespaces this test creates
 APP_UID, PROXY_UID = 1000, 2102
 
-LISTENER = textwrap.dedent(
-    """
-    import socket, sys, threading
-    def serve(port, name):
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port)); s.listen(16)
-        while True:
-            c, _ = s.accept()
-            c.sendall(name.encode()); c.close()
-    for spec in sys.argv[1:]:
-        port, name = spec.split("=")
-        threading.Thread(target=serve, args=(int(port), name), daemon=True).start()
-    print("ready", flush=True)
-    threading.Event().wait()
-    """
-)
-CLIENT = textwrap.dedent(
-    """
-    import encodings.idna, os, socket, sys  # import all before giving up root (pyenv lives in /root)
-    uid = int(sys.argv[3])
-    os.setgid(uid); os.setuid(uid)
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-    print(c.recv(100).decode())
-    """
-)
-
-
-def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=30, **kw)
-
-
-# a rule that only asks for the nat table in a new namespace: if this is refused, the
-# machine has no netfilter for namespaces (nothing of ours has been tried yet)
-TRIVIAL = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 9 -j RETURN\nCOMMIT\n"
-
 
 def shim(directory, backend: str) -> dict[str, str]:
     """An environment whose ``iptables-restore`` and ``iptables`` are ``backend``'s (the
@@ -100,67 +63,25 @@ def shim(directory, backend: str) -> dict[str, str]:
 @pytest.fixture(scope="module", params=BACKENDS)
 def netns(request, tmp_path_factory):
     backend = request.param
-    if os.geteuid() != 0:
-        unavailable("needs root to create network namespaces")
-    if shutil.which("ip") is None:
-        unavailable("ip is not installed (apt-get install iproute2 iptables)")
     d = tmp_path_factory.mktemp(f"netns-{backend}")
     env = shim(d / "bin", backend)
-    tag = uuid.uuid4().hex[:6]
-    pod, peer = f"mi-pod-{tag}", f"mi-peer-{tag}"
-    made = sh("ip", "netns", "add", pod, check=False)
-    if made.returncode != 0:  # the machine's limit (a container without CAP_SYS_ADMIN), not ours
-        pytest.skip(f"this machine refuses network namespaces (environmental): {made.stderr.strip()}")
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        probe = sh(
-            "ip", "netns", "exec", pod, "iptables-restore", "--noflush", check=False, input=TRIVIAL, env=env
-        )
-        if probe.returncode != 0:
-            pytest.skip(
-                f"this kernel refuses even a trivial nat rule with iptables-{backend} in a network "
-                f"namespace (environmental, before any rule of ours): {probe.stderr.strip()}"
-            )
+
+    def probe(pod: str) -> None:
+        skip_unless_nat(pod, ("iptables-restore", "--noflush"), backend, env)
         sh("ip", "netns", "exec", pod, "iptables", "-t", "nat", "-F", env=env)
-        sh("ip", "netns", "add", peer)
-        sh("ip", "link", "add", f"v{tag}a", "type", "veth", "peer", "name", f"v{tag}b")
-        sh("ip", "link", "set", f"v{tag}a", "netns", pod)
-        sh("ip", "link", "set", f"v{tag}b", "netns", peer)
-        for ns, dev, ip in ((pod, f"v{tag}a", POD_IP), (peer, f"v{tag}b", PEER_IP)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        (d / "listener.py").write_text(LISTENER)
-        (d / "client.py").write_text(CLIENT)
-        os.chmod(d, 0o755)
-        for ns, specs in (
-            (
-                pod,
-                [
-                    "4143=proxy-inbound",
-                    "4140=proxy-outbound",
-                    "4191=proxy-admin",
-                    "8080=app",
-                    "8081=app-8081",
-                ],
-            ),
-            (peer, ["80=peer-80", "9091=peer-9091"]),
-        ):
-            p = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, str(d / "listener.py"), *specs],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(p)
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        yield {"pod": pod, "peer": peer, "client": d / "client.py", "env": env, "backend": backend}
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        sh("ip", "netns", "del", pod, check=False)
-        sh("ip", "netns", "del", peer, check=False)
+
+    with pod_and_peer(
+        d,
+        "mi",
+        (
+            POD_IP,
+            ["4143=proxy-inbound", "4140=proxy-outbound", "4191=proxy-admin", "8080=app", "8081=app-8081"],
+        ),
+        ((PEER_IP,), ["80=peer-80", "9091=peer-9091"]),
+        tools=(),
+        probe=probe,
+    ) as net:
+        yield {**net, "env": env, "backend": backend}
 
 
 def mesh_init_of(netns: dict, annotations: dict[str, str]) -> dict:
@@ -188,14 +109,6 @@ def mesh_init_of(netns: dict, annotations: dict[str, str]) -> dict:
     init = next(c for c in out.pod["spec"]["initContainers"] if c["name"] == "mesh-init")
     assert f"| iptables-{netns['backend']}-restore --noflush" in init["command"][-1]
     return init
-
-
-def connect(env: dict, ns: str, host: str, port: int, uid: int) -> str:
-    out = sh(
-        "ip", "netns", "exec", ns, sys.executable, str(env["client"]), host, str(port), str(uid), check=False
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 def load(netns: dict, init: dict, rules: str) -> None:

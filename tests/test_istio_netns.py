@@ -17,12 +17,6 @@ a trivial rule of the backend in one (probed before any rule of ours).
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +24,6 @@ import pytest
 
 from tests import netns as ns
 from tests.istio_rules import Capture, from_args, iptables, nftables, restore_text
-from tests.support import unavailable
 from tests.upstream.istiocp import VERSIONS, facts, injector_map, injector_values, mesh_map
 from webhook.core import ProxyResources
 from webhook.dataplane import istio
@@ -42,32 +35,6 @@ from webhook.workload import WorkloadKey
 POD_IP, PEER_IP = "10.252.0.2", "10.252.0.1"
 APP_UID, PROXY_UID = 1000, 1337
 POLICY = parse_policy("proxy: {flavour: istio}")
-
-LISTENER = textwrap.dedent(
-    """
-    import socket, sys, threading
-    def serve(port, name):
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port)); s.listen(16)
-        while True:
-            c, _ = s.accept()
-            c.sendall(name.encode()); c.close()
-    for spec in sys.argv[1:]:
-        port, name = spec.split("=")
-        threading.Thread(target=serve, args=(int(port), name), daemon=True).start()
-    print("ready", flush=True)
-    threading.Event().wait()
-    """
-)
-CLIENT = textwrap.dedent(
-    """
-    import encodings.idna, os, socket, sys
-    uid = int(sys.argv[3])
-    os.setgid(uid); os.setuid(uid)
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-    print(c.recv(100).decode())
-    """
-)
 
 # ---------------------------------------------------------------- the model, against Istio's goldens
 
@@ -164,10 +131,6 @@ def test_the_flags_say_which_backend_and_every_skip_port(version, firewall, nati
 # ---------------------------------------------------------------- loaded for real
 
 
-def _sh(*cmd: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), input=stdin, capture_output=True, text=True, check=check, timeout=30)
-
-
 PROBES = {
     "iptables-legacy-restore": "*nat\n:MI_PROBE - [0:0]\nCOMMIT\n",
     "iptables-nft-restore": "*nat\n:MI_PROBE - [0:0]\nCOMMIT\n",
@@ -183,88 +146,45 @@ def _loader_cmd(loader: str) -> list[str]:
 def pod_net(tmp_path: Path):
     """A pod's network namespace and a peer's, a veth between them; listeners answering with
     their name: in the pod the proxy's ports, the app's, the health port; at the peer two."""
-    if os.geteuid() != 0:
-        unavailable("needs root to create network namespaces")
-    for tool in ("ip", "iptables-legacy-restore", "iptables-nft-restore", "nft"):
-        if shutil.which(tool) is None:
-            unavailable(f"{tool} is not installed (apt-get install iproute2 iptables nftables)")
-    tag = uuid.uuid4().hex[:6]
-    pod, peer = f"mi-ipod-{tag}", f"mi-ipeer-{tag}"
-    made = _sh("ip", "netns", "add", pod, check=False)
-    if made.returncode != 0:
-        pytest.skip(f"this machine refuses network namespaces (environmental): {made.stderr.strip()}")
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        ns.sh("ip", "netns", "add", peer)
-        for name in (pod, peer):
-            ns.sh("ip", "-n", name, "link", "set", "lo", "up")
-        ns.join((pod, f"i{tag}a", f"{POD_IP}/24"), (peer, f"i{tag}b", f"{PEER_IP}/24"))
-        (tmp_path / "listener.py").write_text(LISTENER)
-        (tmp_path / "client.py").write_text(CLIENT)
-        os.chmod(tmp_path, 0o755)
-        for where, specs in (
-            (
-                pod,
-                [
-                    "15001=proxy-outbound",
-                    "15006=proxy-inbound",
-                    "15021=agent-health",
-                    "8080=app",
-                    "8081=app-8081",
-                    "7001=app-7001",
-                ],
-            ),
-            (peer, ["80=peer-80", "9091=peer-9091"]),
-        ):
-            p = subprocess.Popen(
-                ["ip", "netns", "exec", where, sys.executable, str(tmp_path / "listener.py"), *specs],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(p)
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        yield {"pod": pod, "peer": peer, "client": tmp_path / "client.py"}
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        _sh("ip", "netns", "del", pod, check=False)
-        _sh("ip", "netns", "del", peer, check=False)
+    with ns.pod_and_peer(
+        tmp_path,
+        "mi-i",
+        (
+            POD_IP,
+            [
+                "15001=proxy-outbound",
+                "15006=proxy-inbound",
+                "15021=agent-health",
+                "8080=app",
+                "8081=app-8081",
+                "7001=app-7001",
+            ],
+        ),
+        ((PEER_IP,), ["80=peer-80", "9091=peer-9091"]),
+        tools=("iptables-legacy-restore", "iptables-nft-restore", "nft"),
+    ) as net:
+        yield net
 
 
 def _connect(net: dict[str, Any], where: str, host: str, port: int, uid: int) -> str:
-    out = _sh(
-        "ip",
-        "netns",
-        "exec",
-        net[where],
-        sys.executable,
-        str(net["client"]),
-        host,
-        str(port),
-        str(uid),
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    return ns.connect(net, net[where], host, port, uid)
 
 
 def _load(net: dict[str, Any], loader: str, text: str) -> None:
-    probe = _sh("ip", "netns", "exec", net["pod"], *_loader_cmd(loader), stdin=PROBES[loader], check=False)
+    probe = ns.run("ip", "netns", "exec", net["pod"], *_loader_cmd(loader), input=PROBES[loader], check=False)
     if probe.returncode != 0:
         pytest.skip(
             f"this machine refuses even a trivial {loader} rule in a network namespace (environmental, "
             f"before any rule of ours): {probe.stderr.strip()}"
         )
     if loader == "nft":
-        _sh("ip", "netns", "exec", net["pod"], "nft", "delete", "table", "inet", "mi-probe")
-    loaded = _sh("ip", "netns", "exec", net["pod"], *_loader_cmd(loader), stdin=text, check=False)
+        ns.run("ip", "netns", "exec", net["pod"], "nft", "delete", "table", "inet", "mi-probe")
+    loaded = ns.run("ip", "netns", "exec", net["pod"], *_loader_cmd(loader), input=text, check=False)
     assert loaded.returncode == 0, f"{loader} refused the rules: {loaded.stderr}\n{text}"
 
 
 def _listed(net: dict[str, Any], cmd: list[str]) -> str:
-    return _sh("ip", "netns", "exec", net["pod"], *cmd, check=False).stdout
+    return ns.run("ip", "netns", "exec", net["pod"], *cmd, check=False).stdout
 
 
 @pytest.mark.parametrize(("version", "firewall", "native", "loader"), RUNS)

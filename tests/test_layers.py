@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "webhook.workload",
         "webhook.flagtypes",
         "webhook.yamltext",
+        "webhook.nested",
         "webhook.memory",
         "webhook.progress",
         "webhook.kubeschema",

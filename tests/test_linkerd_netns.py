@@ -15,13 +15,7 @@ saying so; a rule of ours that does not load fails.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
 import time
-import uuid
 from typing import Any
 
 import jsonpatch
@@ -29,7 +23,9 @@ import pytest
 import yaml
 
 from tests import proxyinit
-from tests.support import GOLDEN, unavailable
+from tests.netns import connect, pod_and_peer, skip_unless_nat
+from tests.netns import run as sh
+from tests.support import GOLDEN
 from webhook.admission import admit
 from webhook.loading import load_snapshot, parse_policy
 
@@ -37,119 +33,34 @@ POLICY = parse_policy("", "test")
 POD_IP, PEER_IP, PEER2_IP = "10.252.0.2", "10.252.0.1", "10.252.0.3"
 APP_UID, PROXY_UID = 1000, 2102
 
-LISTENER = textwrap.dedent(
-    """
-    import socket, sys, threading
-    def serve(port, name):
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port)); s.listen(16)
-        while True:
-            c, _ = s.accept()
-            c.sendall(name.encode()); c.close()
-    for spec in sys.argv[1:]:
-        port, name = spec.split("=")
-        threading.Thread(target=serve, args=(int(port), name), daemon=True).start()
-    print("ready", flush=True)
-    threading.Event().wait()
-    """
-)
-CLIENT = textwrap.dedent(
-    """
-    import encodings.idna, os, socket, sys  # import all before giving up root
-    uid = int(sys.argv[3])
-    source = sys.argv[4] if len(sys.argv) > 4 else None
-    os.setgid(uid); os.setuid(uid)
-    c = socket.socket()
-    c.settimeout(5)
-    if source:
-        c.bind((source, 0))
-    c.connect((sys.argv[1], int(sys.argv[2])))
-    print(c.recv(100).decode())
-    """
-)
 
-
-# a rule that only asks for the nat table in a new namespace: if this is refused, the
-# machine has no netfilter for namespaces (nothing of ours has been tried yet)
-TRIVIAL = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp --dport 9 -j RETURN\nCOMMIT\n"
-
-
-def sh(*cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=30, **kw)
+def probe_both_backends(pod: str) -> None:
+    for backend in ("legacy", "nft"):
+        skip_unless_nat(pod, (proxyinit.RESTORE[backend],), backend)
 
 
 @pytest.fixture(scope="module")
 def netns(tmp_path_factory):
-    if os.geteuid() != 0:
-        unavailable("needs root to create network namespaces")
-    for tool in ("ip", "iptables-legacy-restore", "iptables-nft-restore"):
-        if shutil.which(tool) is None:
-            unavailable(f"{tool} is not installed (apt-get install iproute2 iptables)")
-    tag = uuid.uuid4().hex[:6]
-    pod, peer = f"l5d-pod-{tag}", f"l5d-peer-{tag}"
-    made = sh("ip", "netns", "add", pod, check=False)
-    if made.returncode != 0:  # the machine's limit (a container without CAP_SYS_ADMIN), not ours
-        pytest.skip(f"this machine refuses network namespaces (environmental): {made.stderr.strip()}")
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for backend in ("legacy", "nft"):
-            probe = sh("ip", "netns", "exec", pod, proxyinit.RESTORE[backend], input=TRIVIAL, check=False)
-            if probe.returncode != 0:
-                pytest.skip(
-                    f"this kernel refuses even a trivial nat rule with iptables-{backend} in a network "
-                    f"namespace (environmental, before any rule of ours): {probe.stderr.strip()}"
-                )
-        sh("ip", "netns", "add", peer)
-        sh("ip", "link", "add", f"l{tag}a", "type", "veth", "peer", "name", f"l{tag}b")
-        sh("ip", "link", "set", f"l{tag}a", "netns", pod)
-        sh("ip", "link", "set", f"l{tag}b", "netns", peer)
-        sh("ip", "-n", pod, "addr", "add", f"{POD_IP}/24", "dev", f"l{tag}a")
-        for ip in (PEER_IP, PEER2_IP):
-            sh("ip", "-n", peer, "addr", "add", f"{ip}/24", "dev", f"l{tag}b")
-        for ns, dev in ((pod, f"l{tag}a"), (peer, f"l{tag}b")):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        d = tmp_path_factory.mktemp("l5d-netns")
-        (d / "listener.py").write_text(LISTENER)
-        (d / "client.py").write_text(CLIENT)
-        os.chmod(d, 0o755)
-        for ns, specs in (
-            (
-                pod,
-                [
-                    "4143=proxy-inbound",
-                    "4140=proxy-outbound",
-                    "4191=proxy-admin",
-                    "8080=app",
-                    "8081=app-8081",
-                    "4567=app-4567",
-                    "3306=app-3306",
-                ],
-            ),
-            (peer, ["80=peer-80", "9091=peer-9091", "4568=peer-4568"]),
-        ):
-            p = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, str(d / "listener.py"), *specs],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(p)
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        yield {"pod": pod, "peer": peer, "client": d / "client.py"}
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        sh("ip", "netns", "del", pod, check=False)
-        sh("ip", "netns", "del", peer, check=False)
-
-
-def connect(env: dict[str, Any], ns: str, host: str, port: int, uid: int, source: str | None = None) -> str:
-    cmd = [sys.executable, str(env["client"]), host, str(port), str(uid), *([source] if source else [])]
-    out = sh("ip", "netns", "exec", ns, *cmd, check=False)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    with pod_and_peer(
+        tmp_path_factory.mktemp("l5d-netns"),
+        "l5d",
+        (
+            POD_IP,
+            [
+                "4143=proxy-inbound",
+                "4140=proxy-outbound",
+                "4191=proxy-admin",
+                "8080=app",
+                "8081=app-8081",
+                "4567=app-4567",
+                "3306=app-3306",
+            ],
+        ),
+        ((PEER_IP, PEER2_IP), ["80=peer-80", "9091=peer-9091", "4568=peer-4568"]),
+        tools=("iptables-legacy-restore", "iptables-nft-restore"),
+        probe=probe_both_backends,
+    ) as net:
+        yield net
 
 
 def linkerd_init(version: str, mode: str, annotations: dict[str, str]) -> dict[str, Any]:

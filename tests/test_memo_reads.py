@@ -43,6 +43,11 @@ class Recorded(str):
         obj.field = field
         return obj
 
+    def __getnewargs__(self) -> tuple[str, str]:
+        # a copy (jsonpatch deep-copies what it adds) records too; a recording value kept in a
+        # process-wide cache may reach a later test's patch, where it must copy like a string
+        return (str.__str__(self), self.field)
+
 
 LOG: Counter[Read] = Counter()
 _WRAPPERS: set[Any] = set()

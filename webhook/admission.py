@@ -104,8 +104,9 @@ def admit(
         # The flavour names the workload on the pod: decide once with a stand-in name, so
         # every workload of this template shares the entry, and put each one's name in.
         aliased = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in, alias=True)
-        entry = Entry(policy, light(aliased), tuple(alias_paths(aliased.patch)))
-        memo.put(exact_key(key), entry, outcome_cost(size, len(orjson.dumps(aliased.patch))))
+        text = orjson.dumps(aliased.patch)
+        entry = Entry(policy, light(aliased), tuple(alias_paths(aliased.patch, text)))
+        memo.put(exact_key(key), entry, outcome_cost(size, len(text)))
         return entry.serve(_Redo(request, snapshot, policy, assume_opt_in), workload)
     outcome = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
     cost = outcome_cost(size, len(orjson.dumps(outcome.patch)))

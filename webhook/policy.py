@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from webhook import yamltext
+from webhook.nested import overlay
 from webhook.quantity import parse_quantity
 from webhook.versions import Kernel, KubeVersion, parse_kernel, parse_kube_version
 
@@ -531,17 +532,6 @@ def _build_policy(data: dict[str, Any], flavours: Flavours) -> Policy:
     return dataclasses.replace(policy, proxy=dataclasses.replace(policy.proxy, sections=parsed))
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Policy files override the defaults field by field; lists are replaced whole."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _check(policy: Policy, flavours: Flavours) -> Policy:
     for flavour in flavours.values():
         problem = flavour.check(policy)
@@ -625,7 +615,7 @@ def parse_policy(text: str, source: str, flavours: Flavours) -> Policy:
     unknown = _unknown_fields(Policy, given, "", flavours)
     if unknown:
         raise PolicyError(f"{source}: " + f"\n{source}: ".join(unknown))
-    data = _merge(base, given)
+    data = overlay(base, given)  # field by field; lists are replaced whole
     try:
         return _check(_build_policy(data, flavours), flavours)
     except PolicyError as exc:

@@ -7,10 +7,11 @@ annotations its mesh expects. ``webhook.patch.inject`` places them in the pod an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import ip_network
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from webhook.core import ProxyResources
 from webhook.dataplane.iptables import PortListError, parse_ports
@@ -286,6 +287,47 @@ class Flavour:
     appends: tuple[tuple[str, str], ...] = ()
     # volumes of names the pod itself asks the flavour to add (Istio's userVolume)
     requested_volumes: Callable[[Mapping[str, Any]], frozenset[str]] = lambda pod: frozenset()
+
+
+T = TypeVar("T")
+
+
+class Kept:
+    """What a flavour derives from an object that does not change while it is in use (a
+    control plane's configuration, a policy), kept by that object's identity: every pod of a
+    snapshot is rendered with the same one, so its fixed parts (the proxy's variables,
+    probes, volumes) are made once instead of once per pod. The object is held with its
+    values, so its identity stays its own; at most ``limit`` objects, ``per`` values each
+    (the oldest object goes first; an object's values are dropped together when full).
+
+    What is kept is shared by every pod rendered with the object: it must never be changed
+    (the patch and the pod are only ever read, serialised or copied)."""
+
+    def __init__(self, limit: int = 8, per: int = 256) -> None:
+        self.limit = limit
+        self.per = per
+        self._by_owner: OrderedDict[int, tuple[object, dict[Hashable, Any]]] = OrderedDict()
+
+    def get(self, owner: object, key: Hashable, make: Callable[[], T]) -> T:
+        slot = self._by_owner.get(id(owner))
+        if slot is None or slot[0] is not owner:
+            slot = (owner, {})
+            self._by_owner[id(owner)] = slot
+            while len(self._by_owner) > self.limit:
+                try:
+                    self._by_owner.popitem(last=False)
+                except KeyError:  # emptied meanwhile by another thread
+                    break
+        values = slot[1]
+        try:
+            return values[key]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        value = make()
+        if len(values) >= self.per:
+            values.clear()
+        values[key] = value
+        return value
 
 
 LABEL_VALUE_MAX = 63

@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from webhook import yamltext
+from webhook.nested import dotted
 
 VALUES_KEY = "values"
 CONFIG_KEY = "config"
@@ -131,16 +132,6 @@ def parse_injector(values: str | None, config: str | None, where: str) -> Inject
     return Injector(doc or {}, conf, tuple(warnings), has_values=doc is not None)
 
 
-def value(values: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path (``global.proxy.logLevel``), or None."""
-    node: Any = values
-    for part in path.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
-    return node
-
-
 class Values:
     """Typed reads of the values, each checked: a value of the wrong type is named in a
     warning and the default taken."""
@@ -151,7 +142,7 @@ class Values:
         self.warnings: list[str] = []
 
     def raw(self, path: str) -> Any:
-        return value(self._values, path)
+        return dotted(self._values, path)
 
     def _wrong(self, path: str, found: object, want: str) -> None:
         text = f"{self._where} {path} {found!r} is not applied: expected {want}"

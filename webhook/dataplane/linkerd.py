@@ -32,6 +32,7 @@ from webhook.dataplane.base import (
     Build,
     DataPlane,
     Flavour,
+    Kept,
     Ports,
     Redirect,
     field_env,
@@ -68,10 +69,10 @@ from webhook.dataplane.linkerdcontrol import (
     check_policy,
     config_maps,
     control_plane,
-    dig,
     settings,
     trust_root_sha256,
 )
+from webhook.nested import dotted
 from webhook.policy import FlavourPolicy, Policy
 from webhook.reasons import Mode
 
@@ -187,10 +188,13 @@ def pod_config(pod: Mapping[str, Any], c: Config) -> PodConfig:
     )
     if not isinstance(annotations, Mapping):
         return conf
+    prefixes = (CONFIG, CONFIG_ALPHA, CONFIG_BETA)
+    own = [k for k in annotations if isinstance(k, str) and k.startswith(prefixes)]
+    if not own:
+        return conf
     off = set(conf.detect_timeouts_off)
-    for key, value in sorted(annotations.items()):
-        if not isinstance(key, str) or not key.startswith((CONFIG, CONFIG_ALPHA, CONFIG_BETA)):
-            continue
+    for key in sorted(own):
+        value = annotations[key]
         name = key.split("/", 1)[1]
         text = str(value).strip()
 
@@ -288,27 +292,88 @@ def _inbound_ports(pod: Mapping[str, Any], with_inits: bool) -> str:
     ports: set[int] = set()
     for key in keys:
         items = spec.get(key)
-        for c in items if isinstance(items, list) else ():
+        if not isinstance(items, list):
+            continue
+        for c in items:
             if not isinstance(c, dict):
                 continue
-            for p in c.get("ports") or () if isinstance(c.get("ports"), list) else ():
-                if isinstance(p, dict) and type(p.get("containerPort")) is int:
-                    ports.add(p["containerPort"])
-            for probe in ("readinessProbe", "livenessProbe"):
-                action = (c.get(probe) or {}).get("httpGet") if isinstance(c.get(probe), dict) else None
+            declared = c.get("ports")
+            if isinstance(declared, list):
+                for p in declared:
+                    if isinstance(p, dict):
+                        port = p.get("containerPort")
+                        if type(port) is int:
+                            ports.add(port)
+            for probe in (c.get("readinessProbe"), c.get("livenessProbe")):
+                action = probe.get("httpGet") if isinstance(probe, dict) else None
                 port = action.get("port") if isinstance(action, dict) else None
                 if type(port) is int:
                     ports.add(port)
-    return ",".join(sorted(str(p) for p in ports))
+    return ",".join(sorted([str(p) for p in ports]))
 
 
 def _listen(c: Config, port: int) -> str:
     return f"{'0.0.0.0' if c.disable_ipv6 else '[::]'}:{port}"
 
 
+# What a rendering takes from the control plane's Config alone (and from a pod's config
+# annotations over it), made once per Config: a snapshot renders every pod with one.
+_KEPT = Kept()
+
+Env = tuple[dict[str, Any], ...]
+
+
+def _conf_key(conf: PodConfig) -> tuple[Any, ...]:
+    """What of ``conf`` the proxy's variables are made of (its warnings are not)."""
+    return (
+        conf.log_level,
+        conf.log_format,
+        conf.log_headers,
+        conf.opaque_ports,
+        conf.inbound_policy,
+        tuple(sorted(conf.durations.items())),
+        conf.detect_timeouts_off,
+        conf.require_identity,
+        conf.access_log,
+        conf.shutdown_grace_period,
+        conf.hostname_labels,
+    )
+
+
 def proxy_env(build: Build, pod: Mapping[str, Any], c: Config, conf: PodConfig) -> list[dict[str, Any]]:
+    """The proxy's variables in the order Linkerd's injector writes them: the parts that
+    depend on the control plane and the pod's config annotations are made once per Config;
+    the pod's own inbound ports, its threads and whether its proxy serves /shutdown are put
+    between them."""
+    key = _conf_key(conf)
+    head = _KEPT.get(c, "env-head", lambda: _env_head(c))
+    before, after = _KEPT.get(c, ("env", key), lambda: _env_around_ports(c, conf))
+    threads = build.resources.threads()
+    cores = _KEPT.get(c, ("env-cores", threads[0] if threads else None), lambda: tuple(_cores_env(build, c)))
+    # a Job's app can stop a regular-container proxy: linkerd-await --shutdown, or POST
+    # /shutdown on the admin port (README: "Jobs on clusters without native sidecars")
+    if conf.shutdown_endpoint is not None:
+        shutdown = conf.shutdown_endpoint
+    else:
+        shutdown = c.shutdown_endpoint or (build.batch and not build.native)
+    env = [*head, *cores]
+    if conf.require_identity:
+        env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY", "value": conf.require_identity})
+    env.append(_KEPT.get(c, ("env-shutdown", shutdown), lambda: _shutdown_env(shutdown)))
+    env += before
+    ports = _inbound_ports(pod, c.release.init_container_ports)
+    if ports:
+        env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS", "value": ports})
+    env += after
+    return env
+
+
+def _shutdown_env(shutdown: bool) -> dict[str, Any]:
+    return {"name": "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "value": "true" if shutdown else "false"}
+
+
+def _env_head(c: Config) -> Env:
     release = c.release
-    svc = f"{c.namespace}.svc.{c.cluster_domain}."
     env: list[dict[str, Any]] = [
         field_env("_pod_name", "metadata.name"),
         field_env("_pod_ns", "metadata.namespace"),
@@ -318,17 +383,14 @@ def proxy_env(build: Build, pod: Mapping[str, Any], c: Config, conf: PodConfig) 
     env.append(field_env("_pod_nodeName", "spec.nodeName"))
     if release.pod_env:
         env.append({"name": "_pod_containerName", "value": PROXY})
-    env += _cores_env(build, c)
-    if conf.require_identity:
-        env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY", "value": conf.require_identity})
-    # a Job's app can stop a regular-container proxy: linkerd-await --shutdown, or POST
-    # /shutdown on the admin port (README: "Jobs on clusters without native sidecars")
-    if conf.shutdown_endpoint is not None:
-        shutdown = conf.shutdown_endpoint
-    else:
-        shutdown = c.shutdown_endpoint or (build.batch and not build.native)
-    env.append({"name": "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "value": "true" if shutdown else "false"})
-    env += [
+    return tuple(env)
+
+
+def _env_around_ports(c: Config, conf: PodConfig) -> tuple[Env, Env]:
+    """The variables before the pod's inbound ports and after them."""
+    release = c.release
+    svc = f"{c.namespace}.svc.{c.cluster_domain}."
+    before = [
         {"name": "LINKERD2_PROXY_LOG", "value": conf.log_level + ("" if conf.log_headers else HEADERS_OFF)},
         {"name": "LINKERD2_PROXY_LOG_FORMAT", "value": conf.log_format},
         {"name": "LINKERD2_PROXY_DESTINATION_SVC_ADDR", "value": f"linkerd-dst-headless.{svc}:8086"},
@@ -355,33 +417,30 @@ def proxy_env(build: Build, pod: Mapping[str, Any], c: Config, conf: PodConfig) 
         {"name": "LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "value": _listen(c, INBOUND)},
         field_env("LINKERD2_PROXY_INBOUND_IPS", "status.podIPs"),
     ]
-    ports = _inbound_ports(pod, release.init_container_ports)
-    if ports:
-        env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS", "value": ports})
     suffixes = "." if c.external_profiles else f"svc.{c.cluster_domain}."
-    env += [
+    after = [
         {"name": "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES", "value": suffixes},
         {"name": "LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE", "value": "10000ms"},
         {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_KEEPALIVE", "value": "10000ms"},
     ]
     if release.user_timeouts:
-        env += [
+        after += [
             {"name": "LINKERD2_PROXY_INBOUND_ACCEPT_USER_TIMEOUT", "value": "30s"},
             {"name": "LINKERD2_PROXY_OUTBOUND_CONNECT_USER_TIMEOUT", "value": "30s"},
         ]
     if release.hostname_labels:
-        env.append(
+        after.append(
             {
                 "name": "LINKERD2_PROXY_OUTBOUND_METRICS_HOSTNAME_LABELS",
                 "value": str(conf.hostname_labels).lower(),
             }
         )
-    env += [{"name": name, "value": value} for name, value in c.params]
+    after += [{"name": name, "value": value} for name, value in c.params]
     if conf.opaque_ports:
-        env.append(
+        after.append(
             {"name": "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "value": conf.opaque_ports}
         )
-    env += [
+    after += [
         {
             "name": "LINKERD2_PROXY_DESTINATION_CONTEXT",
             "value": '{"ns":"$(_pod_ns)", "nodeName":"$(_pod_nodeName)", "pod":"$(_pod_name)"}\n',
@@ -402,10 +461,10 @@ def proxy_env(build: Build, pod: Mapping[str, Any], c: Config, conf: PodConfig) 
         {"name": "LINKERD2_PROXY_POLICY_SVC_NAME", "value": _identity(c, "linkerd-destination")},
     ]
     if conf.access_log:
-        env.append({"name": "LINKERD2_PROXY_ACCESS_LOG", "value": conf.access_log})
+        after.append({"name": "LINKERD2_PROXY_ACCESS_LOG", "value": conf.access_log})
     if conf.shutdown_grace_period:
-        env.append({"name": "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "value": conf.shutdown_grace_period})
-    return env
+        after.append({"name": "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "value": conf.shutdown_grace_period})
+    return tuple(before), tuple(after)
 
 
 def _durations(conf: PodConfig) -> list[tuple[str, str]]:
@@ -447,6 +506,31 @@ def _probe(c: Config, name: str, path: str) -> dict[str, Any]:
 
 
 def proxy_container(build: Build, pod: Mapping[str, Any], c: Config, conf: PodConfig) -> dict[str, Any]:
+    fixed = _KEPT.get(c, "proxy", lambda: _proxy_fixed(c))
+    container: dict[str, Any] = {
+        "name": PROXY,
+        "image": c.image,
+        "imagePullPolicy": c.pull_policy,
+        "env": proxy_env(build, pod, c, conf),
+        "livenessProbe": fixed["livenessProbe"],
+        "ports": fixed["ports"],
+        "readinessProbe": fixed["readinessProbe"],
+        "resources": build.resources.as_k8s(),
+        "securityContext": fixed["securityContext"],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": fixed["volumeMounts"],
+    }
+    if build.native:
+        container["restartPolicy"] = "Always"
+        container["startupProbe"] = fixed["startupProbe"]
+    else:
+        # the app starts once the proxy is ready (the proxy is the first container)
+        container["lifecycle"] = fixed["lifecycle"]
+    return container
+
+
+def _proxy_fixed(c: Config) -> dict[str, Any]:
+    """The parts of the proxy container that are the same for every pod of a Config."""
     security: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -457,39 +541,25 @@ def proxy_container(build: Build, pod: Mapping[str, Any], c: Config, conf: PodCo
     }
     if c.gid >= 0:
         security["runAsGroup"] = c.gid
-    container: dict[str, Any] = {
-        "name": PROXY,
-        "image": c.image,
-        "imagePullPolicy": c.pull_policy,
-        "env": proxy_env(build, pod, c, conf),
+    wait = ["/usr/lib/linkerd/linkerd-await", "--timeout=2m", f"--port={ADMIN}"]
+    lifecycle: dict[str, Any] = {"postStart": {"exec": {"command": wait}}}
+    if c.wait_before_exit:
+        lifecycle["preStop"] = {"exec": {"command": ["/bin/sleep", str(c.wait_before_exit)]}}
+    return {
         "livenessProbe": _probe(c, "livenessProbe", "/live"),
         "ports": [
             {"containerPort": INBOUND, "name": "linkerd-proxy"},
             {"containerPort": ADMIN, "name": "linkerd-admin"},
         ],
         "readinessProbe": _probe(c, "readinessProbe", "/ready"),
-        "resources": build.resources.as_k8s(),
         "securityContext": security,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"mountPath": "/var/run/linkerd/identity/end-entity", "name": END_ENTITY},
             {"mountPath": "/var/run/secrets/tokens", "name": TOKEN},
         ],
+        "startupProbe": _probe(c, "startupProbe", "/ready"),
+        "lifecycle": lifecycle,
     }
-    if build.native:
-        container["restartPolicy"] = "Always"
-        container["startupProbe"] = _probe(c, "startupProbe", "/ready")
-    else:
-        # the app starts once the proxy is ready (the proxy is the first container)
-        lifecycle: dict[str, Any] = {
-            "postStart": {
-                "exec": {"command": ["/usr/lib/linkerd/linkerd-await", "--timeout=2m", f"--port={ADMIN}"]}
-            }
-        }
-        if c.wait_before_exit:
-            lifecycle["preStop"] = {"exec": {"command": ["/bin/sleep", str(c.wait_before_exit)]}}
-        container["lifecycle"] = lifecycle
-    return container
 
 
 _INIT_SECURITY_BASE = {
@@ -672,6 +742,14 @@ def _subnets(build: Build, pod: Mapping[str, Any], c: Config) -> tuple[str, list
     ]
 
 
+def _annotations(c: Config) -> tuple[tuple[str, str], ...]:
+    return (
+        ("linkerd.io/created-by", f"mesh-injector/{__version__}"),
+        ("linkerd.io/proxy-version", image_tag(c.image) or c.image),
+        ("linkerd.io/trust-root-sha256", trust_root_sha256(c.anchors)),
+    )
+
+
 def _notes(build: Build, c: Config) -> list[str]:
     """Where the control plane would decide otherwise than mesh-injector did."""
     notes = list(c.notes)
@@ -703,21 +781,17 @@ def render(build: Build, pod: Mapping[str, Any], policy: Policy) -> DataPlane:
         subnets, problems = _subnets(build, pod, c)
         warnings += problems
         inits = (init_container(build, c, inbound, outbound, subnets),)
-        volumes.append(_xtables_volume())
+        volumes.append(_KEPT.get(c, "xtables-volume", _xtables_volume))
     elif build.validator:
-        inits = (validator_container(c),)
-    volumes += _identity_volumes()
+        inits = (_KEPT.get(c, "validator", lambda: validator_container(c)),)
+    volumes += _KEPT.get(c, "identity-volumes", lambda: tuple(_identity_volumes()))
     labels = {"linkerd.io/control-plane-ns": c.namespace, "linkerd.io/workload-ns": build.workload.namespace}
     owner = _OWNER_LABEL.get(build.workload.kind)
     named = frozenset({f"linkerd.io/proxy-{owner}"} if owner is not None else ())
     if owner is not None:
         labels[f"linkerd.io/proxy-{owner}"] = label_value(build.workload.name)
     conf = pod_config(pod, c)
-    annotations = {
-        "linkerd.io/created-by": f"mesh-injector/{__version__}",
-        "linkerd.io/proxy-version": image_tag(c.image) or c.image,
-        "linkerd.io/trust-root-sha256": trust_root_sha256(c.anchors),
-    }
+    annotations = dict(_KEPT.get(c, "annotations", lambda: _annotations(c)))
     # what Linkerd's destination service reads from the pod, always exactly what the proxy
     # does: the ports the redirect leaves alone (no mTLS or HTTP/2 hints for them), and the
     # opaque ports where they are not the control plane's default (which it assumes)
@@ -752,11 +826,11 @@ def describe(policy: Policy, cni: bool) -> list[str]:
         else f"from ConfigMap {s.namespace}/{TRUST_ROOTS}, key {TRUST_ROOTS_KEY} "
         "(watched by serve; read from --cluster or --kubeconfig by the dry-run verbs)"
     )
-    image = s.image or f"{dig(release.values, 'proxy.image.name')}:{release.edge}"
+    image = s.image or f"{dotted(release.values, 'proxy.image.name')}:{release.edge}"
     init = s.init_image or (
         f"{image} ({release.init_command[0]})"
         if release.init_command
-        else "{}:{}".format(*(dig(release.values, f"proxyInit.image.{k}") for k in ("name", "version")))
+        else "{}:{}".format(*(dotted(release.values, f"proxyInit.image.{k}") for k in ("name", "version")))
     )
     where = f"ConfigMap {s.namespace}/{CONFIG_MAP}"
     return [

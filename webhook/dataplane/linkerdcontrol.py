@@ -31,6 +31,7 @@ import yaml
 
 from webhook.dataplane.base import ConfigMaps, ControlPlane, NativeDefault, RedirectRules, image_tag
 from webhook.dataplane.iptables import PortListError, parse_ports
+from webhook.nested import dotted, overlay
 from webhook.policy import Policy, PortList
 from webhook.reasons import Skip
 
@@ -43,17 +44,6 @@ InboundPolicy = Literal[
 
 
 # --- the supported versions ------------------------------------------------------------
-
-
-def _overlay(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on ``base``, mapping by mapping (as Helm merges values files)."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _overlay(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 # The chart defaults (charts/linkerd-control-plane/values.yaml) of every value the flavour
@@ -141,7 +131,7 @@ RELEASES: tuple[Release, ...] = (
         version="2.16",
         edge="edge-24.8.2",
         first_edge=(24, 2, 5),
-        values=_overlay(
+        values=overlay(
             _CHART,
             {
                 "proxy": {"cores": 0},
@@ -155,7 +145,7 @@ RELEASES: tuple[Release, ...] = (
         version="2.19",
         edge="edge-25.10.7",
         first_edge=(25, 4, 5),
-        values=_overlay(
+        values=overlay(
             _CHART,
             {
                 "proxy": {
@@ -180,7 +170,7 @@ RELEASES: tuple[Release, ...] = (
         version="2.20",
         edge="edge-26.6.3",
         first_edge=(26, 5, 2),
-        values=_overlay(
+        values=overlay(
             _CHART,
             {
                 "proxy": {
@@ -424,15 +414,6 @@ class Config:
     notes: tuple[str, ...] = ()  # what is read but decided by mesh-injector
 
 
-def dig(values: Mapping[str, Any], path: str) -> Any:
-    node: Any = values
-    for part in path.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
-    return node
-
-
 class _Reader:
     """The control plane's values over the release's chart defaults, each checked: a value
     of the wrong kind is named in a warning and the default is used."""
@@ -444,12 +425,12 @@ class _Reader:
         self.warnings: list[str] = []
 
     def raw(self, path: str) -> Any:
-        value = dig(self.values, path)
-        return dig(self.release.values, path) if value is None else value
+        value = dotted(self.values, path)
+        return dotted(self.release.values, path) if value is None else value
 
     def refuse(self, path: str, value: Any, what: str) -> Any:
         """Name ``value`` in a warning; the chart's default instead."""
-        default = dig(self.release.values, path)
+        default = dotted(self.release.values, path)
         self.warnings.append(
             f"{self.where} {path}: {value!r} is not applied: expected {what}; "
             f"Linkerd {self.release.version}'s default {default!r} is used"
@@ -584,7 +565,7 @@ def configure(
             r.text("proxyInit.image.name"),
             r.text("proxyInit.image.version"),
             "",
-            str(dig(release.values, "proxyInit.image.version")),
+            str(dotted(release.values, "proxyInit.image.version")),
             f"{where} proxyInit.image",
             warnings,
         )
@@ -624,7 +605,7 @@ def configure(
         if r.flag(path)
     )
     workers: tuple[int, int | None, str | None] | None = None
-    cores = _positive(dig(values, "proxy.cores"))
+    cores = _positive(dotted(values, "proxy.cores"))
     found = r.raw("proxy.runtime.workers") if release.workers else None
     if cores is not None:
         workers = (cores, None, None)
@@ -640,7 +621,7 @@ def configure(
     probes = {
         name: {
             key: r.number(f"proxy.{name}.{key}")
-            for key in dig(release.values, f"proxy.{name}")  # the chart's keys, in its order
+            for key in dotted(release.values, f"proxy.{name}")  # the chart's keys, in its order
         }
         for name in ("livenessProbe", "readinessProbe", "startupProbe")
     }
@@ -652,7 +633,7 @@ def configure(
         ("proxy.ports.admin", ADMIN),
         ("proxy.uid", UID),
     ):
-        given = dig(values, path)
+        given = dotted(values, path)
         if given is not None and given != ours:
             warnings.append(
                 f"{where} {path}: {given!r} is not applied: the proxy's ports and user are fixed at "
@@ -666,19 +647,19 @@ def configure(
         ("proxy.isIngress", False),
         ("identity.serviceAccountTokenProjection", True),
     ):
-        given = dig(values, path)
+        given = dotted(values, path)
         if given is not None and given != default and given not in ([], {}, ""):
             warnings.append(
                 f"{where} {path}: {given!r} is not applied: mesh-injector does not render it "
                 "(the proxy gets the chart's default)"
             )
-    custom = dig(values, "proxy.securityContext")
+    custom = dotted(values, "proxy.securityContext")
     if isinstance(custom, Mapping) and custom:
         warnings.append(
             f"{where} proxy.securityContext is not applied: the proxy's security context is "
             "mesh-injector's (non-root, read-only, no capabilities; Pod Security restricted)"
         )
-    resources = dig(values, "proxy.resources")
+    resources = dotted(values, "proxy.resources")
     if isinstance(resources, Mapping) and any(
         isinstance(v, Mapping) and any(v.values()) for v in resources.values()
     ):
@@ -715,7 +696,7 @@ def configure(
         firewall=mode,  # type: ignore[arg-type]
         native=r.flag("proxy.nativeSidecar"),
         native_from="the control plane's"
-        if dig(values, "proxy.nativeSidecar") is not None
+        if dotted(values, "proxy.nativeSidecar") is not None
         else f"Linkerd {release.version}'s default",
         await_proxy=r.flag("proxy.await"),
         wait_before_exit=max(0, r.number("proxy.waitBeforeExitSeconds")),

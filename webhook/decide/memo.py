@@ -165,18 +165,32 @@ def aliasable(meta: object, name: str) -> bool:
 _Path = tuple[str | int, ...]
 
 
-def alias_paths(node: object, path: _Path = ()) -> list[_Path]:
-    """Where in a patch the stand-in name occurs (paths to the strings holding it). A subtree
-    is only walked when its JSON holds the name (orjson is far faster than walking it)."""
+def alias_paths(patch: Patch, text: bytes) -> list[_Path]:
+    """Where in a patch the stand-in name occurs (paths to the strings holding it). ``text``
+    is the patch's JSON: it says how often the name occurs, so operations are looked into
+    only until every occurrence is found, and only those whose JSON holds it."""
+    left = text.count(ALIAS_JSON)
+    out: list[_Path] = []
+    for i, op in enumerate(patch):
+        if left <= 0:
+            break
+        found = orjson.dumps(op).count(ALIAS_JSON)
+        if found:
+            out += _paths(op, (i,))
+            left -= found
+    return out
+
+
+def _paths(node: object, path: _Path) -> list[_Path]:
+    """A subtree is only walked when its JSON holds the name (orjson is far faster than
+    walking it)."""
     if isinstance(node, str):
         return [path] if ALIAS in node else []
     if not isinstance(node, dict | list) or ALIAS_JSON not in orjson.dumps(node):
         return []
     if isinstance(node, dict):
-        return [p for k, v in node.items() for p in alias_paths(v, (*path, k))]
-    if isinstance(node, list):
-        return [p for i, v in enumerate(node) for p in alias_paths(v, (*path, i))]
-    return []
+        return [p for k, v in node.items() for p in _paths(v, (*path, k))]
+    return [p for i, v in enumerate(node) for p in _paths(v, (*path, i))]
 
 
 def put_name(patch: Patch, paths: tuple[_Path, ...], name: str) -> Patch:

@@ -56,15 +56,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot, RedirectorState
-from webhook.dataplane.base import Flavour, Ports
+from webhook.dataplane.base import Flavour, Kept, Ports, RedirectRules
 from webhook.dataplane.iptables import merge_ranges
+from webhook.decide.podfacts import Exclusions
 from webhook.modes.base import Gap, Interception, Setting, ports_text
 from webhook.policy import Policy
 from webhook.reasons import ModeReason
@@ -159,17 +160,34 @@ def _width(ports: Ports) -> int:
     return sum(hi - lo + 1 for lo, hi in ports)
 
 
+# Merbridge's annotations by what they are made of (the mesh's rules as they hold for the
+# pod, every field but the annotation names they were read with; the pod's exclusions;
+# whether the flavour's rules can leave sources alone): pods alike in these, most pods of
+# a control plane, share one answer, kept per policy.
+_KEPT = Kept()
+_RULES_READ = tuple(f.name for f in fields(RedirectRules) if f.name != "pod_keys")
+
+
 def _annotations(setting: Setting) -> tuple[dict[str, str], str | None]:
     """Merbridge's annotations for the pod: what the mesh's own rules would leave alone (the
     control plane's settings, or the pod's own annotation where it replaces one, as the
     mesh's injector reads them; ``ControlPlane.rules``) and the pod's exclusions, so that ebpf
-    and iptables send the same traffic to the proxy; or why they cannot say that."""
+    and iptables send the same traffic to the proxy; or why they cannot say that (a copy of
+    the answer kept for pods alike)."""
     rules = setting.control.rules.for_pod(setting.annotations)
-    excl = setting.exclusions
+    excl, skips_sources = setting.exclusions, setting.plane.skips_sources
+    key = (tuple(getattr(rules, name) for name in _RULES_READ), excl, skips_sources)
+    found, why = _KEPT.get(setting.policy, key, lambda: _made(rules, excl, skips_sources))
+    return dict(found), why
+
+
+def _made(
+    rules: RedirectRules, excl: Exclusions, skips_sources: bool
+) -> tuple[Mapping[str, str], str | None]:
     if rules.problems:
         return {}, f"the control plane's {rules.problems[0]}, which Merbridge cannot be told"
     sources = tuple(dict.fromkeys((*rules.sources, *excl.sources)))
-    if sources and setting.plane.skips_sources:
+    if sources and skips_sources:
         return {}, (
             f"the mesh's rules leave inbound connections from {', '.join(sources)} alone (a rule on the "
             "source), which Merbridge cannot: it leaves inbound traffic alone by port only"

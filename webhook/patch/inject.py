@@ -18,7 +18,6 @@ would write stays the pod's own.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,9 +26,10 @@ import orjson
 
 from webhook import __version__
 from webhook.core import ANN_DECISION, ANN_SKIP, ANN_SOURCE, ANN_STATUS, LABEL_MODE, Notes
-from webhook.dataplane import FLAVOURS, NAMED_ENV, Build, DataPlane, Flavour
+from webhook.dataplane import FLAVOURS, Build, DataPlane, Flavour
 from webhook.dataplane.base import label_value
 from webhook.patch.ours import OURS, Ours
+from webhook.patch.prints import DEFAULTED, WORKLOAD, fingerprint, value_sum
 from webhook.policy import Policy
 from webhook.workload import WorkloadKey, workload_key
 
@@ -57,26 +57,6 @@ class Plan:
     mesh_version: str = ""
 
 
-# Fields the API server fills in with defaults when it stores a pod: an item we rendered
-# without them is still ours when it comes back with them.
-DEFAULTED = frozenset(
-    {
-        "terminationMessagePath",
-        "terminationMessagePolicy",
-        "imagePullPolicy",
-        "protocol",
-        "timeoutSeconds",
-        "periodSeconds",
-        "successThreshold",
-        "failureThreshold",
-        "scheme",
-        "apiVersion",
-        "defaultMode",
-        "divisor",
-    }
-)
-
-
 def covers(got: object, want: object) -> bool:
     """``got`` is ``want`` as the API server stores it: equal, but for defaulted fields it
     may have added."""
@@ -90,40 +70,6 @@ def covers(got: object, want: object) -> bool:
     if isinstance(want, list):
         return isinstance(got, list) and len(got) == len(want) and all(map(covers, got, want))
     return got == want
-
-
-# Not in a fingerprint: what the API server defaults, and the resources (a
-# VerticalPodAutoscaler's admission controller, run after us, may set the proxy's).
-UNPRINTED = DEFAULTED | {"resources"}
-
-
-def _canonical(node: object) -> object:
-    """``node`` without ``UNPRINTED`` fields and without the values of environment
-    variables that name the workload (a template's pods share one rendering, decided once
-    with a stand-in name)."""
-    if isinstance(node, dict):
-        if node.get("name") in NAMED_ENV and "value" in node:
-            return {k: v for k, v in node.items() if k != "value"}
-        return {k: _canonical(v) for k, v in node.items() if k not in UNPRINTED}
-    if isinstance(node, list):
-        return [_canonical(v) for v in node]
-    return node
-
-
-def fingerprint(item: object) -> str:
-    """What the status records of an added item, to know it again: the same after the API
-    server has filled in its defaults, and for every workload of a template."""
-    text = orjson.dumps(_canonical(item), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(text).hexdigest()[:16]
-
-
-WORKLOAD = "\x00workload"
-
-
-def value_sum(value: str, named: bool) -> str:
-    """The fingerprint of a label or annotation value we wrote; one that is the workload's
-    name (``named``) is recorded as naming the workload (a template's pods share it)."""
-    return fingerprint(WORKLOAD if named else value)
 
 
 def _is_value(recorded: object, value: object, workload: str) -> bool:
