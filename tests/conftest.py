@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules that start a real server."""
+"""Fixtures shared by the test modules that start a real server; the golden files' review."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="deeper generated runs (the API server judges 4,000 generated pods per flavour)",
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """With UPDATE_GOLDEN=1: the diff of every golden file rewritten, to be reviewed."""
+    from tests.support import REWRITTEN, UPDATE
+
+    if not UPDATE:
+        return
+    terminalreporter.section(f"golden files rewritten: {len(REWRITTEN)} (review each diff)")
+    for _, diff in REWRITTEN:
+        terminalreporter.write(diff if diff.endswith("\n") else diff + "\n")

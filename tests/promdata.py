@@ -5,7 +5,12 @@ readings the Prometheus usage source must derive from them.
 Scrapes are every minute. A pod lives from one 5-minute grid point to another; within
 each 5-minute block its proxy burns CPU at one rate (the counter grows linearly), so
 ``rate(...[5m])`` at a grid point is exactly that block's rate; the memory gauge at a grid
-point is the expected memory reading. Values sit in the middle of the history's buckets.
+point is the expected memory reading. Values sit on the upper edges of the history's
+buckets (each bucket holds (floor·1.05^(i-1), floor·1.05^i], README "Bounded history"), so
+the history's percentile, "the upper edge of the bucket where the cumulative weight reaches
+it", is the reading itself and the exact formula computed by hand is its oracle: memory
+exactly on the edge, CPU a hair (10⁻⁹) under it, as ``rate()`` reads a counter back with
+float rounding that must not carry a reading over the edge.
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook.usage.history import CPU_FLOOR, MEMORY_FLOOR, RATIO
 from webhook.workload import WorkloadKey
+
+# the history's buckets as the README gives them: geometric, 5 % apart, CPU from 0.1m,
+# memory from 1 MiB (written here, not imported: the readings must sit where the rule says)
+RATIO = 1.05
+CPU_FLOOR = 1e-4
+MEMORY_FLOOR = float(2**20)
 
 STEP = 300
 MINUTE = 60
@@ -44,8 +54,14 @@ class Pod:
     readings: dict[int, tuple[float, float]] = field(default_factory=dict)  # step -> (cpu, mem)
 
 
-def _mid(floor: float, index: int) -> float:
-    return floor * RATIO ** (index + 0.5)
+def cpu_edge(index: int) -> float:
+    """A CPU rate a hair under the upper edge of bucket ``index``."""
+    return CPU_FLOOR * RATIO**index * (1 - 1e-9)
+
+
+def memory_edge(index: int) -> float:
+    """A memory reading exactly on the upper edge of bucket ``index``."""
+    return MEMORY_FLOOR * RATIO**index
 
 
 def build_pods(end: int) -> list[Pod]:
@@ -150,17 +166,17 @@ def write_openmetrics(path: Path, pods: list[Pod], seed: int = 7) -> None:
         counter = 1000.0
         rates: dict[int, float] = {}
         for t in range(pod.start + STEP, pod.end + 1, STEP):
-            rates[t] = _mid(CPU_FLOOR, rng.randint(*pod.cpu_buckets))
+            rates[t] = cpu_edge(rng.randint(*pod.cpu_buckets))
         restarts = 0
         for t in range(pod.start, pod.end + 1, MINUTE):
             if t > pod.start:
                 block_end = -(-t // STEP) * STEP
                 counter += rates[block_end] * MINUTE
-            memory = round(_mid(MEMORY_FLOOR, rng.randint(*pod.memory_buckets)))
+            memory = memory_edge(rng.randint(*pod.memory_buckets))
             cpu_lines.append(f"container_cpu_usage_seconds_total{{{labels}}} {counter!r} {t}")
-            mem_lines.append(f"container_memory_working_set_bytes{{{labels}}} {memory} {t}")
+            mem_lines.append(f"container_memory_working_set_bytes{{{labels}}} {memory!r} {t}")
             if t % STEP == 0 and t in rates:
-                pod.readings[t] = (rates[t], float(memory))
+                pod.readings[t] = (rates[t], memory)
             if any(o <= t for o in pod.oom_at):
                 restarts = sum(1 for o in pod.oom_at if o <= t)
             if pod.oom_at:

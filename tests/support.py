@@ -4,6 +4,7 @@ when what it needs is not here."""
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import shutil
@@ -108,12 +109,25 @@ def load_case(path: Path) -> Case:
     return Case(path, review, snapshot, policy, meta.get("expect", {}), meta)
 
 
+# (path, unified diff) of every golden file UPDATE_GOLDEN=1 rewrote, printed at the end of
+# the run (tests/conftest.py) so that each change is read before it is committed
+REWRITTEN: list[tuple[Path, str]] = []
+
+
 def compare_golden(path: Path, actual: Any) -> None:
-    """Parsed comparison with ``path``; UPDATE_GOLDEN=1 rewrites it."""
+    """Parsed comparison with ``path``; UPDATE_GOLDEN=1 rewrites it and records the diff."""
     if UPDATE or not path.exists():
         if not UPDATE:
             raise AssertionError(f"{path} does not exist; run with UPDATE_GOLDEN=1 and review it")
-        path.write_text(yaml.safe_dump(actual, sort_keys=False, width=120))
+        old = path.read_text() if path.exists() else ""
+        new = yaml.safe_dump(actual, sort_keys=False, width=120)
+        if new != old:
+            name = str(path.relative_to(ROOT.parent)) if path.is_relative_to(ROOT.parent) else str(path)
+            diff = difflib.unified_diff(
+                old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{name}", f"b/{name}"
+            )
+            REWRITTEN.append((path, "".join(diff)))
+            path.write_text(new)
         return
     expected = yaml.safe_load(path.read_text())
     assert actual == expected, f"{path} differs (UPDATE_GOLDEN=1 rewrites it; review the diff)"

@@ -5,6 +5,7 @@ injector from hurting its cluster asserted one by one."""
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -84,10 +86,20 @@ def rendered(request):
 
 def test_every_object_validates(rendered):
     _, objs = rendered
+    checked = []
     for obj in objs:
         if obj["apiVersion"].startswith("cert-manager.io/"):
             continue  # a CRD: not in the Kubernetes schemas; checked in test_cert_manager_overlay
-        validate_k8s(obj)
+        validate_k8s(obj)  # raises, naming the field, when the schema refuses it
+        checked.append(obj["kind"])
+    assert {"Namespace", "ServiceAccount", "Service", "Deployment", "MutatingWebhookConfiguration"} <= set(
+        checked
+    ), checked
+    # and the same check refuses what the API server would: the Deployment, one field broken
+    broken = copy.deepcopy(one(objs, "Deployment"))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError, match="'two' is not of type 'integer'"):
+        validate_k8s(broken)
 
 
 def test_webhook_configuration_cannot_hurt_the_cluster(rendered):

@@ -21,7 +21,7 @@ from tests.support import ANCHORS_POLICY, GOLDEN, venv_tool
 from webhook import flagtypes
 from webhook.cli import build_parser, main
 from webhook.loading import load_policy, parse_policy
-from webhook.policy import PolicyError, default_policy_text
+from webhook.policy import Policy, PolicyError, default_policy_text
 from webhook.progress import Progress
 from webhook.serve.run import _check_ports
 from webhook.versions import parse_kernel, parse_kube_version
@@ -132,10 +132,13 @@ def test_a_key_given_twice_is_refused_with_both_lines():
 
 
 def test_the_bundled_policy_names_no_key_twice():
-    load(default_policy_text())
-    for path in (REPO / "policies").glob("*.yaml"):
-        load(path.read_text())
-        load_policy(path)
+    bundled = sorted((REPO / "policies").glob("*.yaml"))
+    assert bundled, "policies/ holds the example policies"
+    for name, text in [("default", default_policy_text())] + [(p.name, p.read_text()) for p in bundled]:
+        # the strict reading (which refuses a key given twice) reads what PyYAML reads
+        assert load(text) == yaml.safe_load(text), name
+    for path in bundled:
+        assert isinstance(load_policy(path), Policy), path
 
 
 def test_a_policy_that_is_not_utf8_is_one_line(tmp_path):

@@ -746,3 +746,23 @@ def test_the_init_container_gets_the_flags_of_the_backend_the_decision_chose(con
     nft = ["--firewall-bin-path", "iptables-nft", "--firewall-save-bin-path", "iptables-nft-save"]
     assert (init["args"][:4] == nft) is (chosen == "nft")
     assert ("--firewall-bin-path" in init["args"]) is (chosen == "nft")
+
+
+@pytest.mark.parametrize(
+    ("version", "key"),
+    [
+        # Linkerd's pkg/k8s/labels.go: 2.16 has no hostname-labels annotation; 2.19 has no
+        # additional-env one and knows the native-sidecar one only as alpha and beta
+        ("2.16", "config.linkerd.io/proxy-metrics-hostname-labels"),
+        ("2.19", "config.linkerd.io/proxy-additional-env"),
+        ("2.19", "config.linkerd.io/proxy-enable-native-sidecar"),
+    ],
+)
+def test_an_annotation_only_a_newer_injector_reads_is_said_not_to_apply(version, key):
+    snap = load_snapshot(
+        policy=POLICY, now=time.time(), cluster=str(GOLDEN / "clusters" / f"linkerd-{version}.yaml")
+    )
+    out, _ = meshed(snap, annotations={key: "true"})
+    assert f"{key}: 'true' is not applied: Linkerd {version}'s injector does not read it" in "\n".join(
+        out.warnings
+    ), out.warnings

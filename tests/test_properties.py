@@ -18,7 +18,7 @@ from webhook.dataplane import FLAVOURS
 from webhook.loading import load_snapshot
 from webhook.patch.diff import diff
 from webhook.patch.inject import fingerprint, read_status
-from webhook.versions import parse_kernel, parse_kube_version
+from webhook.versions import Kernel, KubeVersion, parse_kernel, parse_kube_version
 
 POLICY = anchored_policy()
 SNAPSHOTS = {
@@ -223,8 +223,38 @@ def test_a_container_added_in_front_of_a_changed_one_is_one_add():
 
 @given(st.one_of(st.text(), st.none(), st.integers(), st.binary()))
 def test_version_parsers_never_raise(raw):
-    parse_kernel(raw)
-    parse_kube_version(raw)
+    """Whatever a node or the API server reports, the answer is a version or None (unknown),
+    never an exception, and only text is read."""
+    kernel, version = parse_kernel(raw), parse_kube_version(raw)
+    assert kernel is None or (type(kernel) is Kernel and all(type(x) is int and x >= 0 for x in kernel))
+    assert version is None or (type(version) is KubeVersion and all(type(x) is int for x in version))
+    if not isinstance(raw, str):
+        assert kernel is None and version is None
+
+
+_suffix = st.sampled_from(["", "-45-generic", "+", "-212.873.amzn2.x86_64", "-gke.100", "_custom"])
+
+
+@given(
+    major=st.integers(0, 9999),
+    minor=st.integers(0, 9999),
+    patch=st.one_of(st.none(), st.integers(0, 999999)),
+    suffix=_suffix,
+)
+def test_kernel_strings_read_as_major_minor_patch(major, minor, patch, suffix):
+    text = f"{major}.{minor}" + ("" if patch is None else f".{patch}") + suffix
+    assert parse_kernel(text) == Kernel(major, minor, patch or 0)
+    assert parse_kernel(text) == (major, minor, patch or 0)  # ordered as numbers, not as text
+
+
+@given(
+    major=st.integers(1, 999),
+    minor=st.integers(0, 9999),
+    rest=st.sampled_from(["", ".2", ".2-eks-1552ad0", ".12+k3s1", ".0-gke.1"]),
+    v=st.booleans(),
+)
+def test_kube_versions_read_as_major_minor(major, minor, rest, v):
+    assert parse_kube_version(f"{'v' if v else ''}{major}.{minor}{rest}") == KubeVersion(major, minor)
 
 
 owner = st.one_of(

@@ -13,6 +13,7 @@ safe answer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ _HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 # What the scheduler's NodeUnschedulable filter asks of a pod for a cordoned node: to
 # tolerate this taint (the DaemonSet controller gives every daemon pod that toleration).
 CORDON = Taint("node.kubernetes.io/unschedulable", "", "NoSchedule")
+_INT64 = re.compile(r"[+-]?[0-9]+")
 _SAMPLE = 3
 
 
@@ -66,12 +68,20 @@ class Requirement:
         if op == "DoesNotExist":
             return value is None
         if op in ("Gt", "Lt") and value is not None and len(self.values) == 1:
-            try:
-                have, want = int(value), int(self.values[0])
-            except ValueError:
+            have, want = _int64(value), _int64(self.values[0])
+            if have is None or want is None:
                 return False
             return have > want if op == "Gt" else have < want
         return False
+
+
+def _int64(text: str) -> int | None:
+    """A label value as Kubernetes reads it for Gt/Lt (Go's strconv.ParseInt(text, 10, 64)):
+    Python's int() would also take "7_0" or " 7", which no node matches."""
+    if _INT64.fullmatch(text) is None:
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ only where that RuntimeClass exists in the cluster state. Its ``scheduling`` (no
 tolerations) narrows the nodes the pod may land on before their kernels are judged: the API
 server's RuntimeClass admission merges it into the pod (and sets the pod's overhead), and
 runs again after a webhook changed the pod, so the stored pod carries both. A pod that
-already names a sandbox RuntimeClass (the policy's ``sandboxHandlers``) is handled here too:
+names a RuntimeClass of its own that is not a sandbox keeps it and is not given microvm. A pod
+that already names a sandbox RuntimeClass (the policy's ``sandboxHandlers``) is handled here too:
 its rules go inside its sandbox; under gVisor only where the flavour's rules use features
 gVisor's netstack accepts.
 """
@@ -58,6 +59,15 @@ def missing(setting: Setting) -> Gap | None:
                 f"{plane.name} init container's rules ({plane.gvisor_gap})",
             )
         return None
+    own = (setting.pod.get("spec") or {}).get("runtimeClassName")
+    if isinstance(own, str) and own and own != rules.runtime_class:
+        # the pod's own runtime is not a sandbox: giving it ours would override its choice, and
+        # keeping its own would leave the pod on the host under a microvm label
+        known = setting.snapshot.runtime_classes.get(own)
+        handler = f"handler {known.handler}" if known is not None else "not in the cluster state"
+        return Gap(
+            ModeReason.NO_RUNTIME_CLASS, f"the pod names RuntimeClass {own} ({handler}), not a VM sandbox"
+        )
     rc = setting.snapshot.runtime_classes.get(rules.runtime_class)
     if rc is None:
         return Gap(ModeReason.NO_RUNTIME_CLASS, f"RuntimeClass {rules.runtime_class} is not in the cluster")
