@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from webhook.outcome import Patch
 
 
@@ -24,6 +26,13 @@ def escape(key: str) -> str:
     if "~" not in key and "/" not in key:
         return key
     return key.replace("~", "~0").replace("/", "~1")
+
+
+def _differ(a: Any, b: Any) -> bool:
+    """Not the same JSON. Python's ``==`` holds for ``1``, ``1.0`` and ``True`` alike, also
+    deep inside equal containers, so values it calls equal are told apart by their JSON text
+    (rare: what the mutator leaves alone is the same object, and ``is`` settles it)."""
+    return a is not b and (a != b or orjson.dumps(a) != orjson.dumps(b))
 
 
 def _diff(old: Any, new: Any, path: str, out: Patch) -> None:
@@ -38,7 +47,7 @@ def _diff(old: Any, new: Any, path: str, out: Patch) -> None:
                 out.append({"op": "add", "path": f"{path}/{escape(key)}", "value": value})
                 continue
             before = old[key]
-            if before is not value and before != value:
+            if _differ(before, value):
                 _diff(before, value, f"{path}/{escape(key)}", out)
         return
     if isinstance(old, list) and isinstance(new, list):
@@ -60,7 +69,7 @@ def _same_slot(a: Any, b: Any) -> bool:
 
 
 def _diff_list(old: list[Any], new: list[Any], path: str, out: Patch) -> None:
-    if old == new:
+    if not _differ(old, new):
         return
     start = 0
     limit = min(len(old), len(new))
@@ -71,7 +80,7 @@ def _diff_list(old: list[Any], new: list[Any], path: str, out: Patch) -> None:
         end_old -= 1
         end_new -= 1
     for i in range(start):  # the same items before the change, changed in place
-        if old[i] is not new[i] and old[i] != new[i]:
+        if _differ(old[i], new[i]):
             _diff(old[i], new[i], f"{path}/{i}", out)
     removed = end_old - start
     added = end_new - start
@@ -84,7 +93,7 @@ def _diff_list(old: list[Any], new: list[Any], path: str, out: Patch) -> None:
         out.append({"op": "add", "path": f"{path}/{start + i}", "value": new[start + i]})
     for j in range(len(old) - end_old):  # the same items after it, now at their new index
         before, after = old[end_old + j], new[end_new + j]
-        if before is not after and before != after:
+        if _differ(before, after):
             _diff(before, after, f"{path}/{end_new + j}", out)
 
 
