@@ -485,31 +485,7 @@ def kubelet_order(
 
 def play(node: Node, pod: dict[str, Any], steps: list[dict[str, Any]], marked: bool) -> dict[str, Any]:
     """The database on the other host (B, outside the mesh) and the pod in A, as it starts."""
-    db = {"cgroup": str(node.cgroups[NS_B]), "marked": False, "servers": {"db": DB_PORT}}
-    plan = {
-        "cgroup": str(node.cgroups[NS_A]),
-        "mark": mb.mark_of(f"/var/run/netns/{NS_A}"),
-        "marked": marked,
-        "steps": steps,
-    }
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", NS_B, sys.executable, str(POD), "target", json.dumps(db)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None and "ready" in server.stdout.readline()
-        done = subprocess.run(
-            ["ip", "netns", "exec", NS_A, sys.executable, str(POD), "play", json.dumps(plan)],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    finally:
-        server.kill()
-        server.wait()
+    return play_against(node, steps, marked, {"db": DB_PORT})
 
 
 def started(
