@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 import signal
 import socket
 import ssl
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -228,16 +230,31 @@ def test_tls12_offers_only_aead_suites_and_tls13_is_unchanged(certs):
 # --- the embedded default certificate never on disk -------------------------------------
 
 
-def _private_tmp(directory: Path) -> tuple[dict[str, str], tuple[str, ...]]:
+def _private_tmp(directory: Path) -> tuple[dict[str, str], tuple[str, ...], list[str]]:
     """The server's temporary directory is ``directory``: through ``TMPDIR`` (what Python's
     ``tempfile`` and most libraries honour) and, as root, with ``/tmp`` itself bound to it in
     a mount namespace of the server's own (a hard-coded ``/tmp`` path lands there too). What
-    other test runs write to the machine's ``/tmp`` meanwhile is never looked at."""
+    other test runs write to the machine's ``/tmp`` meanwhile is never looked at. What the
+    server runs from (this checkout, its virtualenv) stays where it is: where it lives under
+    ``/tmp`` (a CI clone), its top folder is bound back in at the same path; those folders'
+    names are returned with the rest, as the only entries ``directory`` may show."""
     env = {"TMPDIR": str(directory)}
     if os.geteuid() != 0:
-        return env, ()
-    script = 'mount --make-rprivate / && mount --bind "$0" /tmp && exec "$@"'
-    return env, ("unshare", "-m", "sh", "-c", script, str(directory))
+        return env, (), []
+    tmp = Path("/tmp")
+    kept = sorted(
+        {
+            path.relative_to(tmp).parts[0]
+            for path in (Path(sys.prefix).resolve(), REPO, Path.cwd().resolve())
+            if path.is_relative_to(tmp) and path != tmp
+        }
+    )
+    steps = ["mount --make-rprivate /"]
+    for name in kept:
+        inside = shlex.quote(name)
+        steps += [f'mkdir -p "$0"/{inside}', f'mount --bind /tmp/{inside} "$0"/{inside}']
+    steps += ['mount --rbind "$0" /tmp', 'exec "$@"']
+    return env, ("unshare", "-m", "sh", "-c", " && ".join(steps), str(directory)), kept
 
 
 def _holding_a_key(directory: Path) -> list[Path]:
@@ -247,7 +264,7 @@ def _holding_a_key(directory: Path) -> list[Path]:
 def test_embedded_certificate_keeps_no_private_key_on_disk_and_leaves_nothing_after_a_kill(tmp_path):
     private = tmp_path / "tmp"
     private.mkdir()
-    env, wrap = _private_tmp(private)
+    env, wrap, kept = _private_tmp(private)
     with serve_process(None, env=env, wrap=wrap) as proc:
         line = next(ln for ln in proc.stdout.read_text().splitlines() if "CA bundle:" in ln)
         ca = Path(line.split("CA bundle:")[1].strip())
@@ -269,8 +286,8 @@ def test_embedded_certificate_keeps_no_private_key_on_disk_and_leaves_nothing_af
                 path = Path(target)
                 if path.is_file() and path.stat().st_size < 1 << 20:
                     assert b"PRIVATE KEY" not in path.read_bytes(), target
-        assert list(private.iterdir()) == [], "nothing in the server's temporary directory"
+        assert sorted(p.name for p in private.iterdir()) == kept, "nothing in the server's tmp"
         proc.proc.send_signal(signal.SIGKILL)
         proc.proc.wait(timeout=10)
         assert not ca.exists()  # the path dies with the process
-    assert list(private.iterdir()) == [] and _holding_a_key(private) == []
+    assert sorted(p.name for p in private.iterdir()) == kept and _holding_a_key(private) == []
