@@ -264,15 +264,21 @@ def run_pods(node: Node, progs: mb.Programs, pod: dict[str, Any], plane_name: st
         }
     if plane_name == "istio":
         plan_a["istio_validation"] = uid
-    target = subprocess.Popen(
-        ["ip", "netns", "exec", NS_B, sys.executable, str(POD), "target", json.dumps(plan_b)],
+    return across(plan_b, "caller", plan_a)
+
+
+def across(target: dict[str, Any], role: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """The target on the other host (B) ready, then the pod in A as ``role`` with ``plan``
+    (tests/merbridge_pod.py); what A reported."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", NS_B, sys.executable, str(POD), "target", json.dumps(target)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert target.stdout is not None and "ready" in target.stdout.readline()
+        assert server.stdout is not None and "ready" in server.stdout.readline()
         done = subprocess.run(
-            ["ip", "netns", "exec", NS_A, sys.executable, str(POD), "caller", json.dumps(plan_a)],
+            ["ip", "netns", "exec", NS_A, sys.executable, str(POD), role, json.dumps(plan)],
             capture_output=True,
             text=True,
             timeout=90,
@@ -280,8 +286,8 @@ def run_pods(node: Node, progs: mb.Programs, pod: dict[str, Any], plane_name: st
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout.strip().splitlines()[-1])
     finally:
-        target.kill()
-        target.wait()
+        server.kill()
+        server.wait()
 
 
 def register(progs: mb.Programs, pod: dict[str, Any]) -> None:
@@ -1101,21 +1107,4 @@ def play_against(
         "marked": marked,
         "steps": steps,
     }
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", NS_B, sys.executable, str(POD), "target", json.dumps(peer)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None and "ready" in server.stdout.readline()
-        done = subprocess.run(
-            ["ip", "netns", "exec", NS_A, sys.executable, str(POD), "play", json.dumps(plan)],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    finally:
-        server.kill()
-        server.wait()
+    return across(peer, "play", plan)
