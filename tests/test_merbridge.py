@@ -290,6 +290,26 @@ def across(target: dict[str, Any], role: str, plan: dict[str, Any]) -> dict[str,
         server.wait()
 
 
+def cni_marked_run(
+    progs: mb.Programs, steps: list[dict[str, Any]], marked: bool, servers: dict[str, int]
+) -> dict[str, Any]:
+    """``steps`` played in A on a node with Merbridge's programs attached, A marked by its
+    CNI plugin or not, the controller knowing no pod; ``servers`` on the other host."""
+    with Node(progs.cgroup_root) as node:
+        progs.forget()
+        if marked:
+            progs.update(
+                "mark_pod_ips_map",
+                mb.mark_of(f"/var/run/netns/{NS_A}").to_bytes(4, "little"),
+                mb.ip_key(A_IP),
+            )
+        progs.attach(node.parent)
+        try:
+            return play_against(node, steps, marked, servers)
+        finally:
+            progs.detach(node.parent)
+
+
 def register(progs: mb.Programs, pod: dict[str, Any]) -> None:
     """What Merbridge's Go side writes for the two pods (both built from the emitted pod):
     the CNI server's mark -> pod IP, and the controller's local_pod_ips entry."""
@@ -981,19 +1001,7 @@ def test_a_proxyless_pod_with_two_apps_is_kept_off_merbridges_cni_plugin(program
     for pod, fine in ((kept, True), (exposed, False)):
         marked = mb.cni_plugin_handles(pod)
         assert marked is not fine
-        with Node(progs.cgroup_root) as node:
-            progs.forget()
-            if marked:
-                progs.update(
-                    "mark_pod_ips_map",
-                    mb.mark_of(f"/var/run/netns/{NS_A}").to_bytes(4, "little"),
-                    mb.ip_key(A_IP),
-                )
-            progs.attach(node.parent)
-            try:
-                seen = play(node, pod, steps, marked)
-            finally:
-                progs.detach(node.parent)
+        seen = cni_marked_run(progs, steps, marked, {"db": DB_PORT})
         if fine:
             assert _direct(seen["rates"]), seen
         else:
@@ -1074,19 +1082,7 @@ def test_an_iptables_istio_pod_is_kept_off_merbridges_cni_plugin(programs):
     for shown, fine in ((kept, True), (exposed, False)):
         marked = mb.cni_plugin_handles(shown)
         assert marked is not fine
-        with Node(progs.cgroup_root) as node:
-            progs.forget()
-            if marked:
-                progs.update(
-                    "mark_pod_ips_map",
-                    mb.mark_of(f"/var/run/netns/{NS_A}").to_bytes(4, "little"),
-                    mb.ip_key(A_IP),
-                )
-            progs.attach(node.parent)
-            try:
-                seen = play_against(node, steps, marked, {"db": DB_PORT, "web": 8080})
-            finally:
-                progs.detach(node.parent)
+        seen = cni_marked_run(progs, steps, marked, {"db": DB_PORT, "web": 8080})
         assert seen["istio-init"]["ok"], seen
         via = seen["to 8080"]
         assert via.get("tag") == "proxy" and via.get("orig") == f"{B_IP}:8080", seen
