@@ -15,7 +15,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -105,6 +108,26 @@ class Kubelet:
                 )
 
 
+@contextmanager
+def kubelet_world(api: client.ApiClient, core: client.CoreV1Api, d: Path) -> Iterator[dict[str, Any]]:
+    """The API clients, webhook certificates in ``d`` and a kubelet for node-0 running the
+    pods scheduled there, stopped afterwards."""
+    certs_cli(d, "--days", "1")
+    kubelet = Kubelet(core, "node-0")
+    kubelet.thread.start()
+    try:
+        yield {
+            "api": api,
+            "core": core,
+            "apps": client.AppsV1Api(api),
+            "certs": Certs(d, d / "ca.crt", d / "tls.crt", d / "tls.key"),
+            "dir": d,
+        }
+    finally:
+        kubelet.stop.set()
+        kubelet.thread.join(5)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     global SERVER, KUBECONFIG
@@ -122,19 +145,8 @@ def cluster(tmp_path_factory):
         _preload_content=False,
     )
     make_node(core, "node-0", "6.1.0-18-cloud-amd64", {"kubernetes.io/hostname": "node-0"})
-    d = tmp_path_factory.mktemp("fleet-certs")
-    certs_cli(d, "--days", "1")
-    kubelet = Kubelet(core, "node-0")
-    kubelet.thread.start()
-    yield {
-        "api": api,
-        "core": core,
-        "apps": client.AppsV1Api(api),
-        "certs": Certs(d, d / "ca.crt", d / "tls.crt", d / "tls.key"),
-        "dir": d,
-    }
-    kubelet.stop.set()
-    kubelet.thread.join(5)
+    with kubelet_world(api, core, tmp_path_factory.mktemp("fleet-certs")) as world:
+        yield world
     apiserver.finish(SERVER)
 
 

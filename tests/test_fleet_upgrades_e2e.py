@@ -26,10 +26,10 @@ import pytest
 from kubernetes import client, config
 
 from tests import apiserver
-from tests.servers import Certs, serve_process
+from tests.servers import serve_process
 from tests.support import eventually
-from tests.test_e2e import certs_cli, register_webhook, sent_to
-from tests.test_fleet_e2e import NS, Kubelet, available, deployment, live_pods
+from tests.test_e2e import register_webhook, sent_to
+from tests.test_fleet_e2e import NS, available, deployment, kubelet_world, live_pods
 
 SERVER: apiserver.ApiServer
 AL2023_132 = ("Amazon Linux 2023.7.20250623", "v1.32.5-eks-5d632ec", "6.1.141-155.222.amzn2023.x86_64")
@@ -84,19 +84,8 @@ def cluster(tmp_path_factory):
     core.create_node({"metadata": {"name": "node-0", "labels": {"kubernetes.io/hostname": "node-0"}}})
     node_reports(core, "node-0", AL2023_132)
     core.patch_node("node-0", {"spec": {"taints": None}}, _preload_content=False)  # no not-ready taint
-    d = tmp_path_factory.mktemp("upgrade-certs")
-    certs_cli(d, "--days", "1")
-    kubelet = Kubelet(core, "node-0")
-    kubelet.thread.start()
-    yield {
-        "api": api,
-        "core": core,
-        "apps": client.AppsV1Api(api),
-        "certs": Certs(d, d / "ca.crt", d / "tls.crt", d / "tls.key"),
-        "dir": d,
-    }
-    kubelet.stop.set()
-    kubelet.thread.join(5)
+    with kubelet_world(api, core, tmp_path_factory.mktemp("upgrade-certs")) as world:
+        yield world
     apiserver.finish(SERVER)
 
 
