@@ -414,8 +414,10 @@ def distinct_workload(review: dict) -> dict:
     """``review`` with ``__SEQ__`` in everything that names its workload (Deployment,
     ReplicaSet, ``app`` label, generateName), and ``__TPL__`` (a string) and ``"__PORT__"``
     (a number, quotes included) in what a changed Deployment changes in its pod template: the
-    image tag, a variable's value, an annotation, the container's port. ``fill`` replaces them:
+    image tag, a variable's value, an annotation, the container's port; and ``__UID__`` as
+    the request's uid (the API server gives every request its own). ``fill`` replaces them:
     a new workload, or a new template, per request."""
+    review["request"]["uid"] = "__UID__"
     pod = review["request"]["object"]
     meta = pod["metadata"]
     meta["generateName"] = "checkout-__SEQ__-7d9c8b6f5-"
@@ -431,12 +433,14 @@ def distinct_workload(review: dict) -> dict:
     return review
 
 
-def fill(raw: bytes, workload: str = "0", template: str = "0", port: int = 9090) -> bytes:
+def fill(raw: bytes, workload: str = "0", template: str = "0", port: int = 9090, uid: str = "") -> bytes:
     """A review of ``distinct_workload``'s placeholders filled in: ``workload`` names the
     workload, ``template`` and ``port`` set the template's varying parts (a new value of
-    either is a pod template seen for the first time)."""
+    either is a pod template seen for the first time); the uid is ``uid`` after a fixed
+    prefix."""
     return (
-        raw.replace(b"__SEQ__", workload.encode())
+        raw.replace(b"__UID__", b"705ab4f5-6393-11e8-b7cc-" + uid.encode())
+        .replace(b"__SEQ__", workload.encode())
         .replace(b"__TPL__", template.encode())
         .replace(b'"__PORT__"', str(port).encode())
     )

@@ -2,10 +2,11 @@
 
     python bench/server.py [--seconds 10] [--rounds 3] [--against DIR]
 
-Both servers get the same ~6 KB pod review (the one bench/core.py uses) from wrk:
+Both servers get the same ~6 KB pod review (the one bench/core.py uses) from wrk, each
+request with its own uid as the API server sends them:
 throughput at 16 connections, and p50/p99 latency at 1 connection, in three scenarios:
 
-- identical pods (a ReplicaSet scaling up);
+- identical pods (a ReplicaSet scaling up): the same review but for its uid;
 - a new pod template on every request: the image tag, a variable's value, an annotation and
   the container's port change, and the workload with them (a changed Deployment rolling
   out, a namespace of one-off Jobs, a restarted webhook with nothing memoised): each
@@ -44,10 +45,11 @@ from tests.servers import free_port
 from webhook.serve.certs import generate, write_bundle
 
 REPO = Path(__file__).resolve().parent.parent
-# The review has bench/core.py's placeholders; each wrk thread fills them: the same values
-# every request ("none"), a new workload per request ("workload"), or a new template and
-# workload per request ("template"). A run's id (a wrk argument) keeps later runs from
-# meeting the templates of earlier ones in the server's memo.
+# The review has bench/core.py's placeholders; each wrk thread fills them: a new uid and
+# otherwise the same values every request ("none"), a new workload per request
+# ("workload"), or a new template and workload per request ("template"). A run's id (a
+# wrk argument) keeps later runs from meeting the templates of earlier ones in the
+# server's memo.
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -55,8 +57,9 @@ local f = io.open("{body}", "rb")
 local template = f:read("*a")
 f:close()
 local vary = "{vary}"
-local function filled(seq, tpl, port)
-  local body = template:gsub("__SEQ__", seq)
+local function filled(uid, seq, tpl, port)
+  local body = template:gsub("__UID__", uid)
+  body = body:gsub("__SEQ__", seq)
   body = body:gsub("__TPL__", tpl)
   body = body:gsub('"__PORT__"', tostring(port))
   return body
@@ -71,13 +74,12 @@ function init(args)
   run = (args[1] or "0") .. "-" .. tostring(tid or 0)
 end
 local n = 0
-wrk.body = filled("0", "0", 9090)
 request = function()
-  if vary == "none" then return wrk.format() end
   n = n + 1
   local seq = run .. "-" .. tostring(n)
-  if vary == "workload" then return wrk.format(nil, nil, nil, filled(seq, "0", 9090)) end
-  return wrk.format(nil, nil, nil, filled(seq, seq, 10000 + n % 20000))
+  if vary == "none" then return wrk.format(nil, nil, nil, filled(seq, "0", "0", 9090)) end
+  if vary == "workload" then return wrk.format(nil, nil, nil, filled(seq, seq, "0", 9090)) end
+  return wrk.format(nil, nil, nil, filled(seq, seq, seq, 10000 + n % 20000))
 end
 """
 SCENARIOS = (
@@ -208,7 +210,11 @@ def main() -> None:
             (d / f"post-{vary}.lua").write_text(LUA.format(body=d / "review.json", vary=vary))
         # one filled-in review, to check that each server really meshes it
         (d / "one.json").write_text(
-            json.dumps(review).replace("__SEQ__", "0").replace("__TPL__", "0").replace('"__PORT__"', "9090")
+            json.dumps(review)
+            .replace("__UID__", "0")
+            .replace("__SEQ__", "0")
+            .replace("__TPL__", "0")
+            .replace('"__PORT__"', "9090")
         )
         devnull = open("/dev/null", "w")
         bare_port = free_port()

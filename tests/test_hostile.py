@@ -23,6 +23,8 @@ from webhook.admission import admit
 from webhook.cluster.snapshot import Memo, StaticClusterView, build_snapshot, outcome_cost
 from webhook.decide.memo import template_key
 from webhook.loading import load_policy, load_snapshot
+from webhook.outcome import Outcome
+from webhook.serve.answers import MAX_KEPT_BODY, Answers
 from webhook.serve.app import AppState, BodyBudget
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +102,29 @@ def test_distinct_large_pods_never_pin_memory_in_the_memos():
     memo = snapshot.templates
     # the byte bound is what holds here: ~49 KiB per Linkerd pod, so ~170 of the 256 entries
     assert 100 <= len(memo) <= 256 and memo.bytes <= memo.max_bytes <= 8 << 20
+
+
+def test_kept_answers_are_bounded_and_large_reviews_are_never_kept():
+    """The server's answers kept by review bytes (a ReplicaSet's pods) hold at most their
+    byte bound whatever the reviews, and a review over ``MAX_KEPT_BODY`` is never kept."""
+    answers, snapshot, policy = Answers(), build_snapshot(), load_policy()
+    outcome = Outcome(patch=[], injected=False)
+    assert answers.get(b"-", snapshot, policy) is None  # now kept for this snapshot and policy
+    big = orjson.dumps({"request": {"uid": "u"}, "pad": "x" * MAX_KEPT_BODY})
+    assert Answers.key(big, orjson.loads(big)) is None
+    for i in range(1000):  # distinct reviews of just under 64 KiB, each answered once
+        body = orjson.dumps({"request": {"uid": f"uid-{i}"}, "pad": "y" * 60_000, "i": i})
+        key = Answers.key(body, orjson.loads(body))
+        assert key is not None and b"uid-" not in key
+        response = orjson.dumps({"response": {"uid": f"uid-{i}", "patch": "z" * 8000}})
+        answers.put(key, response, f"uid-{i}", outcome, 0, snapshot, policy)
+        assert answers.get(key, snapshot, policy) is not None
+    assert 100 <= len(answers) < 1000 and answers.bytes <= answers.max_bytes == 8 << 20
+    # what the entries state they cost covers what one holds (its key, the answer's two halves)
+    kept = answers.get(key, snapshot, policy)
+    assert kept is not None
+    held = sum(map(sys.getsizeof, (key, kept.head, kept.tail, kept)))
+    assert held <= answers.bytes / len(answers)
 
 
 def test_pods_sized_from_observed_usage_are_memoised_by_the_whole_object():

@@ -259,6 +259,96 @@ def test_dry_run_gets_the_same_answer_and_leaves_no_log(client, live, caplog):
     assert "object" not in line and "spec" not in json.dumps(line)
 
 
+OPTED_IN = {"shop": {"mesh-injector.io/inject": "enabled"}}
+
+
+def _counting(calls: list[str], fail_first: bool = False):
+    """``admit`` that records the uid of each request it decides (and raises on the first)."""
+
+    def counted(request, snapshot, policy):
+        calls.append(request["uid"])
+        if fail_first and len(calls) == 1:
+            raise KeyError("bug")
+        return admit(request, snapshot, policy)
+
+    return counted
+
+
+def _review(uid: str, **request: object) -> bytes:
+    review = copy.deepcopy(EXAMPLE)
+    review["request"].update(uid=uid, **request)
+    return json.dumps(review).encode()
+
+
+def test_a_replicasets_pods_are_answered_from_the_first_ones_answer(certs, caplog):
+    """Reviews the same but for their uid (a ReplicaSet's pods) are decided once: each gets
+    its own uid back with the first one's patch, which is the patch ``admit`` gives it, and is
+    counted and logged as its own admission."""
+    calls: list[str] = []
+    snapshot = build_snapshot(namespaces=OPTED_IN)
+    state = AppState(cluster=StaticClusterView(snapshot), policy=anchored_policy(), admit_fn=_counting(calls))
+    uids = [f"rs-pod-{i}" for i in range(3)]
+    with (
+        thread_server(state, certs) as url,
+        httpx.Client(base_url=url, verify=certs.client_context()) as c,
+        caplog.at_level(logging.INFO, logger="mesh_injector.admission"),
+    ):
+        answers = [c.post("/mutate", content=_review(uid), headers=JSON).json() for uid in uids]
+    assert calls == ["rs-pod-0"]
+    assert [a["response"]["uid"] for a in answers] == uids
+    fresh = admit(json.loads(_review("rs-pod-2"))["request"], snapshot, state.policy)
+    assert fresh.injected and decoded_patch(answers[2]) == fresh.patch
+    assert answers[0]["response"] == {**answers[2]["response"], "uid": "rs-pod-0"}
+    assert state.metrics.admissions.labels("injected", fresh.mode.value)._value.get() == 3
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mesh_injector.admission"]
+    assert [(line["uid"], line["outcome"], line["mode"]) for line in logged] == [
+        (uid, "injected", fresh.mode.value) for uid in uids
+    ]
+    assert {line["workload"] for line in logged} == {"shop/Deployment/checkout"}
+
+
+def test_a_kept_answer_is_not_served_for_a_new_snapshot_a_failure_or_a_uid_seen_twice(certs):
+    calls: list[str] = []
+    state = AppState(
+        cluster=StaticClusterView(build_snapshot(namespaces=OPTED_IN)),
+        policy=anchored_policy(),
+        admit_fn=_counting(calls, fail_first=True),
+    )
+    with thread_server(state, certs) as url, httpx.Client(base_url=url, verify=certs.client_context()) as c:
+
+        def post(body: bytes) -> dict:
+            r = c.post("/mutate", content=body, headers=JSON)
+            assert r.status_code == 200
+            return r.json()["response"]
+
+        # a failed decision is answered (allowed, unmeshed) and never kept
+        assert "patch" not in post(_review("a")) and "patch" in post(_review("b"))
+        assert calls == ["a", "b"]
+        # the uid also elsewhere in the review: decided every time
+        doubled = copy.deepcopy(EXAMPLE)
+        for uid in ("c", "d"):
+            doubled["request"]["uid"] = uid
+            doubled["request"]["object"]["metadata"]["labels"]["release"] = uid
+            post(json.dumps(doubled).encode())
+        assert calls[2:] == ["c", "d"]
+        # a new snapshot (the namespace no longer opted in) is decided on afresh
+        state.cluster = StaticClusterView(build_snapshot())
+        skipped = post(_review("e"))
+        assert calls[4:] == ["e"] and "patch" not in skipped and skipped["uid"] == "e"
+        assert "patch" not in post(_review("f")) and calls[5:] == []
+        # a dry run is a review of its own, answered the same
+        assert post(_review("g", dryRun=True)) == {**skipped, "uid": "g"} and calls[5:] == ["g"]
+
+
+def test_a_bad_review_is_refused_every_time(client, live):
+    review = copy.deepcopy(EXAMPLE)
+    review["request"]["object"]["spec"]["containers"] = {"not": "a list"}
+    for uid in ("bad-1", "bad-2"):
+        review["request"]["uid"] = uid
+        r = client.post("/mutate", content=json.dumps(review), headers=JSON)
+        assert r.status_code == 400 and "spec.containers" in r.json()["error"]
+
+
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
 def test_tls_12_is_the_minimum(certs, live):
     port = int(live[1].rsplit(":", 1)[1])

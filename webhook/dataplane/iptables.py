@@ -8,6 +8,7 @@ the IPv4 ranges it excludes (IPv6 ranges need ip6tables, which this ruleset does
 
 from __future__ import annotations
 
+import functools
 import re
 
 PROXY_UID = 2102
@@ -39,9 +40,25 @@ def merge_ranges(ranges: object) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+# A port list this long or shorter is kept once parsed: the control plane's and the
+# policy's lists, and the pods' annotations, recur from pod to pod.
+_KEPT_LIST = 512
+
+
 def parse_ports(raw: str) -> tuple[tuple[int, int], ...]:
     """``"25,3306,8000-8100"`` -> ``((25, 25), (3306, 3306), (8000, 8100))``; adjacent and
     overlapping items joined (``"1,2,3"`` -> ``((1, 3),)``)."""
+    if len(raw) <= _KEPT_LIST:
+        return _parsed(raw)
+    return _parse(raw)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(raw: str) -> tuple[tuple[int, int], ...]:
+    return _parse(raw)
+
+
+def _parse(raw: str) -> tuple[tuple[int, int], ...]:
     out: list[tuple[int, int]] = []
     for item in raw.split(","):
         item = item.strip()

@@ -29,9 +29,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from webhook.admission import admit
-from webhook.cluster.snapshot import ClusterView
+from webhook.cluster.snapshot import ClusterSnapshot, ClusterView
 from webhook.outcome import Outcome
 from webhook.policy import Policy
+from webhook.serve.answers import Answer, Answers
 from webhook.serve.metrics import Metrics
 from webhook.serve.options import MAX_IN_FLIGHT
 from webhook.serve.review import ReviewError, build_response, failure_response, parse_review
@@ -92,6 +93,9 @@ class AppState:
     budget: BodyBudget = field(default_factory=BodyBudget)
     trim: Callable[[], None] = lambda: None  # called after a large body was let go
     log_line: Callable[[bytes], None] = _logging_line  # one JSON line per admission
+    # answers kept by the review's bytes (a ReplicaSet's pods): ``admit_fn``'s outcome must
+    # not depend on the request's uid, as ``admit``'s does not
+    answers: Answers = field(default_factory=Answers)
 
 
 def _busy(budget: BodyBudget) -> RequestRefused:
@@ -167,7 +171,7 @@ def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | Non
 
 def _log_line(
     review_request: dict[str, Any],
-    outcome: Outcome | None,
+    outcome: Outcome | Answer | None,
     result: str,
     seconds: float,
     warnings: int | None = None,
@@ -175,7 +179,7 @@ def _log_line(
     """The admission's JSON log line; ``warnings``: how many the response carries (an internal
     error sends one with no outcome), by default the outcome's."""
     if warnings is None:
-        warnings = len(outcome.warnings) if outcome else 0
+        warnings = len(outcome.warnings) if isinstance(outcome, Outcome) else 0
     obj = review_request.get("object") if isinstance(review_request.get("object"), dict) else {}
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     return orjson.dumps(
@@ -251,21 +255,26 @@ class AdmissionEndpoint:
             return
         state = self.state
         try:
-            review, review_request, held = await self.read_review(scope, receive)
+            review, held, key = await self.read_review(scope, receive)
+            snapshot = state.cluster.snapshot()
+            kept = state.answers.get(key, snapshot, state.policy) if key is not None else None
+            # a review kept is the same as one checked before but for its (checked) uid
+            review_request = review["request"] if kept is not None else self.checked(review, held)
         except RequestRefused as refused:
             state.metrics.rejected.labels(str(refused.status)).inc()
             await _send_json(send, orjson.dumps({"error": refused.message}), refused.status, refused.headers)
             return
         try:
-            await _send_json(send, self.answer(review, review_request))
+            await _send_json(send, self.answer(review, review_request, snapshot, key, kept))
         finally:
             del review, review_request
             state.budget.give(held)
             if held >= TRIM_AFTER:
                 state.trim()
 
-    async def read_review(self, scope: Scope, receive: Receive) -> tuple[dict[str, Any], dict[str, Any], int]:
-        """(review, its request, bytes held in the budget); the raw body is gone on return."""
+    async def read_review(self, scope: Scope, receive: Receive) -> tuple[Any, int, bytes | None]:
+        """(the body's JSON, bytes held in the budget, the key of its answer in
+        ``state.answers`` or None); the raw body is gone on return."""
         state = self.state
         ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
@@ -277,19 +286,39 @@ class AdmissionEndpoint:
         except orjson.JSONDecodeError as exc:
             state.budget.give(held)
             raise RequestRefused(400, f"body is not JSON: {exc}") from None
+        key = Answers.key(body, review)
         del body
+        return review, held, key
+
+    def checked(self, review: Any, held: int) -> dict[str, Any]:
+        """The review's request, checked (``parse_review``); 400 where it is not usable."""
         try:
-            return review, parse_review(review), held
+            return parse_review(review)
         except ReviewError as exc:
-            state.budget.give(held)
+            self.state.budget.give(held)
             raise RequestRefused(400, str(exc)) from None
 
-    def answer(self, review: dict[str, Any], review_request: dict[str, Any]) -> bytes:
+    def answer(
+        self,
+        review: dict[str, Any],
+        review_request: dict[str, Any],
+        snapshot: ClusterSnapshot,
+        key: bytes | None = None,
+        kept: Answer | None = None,
+    ) -> bytes:
         state = self.state
         start = time.perf_counter()
+        if kept is not None:
+            raw = kept.body(review_request["uid"])
+            seconds = time.perf_counter() - start
+            mode = kept.mode.value if kept.mode else "none"
+            state.metrics.count(kept.result, mode, kept.skip.value if kept.skip else None, seconds)
+            if review_request.get("dryRun") is not True:
+                state.log_line(_log_line(review_request, kept, kept.result, seconds, kept.sent))
+            return raw
         outcome: Outcome | None = None
         try:
-            outcome = state.admit_fn(review_request, state.cluster.snapshot(), state.policy)
+            outcome = state.admit_fn(review_request, snapshot, state.policy)
             body = build_response(review, outcome)
             result, mode = outcome.result, outcome.mode.value if outcome.mode else "none"
         except Exception as exc:  # one pod's failure must never block pod creation
@@ -298,10 +327,13 @@ class AdmissionEndpoint:
             outcome, result, mode = None, "error", "none"
         seconds = time.perf_counter() - start
         state.metrics.count(result, mode, outcome.skip.value if outcome and outcome.skip else None, seconds)
+        sent = len(body["response"].get("warnings") or ())  # what the API server is told
         if review_request.get("dryRun") is not True:
-            sent = len(body["response"].get("warnings") or ())  # what the API server is told
             state.log_line(_log_line(review_request, outcome, result, seconds, sent))
-        return orjson.dumps(body)
+        raw = orjson.dumps(body)
+        if key is not None and outcome is not None:
+            state.answers.put(key, raw, review_request["uid"], outcome, sent, snapshot, state.policy)
+        return raw
 
 
 async def _answered_in_front(request: Request) -> Response:

@@ -1,0 +1,126 @@
+"""Answers to reviews seen before, kept by the review's bytes: a ReplicaSet's pods.
+
+The pods a ReplicaSet, a Job or a StatefulSet's controller creates at once reach the
+webhook as reviews that are the same byte for byte but for the request's uid (the API
+server gives each request its own; a pod of ``generateName`` has no name yet). Their
+answers are the same too, but for the uid they echo: ``admit`` is a function of the
+request's other fields, the snapshot and the policy. So an answer is kept as the response's
+JSON around the uid, under the review's JSON with the uid taken out, for the snapshot and
+policy it was decided on; a review seen before is answered without being parsed for its
+pod, decided or serialised again.
+
+A review is kept only where its uid's JSON occurs in it exactly once (then that occurrence
+is the request's uid, or the reviews are identical), and only up to ``MAX_KEPT_BODY`` bytes.
+A review that failed or was refused is never kept. A new snapshot or policy starts afresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from webhook.cluster.snapshot import ClusterSnapshot, Memo
+from webhook.outcome import Outcome
+from webhook.policy import Policy
+from webhook.reasons import Mode, ModeReason, Skip
+from webhook.workload import WorkloadKey
+
+# Reviews larger than this are decided every time: a pod review is 3-10 KiB.
+MAX_KEPT_BODY = 64 * 1024
+# Where the uid was in a kept review (a JSON text holds no NUL byte).
+_HOLE = b"\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A kept answer: the response's JSON before and after its uid, and what the admission's
+    log line and metrics say of it (the fields ``Outcome`` has of the same names)."""
+
+    head: bytes
+    tail: bytes
+    result: str
+    mode: Mode | None
+    skip: Skip | None
+    mode_reason: ModeReason | None
+    workload: WorkloadKey | None
+    sent: int  # the warnings the response carries
+
+    @property
+    def reason(self) -> str:
+        if self.skip is not None:
+            return self.skip.value
+        return self.mode_reason.value if self.mode_reason else ""
+
+    def body(self, uid: str) -> bytes:
+        return self.head + orjson.dumps(uid) + self.tail
+
+
+class Answers:
+    """Kept answers for the current snapshot and policy, bounded in count and bytes."""
+
+    def __init__(self, limit: int = 512, max_bytes: int = 8 << 20) -> None:
+        self.limit, self.max_bytes = limit, max_bytes
+        self._memo = Memo(limit, max_bytes=max_bytes, max_entry=4 * MAX_KEPT_BODY)
+        self._for: tuple[ClusterSnapshot, Policy] | None = None
+
+    @staticmethod
+    def key(body: bytes | bytearray, review: object) -> bytes | None:
+        """The JSON of ``review`` (``body``) with its uid taken out, or None where it is not to
+        be kept (too large, no uid, the uid's JSON in it more than once)."""
+        request = review.get("request") if isinstance(review, dict) else None
+        uid = request.get("uid") if isinstance(request, dict) else None
+        if not isinstance(uid, str) or not uid or len(body) > MAX_KEPT_BODY:
+            return None
+        mark = orjson.dumps(uid)
+        text = bytes(body)
+        if text.count(mark) != 1:
+            return None
+        return text.replace(mark, _HOLE)
+
+    def get(self, key: bytes, snapshot: ClusterSnapshot, policy: Policy) -> Answer | None:
+        kept = self._for
+        if kept is None or kept[0] is not snapshot or kept[1] is not policy:
+            self._memo = Memo(self.limit, max_bytes=self.max_bytes, max_entry=4 * MAX_KEPT_BODY)
+            self._for = (snapshot, policy)
+            return None
+        return self._memo.get(key)  # type: ignore[return-value]
+
+    def put(
+        self,
+        key: bytes,
+        response: bytes,
+        uid: str,
+        outcome: Outcome,
+        sent: int,
+        snapshot: ClusterSnapshot,
+        policy: Policy,
+    ) -> None:
+        """Keep ``response`` (the answer to the review ``key`` was made of, decided on
+        ``snapshot`` and ``policy``) where the uid is in it once."""
+        kept = self._for
+        if kept is None or kept[0] is not snapshot or kept[1] is not policy:
+            return  # decided on a snapshot that is no longer the current one
+        mark = orjson.dumps(uid)
+        if response.count(mark) != 1:
+            return
+        head, tail = response.split(mark)
+        answer = Answer(
+            head=head,
+            tail=tail,
+            result=outcome.result,
+            mode=outcome.mode,
+            skip=outcome.skip,
+            mode_reason=outcome.mode_reason,
+            workload=outcome.workload,
+            sent=sent,
+        )
+        self._memo.put(key, answer, len(key) + len(response) + 512)
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    @property
+    def bytes(self) -> int:
+        """What the kept answers cost, as their entries state it."""
+        return self._memo.bytes
