@@ -57,12 +57,33 @@ local f = io.open("{body}", "rb")
 local template = f:read("*a")
 f:close()
 local vary = "{vary}"
+-- the template cut at its placeholders once, so a request costs wrk one concatenation (four
+-- gsubs over the whole review per request made wrk, on the same two cores, the bottleneck)
+local names = {{"__UID__", "__SEQ__", "__TPL__", '"__PORT__"'}}
+local parts, slots = {{}}, {{}}
+local pos = 1
+while true do
+  local first, name, last = nil, nil, nil
+  for _, n in ipairs(names) do
+    local s, e = template:find(n, pos, true)
+    if s and (first == nil or s < first) then first, name, last = s, n, e end
+  end
+  if first == nil then
+    parts[#parts + 1] = template:sub(pos)
+    break
+  end
+  parts[#parts + 1] = template:sub(pos, first - 1)
+  slots[#parts] = name
+  pos = last + 1
+end
 local function filled(uid, seq, tpl, port)
-  local body = template:gsub("__UID__", uid)
-  body = body:gsub("__SEQ__", seq)
-  body = body:gsub("__TPL__", tpl)
-  body = body:gsub('"__PORT__"', tostring(port))
-  return body
+  local values = {{["__UID__"] = uid, ["__SEQ__"] = seq, ["__TPL__"] = tpl, ['"__PORT__"'] = tostring(port)}}
+  local out = {{}}
+  for i, part in ipairs(parts) do
+    out[#out + 1] = part
+    if slots[i] then out[#out + 1] = values[slots[i]] end
+  end
+  return table.concat(out)
 end
 local threads = 0
 function setup(thread)

@@ -281,30 +281,34 @@ def _review(uid: str, **request: object) -> bytes:
 
 
 def test_a_replicasets_pods_are_answered_from_the_first_ones_answer(certs, caplog):
-    """Reviews the same but for their uid (a ReplicaSet's pods) are decided once: each gets
-    its own uid back with the first one's patch, which is the patch ``admit`` gives it, and is
-    counted and logged as its own admission."""
+    """Reviews the same but for their uid (a ReplicaSet's pods) are decided twice (the second
+    answer is kept): each later one gets its own uid back with that patch, which is the patch
+    ``admit`` gives it, and is counted and logged as its own admission."""
     calls: list[str] = []
     snapshot = build_snapshot(namespaces=OPTED_IN)
     state = AppState(cluster=StaticClusterView(snapshot), policy=anchored_policy(), admit_fn=_counting(calls))
-    uids = [f"rs-pod-{i}" for i in range(3)]
+    uids = [f"rs-pod-{i}" for i in range(4)]
     with (
         thread_server(state, certs) as url,
         httpx.Client(base_url=url, verify=certs.client_context()) as c,
         caplog.at_level(logging.INFO, logger="mesh_injector.admission"),
     ):
         answers = [c.post("/mutate", content=_review(uid), headers=JSON).json() for uid in uids]
-    assert calls == ["rs-pod-0"]
+    assert calls == ["rs-pod-0", "rs-pod-1"] and len(state.answers) == 1
     assert [a["response"]["uid"] for a in answers] == uids
-    fresh = admit(json.loads(_review("rs-pod-2"))["request"], snapshot, state.policy)
-    assert fresh.injected and decoded_patch(answers[2]) == fresh.patch
-    assert answers[0]["response"] == {**answers[2]["response"], "uid": "rs-pod-0"}
-    assert state.metrics.admissions.labels("injected", fresh.mode.value)._value.get() == 3
+    fresh = admit(json.loads(_review("rs-pod-3"))["request"], snapshot, state.policy)
+    assert fresh.injected and decoded_patch(answers[3]) == fresh.patch
+    assert answers[0]["response"] == {**answers[3]["response"], "uid": "rs-pod-0"}
+    assert state.metrics.admissions.labels("injected", fresh.mode.value)._value.get() == 4
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mesh_injector.admission"]
     assert [(line["uid"], line["outcome"], line["mode"]) for line in logged] == [
         (uid, "injected", fresh.mode.value) for uid in uids
     ]
     assert {line["workload"] for line in logged} == {"shop/Deployment/checkout"}
+    # the kept answers' lines are the first one's, field for field, with their own uid and time
+    for line in logged[1:]:
+        assert list(line) == list(logged[0]) and isinstance(line["duration_ms"], float)
+        assert line == {**logged[0], "uid": line["uid"], "duration_ms": line["duration_ms"]}
 
 
 def test_a_kept_answer_is_not_served_for_a_new_snapshot_a_failure_or_a_uid_seen_twice(certs):
@@ -323,21 +327,22 @@ def test_a_kept_answer_is_not_served_for_a_new_snapshot_a_failure_or_a_uid_seen_
 
         # a failed decision is answered (allowed, unmeshed) and never kept
         assert "patch" not in post(_review("a")) and "patch" in post(_review("b"))
-        assert calls == ["a", "b"]
+        assert "patch" in post(_review("c")) and "patch" in post(_review("d"))
+        assert calls == ["a", "b", "c"]
         # the uid also elsewhere in the review: decided every time
         doubled = copy.deepcopy(EXAMPLE)
-        for uid in ("c", "d"):
+        for uid in ("e", "f", "g"):
             doubled["request"]["uid"] = uid
             doubled["request"]["object"]["metadata"]["labels"]["release"] = uid
             post(json.dumps(doubled).encode())
-        assert calls[2:] == ["c", "d"]
+        assert calls[3:] == ["e", "f", "g"]
         # a new snapshot (the namespace no longer opted in) is decided on afresh
         state.cluster = StaticClusterView(build_snapshot())
-        skipped = post(_review("e"))
-        assert calls[4:] == ["e"] and "patch" not in skipped and skipped["uid"] == "e"
-        assert "patch" not in post(_review("f")) and calls[5:] == []
+        skipped = post(_review("h"))
+        assert calls[6:] == ["h"] and "patch" not in skipped and skipped["uid"] == "h"
+        assert post(_review("i")) == post(_review("j")) | {"uid": "i"} and calls[7:] == ["i"]
         # a dry run is a review of its own, answered the same
-        assert post(_review("g", dryRun=True)) == {**skipped, "uid": "g"} and calls[5:] == ["g"]
+        assert post(_review("k", dryRun=True)) == {**skipped, "uid": "k"} and calls[8:] == ["k"]
 
 
 def test_a_bad_review_is_refused_every_time(client, live):

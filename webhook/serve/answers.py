@@ -11,11 +11,14 @@ pod, decided or serialised again.
 
 A review is kept only where its uid's JSON occurs in it exactly once (then that occurrence
 is the request's uid, or the reviews are identical), and only up to ``MAX_KEPT_BODY`` bytes.
-A review that failed or was refused is never kept. A new snapshot or policy starts afresh.
+It is kept the second time it is answered: a review seen once (a pod of another workload, a
+new template) costs no more than its lookup. A review that failed or was refused is never
+kept. A new snapshot or policy starts afresh.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
@@ -30,6 +33,8 @@ from webhook.workload import WorkloadKey
 MAX_KEPT_BODY = 64 * 1024
 # Where the uid was in a kept review (a JSON text holds no NUL byte).
 _HOLE = b"\x00"
+# The reviews answered once, remembered (by their key's hash) to keep the second answer.
+SEEN = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,9 @@ class Answer:
     mode_reason: ModeReason | None
     workload: WorkloadKey | None
     sent: int  # the warnings the response carries
+    # the admission's log line before its uid and between the uid and its duration (none
+    # for a dry run, which leaves no line)
+    line: tuple[bytes, bytes] | None = None
 
     @property
     def reason(self) -> str:
@@ -62,6 +70,7 @@ class Answers:
     def __init__(self, limit: int = 512, max_bytes: int = 8 << 20) -> None:
         self.limit, self.max_bytes = limit, max_bytes
         self._memo = Memo(limit, max_bytes=max_bytes, max_entry=4 * MAX_KEPT_BODY)
+        self._seen: OrderedDict[int, None] = OrderedDict()
         self._for: tuple[ClusterSnapshot, Policy] | None = None
 
     @staticmethod
@@ -73,15 +82,17 @@ class Answers:
         if not isinstance(uid, str) or not uid or len(body) > MAX_KEPT_BODY:
             return None
         mark = orjson.dumps(uid)
-        text = bytes(body)
-        if text.count(mark) != 1:
+        at = body.find(mark)  # the request's uid comes first in what the API server sends
+        if at < 0 or body.rfind(mark) != at:
             return None
-        return text.replace(mark, _HOLE)
+        text = memoryview(body)
+        return b"".join((text[:at], _HOLE, text[at + len(mark) :]))
 
     def get(self, key: bytes, snapshot: ClusterSnapshot, policy: Policy) -> Answer | None:
         kept = self._for
         if kept is None or kept[0] is not snapshot or kept[1] is not policy:
             self._memo = Memo(self.limit, max_bytes=self.max_bytes, max_entry=4 * MAX_KEPT_BODY)
+            self._seen = OrderedDict()
             self._for = (snapshot, policy)
             return None
         return self._memo.get(key)  # type: ignore[return-value]
@@ -95,12 +106,20 @@ class Answers:
         sent: int,
         snapshot: ClusterSnapshot,
         policy: Policy,
+        line: tuple[bytes, bytes] | None = None,
     ) -> None:
         """Keep ``response`` (the answer to the review ``key`` was made of, decided on
-        ``snapshot`` and ``policy``) where the uid is in it once."""
+        ``snapshot`` and ``policy``) where the uid is in it once, from the review's second
+        answer on."""
         kept = self._for
         if kept is None or kept[0] is not snapshot or kept[1] is not policy:
             return  # decided on a snapshot that is no longer the current one
+        seen, once = self._seen, hash(key)  # the lookup has hashed the key already
+        if once not in seen:
+            seen[once] = None
+            if len(seen) > SEEN:
+                seen.popitem(last=False)
+            return
         mark = orjson.dumps(uid)
         if response.count(mark) != 1:
             return
@@ -114,8 +133,10 @@ class Answers:
             mode_reason=outcome.mode_reason,
             workload=outcome.workload,
             sent=sent,
+            line=line,
         )
-        self._memo.put(key, answer, len(key) + len(response) + 512)
+        cost = len(key) + len(response) + (len(line[0]) + len(line[1]) if line else 0) + 512
+        self._memo.put(key, answer, cost)
 
     def __len__(self) -> int:
         return len(self._memo)

@@ -200,6 +200,24 @@ def _log_line(
     )
 
 
+_DURATION = b'"duration_ms":'
+
+
+def _line_parts(line: bytes, uid: str) -> tuple[bytes, bytes] | None:
+    """``_log_line``'s line cut around its uid and its duration (the last field), for
+    ``_line_with``; None where the uid's JSON is in it more than once."""
+    mark = orjson.dumps(uid)
+    at, end = line.find(mark), line.rfind(_DURATION)
+    if at < 0 or line.rfind(mark) != at or end < at:
+        return None
+    return line[:at], line[at + len(mark) : end + len(_DURATION)]
+
+
+def _line_with(parts: tuple[bytes, bytes], uid: str, seconds: float) -> bytes:
+    """The line ``_log_line`` writes, from ``_line_parts``, with this request's uid and duration."""
+    return b"".join((parts[0], orjson.dumps(uid), parts[1], orjson.dumps(round(seconds * 1000, 3)), b"}"))
+
+
 async def _send_json(
     send: Send, body: bytes, status: int = 200, headers: dict[str, str] | None = None
 ) -> None:
@@ -309,12 +327,18 @@ class AdmissionEndpoint:
         state = self.state
         start = time.perf_counter()
         if kept is not None:
-            raw = kept.body(review_request["uid"])
+            uid = review_request["uid"]
+            raw = kept.body(uid)
             seconds = time.perf_counter() - start
             mode = kept.mode.value if kept.mode else "none"
             state.metrics.count(kept.result, mode, kept.skip.value if kept.skip else None, seconds)
             if review_request.get("dryRun") is not True:
-                state.log_line(_log_line(review_request, kept, kept.result, seconds, kept.sent))
+                line = (
+                    _line_with(kept.line, uid, seconds)
+                    if kept.line is not None
+                    else _log_line(review_request, kept, kept.result, seconds, kept.sent)
+                )
+                state.log_line(line)
             return raw
         outcome: Outcome | None = None
         try:
@@ -328,11 +352,15 @@ class AdmissionEndpoint:
         seconds = time.perf_counter() - start
         state.metrics.count(result, mode, outcome.skip.value if outcome and outcome.skip else None, seconds)
         sent = len(body["response"].get("warnings") or ())  # what the API server is told
+        line = None
         if review_request.get("dryRun") is not True:
-            state.log_line(_log_line(review_request, outcome, result, seconds, sent))
+            line = _log_line(review_request, outcome, result, seconds, sent)
+            state.log_line(line)
         raw = orjson.dumps(body)
         if key is not None and outcome is not None:
-            state.answers.put(key, raw, review_request["uid"], outcome, sent, snapshot, state.policy)
+            uid = review_request["uid"]
+            parts = _line_parts(line, uid) if line is not None else None
+            state.answers.put(key, raw, uid, outcome, sent, snapshot, state.policy, parts)
         return raw
 
 
