@@ -30,6 +30,7 @@ from tests.servers import serve_process, thread_server
 from tests.support import CASES, EXAMPLE, JSON, anchored_policy, eventually, load_case, unavailable
 from webhook.admission import admit
 from webhook.cluster.snapshot import StaticClusterView, build_snapshot
+from webhook.serve.answers import Answers
 from webhook.serve.app import AppState
 from webhook.serve.certs import generate, write_bundle
 
@@ -80,6 +81,15 @@ def test_golden_reviews_over_https_answer_the_reviewed_expectations(path, live, 
     assert pod == reviewed["pod"]
     assert warnings == reviewed["warnings"]
     expectations.check(case.meta, case.policy.proxy.flavour, original, pod, warnings)
+    # the same review with other uids (a ReplicaSet's next pods; the third is answered from
+    # the kept answer where the review can be kept): the first answer with each one's uid
+    again = copy.deepcopy(case.review)
+    for n in (2, 3):
+        again["request"]["uid"] = uid = f"{case.review['request']['uid']}-{n}"
+        text = json.dumps(again)
+        answer = client.post("/mutate", content=text, headers=JSON).json()
+        assert answer == {**body, "response": {**body["response"], "uid": uid}}
+    assert len(state.answers) == (Answers.key(text.encode(), again) is not None)
 
 
 @pytest.mark.parametrize(
