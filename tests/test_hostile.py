@@ -117,9 +117,9 @@ def test_kept_answers_are_bounded_and_large_reviews_are_never_kept():
         key = Answers.key(body, orjson.loads(body))
         assert key is not None and b"uid-" not in key
         response = orjson.dumps({"response": {"uid": f"uid-{i}", "patch": "z" * 8000}})
-        for _ in range(2):  # kept from its second answer on
-            assert answers.get(key, snapshot, policy) is None
-            answers.put(key, response, f"uid-{i}", outcome, 0, snapshot, policy)
+        assert answers.get(key, snapshot, policy) is None and not answers.again(key, snapshot, policy)
+        assert answers.get(key, snapshot, policy) is None and answers.again(key, snapshot, policy)
+        answers.put(key, response, f"uid-{i}", outcome, 0)
         assert answers.get(key, snapshot, policy) is not None
     assert 100 <= len(answers) < 1000 and answers.bytes <= answers.max_bytes == 8 << 20
     # what the entries state they cost covers what one holds (its key, the answer's two halves)

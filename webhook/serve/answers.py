@@ -97,6 +97,20 @@ class Answers:
             return None
         return self._memo.get(key)  # type: ignore[return-value]
 
+    def again(self, key: bytes, snapshot: ClusterSnapshot, policy: Policy) -> bool:
+        """Whether the review ``key`` was made of was answered before on this snapshot and
+        policy (then its answer is to be kept); a first answer is remembered."""
+        kept = self._for
+        if kept is None or kept[0] is not snapshot or kept[1] is not policy:
+            return False  # decided on a snapshot that is no longer the current one
+        seen, once = self._seen, hash(key)  # the lookup has hashed the key already
+        if once in seen:
+            return True
+        seen[once] = None
+        if len(seen) > SEEN:
+            seen.popitem(last=False)
+        return False
+
     def put(
         self,
         key: bytes,
@@ -104,22 +118,10 @@ class Answers:
         uid: str,
         outcome: Outcome,
         sent: int,
-        snapshot: ClusterSnapshot,
-        policy: Policy,
         line: tuple[bytes, bytes] | None = None,
     ) -> None:
-        """Keep ``response`` (the answer to the review ``key`` was made of, decided on
-        ``snapshot`` and ``policy``) where the uid is in it once, from the review's second
-        answer on."""
-        kept = self._for
-        if kept is None or kept[0] is not snapshot or kept[1] is not policy:
-            return  # decided on a snapshot that is no longer the current one
-        seen, once = self._seen, hash(key)  # the lookup has hashed the key already
-        if once not in seen:
-            seen[once] = None
-            if len(seen) > SEEN:
-                seen.popitem(last=False)
-            return
+        """Keep ``response``, the answer to the review ``key`` was made of, where the uid is
+        in it once (``again`` says when)."""
         mark = orjson.dumps(uid)
         if response.count(mark) != 1:
             return

@@ -357,10 +357,10 @@ class AdmissionEndpoint:
             line = _log_line(review_request, outcome, result, seconds, sent)
             state.log_line(line)
         raw = orjson.dumps(body)
-        if key is not None and outcome is not None:
+        if key is not None and outcome is not None and state.answers.again(key, snapshot, state.policy):
             uid = review_request["uid"]
             parts = _line_parts(line, uid) if line is not None else None
-            state.answers.put(key, raw, uid, outcome, sent, snapshot, state.policy, parts)
+            state.answers.put(key, raw, uid, outcome, sent, parts)
         return raw
 
 
