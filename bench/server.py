@@ -4,7 +4,9 @@
 
 Both servers get the same ~6 KB pod review (the one bench/core.py uses) from wrk, each
 request with its own uid as the API server sends them:
-throughput at 16 connections, and p50/p99 latency at 1 connection, in three scenarios:
+throughput at 16 connections (and each server's own CPU time per request over that run, read
+from /proc: steadier than throughput where wrk and the servers share the cores), and p50/p99
+latency at 1 connection, in three scenarios:
 
 - identical pods (a ReplicaSet scaling up): the same review but for its uid;
 - a new pod template on every request: the image tag, a variable's value, an annotation and
@@ -172,6 +174,12 @@ def wrk(
     return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "requests": total, "refused": refused}
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def serve_command(certs: Path, port: int, metrics_port: int) -> list[str]:
     """`mesh-injector serve` as users run it, on loopback, deciding against the example cluster."""
     return [
@@ -248,11 +256,13 @@ def main() -> None:
             )
         ]  # fmt: skip
         servers = [("bare FastAPI endpoint", bare_port)]
+        pids = {"bare FastAPI endpoint": procs[0].pid}
         for name, code in (("mesh-injector", None), ("mesh-injector (against)", args.against)):
             if name == "mesh-injector" or code is not None:
                 proc, port = start_mesh(d, code.resolve() if code else None, devnull)
                 procs.append(proc)
                 servers.append((name, port))
+                pids[name] = proc.pid
         try:
             for _, port in servers:
                 wait_port(port)
@@ -278,23 +288,29 @@ def main() -> None:
                     order = servers if rnd % 2 else servers[::-1]
                     for name, port in order:
                         url, lua = f"https://127.0.0.1:{port}/mutate", d / f"post-{vary}.lua"
-                        got[name] = (
-                            wrk(url, lua, 16, args.seconds, run=f"r{next(runs)}"),
-                            wrk(url, lua, 1, args.seconds, run=f"r{next(runs)}"),
-                        )
+                        used = cpu_seconds(pids[name])
+                        many = wrk(url, lua, 16, args.seconds, run=f"r{next(runs)}")
+                        # the server's own CPU per request: steadier than throughput on a
+                        # machine where wrk, the servers and other work share the cores
+                        many["cpu_us"] = (cpu_seconds(pids[name]) - used) / many["requests"] * 1e6
+                        got[name] = (many, wrk(url, lua, 1, args.seconds, run=f"r{next(runs)}"))
                     bm, b1 = got["bare FastAPI endpoint"]
                     for name, (many, one) in got.items():
                         print(
-                            f"round {rnd} {scenario:<34} {name:<24} 16 conns: {many['rps']:7.0f} req/s   "
+                            f"round {rnd} {scenario:<34} {name:<24} 16 conns: {many['rps']:7.0f} req/s, "
+                            f"server CPU {many['cpu_us']:4.0f} µs/request   "
                             f"1 conn: p50 {one['p50']:.2f} ms  p99 {one['p99']:.2f} ms"
                         )
                     for name in names:
                         mm, m1 = got[name]
-                        ratios[(scenario, name)].append((mm["rps"] / bm["rps"], m1["p99"] / b1["p99"]))
+                        ratios[(scenario, name)].append(
+                            (mm["rps"] / bm["rps"], m1["p99"] / b1["p99"], mm["cpu_us"] / bm["cpu_us"])
+                        )
                         print(
                             f"round {rnd} ratio {name} / bare, {scenario}: throughput "
                             f"{ratios[(scenario, name)][-1][0]:.2f}x, 1-conn p99 "
-                            f"{ratios[(scenario, name)][-1][1]:.2f}x"
+                            f"{ratios[(scenario, name)][-1][1]:.2f}x, server CPU per request "
+                            f"{ratios[(scenario, name)][-1][2]:.2f}x"
                         )
             for scenario, vary in SCENARIOS:
                 least, most = TARGETS.get(vary, (None, None))
@@ -306,6 +322,7 @@ def main() -> None:
                         + (f" (target >= {least})" if least else "")
                         + f", 1-conn p99 {statistics.median(r[1] for r in rs):.2f}x"
                         + (f" (target <= {most})" if most else "")
+                        + f", server CPU per request {statistics.median(r[2] for r in rs):.2f}x"
                     )
         finally:
             for p in procs:
