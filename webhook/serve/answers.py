@@ -26,7 +26,7 @@ import orjson
 from webhook.cluster.snapshot import ClusterSnapshot, Memo
 from webhook.outcome import Outcome
 from webhook.policy import Policy
-from webhook.reasons import Mode, ModeReason, Skip
+from webhook.reasons import Mode, Skip
 from webhook.workload import WorkloadKey
 
 # Reviews larger than this are decided every time: a pod review is 3-10 KiB.
@@ -47,18 +47,12 @@ class Answer:
     result: str
     mode: Mode | None
     skip: Skip | None
-    mode_reason: ModeReason | None
+    reason: str
     workload: WorkloadKey | None
     sent: int  # the warnings the response carries
     # the admission's log line before its uid and between the uid and its duration (none
     # for a dry run, which leaves no line)
     line: tuple[bytes, bytes] | None = None
-
-    @property
-    def reason(self) -> str:
-        if self.skip is not None:
-            return self.skip.value
-        return self.mode_reason.value if self.mode_reason else ""
 
     def body(self, uid: str) -> bytes:
         return self.head + orjson.dumps(uid) + self.tail
@@ -132,7 +126,7 @@ class Answers:
             result=outcome.result,
             mode=outcome.mode,
             skip=outcome.skip,
-            mode_reason=outcome.mode_reason,
+            reason=outcome.reason,
             workload=outcome.workload,
             sent=sent,
             line=line,
