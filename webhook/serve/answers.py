@@ -37,6 +37,17 @@ _HOLE = b"\x00"
 SEEN = 4096
 
 
+def around_uid(text: bytes | bytearray, uid: str) -> tuple[memoryview, memoryview] | None:
+    """``text`` before and after the JSON of ``uid``, where that occurs in it exactly once
+    (else None): how a review, its response and its log line are cut to put another uid in."""
+    mark = orjson.dumps(uid)
+    at = text.find(mark)  # the request's uid comes first in what the API server sends
+    if at < 0 or text.rfind(mark) != at:
+        return None
+    view = memoryview(text)
+    return view[:at], view[at + len(mark) :]
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A kept answer: the response's JSON before and after its uid, and what the admission's
@@ -75,12 +86,8 @@ class Answers:
         uid = request.get("uid") if isinstance(request, dict) else None
         if not isinstance(uid, str) or not uid or len(body) > MAX_KEPT_BODY:
             return None
-        mark = orjson.dumps(uid)
-        at = body.find(mark)  # the request's uid comes first in what the API server sends
-        if at < 0 or body.rfind(mark) != at:
-            return None
-        text = memoryview(body)
-        return b"".join((text[:at], _HOLE, text[at + len(mark) :]))
+        cut = around_uid(body, uid)
+        return None if cut is None else b"".join((cut[0], _HOLE, cut[1]))
 
     def get(self, key: bytes, snapshot: ClusterSnapshot, policy: Policy) -> Answer | None:
         kept = self._for
@@ -116,13 +123,12 @@ class Answers:
     ) -> None:
         """Keep ``response``, the answer to the review ``key`` was made of, where the uid is
         in it once (``again`` says when)."""
-        mark = orjson.dumps(uid)
-        if response.count(mark) != 1:
+        cut = around_uid(response, uid)
+        if cut is None:
             return
-        head, tail = response.split(mark)
         answer = Answer(
-            head=head,
-            tail=tail,
+            head=bytes(cut[0]),
+            tail=bytes(cut[1]),
             result=outcome.result,
             mode=outcome.mode,
             skip=outcome.skip,

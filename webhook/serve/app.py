@@ -32,7 +32,7 @@ from webhook.admission import admit
 from webhook.cluster.snapshot import ClusterSnapshot, ClusterView
 from webhook.outcome import Outcome
 from webhook.policy import Policy
-from webhook.serve.answers import Answer, Answers
+from webhook.serve.answers import Answer, Answers, around_uid
 from webhook.serve.metrics import Metrics
 from webhook.serve.options import MAX_IN_FLIGHT
 from webhook.serve.review import ReviewError, build_response, failure_response, parse_review
@@ -206,11 +206,12 @@ _DURATION = b'"duration_ms":'
 def _line_parts(line: bytes, uid: str) -> tuple[bytes, bytes] | None:
     """``_log_line``'s line cut around its uid and its duration (the last field), for
     ``_line_with``; None where the uid's JSON is in it more than once."""
-    mark = orjson.dumps(uid)
-    at, end = line.find(mark), line.rfind(_DURATION)
-    if at < 0 or line.rfind(mark) != at or end < at:
+    cut = around_uid(line, uid)
+    end = line.rfind(_DURATION)
+    if cut is None or end < len(cut[0]):
         return None
-    return line[:at], line[at + len(mark) : end + len(_DURATION)]
+    after = bytes(cut[1])
+    return bytes(cut[0]), after[: after.rfind(_DURATION) + len(_DURATION)]
 
 
 def _line_with(parts: tuple[bytes, bytes], uid: str, seconds: float) -> bytes:
