@@ -5,8 +5,9 @@
 For every golden case (its review, cluster, policy and clock), and for generated pods
 (tests/corpus.py's realistic and adversarial ones, and bench/core.py's novel templates)
 under each flavour, ``admit()`` is run the ways the server and the CLI run it: first on a
-fresh snapshot, again on the same snapshot (a memoised answer), for a sibling of the pod
-(another workload of the same template), and on its own result (re-admission). Each
+fresh snapshot, again on the same snapshot twice (a template is kept from its second pod
+on, and the third is served from it), for a sibling of the pod (another workload of the
+same template), and on its own result (re-admission). Each
 answer (patch, warnings, decision fields, explanation, mutated pod) is serialised by
 ``orjson`` with sorted keys and hashed with sha256. ``--against DIR`` runs the same in the
 checkout at DIR and lists every answer that differs (a performance change must list none).
@@ -87,6 +88,7 @@ def runs(request: dict[str, Any], snapshot: Any, policy: Any) -> Iterator[tuple[
     first = admit(request, fresh, policy)
     yield "first", answer(first)
     yield "memoised", answer(admit(copy.deepcopy(request), fresh, policy))
+    yield "memoised, served", answer(admit(copy.deepcopy(request), fresh, policy))
     yield "sibling", answer(admit(renamed(request, "-x7"), fresh, policy))
     yield "sibling, again", answer(admit(renamed(request, "-y9"), fresh, policy))
     obj = request.get("object")
@@ -94,6 +96,7 @@ def runs(request: dict[str, Any], snapshot: Any, policy: Any) -> Iterator[tuple[
         again = dict(request, object=jsonpatch.apply_patch(obj, first.patch))
         yield "re-admitted", answer(admit(again, snapshot.derive(), policy))
         yield "re-admitted, memoised", answer(admit(again, fresh, policy))
+        yield "re-admitted, served", answer(admit(again, fresh, policy))
 
 
 def _tests_of_this_checkout() -> None:

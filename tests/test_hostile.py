@@ -65,6 +65,7 @@ def test_outcome_cost_is_not_an_under_estimate():
     admit(review_with("warm", 3)["request"], snapshot, policy)  # lazy caches filled outside the count
     for env in (0, 40, 400):
         raw = orjson.dumps(review_with(f"m{env}", env))
+        admit(review_with(f"n{env}", env)["request"], snapshot, policy)  # its first pod: not kept
         before = (snapshot.outcomes.bytes, snapshot.templates.bytes)
         tracemalloc.start()
         try:
@@ -95,10 +96,11 @@ def test_distinct_large_pods_never_pin_memory_in_the_memos():
     for i in range(400):  # distinct pods of one template: one entry
         admit(review_with(str(i))["request"], snapshot, policy)
     assert len(snapshot.templates) == 1 and len(snapshot.outcomes) == 0
-    for i in range(400):  # distinct templates (the env differs)
-        review = review_with(str(i))
-        review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "SEQ", "value": str(i)}]
-        admit(review["request"], snapshot, policy)
+    for i in range(400):  # distinct templates (the env differs), each with two pods
+        for pod in ("a", "b"):
+            review = review_with(f"{i}{pod}")
+            review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "SEQ", "value": str(i)}]
+            admit(review["request"], snapshot, policy)
     memo = snapshot.templates
     # the byte bound is what holds here: ~49 KiB per Linkerd pod, so ~170 of the 256 entries
     assert 100 <= len(memo) <= 256 and memo.bytes <= memo.max_bytes <= 8 << 20
@@ -134,10 +136,43 @@ def test_pods_sized_from_observed_usage_are_memoised_by_the_whole_object():
     snapshot, request = case.snapshot, case.review["request"]
     first = admit(request, snapshot, case.policy)
     assert first.resources is not None and first.resources.source.value == "observed"
-    assert len(snapshot.outcomes) == 1 and len(snapshot.templates) == 0
+    assert len(snapshot.outcomes) == len(snapshot.templates) == 0  # its first pod: decided, not kept
     again = admit(copy.deepcopy(request), snapshot, case.policy)
-    assert again.patch == first.patch and again.explanation == first.explanation
-    assert again.pod == first.pod
+    assert len(snapshot.outcomes) == 1 and len(snapshot.templates) == 0
+    served = admit(copy.deepcopy(request), snapshot, case.policy)
+    for out in (again, served):
+        assert out.patch == first.patch and out.explanation == first.explanation
+        assert out.pod == first.pod
+    assert served.patch is again.patch  # the kept outcome's
+
+
+def test_a_template_is_kept_from_its_second_pod_on_and_one_offs_push_nothing_out():
+    """A template's first pod is decided and not kept: most templates seen once are never
+    seen again (a one-off Job's), and keeping each would push out those that come again. Its
+    second pod keeps it; the third is served from what was kept; a thousand one-off
+    templates later it is still there."""
+    policy = load_policy()
+    snapshot = load_snapshot(policy=policy, now=0, cluster=str(REPO / "examples" / "cluster.yaml"))
+    first = admit(review_with("a")["request"], snapshot, policy)
+    assert first.injected and len(snapshot.templates) == 0
+    second = admit(review_with("b")["request"], snapshot, policy)
+    assert second.injected and len(snapshot.templates) == 1
+    other = review_with("c")  # a pod of another Deployment of the same template
+    other["request"]["object"]["metadata"]["ownerReferences"][0]["name"] = "web-7d9c8b6f5"
+    key = template_key(other["request"], snapshot, policy, False)
+    assert key is not None
+    entry = snapshot.templates.get(key[0])
+    assert entry is not None
+    third = admit(other["request"], snapshot, policy)
+    assert entry.last is not None and third.patch is entry.last[1]  # served, with its own name put in
+    assert third.workload is not None and third.workload.name == "web"
+    fresh = admit(other["request"], snapshot.derive(), policy)
+    assert third.patch == fresh.patch and third.explanation == fresh.explanation
+    for i in range(1000):  # one-off templates (the env differs), one pod each
+        review = review_with(f"once-{i}")
+        review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "SEQ", "value": str(i)}]
+        assert admit(review["request"], snapshot, policy).injected
+    assert len(snapshot.templates) == 1 and snapshot.templates.get(key[0]) is entry
 
 
 # --- the body budget over the network ------------------------------------------------------

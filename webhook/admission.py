@@ -77,9 +77,9 @@ def admit(
     The outcome is a function of the object, its namespace and the (immutable) snapshot and
     policy, so it is memoised on the snapshot: by its template (pods that differ only in
     names, owners and labels, see ``template_key``; a ReplicaSet's byte-identical pods
-    among them) or, for a workload sized from its own observed usage, by the whole object.
-    Memos keep the patch and the decision only; the pod and the explanation are recomputed
-    if asked for.
+    among them) or, for a workload sized from its own observed usage, by the whole object,
+    from the second request for a key on (``Memo.again``). Memos keep the patch and the
+    decision only; the pod and the explanation are recomputed if asked for.
     """
     if request.get("operation") != "CREATE" or not isinstance(request.get("object"), dict):
         return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
@@ -98,6 +98,11 @@ def admit(
     hit = memo.get(key)
     if isinstance(hit, Entry) and hit.policy is policy:
         return hit.serve(_Redo(request, snapshot, policy, assume_opt_in), workload)
+    if not memo.again(key):
+        # a template's first pod is only decided: most templates seen once are never seen
+        # again (a changed Deployment's first pod is followed by its siblings, but a one-off
+        # Job's is not), and keeping each would push out the templates that do come again
+        return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
     names_workload = workload is not None and flavour(policy.proxy.flavour).reads_workload
     meta = request["object"].get("metadata")
     if names_workload and ALIAS_JSON not in key and workload is not None and aliasable(meta, workload.name):

@@ -43,7 +43,9 @@ class Memo:
     at a time, so no request pays for freeing the whole cache at once (it showed in p99).
     """
 
-    def __init__(self, limit: int = 4096, *, max_bytes: int = 8 << 20, max_entry: int = 64 << 10) -> None:
+    def __init__(
+        self, limit: int = 4096, *, max_bytes: int = 8 << 20, max_entry: int = 64 << 10, seen: int = 4096
+    ) -> None:
         self.limit = limit
         self.max_bytes = max_bytes
         self.max_entry = max_entry
@@ -51,10 +53,25 @@ class Memo:
         # OrderedDict, not dict: popping a plain dict's oldest key walks over the deleted slots
         # before it, which made eviction cost tens of microseconds once the memo was full.
         self._data: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._seen_limit = seen
+        self._seen: OrderedDict[int, None] = OrderedDict()
 
     def get(self, key: Hashable) -> object:
         hit = self._data.get(key)
         return None if hit is None else hit[0]
+
+    def again(self, key: Hashable) -> bool:
+        """Whether ``key`` was asked about before (by its hash, the last ``seen`` keys): for
+        a memo that keeps a value from its second request on, so that what is asked for once
+        (a changed Deployment's first pod, a one-off Job) costs nothing to keep and never
+        pushes out what is asked for again. A first request is remembered."""
+        seen, once = self._seen, hash(key)  # a lookup has hashed the key already
+        if once in seen:
+            return True
+        seen[once] = None
+        if len(seen) > self._seen_limit:
+            seen.popitem(last=False)
+        return False
 
     def put(self, key: Hashable, value: object, cost: int) -> None:
         if cost > self.max_entry or key in self._data:
@@ -67,6 +84,7 @@ class Memo:
 
     def clear(self) -> None:
         self._data.clear()
+        self._seen.clear()
         self.bytes = 0
 
     def __len__(self) -> int:

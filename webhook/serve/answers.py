@@ -18,7 +18,6 @@ kept. A new snapshot or policy starts afresh.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
@@ -74,8 +73,7 @@ class Answers:
 
     def __init__(self, limit: int = 512, max_bytes: int = 8 << 20) -> None:
         self.limit, self.max_bytes = limit, max_bytes
-        self._memo = Memo(limit, max_bytes=max_bytes, max_entry=4 * MAX_KEPT_BODY)
-        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._memo = Memo(limit, max_bytes=max_bytes, max_entry=4 * MAX_KEPT_BODY, seen=SEEN)
         self._for: tuple[ClusterSnapshot, Policy] | None = None
 
     @staticmethod
@@ -92,8 +90,7 @@ class Answers:
     def get(self, key: bytes, snapshot: ClusterSnapshot, policy: Policy) -> Answer | None:
         kept = self._for
         if kept is None or kept[0] is not snapshot or kept[1] is not policy:
-            self._memo = Memo(self.limit, max_bytes=self.max_bytes, max_entry=4 * MAX_KEPT_BODY)
-            self._seen = OrderedDict()
+            self._memo = Memo(self.limit, max_bytes=self.max_bytes, max_entry=4 * MAX_KEPT_BODY, seen=SEEN)
             self._for = (snapshot, policy)
             return None
         return self._memo.get(key)  # type: ignore[return-value]
@@ -104,13 +101,7 @@ class Answers:
         kept = self._for
         if kept is None or kept[0] is not snapshot or kept[1] is not policy:
             return False  # decided on a snapshot that is no longer the current one
-        seen, once = self._seen, hash(key)  # the lookup has hashed the key already
-        if once in seen:
-            return True
-        seen[once] = None
-        if len(seen) > SEEN:
-            seen.popitem(last=False)
-        return False
+        return self._memo.again(key)
 
     def put(
         self,
