@@ -7,12 +7,12 @@ with no patch and a warning, so a bug never blocks pod creation.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 import orjson
+import pybase64
 
 from webhook import kubeschema as schema
 from webhook.outcome import Outcome
@@ -124,7 +124,8 @@ def response_body(
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode("ascii")
+        # pybase64 (SIMD): the standard library's encoder took ~12 µs of a typical answer
+        response["patch"] = pybase64.b64encode_as_string(orjson.dumps(patch))
     if warnings:
         # The API server may truncate warnings over 256 characters and drops them past 4 KiB in
         # all; bound them here too so one odd pod cannot produce a huge response.
