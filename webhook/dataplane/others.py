@@ -87,7 +87,13 @@ class Exclusions:
     problems: tuple[str, ...] = field(default=())
 
 
+_NONE = Exclusions()
+_EXCLUSION_KEYS = frozenset(EXCLUSIONS)
+
+
 def exclusions(annotations: Mapping[str, Any]) -> Exclusions:
+    if _EXCLUSION_KEYS.isdisjoint(annotations):  # most pods: none of them
+        return _NONE
     ports: dict[str, list[tuple[int, int]]] = {"inbound": [], "outbound": []}
     ranges: dict[str, list[str]] = {"cidrs": [], "sources": []}
     used: list[str] = []
