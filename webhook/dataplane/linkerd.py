@@ -619,10 +619,26 @@ def skip_lists(build: Build, pod: Mapping[str, Any], c: Config, policy: Policy) 
     control plane's (with a CNI plugin: none, the plugin's own apply); ours and the other
     meshes' exclusions are added. Under Merbridge (ebpf) the same: it is told what
     linkerd-init would leave alone (``ControlPlane.rules``)."""
-    out = []
     # a CNI plugin (linkerd-cni) applies the pod's annotation, else its own configuration,
     # never the control plane's proxyInit ports
     cni = build.validator and build.mode is Mode.IPTABLES
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    if not isinstance(annotations, Mapping):
+        annotations = {}
+    inbound, outbound = annotations.get(SKIP_INBOUND), annotations.get(SKIP_OUTBOUND)
+    own = (None if inbound is None else str(inbound), None if outbound is None else str(outbound))
+    key = (cni, build.skip_inbound, build.skip_outbound, own)
+    return _SKIPS.get(c, key, lambda: _skip_lists(build, pod, c, cni))
+
+
+# The skip lists by what they are made of, apart from the fixed parts in _KEPT: pods whose
+# own lists differ come and go without pushing those out.
+_SKIPS = Kept()
+SKIP_INBOUND, SKIP_OUTBOUND = CONFIG + "skip-inbound-ports", CONFIG + "skip-outbound-ports"
+
+
+def _skip_lists(build: Build, pod: Mapping[str, Any], c: Config, cni: bool) -> tuple[str, str]:
+    out = []
     for name, default, extra in (
         ("skip-inbound-ports", "" if cni else c.ignore_inbound, build.skip_inbound),
         ("skip-outbound-ports", "" if cni else c.ignore_outbound, build.skip_outbound),

@@ -27,6 +27,15 @@ class KernelFacts:
 
 
 def kernel_facts(elig: Eligibility, rules: InterceptionRules) -> KernelFacts:
+    """Worked out once per Eligibility and the policy's kernel rules, and kept with it."""
+    key = ("kernels", rules.ebpf.min_kernel, rules.ebpf.capable_kernels)
+    found = elig.derived.get(key)
+    if not isinstance(found, KernelFacts):
+        found = elig.derived[key] = _kernel_facts(elig, rules)
+    return found
+
+
+def _kernel_facts(elig: Eligibility, rules: InterceptionRules) -> KernelFacts:
     if elig.count == 0:
         return KernelFacts(None, None, "no eligible node is known", False)
     parsed: list[tuple[Kernel, str]] = []

@@ -42,11 +42,27 @@ def survey(
     server = snapshot.server_version
     elig = eligible_nodes(snapshot, nodes_spec(pod["spec"], snapshot))
     kernels = kernel_facts(elig, policy.interception)
-    ctx.lines.append(nodes_line(elig))
-    ctx.lines.append(kernel_line(elig, kernels))
-    ctx.lines.append(redirector_line(elig, snapshot, policy))
+    ctx.lines.extend(_nodes_said(elig, kernels, snapshot, policy))
     ctx.lines.append(f"cluster: {server if server else 'version unknown'} ({snapshot.source})")
     traits = workload_traits(pod, annotations, snapshot, namespace, workload, policy, ctx)
     levels = namespace_levels(ns_labels, policy.pod_security.default_level)
     ctx.lines.append(pod_security_line(levels))
     return Survey(elig, kernels, server, traits, levels)
+
+
+def _nodes_said(
+    elig: Eligibility, kernels: KernelFacts, snapshot: ClusterSnapshot, policy: Policy
+) -> tuple[str, ...]:
+    """The explanation's lines of the eligible nodes, their kernels and their redirector:
+    made once per Eligibility (one per set of scheduling constraints on a snapshot) and what
+    of the policy they say, and kept with it."""
+    where = (policy.redirector_namespace, policy.interception.ebpf.redirector.selector)
+    key = ("said", kernels, where, bool(snapshot.redirectors))
+    found = elig.derived.get(key)
+    if not isinstance(found, tuple):
+        found = elig.derived[key] = (
+            nodes_line(elig),
+            kernel_line(elig, kernels),
+            redirector_line(elig, snapshot, policy),
+        )
+    return found
