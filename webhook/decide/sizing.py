@@ -15,6 +15,7 @@ them); only a limit below its request is raised to it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from decimal import InvalidOperation
@@ -95,6 +96,7 @@ def from_observed(summary: UsageSummary, policy: Policy) -> ProxyResources:
     )
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of a few profiles and reasons
 def from_profile(amounts: tuple[Amounts, Amounts], name: str, why: str) -> ProxyResources:
     requests, limits = amounts
     assert requests.cpu is not None and requests.memory is not None  # checked by the policy loader
