@@ -126,4 +126,21 @@ def test_skip_lists_are_kept_by_the_pods_own_lists_and_who_installs_the_rules() 
     assert skips(ebpf.review, cni, "ebpf") == control_plane
 
 
+
+def test_the_redirector_gap_is_kept_per_policy_on_one_snapshot() -> None:
+    """Whether Merbridge serves the eligible nodes is kept with them (the Eligibility), by
+    what of the policy it reads: on one snapshot where Merbridge runs without --cni-mode, the
+    policy that requires it gets iptables and one that does not gets ebpf, in either order."""
+    from tests.support import anchored_policy
+
+    case = load_case(next(p for p in CASES if p.name.startswith("105-")))
+    request = case.review["request"]
+    lenient = anchored_policy("interception: {ebpf: {redirector: {requireCniMode: false}}}")
+    for policy, mode in ((case.policy, "iptables"), (lenient, "ebpf"), (case.policy, "iptables")):
+        out = admit(copy.deepcopy(request), case.snapshot, policy)
+        assert out.injected and out.mode.value == mode, out.explanation
+        if mode == "iptables":
+            assert out.mode_reason.value == "no-redirector"
+
+
 SKIP_IN = "config.linkerd.io/skip-inbound-ports"

@@ -55,6 +55,7 @@ from webhook.reasons import Mode, ModeReason, Skip, Stop
 _CHAIN = (Mode.MICROVM, Mode.EBPF, Mode.IPTABLES)
 # gaps that are the fleet's known state or the operator's choice, not something to fix
 _QUIET_GAPS = (ModeReason.KERNEL_UNKNOWN, ModeReason.KERNEL_TOO_OLD, ModeReason.EBPF_DISABLED)
+_MODE_NAMES = frozenset(m.value for m in Mode)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,7 +139,7 @@ def choose_mode(setting: Setting, traits: PodTraits) -> Choice:
         return _nothing_to_redirect(why, traits)
     if setting.sandbox is not None:
         return _sandboxed(setting, traits)
-    if traits.requested in (m.value for m in Mode):
+    if traits.requested in _MODE_NAMES:
         return _requested(setting, traits)
 
     microvm = MODES[Mode.MICROVM]

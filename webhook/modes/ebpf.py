@@ -110,7 +110,22 @@ LEGACY_ONLY = (
 
 
 def _redirector_gap(setting: Setting) -> Gap | None:
-    """Why some eligible node lacks a redirector that serves this flavour's proxy."""
+    """Why some eligible node lacks a redirector that serves this flavour's proxy: worked out
+    once per Eligibility (its nodes' redirectors) and what of the flavour and the policy it
+    reads, and kept with it."""
+    plane, rules = setting.plane, setting.policy.interception.ebpf.redirector
+    assert plane.redirect is not None
+    key = ("redirector-gap", plane.name, plane.redirect.mode, setting.redirector_namespace, rules)
+    found = setting.elig.derived.get(key, _UNSET)
+    if found is _UNSET:
+        found = setting.elig.derived[key] = _gap(setting)
+    return found  # type: ignore[return-value]
+
+
+_UNSET = object()
+
+
+def _gap(setting: Setting) -> Gap | None:
     plane, policy = setting.plane, setting.policy
     rules = policy.interception.ebpf.redirector
     where = f"{setting.redirector_namespace} -l {rules.selector}"
