@@ -243,7 +243,7 @@ def test_no_backend_of_ours_where_nothing_of_ours_installs_rules():
     assert any("the mesh's CNI plugin installs the rules" in e for e in out.explanation)
 
 
-def test_which_nodes_lack_a_backend_is_worked_out_once_per_platform_not_per_pod(monkeypatch):
+def test_which_nodes_lack_a_backend_is_derived_once_per_platform_not_per_pod(monkeypatch):
     calls: list[tuple] = []
     matches = NodesWithout.matches
 

@@ -73,8 +73,9 @@ class Setting:
     level: str  # the Pod Security level the namespace enforces
     auto: bool  # chosen by the table, not asked for by annotation
     exclusions: Exclusions = field(default_factory=Exclusions)
-    # what a mode worked out of the rest for one of its questions and needs for another
-    worked_out: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # what a mode derives from the rest for one of its questions and needs for another (as
+    # ``Eligibility.derived`` keeps what is derived from the nodes)
+    derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def redirector_namespace(self) -> str:

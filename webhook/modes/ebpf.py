@@ -189,12 +189,12 @@ def _annotations(setting: Setting) -> tuple[dict[str, str], str | None]:
     mesh's injector reads them; ``ControlPlane.rules``) and the pod's exclusions, so that ebpf
     and iptables send the same traffic to the proxy; or why they cannot say that (a copy of
     the answer kept for pods alike)."""
-    done = setting.worked_out.get("merbridge")  # missing() asks first, then interception()
+    done = setting.derived.get("merbridge")  # missing() asks first, then interception()
     if done is None:
         rules = setting.control.rules.for_pod(setting.annotations)
         excl, skips_sources = setting.exclusions, setting.plane.skips_sources
         key = (tuple(getattr(rules, name) for name in _RULES_READ), excl, skips_sources)
-        done = setting.worked_out["merbridge"] = _KEPT.get(
+        done = setting.derived["merbridge"] = _KEPT.get(
             setting.policy, key, lambda: _made(rules, excl, skips_sources)
         )
     found, why = done

@@ -73,8 +73,11 @@ class Answers:
 
     def __init__(self, limit: int = 512, max_bytes: int = 8 << 20) -> None:
         self.limit, self.max_bytes = limit, max_bytes
-        self._memo = Memo(limit, max_bytes=max_bytes, max_entry=4 * MAX_KEPT_BODY, seen=SEEN)
+        self._memo = self._fresh()
         self._for: tuple[ClusterSnapshot, Policy] | None = None
+
+    def _fresh(self) -> Memo:
+        return Memo(self.limit, max_bytes=self.max_bytes, max_entry=4 * MAX_KEPT_BODY, seen=SEEN)
 
     @staticmethod
     def key(body: bytes | bytearray, review: object) -> bytes | None:
@@ -90,7 +93,7 @@ class Answers:
     def get(self, key: bytes, snapshot: ClusterSnapshot, policy: Policy) -> Answer | None:
         kept = self._for
         if kept is None or kept[0] is not snapshot or kept[1] is not policy:
-            self._memo = Memo(self.limit, max_bytes=self.max_bytes, max_entry=4 * MAX_KEPT_BODY, seen=SEEN)
+            self._memo = self._fresh()
             self._for = (snapshot, policy)
             return None
         return self._memo.get(key)  # type: ignore[return-value]
