@@ -7,7 +7,9 @@ For every golden case (its review, cluster, policy and clock), and for generated
 under each flavour, ``admit()`` is run the ways the server and the CLI run it: first on a
 fresh snapshot, again on the same snapshot twice (a template is kept from its second pod
 on, and the third is served from it), for a sibling of the pod (another workload of the
-same template), and on its own result (re-admission). Each
+same template), for pods of other templates of its shape (images, variables' values,
+annotations and ports changed, as a changed Deployment's), and on its own result
+(re-admission). Each
 answer (patch, warnings, decision fields, explanation, mutated pod) is serialised by
 ``orjson`` with sorted keys and hashed with sha256. ``--against DIR`` runs the same in the
 checkout at DIR and lists every answer that differs (a performance change must list none).
@@ -78,6 +80,39 @@ def renamed(request: dict[str, Any], suffix: str) -> dict[str, Any]:
     return out
 
 
+def reshaped(request: dict[str, Any], suffix: str, step: int) -> dict[str, Any]:
+    """Another template of the same shape, as a changed Deployment's: every image, every
+    variable's value and every annotation value of a domain outside the meshes' and
+    Kubernetes' changed, and each container port moved by ``step``."""
+    out = copy.deepcopy(request)
+    obj = out.get("object")
+    if not isinstance(obj, dict):
+        return out
+    meta = obj.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    if isinstance(annotations, dict):
+        for k, v in annotations.items():
+            domain = k.rpartition("/")[0] if isinstance(k, str) else ""
+            if isinstance(v, str) and domain and not domain.endswith(
+                ("linkerd.io", "istio.io", "mesh-injector.io", "kubernetes.io", "k8s.io")
+            ):
+                annotations[k] = v + suffix
+    spec = obj.get("spec")
+    for key in ("containers", "initContainers"):
+        for c in (spec.get(key) if isinstance(spec, dict) else None) or ():
+            if not isinstance(c, dict):
+                continue
+            if isinstance(c.get("image"), str):
+                c["image"] += suffix
+            for e in c.get("env") if isinstance(c.get("env"), list) else ():
+                if isinstance(e, dict) and isinstance(e.get("value"), str):
+                    e["value"] += suffix
+            for p in c.get("ports") if isinstance(c.get("ports"), list) else ():
+                if isinstance(p, dict) and type(p.get("containerPort")) is int:
+                    p["containerPort"] = (p["containerPort"] + step - 1) % 65535 + 1
+    return out
+
+
 def runs(request: dict[str, Any], snapshot: Any, policy: Any) -> Iterator[tuple[str, bytes]]:
     """(how, the answer) for the ways one request is admitted."""
     import jsonpatch
@@ -91,6 +126,10 @@ def runs(request: dict[str, Any], snapshot: Any, policy: Any) -> Iterator[tuple[
     yield "memoised, served", answer(admit(copy.deepcopy(request), fresh, policy))
     yield "sibling", answer(admit(renamed(request, "-x7"), fresh, policy))
     yield "sibling, again", answer(admit(renamed(request, "-y9"), fresh, policy))
+    yield "another template", answer(admit(reshaped(request, "-r1", 1), fresh, policy))
+    yield "another template, again", answer(admit(reshaped(request, "-r2", 7), fresh, policy))
+    other = renamed(reshaped(request, "-r3", 1), "-z3")
+    yield "another template, renamed", answer(admit(other, fresh, policy))
     obj = request.get("object")
     if first.patch and isinstance(obj, dict):
         again = dict(request, object=jsonpatch.apply_patch(obj, first.patch))

@@ -6,15 +6,18 @@ Both servers get the same ~6 KB pod review (the one bench/core.py uses) from wrk
 request with its own uid as the API server sends them:
 throughput at 16 connections (and each server's own CPU time per request over that run, read
 from /proc: steadier than throughput where wrk and the servers share the cores), and p50/p99
-latency at 1 connection, in three scenarios:
+latency at 1 connection, in four scenarios:
 
 - identical pods (a ReplicaSet scaling up): the same review but for its uid;
 - a new pod template on every request: the image tag, a variable's value, an annotation and
   the container's port change, and the workload with them (a changed Deployment rolling
-  out, a namespace of one-off Jobs, a restarted webhook with nothing memoised): each
-  request is decided and rendered from scratch;
+  out, a namespace of one-off Jobs of one CronJob);
 - a sibling template: the same template, a different workload on every request (its
-  Deployment, ReplicaSet, ``app`` label and generateName; many Deployments of one chart).
+  Deployment, ReplicaSet, ``app`` label and generateName; many Deployments of one chart);
+- a new template *shape* on every request: as a new template, and a variable renamed too,
+  so that no memo can share anything (``webhook.decide.memo``: a new template of a shape
+  seen before, as a changed Deployment's is, shares the shape's decision; this load is
+  what a pod of a kind never seen costs).
 
 The bare baseline is FastAPI on uvicorn with uvloop and httptools, the fastest stack
 uvicorn has. mesh-injector runs exactly as `mesh-injector serve` does (its log line per
@@ -61,7 +64,7 @@ f:close()
 local vary = "{vary}"
 -- the template cut at its placeholders once, so a request costs wrk one concatenation (four
 -- gsubs over the whole review per request made wrk, on the same two cores, the bottleneck)
-local names = {{"__UID__", "__SEQ__", "__TPL__", '"__PORT__"'}}
+local names = {{"__UID__", "__SEQ__", "__TPL__", '"__PORT__"', "__SHP__"}}
 local parts, slots = {{}}, {{}}
 local pos = 1
 while true do
@@ -78,8 +81,11 @@ while true do
   slots[#parts] = name
   pos = last + 1
 end
-local function filled(uid, seq, tpl, port)
-  local values = {{["__UID__"] = uid, ["__SEQ__"] = seq, ["__TPL__"] = tpl, ['"__PORT__"'] = tostring(port)}}
+local function filled(uid, seq, tpl, port, shp)
+  local values = {{
+    ["__UID__"] = uid, ["__SEQ__"] = seq, ["__TPL__"] = tpl, ['"__PORT__"'] = tostring(port),
+    ["__SHP__"] = shp,
+  }}
   local out = {{}}
   for i, part in ipairs(parts) do
     out[#out + 1] = part
@@ -100,15 +106,19 @@ local n = 0
 request = function()
   n = n + 1
   local seq = run .. "-" .. tostring(n)
-  if vary == "none" then return wrk.format(nil, nil, nil, filled(seq, "0", "0", 9090)) end
-  if vary == "workload" then return wrk.format(nil, nil, nil, filled(seq, seq, "0", 9090)) end
-  return wrk.format(nil, nil, nil, filled(seq, seq, seq, 10000 + n % 20000))
+  if vary == "none" then return wrk.format(nil, nil, nil, filled(seq, "0", "0", 9090, "0")) end
+  if vary == "workload" then return wrk.format(nil, nil, nil, filled(seq, seq, "0", 9090, "0")) end
+  local port = 10000 + n % 20000
+  if vary == "template" then return wrk.format(nil, nil, nil, filled(seq, seq, seq, port, "0")) end
+  local shp = seq:gsub("%-", "_")
+  return wrk.format(nil, nil, nil, filled(seq, seq, seq, port, shp))
 end
 """
 SCENARIOS = (
     ("identical pods (ReplicaSet)", "none"),
     ("a new pod template per request", "template"),
     ("a sibling template (new workload)", "workload"),
+    ("a new template shape per request", "shape"),
 )
 # the targets against the bare endpoint: (throughput ratio at least, 1-connection p99 ratio at most)
 TARGETS = {"none": (0.9, 1.3), "template": (0.5, 1.3)}
@@ -234,6 +244,8 @@ def main() -> None:
         d = Path(tmp)
         write_bundle(generate(dns=["localhost"], ips=["127.0.0.1"], days=1), d)
         review = distinct_workload(typical_review())
+        # a variable's name: what makes a new shape (the "shape" load fills it per request)
+        review["request"]["object"]["spec"]["containers"][0]["env"][0]["name"] += "___SHP__"
         (d / "review.json").write_text(json.dumps(review))
         for _, vary in SCENARIOS:
             (d / f"post-{vary}.lua").write_text(LUA.format(body=d / "review.json", vary=vary))
@@ -244,6 +256,7 @@ def main() -> None:
             .replace("__SEQ__", "0")
             .replace("__TPL__", "0")
             .replace('"__PORT__"', "9090")
+            .replace("__SHP__", "0")
         )
         devnull = open("/dev/null", "w")
         bare_port = free_port()

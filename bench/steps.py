@@ -1,16 +1,19 @@
-"""Where a novel pod template's time goes in ``admit()``: the cost of each step, in process.
+"""Where a new pod template's time goes in ``admit()``: the cost of each step, in process.
 
     python bench/steps.py [--calls 2000] [--policy FILE] [--cluster FILE] [--rounds 3]
 
-Every call admits a pod template the memo has not seen (bench/core.py's review with a new
-image tag, variable value, annotation, container port and workload each time), against the
-snapshot ``serve --cluster examples/cluster.yaml`` builds, so each call decides and renders
-from scratch. Each step that ``webhook.admission`` calls is timed where it is called (a
-wrapper around the name ``admission`` imported), and the fingerprints of what is added
-where ``webhook.patch.inject`` computes them; the step medians are of each call's total
-for that step. Below the steps: the whole ``admit()`` for a novel template, a sibling
-template (the same template, another workload) and an identical pod, with the bare
-baseline of bench/core.py (``orjson`` parsing the review and dumping its uid).
+The steps are timed over pod templates of a shape the memo has not seen (bench/core.py's
+review with a new image tag, variable value, annotation, container port and workload each
+time, and a variable renamed), against the snapshot ``serve --cluster
+examples/cluster.yaml`` builds, so each call decides and renders from scratch. Each step
+that ``webhook.admission`` calls is timed where it is called (a wrapper around the name
+``admission`` imported), and the fingerprints of what is added where
+``webhook.patch.inject`` computes them; the step medians are of each call's total for that
+step. Above the steps: the whole ``admit()`` for a new shape, for a new template of a shape
+seen before (what a changed Deployment's rollout sends: the same review without the
+renamed variable), a sibling template (the same template, another workload) and an
+identical pod, with the bare baseline of bench/core.py (``orjson`` parsing the review and
+dumping its uid).
 
 This is a regression guard, not a test: run it before and after a change to the
 admission path and compare the lines (``--against DIR`` runs the same measurement on the
@@ -74,16 +77,25 @@ def load(policy_file: str | None, cluster_file: str | None) -> tuple[Any, Any]:
     return policy, snapshot
 
 
-def requests(calls: int, salt: str) -> tuple[list[dict], list[dict], bytes]:
-    """(novel templates, sibling templates, the identical review's body), parsed as the
-    server parses them (one ``orjson.loads`` of the body each)."""
+def requests(calls: int, salt: str) -> tuple[list[dict], list[dict], list[dict], bytes]:
+    """(new shapes, new templates of one shape, sibling templates, the identical review's
+    body), parsed as the server parses them (one ``orjson.loads`` of the body each). A new
+    template changes what a changed Deployment's does (image tag, a variable's value, an
+    annotation, the port); a new shape also renames a variable, which no memo can share."""
     raw = orjson.dumps(distinct_workload(typical_review()))
     novel = [
         orjson.loads(fill(raw, f"{salt}-{i}", f"{salt}-{i}", template_port(i)))["request"]
         for i in range(calls)
     ]
+    shapes = [
+        orjson.loads(fill(raw, f"{salt}-n{i}", f"{salt}-n{i}", template_port(i)))["request"]
+        for i in range(calls)
+    ]
+    for i, request in enumerate(shapes):
+        env = request["object"]["spec"]["containers"][0]["env"]
+        env[0]["name"] = f"{env[0]['name']}_{salt.replace('-', '_')}_{i}"
     sibling = [orjson.loads(fill(raw, f"{salt}-s{i}"))["request"] for i in range(calls)]
-    return novel, sibling, fill(raw)
+    return shapes, novel, sibling, fill(raw)
 
 
 def timed(name: str, fn: Callable[..., Any], spent: dict[str, float]) -> Callable[..., Any]:
@@ -104,9 +116,10 @@ def measure(policy: Any, snapshot: Any, calls: int, salt: str) -> dict[str, floa
     from webhook.admission import admit
     from webhook.patch import inject
 
-    novel, sibling, body = requests(calls, salt)
+    shapes, novel, sibling, body = requests(calls, salt)
     same = orjson.loads(body)["request"]
     assert admit(novel[0], snapshot, policy).injected, "the benchmark's pod must be meshed"
+    assert admit(shapes[0], snapshot, policy).injected, "the benchmark's pod must be meshed"
     out: dict[str, float] = {}
 
     def whole(reqs: list[dict]) -> float:
@@ -119,7 +132,8 @@ def measure(policy: Any, snapshot: Any, calls: int, salt: str) -> dict[str, floa
 
     # the whole calls first, unwrapped
     out["baseline (orjson parse + dump)"] = baseline(body, calls)
-    out["admit: a novel template"] = whole(novel[calls // 2 :])
+    out["admit: a new shape (decided and rendered)"] = whole(shapes[calls // 2 :])
+    out["admit: a new template of a shape seen before"] = whole(novel[calls // 2 :])
     out["admit: a sibling template"] = whole(sibling)
     out["admit: an identical pod"] = whole([same] * calls)
     # then each step, wrapped where admission calls it
@@ -131,7 +145,7 @@ def measure(policy: Any, snapshot: Any, calls: int, salt: str) -> dict[str, floa
             setattr(admission, attr, timed(attr, fn, spent))
         inject.fingerprint = timed("fingerprint", saved_fp, spent)
         per: dict[str, list[float]] = defaultdict(list)
-        for request in novel[: calls // 2]:
+        for request in shapes[1 : calls // 2]:
             spent.clear()
             t = time.perf_counter()
             admit(request, snapshot, policy)
@@ -199,7 +213,7 @@ def main() -> None:
                 sys.exit(f"{name} ({code}): {done.stderr.strip()}")
             results[name].append(orjson.loads(done.stdout))
     print(
-        f"admit() of a novel pod template, per step: median µs of {args.calls // 2} calls, "
+        f"admit() of a new pod template, per step: median µs of {args.calls // 2} calls, "
         f"median of {args.rounds} runs"
     )
     header = f"{'step':<58}" + "".join(f"{name:>16}" for name, _ in codes)

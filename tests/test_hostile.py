@@ -79,10 +79,13 @@ def test_outcome_cost_is_not_an_under_estimate():
         assert snapshot.outcomes.bytes == before[0]  # no observed usage: kept by template only
         costed = snapshot.templates.bytes - before[1]
         template = template_key(orjson.loads(raw)["request"], snapshot, policy, False)
-        assert template is not None
-        entry = snapshot.templates.get(template[0])
+        assert template is not None and template[3] is not None  # Linkerd: kept by the template's shape
+        shape = template[3].key()
+        assert shape is not None
+        entry = snapshot.templates.get(shape[0])
         assert entry is not None and entry.paths  # Linkerd names the workload: put in per pod
-        assert costed == outcome_cost(template[1], len(orjson.dumps(entry.light.patch)))
+        assert entry.ports is not None  # the proxy's text around its inbound ports is held too
+        assert costed == outcome_cost(shape[1], len(orjson.dumps(entry.light.patch))) + entry.ports.size
         assert kept < costed, (env, kept, costed)
         assert kept < len(raw) * 3 + 64 * 1024, (env, kept)  # never the pod's objects
 
@@ -95,11 +98,17 @@ def test_distinct_large_pods_never_pin_memory_in_the_memos():
     assert len(snapshot.templates) == len(snapshot.outcomes) == 0  # over the entry bound: not kept
     for i in range(400):  # distinct pods of one template: one entry
         admit(review_with(str(i))["request"], snapshot, policy)
-    assert len(snapshot.templates) == 1 and len(snapshot.outcomes) == 0
-    for i in range(400):  # distinct templates (the env differs), each with two pods
+    # kept under the template's shape, which the template's own key points at (with what
+    # its ports put into the shape's patch: nothing, they are the shape's first template's)
+    template = template_key(review_with("0")["request"], snapshot, policy, False)
+    assert template is not None and template[3] is not None
+    shape = template[3].key()
+    assert shape is not None and snapshot.templates.get(template[0]) == (shape[0], [])
+    assert len(snapshot.templates) == 2 and len(snapshot.outcomes) == 0
+    for i in range(400):  # distinct shapes (a variable's name differs), each with two pods
         for pod in ("a", "b"):
             review = review_with(f"{i}{pod}")
-            review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "SEQ", "value": str(i)}]
+            review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": f"SEQ{i}", "value": "1"}]
             admit(review["request"], snapshot, policy)
     memo = snapshot.templates
     # the byte bound is what holds here: ~49 KiB per Linkerd pod, so ~170 of the 256 entries
@@ -159,18 +168,20 @@ def test_a_template_is_kept_from_its_second_pod_on_and_one_offs_push_nothing_out
     assert second.injected and len(snapshot.templates) == 1
     other = review_with("c")  # a pod of another Deployment of the same template
     other["request"]["object"]["metadata"]["ownerReferences"][0]["name"] = "web-7d9c8b6f5"
-    key = template_key(other["request"], snapshot, policy, False)
+    template = template_key(other["request"], snapshot, policy, False)
+    assert template is not None and template[3] is not None
+    key = template[3].key()  # Linkerd: kept by the template's shape
     assert key is not None
     entry = snapshot.templates.get(key[0])
     assert entry is not None
     third = admit(other["request"], snapshot, policy)
-    assert entry.last is not None and third.patch is entry.last[1]  # served, with its own name put in
+    assert entry.last is not None and third.patch is entry.last[2]  # served, with its own name put in
     assert third.workload is not None and third.workload.name == "web"
     fresh = admit(other["request"], snapshot.derive(), policy)
     assert third.patch == fresh.patch and third.explanation == fresh.explanation
-    for i in range(1000):  # one-off templates (the env differs), one pod each
+    for i in range(1000):  # one-off shapes (a variable's name differs), one pod each
         review = review_with(f"once-{i}")
-        review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": "SEQ", "value": str(i)}]
+        review["request"]["object"]["spec"]["containers"][0]["env"] = [{"name": f"SEQ{i}", "value": "1"}]
         assert admit(review["request"], snapshot, policy).injected
     assert len(snapshot.templates) == 1 and snapshot.templates.get(key[0]) is entry
 

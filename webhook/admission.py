@@ -12,24 +12,28 @@ proxy is never added.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
-from webhook.cluster.snapshot import ClusterSnapshot, outcome_cost
+from webhook.cluster.snapshot import ClusterSnapshot, Memo, outcome_cost
 from webhook.core import Notes
-from webhook.dataplane import flavour
+from webhook.dataplane import Flavour, flavour
 from webhook.decide.control import connect
 from webhook.decide.gates import admissible
 from webhook.decide.memo import (
     ALIAS_JSON,
+    Edit,
     Entry,
+    Unshared,
     alias_paths,
     aliasable,
     exact_key,
     outcome_key,
     template_key,
+    tokenised,
+    tokens_in,
 )
 from webhook.decide.placement import place
 from webhook.decide.podfacts import str_map
@@ -41,6 +45,7 @@ from webhook.outcome import Detail, Outcome, light
 from webhook.patch.diff import diff
 from webhook.patch.inject import claimed_runtime, mark_skipped, read_status, taken_off
 from webhook.patch.render import render
+from webhook.patch.reprint import ports_in
 from webhook.policy import Policy
 from webhook.reasons import OPTED_IN_SKIPS, Skip, Stop
 from webhook.workload import WorkloadKey
@@ -77,9 +82,11 @@ def admit(
     The outcome is a function of the object, its namespace and the (immutable) snapshot and
     policy, so it is memoised on the snapshot: by its template (pods that differ only in
     names, owners and labels, see ``template_key``; a ReplicaSet's byte-identical pods
-    among them) or, for a workload sized from its own observed usage, by the whole object,
-    from the second request for a key on (``Memo.again``). Memos keep the patch and the
-    decision only; the pod and the explanation are recomputed if asked for.
+    among them), or by the template's shape where the flavour's pods share one (a changed
+    Deployment's new template: ``webhook.decide.memo``), or, for a workload sized from its
+    own observed usage, by the whole object; from the second request for a key on
+    (``Memo.again``). Memos keep the patch and the decision only; the pod and the
+    explanation are recomputed if asked for.
     """
     if request.get("operation") != "CREATE" or not isinstance(request.get("object"), dict):
         return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
@@ -87,36 +94,114 @@ def admit(
     # it too), else the whole object's. Looking the whole object up first would save an
     # identical pod a few microseconds and cost every distinct workload more (measured).
     template = template_key(request, snapshot, policy, assume_opt_in)
+    shape, edits = None, None
     if template is not None:
-        key, size, workload = template
+        key, size, workload, shape = template
         memo = snapshot.templates
+        hit = memo.get(key)
+        if type(hit) is tuple:  # the template's shape, whose entry is kept under its own key,
+            hit, edits = memo.get(hit[0]), hit[1]  # and what the template's ports put in
     else:
         keyed = outcome_key(request, assume_opt_in)
         if keyed is None:
             return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
         (key, size), workload, memo = keyed, None, snapshot.outcomes
-    hit = memo.get(key)
+        hit = memo.get(key)
     if isinstance(hit, Entry) and hit.policy is policy:
-        return hit.serve(_Redo(request, snapshot, policy, assume_opt_in), workload)
+        return _served(hit, request, snapshot, policy, assume_opt_in, workload, edits)
+    if shape is not None:
+        # a template not seen (or kept) yet: its shape, a changed Deployment's template's
+        shaped = shape.key()
+        if shaped is not None:
+            found = memo.get(shaped[0])
+            if isinstance(found, Entry) and found.policy is policy:
+                edits = found.edits(request["object"])
+                if edits is not None and memo.again(key):
+                    # this template comes again: its pods find the shape at once
+                    memo.put(exact_key(key), (exact_key(shaped[0]), edits), 2 * size + shaped[1] + 512)
+                return _served(found, request, snapshot, policy, assume_opt_in, workload, edits)
+            if not (isinstance(found, Unshared) and found.policy is policy):
+                if not memo.again(shaped[0]):
+                    # a shape's first pod is only decided, as a template's is (below)
+                    return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
+                kept = _keep_shape(request, snapshot, policy, assume_opt_in, key, shaped, memo, workload)
+                if kept is not None:
+                    return kept
     if not memo.again(key):
         # a template's first pod is only decided: most templates seen once are never seen
         # again (a changed Deployment's first pod is followed by its siblings, but a one-off
         # Job's is not), and keeping each would push out the templates that do come again
         return _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
-    names_workload = workload is not None and flavour(policy.proxy.flavour).reads_workload
-    meta = request["object"].get("metadata")
-    if names_workload and ALIAS_JSON not in key and workload is not None and aliasable(meta, workload.name):
+    if _names_workload(policy, workload, key, request):
         # The flavour names the workload on the pod: decide once with a stand-in name, so
         # every workload of this template shares the entry, and put each one's name in.
         aliased = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in, alias=True)
         text = orjson.dumps(aliased.patch)
         entry = Entry(policy, light(aliased), tuple(alias_paths(aliased.patch, text)))
         memo.put(exact_key(key), entry, outcome_cost(size, len(text)))
-        return entry.serve(_Redo(request, snapshot, policy, assume_opt_in), workload)
+        return _served(entry, request, snapshot, policy, assume_opt_in, workload)
     outcome = _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
     cost = outcome_cost(size, len(orjson.dumps(outcome.patch)))
     memo.put(exact_key(key), Entry(policy, light(outcome), ()), cost)
     return outcome
+
+
+def _names_workload(
+    policy: Policy, workload: WorkloadKey | None, key: bytes, request: Mapping[str, Any]
+) -> bool:
+    """Whether a shared decision is made with a stand-in workload name (see ``admit``;
+    ``key``: the template's, which holds every value of the pod)."""
+    return (
+        workload is not None
+        and flavour(policy.proxy.flavour).reads_workload
+        and ALIAS_JSON not in key
+        and aliasable(request["object"].get("metadata"), workload.name)
+    )
+
+
+def _served(
+    entry: Entry,
+    request: Mapping[str, Any],
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    assume_opt_in: bool,
+    workload: WorkloadKey | None,
+    edits: list[Edit] | None = None,
+) -> Outcome:
+    redo = _Redo(request, snapshot, policy, assume_opt_in)
+    out = entry.serve(redo, workload, request["object"], edits)
+    # None: the pod's ports make what cannot be put into its shape's patch
+    return out if out is not None else _admit(request, snapshot, policy, assume_opt_in=assume_opt_in)
+
+
+def _keep_shape(
+    request: Mapping[str, Any],
+    snapshot: ClusterSnapshot,
+    policy: Policy,
+    assume_opt_in: bool,
+    template: bytes,
+    shaped: tuple[bytes, int],
+    memo: Memo,
+    workload: WorkloadKey | None,
+) -> Outcome | None:
+    """Decide a shape with a token for each value it leaves out, find what its first pod's
+    ports made in the patch (to put in each pod's own), and keep it; None where it cannot be
+    shared (a token reached the outcome, or the ports' text is not found once), which is
+    then kept as ``Unshared``: its templates are keyed whole."""
+    key, size = shaped
+    alias = _names_workload(policy, workload, template, request)
+    tokened = tokenised(request)
+    decided = _admit(tokened, snapshot, policy, assume_opt_in=assume_opt_in, alias=alias)
+    text = orjson.dumps(decided.patch)
+    ports = ports_in(decided, tokened["object"], flavour(policy.proxy.flavour).ports_env, text)
+    if ports is False or tokens_in(decided, text):
+        memo.put(exact_key(key), Unshared(policy), 2 * size + 256)
+        return None
+    paths = tuple(alias_paths(decided.patch, text)) if alias else ()
+    reprint = None if isinstance(ports, bool) else ports
+    entry = Entry(policy, light(decided), paths, reprint)
+    memo.put(exact_key(key), entry, outcome_cost(size, len(text)) + (reprint.size if reprint else 0))
+    return _served(entry, request, snapshot, policy, assume_opt_in, workload)
 
 
 def _skip(
@@ -270,4 +355,17 @@ def _decide(
         namespace=namespace,
         warnings=tuple(ctx.warnings),
         detail=lambda: detail,
+        ports_text=_ports_text(plane, connected.control.config),
     )
+
+
+def _ports_text(plane: Flavour, config: object) -> Callable[[Mapping[str, Any]], str] | None:
+    """What the rendering makes of a pod's ports with the control plane this one joined."""
+    made = plane.ports_text
+    if made is None:
+        return None
+
+    def of(pod: Mapping[str, Any]) -> str:
+        return made(pod, config)
+
+    return of

@@ -47,6 +47,9 @@ class Outcome:
     namespace: str = ""
     warnings: tuple[str, ...] = ()
     detail: Callable[[], Detail] = field(default=lambda: Detail(None, ()), compare=False, repr=False)
+    # what the rendering made of the pod's ports, as a function of a pod (the flavour's
+    # ``ports_text`` with the control plane this pod joined); None where nothing holds them
+    ports_text: Callable[[Mapping[str, Any]], str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def result(self) -> str:

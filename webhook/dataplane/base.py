@@ -193,6 +193,11 @@ class Refused(Exception):
         self.text = text
 
 
+# internal/cni-server/cni-plugin.go: the listener Merbridge's CNI plugin opens in every pod it
+# handles (bpf/headers/mesh.h: SOCK_IP_MARK_PORT); a pod's own use of it is read by the ebpf mode
+REDIRECTOR_PORT = 39807
+
+
 @dataclass(frozen=True, slots=True)
 class Redirect:
     """How Merbridge knows this flavour's proxy: its ``--mode``, and the uid and ports that
@@ -287,6 +292,14 @@ class Flavour:
     appends: tuple[tuple[str, str], ...] = ()
     # volumes of names the pod itself asks the flavour to add (Istio's userVolume)
     requested_volumes: Callable[[Mapping[str, Any]], frozenset[str]] = lambda pod: frozenset()
+    # the rendering reads nothing of the app's images, its variables' values or the pod's
+    # annotations outside the meshes' and Kubernetes' domains, and makes of its ports' numbers
+    # only ``ports_text``: pods that differ only there share one decision (``decide.memo``)
+    shapes: bool = False
+    # the text the rendering makes of the pod's ports, given the control plane's
+    # configuration, and the proxy's variable that holds it; None: no rendered value holds them
+    ports_text: Callable[[Mapping[str, Any], Any], str] | None = None
+    ports_env: str = ""
 
 
 T = TypeVar("T")

@@ -209,4 +209,5 @@ FLAVOUR = Flavour(
     rules_in_gvisor=True,
     containers=(PROXY, INIT),
     volumes=(_volume(),),
+    shapes=True,
 )

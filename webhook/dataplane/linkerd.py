@@ -96,6 +96,8 @@ _OWNER_LABEL = {
 CONFIG = "config.linkerd.io/"
 CONFIG_ALPHA = "config.alpha.linkerd.io/"
 CONFIG_BETA = "config.beta.linkerd.io/"
+# the proxy variable that lists the pod's own inbound ports (``ports_text``)
+INBOUND_PORTS = "LINKERD2_PROXY_INBOUND_PORTS"
 # applied elsewhere: the proxy's resources (sizing) and the skip ports (the exclusions and
 # the rendering of the skip lists)
 _APPLIED_ELSEWHERE = frozenset(
@@ -312,6 +314,11 @@ def _inbound_ports(pod: Mapping[str, Any], with_inits: bool) -> str:
     return ",".join(sorted([str(p) for p in ports]))
 
 
+def ports_text(pod: Mapping[str, Any], c: Config) -> str:
+    """What ``LINKERD2_PROXY_INBOUND_PORTS`` holds for ``pod`` (empty: the variable is left out)."""
+    return _inbound_ports(pod, c.release.init_container_ports)
+
+
 def _listen(c: Config, port: int) -> str:
     return f"{'0.0.0.0' if c.disable_ipv6 else '[::]'}:{port}"
 
@@ -361,9 +368,9 @@ def proxy_env(build: Build, pod: Mapping[str, Any], c: Config, conf: PodConfig) 
         env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY", "value": conf.require_identity})
     env.append(_KEPT.get(c, ("env-shutdown", shutdown), lambda: _shutdown_env(shutdown)))
     env += before
-    ports = _inbound_ports(pod, c.release.init_container_ports)
+    ports = ports_text(pod, c)
     if ports:
-        env.append({"name": "LINKERD2_PROXY_INBOUND_PORTS", "value": ports})
+        env.append({"name": INBOUND_PORTS, "value": ports})
     env += after
     return env
 
@@ -902,4 +909,7 @@ FLAVOUR = Flavour(
     ),
     # linkerd.io/proxy-<kind>; and the config annotations a pod inherits from its namespace
     mark_prefixes=("linkerd.io/proxy-", CONFIG, CONFIG_ALPHA, CONFIG_BETA),
+    shapes=True,
+    ports_text=ports_text,
+    ports_env=INBOUND_PORTS,
 )

@@ -63,7 +63,7 @@ from typing import Any
 import orjson
 
 from webhook.cluster.snapshot import ClusterSnapshot, RedirectorState
-from webhook.dataplane.base import Flavour, Kept, Ports, RedirectRules
+from webhook.dataplane.base import REDIRECTOR_PORT, Flavour, Kept, Ports, RedirectRules
 from webhook.dataplane.iptables import merge_ranges
 from webhook.decide.podfacts import Exclusions
 from webhook.modes.base import Gap, Interception, Setting, ports_text
@@ -97,9 +97,6 @@ MARKS = (
     CNI_MARK,
     CNI_SKIP,
 )
-# internal/cni-server/cni-plugin.go: the listener its CNI plugin opens in every pod it handles
-# (bpf/headers/mesh.h: SOCK_IP_MARK_PORT)
-REDIRECTOR_PORT = 39807
 # controller/pod.go: MaxItemLen, and the inbound ports it always excludes
 MAX_ITEMS = 20
 OWN_INBOUND = (15006, 15001, 15008, 15090, 15021, 15020, 15000)

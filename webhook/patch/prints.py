@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Any
 
 import orjson
 
@@ -106,8 +107,22 @@ _VALUES = _Texts()
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _digest(text: bytes) -> str:
+def digest(text: bytes) -> str:
+    """A fingerprint of a canonical text."""
     return hashlib.sha256(text).hexdigest()[:16]
+
+
+def begun(head: bytes) -> Any:
+    """A fingerprint's hash with the start of its text, ``head``, taken in (``ended``)."""
+    return hashlib.sha256(head)
+
+
+def ended(begun: Any, *rest: bytes) -> str:
+    """The fingerprint of ``begun``'s head followed by ``rest`` (``begun`` is left as it is)."""
+    h = begun.copy()
+    for part in rest:
+        h.update(part)
+    return h.hexdigest()[:16]
 
 
 def _part(node: object) -> bytes:
@@ -185,19 +200,19 @@ def fingerprint(item: object) -> str:
     if type(item) is str:
         found = _VALUES.data.get(item)
         if found is None:
-            found = _digest(orjson.dumps(item))
+            found = digest(orjson.dumps(item))
             _VALUES.put(item, found)
         return found  # type: ignore[return-value]
     if type(item) is not dict or (item.get("name") in NAMED_ENV and "value" in item):
-        return _digest(canonical_text(item))
+        return digest(canonical_text(item))
     try:
         key = orjson.dumps(item)
     except TypeError:
-        return _digest(canonical_text(item))  # what orjson refuses, refused the same way
+        return digest(canonical_text(item))  # what orjson refuses, refused the same way
     found = _ITEMS.data.get(key)
     if found is None:
         fields = [orjson.dumps(k) + b":" + _part(item[k]) for k in sorted(item) if k not in UNPRINTED]
-        found = _digest(b"{" + b",".join(fields) + b"}")
+        found = digest(b"{" + b",".join(fields) + b"}")
         _ITEMS.put(key, found)
     return found  # type: ignore[return-value]
 
