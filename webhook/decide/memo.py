@@ -392,7 +392,7 @@ class Entry:
     rendering made of the first pod's ports is put in again for each pod's (``ports``). The
     last patch made is kept: a ReplicaSet's pods arrive together."""
 
-    __slots__ = ("last", "light", "paths", "policy", "ports")
+    __slots__ = ("last", "light", "paths", "policy", "ported", "ports")
 
     def __init__(
         self, policy: Policy, light: Outcome, paths: tuple[_Path, ...], ports: Reprint | None = None
@@ -401,7 +401,8 @@ class Entry:
         self.light = light
         self.paths = paths
         self.ports = ports
-        self.last: tuple[str | None, list[Edit], Patch] | None = None
+        self.ported: tuple[list[Edit], Patch] | None = None  # the last ports' edits, made
+        self.last: tuple[str, Patch, Patch] | None = None  # the last name, put into that
 
     def edits(self, obj: Mapping[str, Any]) -> list[Edit] | None:
         """What to put into the patch for ``obj``'s ports; None where they cannot be put in."""
@@ -415,18 +416,26 @@ class Entry:
         edits: list[Edit] | None = None,
     ) -> Outcome | None:
         """The outcome for a pod of this entry (``edits``: its ``edits``, where known); None
-        where its ports cannot be put in."""
+        where its ports cannot be put in. A template's ports are put in once for its pods,
+        and each workload's name into that."""
         if edits is None:
             edits = self.edits(obj)
             if edits is None:
                 return None
-        name = workload.name if self.paths and workload is not None else None
-        if name is None and not edits:
-            return served(self.light, detail, workload)
+        patch = self.light.patch
+        if edits:
+            ported = self.ported
+            if ported is None or ported[0] != edits:
+                ported = self.ported = (edits, put(patch, edits))
+            patch = ported[1]
+        if not self.paths or workload is None:
+            if patch is self.light.patch:
+                return served(self.light, detail, workload)
+            return clone(self.light, detail=detail, workload=workload, patch=patch)
         last = self.last
-        if last is None or last[0] != name or last[1] != edits:
-            named = [(path, ALIAS, name) for path in self.paths] if name is not None else []
-            last = self.last = (name, edits, put(self.light.patch, named + edits))
+        if last is None or last[0] != workload.name or last[1] is not patch:
+            named = [(path, ALIAS, workload.name) for path in self.paths]
+            last = self.last = (workload.name, patch, put(patch, named))
         return clone(self.light, detail=detail, workload=workload, patch=last[2])
 
 
