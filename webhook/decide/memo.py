@@ -200,8 +200,7 @@ def aliasable(meta: object, name: str) -> bool:
     for a label value is shortened where a flavour writes it: both decided per workload."""
     if len(name) > LABEL_VALUE_MAX:
         return False
-    annotations = meta.get("annotations") if isinstance(meta, dict) else None
-    return not (isinstance(annotations, dict) and ANN_STATUS in annotations)
+    return not isinstance(meta, dict) or shapeable(meta)
 
 
 # What the key of a shape holds in place of a value the decision does not read, or of a
