@@ -343,21 +343,21 @@ def alias_paths(patch: Patch, text: bytes) -> list[_Path]:
             break
         found = orjson.dumps(op).count(ALIAS_JSON)
         if found:
-            out += _paths(op, (i,))
+            out += holding(op, ALIAS, (i,))
             left -= found
     return out
 
 
-def _paths(node: object, path: _Path) -> list[_Path]:
-    """A subtree is only walked when its JSON holds the name (orjson is far faster than
-    walking it)."""
+def holding(node: object, part: str, path: _Path = ()) -> list[_Path]:
+    """The paths to the strings in ``node`` that hold ``part``. A subtree is only walked when
+    its JSON holds it (orjson is far faster than walking it)."""
     if isinstance(node, str):
-        return [path] if ALIAS in node else []
-    if not isinstance(node, dict | list) or ALIAS_JSON not in orjson.dumps(node):
+        return [path] if part in node else []
+    if not isinstance(node, dict | list) or orjson.dumps(part)[1:-1] not in orjson.dumps(node):
         return []
     if isinstance(node, dict):
-        return [p for k, v in node.items() for p in _paths(v, (*path, k))]
-    return [p for i, v in enumerate(node) for p in _paths(v, (*path, i))]
+        return [p for k, v in node.items() for p in holding(v, part, (*path, k))]
+    return [p for i, v in enumerate(node) for p in holding(v, part, (*path, i))]
 
 
 def put_name(patch: Patch, paths: tuple[_Path, ...], name: str) -> Patch:

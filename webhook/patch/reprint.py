@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from webhook.decide.memo import Edit
+from webhook.decide.memo import Edit, holding
 from webhook.outcome import Outcome
 from webhook.patch.prints import begun, canonical_text, ended, fingerprint
 
@@ -71,7 +71,7 @@ def ports_in(outcome: Outcome, obj: Mapping[str, Any], variable: str, text: byte
         return False
     value, container = found
     total = fingerprint(container)
-    status = _holding(outcome.patch, total, ())
+    status = holding(outcome.patch, total)
     canonical = canonical_text(container)
     if text.count(total.encode()) != 1 or len(status) != 1 or canonical.count(needle) != 1:
         return False
@@ -96,13 +96,3 @@ def _variable(patch: list[dict[str, Any]], variable: str, value: str) -> tuple[_
                     return ((i, "value", *inside) if c is added else (i, "value", j, *inside)), c
     return None
 
-
-def _holding(node: object, part: str, path: _Path) -> list[_Path]:
-    """The paths to the strings in ``node`` that hold ``part``."""
-    if isinstance(node, str):
-        return [path] if part in node else []
-    if isinstance(node, dict):
-        return [p for k, v in node.items() for p in _holding(v, part, (*path, k))]
-    if isinstance(node, list):
-        return [p for i, v in enumerate(node) for p in _holding(v, part, (*path, i))]
-    return []
